@@ -1,0 +1,326 @@
+//! The communicator: connects a rank into the ring and runs collectives on it.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use super::{Config, Error, Report, Work};
+use crate::coord::{Client, Registration, Server, ServerOptions};
+use crate::core::collective::Algorithm;
+use crate::core::schedule::chunk_range;
+use crate::core::{DataType, Element, ReduceOp};
+use crate::net::{establish_ring, Driver, Job, JobBuf, JobOutcome, JobSpec};
+use crate::wire::CollKind;
+use crate::Rank;
+
+/// One rank's endpoint in the ring. `Send + Sync`: calls from several threads are queued
+/// in the order they arrive, and every rank must issue collectives in the same order.
+/// Dropping it shuts down cleanly: the event loop is joined, sockets are closed with an
+/// orderly shutdown, and peers see no error.
+#[derive(Debug)]
+pub struct Communicator {
+    rank: Rank,
+    world_size: usize,
+    /// Sorted ranks of the current view.
+    members: Vec<Rank>,
+    driver: Driver,
+    /// The coordinator this process hosts, if any; dropped after the driver.
+    _server: Option<Server>,
+}
+
+/// Builder for a [`Communicator`]: `Communicator::builder().rank(r).world_size(n)
+/// .coordinator("host:port").connect()`.
+#[derive(Debug, Clone)]
+pub struct CommunicatorBuilder {
+    config: Config,
+    host_set: bool,
+}
+
+impl CommunicatorBuilder {
+    /// This process's rank (required).
+    pub fn rank(mut self, rank: Rank) -> Self {
+        self.config.rank = rank;
+        if !self.host_set {
+            self.config.host_coordinator = rank == 0;
+        }
+        self
+    }
+    /// Number of ranks (required).
+    pub fn world_size(mut self, n: usize) -> Self {
+        self.config.world_size = n;
+        self
+    }
+    /// `host:port` of the coordinator.
+    pub fn coordinator(mut self, addr: impl Into<String>) -> Self {
+        self.config.coordinator = addr.into();
+        self
+    }
+    /// Whether this process hosts the coordinator (default: rank 0 does).
+    pub fn host_coordinator(mut self, yes: bool) -> Self {
+        self.config.host_coordinator = yes;
+        self.host_set = true;
+        self
+    }
+    /// Largest segment payload in bytes.
+    pub fn segment_bytes(mut self, n: usize) -> Self {
+        self.config.segment_bytes = n;
+        self
+    }
+    /// Ring algorithm for all_reduce.
+    pub fn algorithm(mut self, a: Algorithm) -> Self {
+        self.config.algorithm = a;
+        self
+    }
+    /// How long to keep trying to reach the coordinator and peers.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.config.connect_timeout = d;
+        self
+    }
+    /// How long the coordinator waits for every rank.
+    pub fn rendezvous_timeout(mut self, d: Duration) -> Self {
+        self.config.rendezvous_timeout = d;
+        self
+    }
+    /// Longest time a collective may go without receiving a frame.
+    pub fn progress_timeout(mut self, d: Duration) -> Self {
+        self.config.progress_timeout = d;
+        self
+    }
+    /// Address to listen on for ring connections.
+    pub fn bind(mut self, ip: IpAddr) -> Self {
+        self.config.bind = Some(ip);
+        self
+    }
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self.host_set = true;
+        self
+    }
+    /// Joins the ring.
+    ///
+    /// # Errors
+    /// See [`Communicator::connect`].
+    pub fn connect(self) -> Result<Communicator, Error> {
+        Communicator::connect(self.config)
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, Error> {
+    addr.to_socket_addrs()
+        .map_err(|e| Error::Config(format!("coordinator address {addr:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Config(format!("coordinator address {addr:?} resolves to nothing")))
+}
+
+fn host_name() -> String {
+    std::env::var("RINGCC_HOST")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Job id shared by every rank of one job when the launcher set none: a hash of the
+/// coordinator address (FNV-1a).
+fn job_id_for(coordinator: &str) -> u64 {
+    coordinator.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+impl Communicator {
+    /// A builder with defaults (coordinator `127.0.0.1:29500`, rank 0 hosting it).
+    pub fn builder() -> CommunicatorBuilder {
+        CommunicatorBuilder { config: Config::new(0, 0), host_set: false }
+    }
+
+    /// Joins the ring using the environment a launcher set (see [`Config::from_env`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a missing or contradictory variable, then as
+    /// [`Communicator::connect`].
+    pub fn from_env() -> Result<Communicator, Error> {
+        Communicator::connect(Config::from_env()?)
+    }
+
+    /// Joins the ring: hosts the coordinator if asked, registers, connects to both
+    /// neighbours and starts the event loop.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for invalid settings, [`Error::CoordinatorUnreachable`] after
+    /// `connect_timeout`, [`Error::ConfigMismatch`] if ranks disagree on a fingerprint field,
+    /// [`Error::Rendezvous`] if a rank never shows up within `rendezvous_timeout`, and
+    /// [`Error::Io`] if a neighbour cannot be reached.
+    pub fn connect(mut config: Config) -> Result<Communicator, Error> {
+        config.validate()?;
+        if config.job_id == 0 {
+            config.job_id = job_id_for(&config.coordinator);
+        }
+        let server = if config.host_coordinator {
+            let addr = resolve(&config.coordinator)?;
+            let listener = crate::net::listen(addr)
+                .map_err(|e| Error::Config(format!("cannot host the coordinator at {addr}: {e}")))?;
+            let options = ServerOptions {
+                world_size: config.world_size,
+                job: config.job_id,
+                rendezvous_timeout: config.rendezvous_timeout,
+            };
+            Some(Server::start(listener, options).map_err(|e| Error::Config(format!("coordinator at {addr}: {e}")))?)
+        } else {
+            None
+        };
+        let mut client = Client::connect(&config.coordinator, config.connect_timeout)?;
+        let local = client
+            .local_addr()
+            .map_err(|e| Error::Config(format!("local address of the coordinator connection: {e}")))?;
+        let ip = config.bind.unwrap_or(local.ip());
+        let listener = crate::net::listen(SocketAddr::new(ip, 0))
+            .map_err(|e| Error::Config(format!("cannot listen on {ip} for ring connections: {e}")))?;
+        let listen = listener.local_addr().map_err(|e| Error::Config(format!("listener address: {e}")))?;
+        let registration = Registration {
+            rank: config.rank,
+            world_size: config.world_size,
+            incarnation: 0,
+            listen,
+            host: host_name(),
+            fingerprint: config.fingerprint(),
+        };
+        let view = client.register(&registration, config.rendezvous_timeout + Duration::from_secs(5))?;
+        if view.job != config.job_id {
+            return Err(Error::ConfigMismatch {
+                field: "job_id".into(),
+                rank: config.rank,
+                local: format!("{:#x}", config.job_id),
+                other_rank: 0,
+                remote: format!("{:#x}", view.job),
+            });
+        }
+        let mut members: Vec<Rank> = view.members.iter().map(|m| m.rank).collect();
+        members.sort_unstable();
+        let ring = establish_ring(view, config.rank, 0, &listener, config.connect_timeout)?;
+        let driver = Driver::start(ring, &config, Some(client.into_stream()))?;
+        Ok(Communicator { rank: config.rank, world_size: config.world_size, members, driver, _server: server })
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    /// Number of ranks the job was started with.
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    fn run_borrowed(&self, spec: JobSpec, bytes: &mut [u8]) -> Result<Report, Error> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        // SAFETY: this function blocks on `rx` until the loop replies or is gone, and holds
+        // the only borrow of `bytes` meanwhile.
+        let buf = unsafe { JobBuf::borrowed(bytes) };
+        self.driver.submit(Job { spec, buf, reply: tx, submitted: Instant::now() })?;
+        let outcome: JobOutcome = rx.recv().map_err(|_| Error::Shutdown("event loop ended".into()))?;
+        outcome.result.map(|(_, report)| report)
+    }
+
+    fn spec(coll: CollKind, op: ReduceOp, dtype: DataType, len_elems: usize, root: Rank) -> JobSpec {
+        JobSpec { coll, op, dtype, len_elems, root }
+    }
+
+    /// Reduces `buf` across all ranks in place; every rank ends with the same bits.
+    ///
+    /// # Errors
+    /// See [`Error`]: a peer closed, ranks disagree on the call, a stall past
+    /// `progress_timeout`. On error `buf` holds unspecified data.
+    pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<Report, Error> {
+        let spec = Self::spec(CollKind::AllReduce, op, T::DTYPE, buf.len(), 0);
+        self.run_borrowed(spec, bytemuck::cast_slice_mut(buf))
+    }
+
+    /// Reduces `input` across ranks and leaves rank r's share (block r of `world_size`
+    /// equal blocks) in `output`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] unless `input.len() == output.len() * world_size`;
+    /// otherwise as [`Communicator::all_reduce`].
+    pub fn reduce_scatter<T: Element>(&self, input: &[T], output: &mut [T], op: ReduceOp) -> Result<Report, Error> {
+        let world = self.members.len();
+        if input.len() != output.len() * world {
+            return Err(Error::InvalidArgument {
+                op: "reduce_scatter",
+                reason: format!(
+                    "input has {} elements, expected output ({}) x world ({world})",
+                    input.len(),
+                    output.len()
+                ),
+            });
+        }
+        let mut work = input.to_vec();
+        let spec = Self::spec(CollKind::ReduceScatter, op, T::DTYPE, work.len(), 0);
+        let report = self.run_borrowed(spec, bytemuck::cast_slice_mut(&mut work))?;
+        let block = self.members.binary_search(&self.rank).unwrap_or(0);
+        output.copy_from_slice(&work[chunk_range(input.len(), world, block)]);
+        Ok(report)
+    }
+
+    /// Gathers every rank's `input` into `output` in rank order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] unless `output.len() == input.len() * world_size`;
+    /// otherwise as [`Communicator::all_reduce`].
+    pub fn all_gather<T: Element>(&self, input: &[T], output: &mut [T]) -> Result<Report, Error> {
+        let world = self.members.len();
+        if output.len() != input.len() * world {
+            return Err(Error::InvalidArgument {
+                op: "all_gather",
+                reason: format!(
+                    "output has {} elements, expected input ({}) x world ({world})",
+                    output.len(),
+                    input.len()
+                ),
+            });
+        }
+        let block = self.members.binary_search(&self.rank).unwrap_or(0);
+        let range = chunk_range(output.len(), world, block);
+        output[range].copy_from_slice(input);
+        let spec = Self::spec(CollKind::AllGather, ReduceOp::Sum, T::DTYPE, output.len(), 0);
+        self.run_borrowed(spec, bytemuck::cast_slice_mut(output))
+    }
+
+    /// Copies `root`'s `buf` to every rank.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `root` is not a member; otherwise as
+    /// [`Communicator::all_reduce`].
+    pub fn broadcast<T: Element>(&self, buf: &mut [T], root: Rank) -> Result<Report, Error> {
+        if self.members.binary_search(&root).is_err() {
+            return Err(Error::InvalidArgument {
+                op: "broadcast",
+                reason: format!("root {root} is not a member {:?}", self.members),
+            });
+        }
+        let spec = Self::spec(CollKind::Broadcast, ReduceOp::Sum, T::DTYPE, buf.len(), root);
+        self.run_borrowed(spec, bytemuck::cast_slice_mut(buf))
+    }
+
+    /// Returns once every rank has entered the barrier.
+    ///
+    /// # Errors
+    /// As [`Communicator::all_reduce`].
+    pub fn barrier(&self) -> Result<Report, Error> {
+        let spec = Self::spec(CollKind::Barrier, ReduceOp::Sum, DataType::U8, 0, 0);
+        self.run_borrowed(spec, &mut [])
+    }
+
+    /// Starts an all-reduce of `buf` in the background; [`Work::wait`] returns the buffer
+    /// with the result. Several may be in flight; they complete in submission order.
+    ///
+    /// # Errors
+    /// Submission cannot fail; errors (including a shut-down communicator) come from
+    /// [`Work::wait`].
+    pub fn all_reduce_async<T: Element>(&self, buf: Vec<T>, op: ReduceOp) -> Work<Vec<T>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let spec = Self::spec(CollKind::AllReduce, op, T::DTYPE, buf.len(), 0);
+        let job = Job { spec, buf: JobBuf::owned(buf), reply: tx.clone(), submitted: Instant::now() };
+        if let Err(e) = self.driver.submit(job) {
+            let _ = tx.send(JobOutcome { result: Err(e) });
+        }
+        Work::new(rx)
+    }
+}

@@ -1,0 +1,14 @@
+//! The public API: [`Communicator`], [`Work`], [`Report`], [`Config`], [`Error`].
+
+mod communicator;
+mod config;
+mod env;
+mod error;
+mod report;
+mod work;
+
+pub use communicator::{Communicator, CommunicatorBuilder};
+pub use config::Config;
+pub use error::Error;
+pub use report::Report;
+pub use work::Work;

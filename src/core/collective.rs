@@ -1,0 +1,655 @@
+//! One collective on one rank, as a state machine that performs no I/O.
+//!
+//! After `start` and after any `handle_*` call, drain [`Collective::poll_transmit`] until
+//! `None`, then read [`Collective::status`] and [`Collective::poll_timeout`]. Time moves only
+//! through the caller's `now`; the caller owns the buffer and passes it to every call.
+//!
+//! A collective is a list of named steps per *part*: a part is a slice of the buffer that
+//! travels round the ring in one direction. `all_reduce` with the bidirectional ring has two
+//! parts (one clockwise over the first half, one counter-clockwise over the second), using
+//! both directions of every full-duplex link. Each part runs ring reduce-scatter then
+//! all-gather: each rank sends 2(n-1)/n of the buffer. Frames on a link arrive in the exact
+//! order the sender produced them, so every received header is checked against the one
+//! frame the schedule says must come next: a gap, a wrong step or a wrong length is a
+//! [`ProtocolError`], never a silently wrong sum.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use super::reduce;
+use super::schedule::{
+    all_gather_recv_chunk, all_gather_send_chunk, chunk_range, reduce_scatter_recv_chunk, reduce_scatter_send_chunk,
+    segment_count, segment_range,
+};
+use super::{DataType, ReduceOp};
+use crate::codec::Codec;
+use crate::wire::{CollKind, FrameKind, Header, Phase, HEADER_LEN};
+
+/// One of the two links of a ring position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// The connection to the previous position in the ring.
+    Prev,
+    /// The connection to the next position in the ring.
+    Next,
+}
+
+impl Link {
+    /// The other link.
+    pub fn opposite(self) -> Link {
+        match self {
+            Link::Prev => Link::Next,
+            Link::Next => Link::Prev,
+        }
+    }
+}
+
+/// Which ring algorithm to run for `all_reduce`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Algorithm {
+    /// Pick by size (bidirectional ring for worlds of three or more).
+    #[default]
+    Auto,
+    /// One ring, clockwise.
+    Ring,
+    /// Half the buffer clockwise, half counter-clockwise.
+    Bidir,
+}
+
+impl Algorithm {
+    /// Name as accepted by `ringbench --algo` and `RINGCC_ALGO`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Auto => "auto",
+            Algorithm::Ring => "ring",
+            Algorithm::Bidir => "bidir",
+        }
+    }
+}
+
+/// Everything a rank needs to know to run one collective. All ranks in the call must
+/// agree on every field except `pos` and `rank` (the fingerprint fields are checked on
+/// every frame).
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Which collective.
+    pub coll: CollKind,
+    /// Reduction operator (ignored by all_gather and broadcast; sent as Sum).
+    pub op: ReduceOp,
+    /// Element type.
+    pub dtype: DataType,
+    /// Codec for payloads; this build sends `Raw`.
+    pub codec: Codec,
+    /// Job id carried in headers.
+    pub job: u64,
+    /// Membership epoch of the view this call runs in.
+    pub epoch: u64,
+    /// Sequence number of the call on the communicator.
+    pub seq: u64,
+    /// Elements in the working buffer (all_gather: the output; reduce_scatter: the input).
+    pub len_elems: usize,
+    /// Positions in the ring (members of the view).
+    pub world: usize,
+    /// This rank's position in the ring.
+    pub pos: usize,
+    /// This rank's id, carried in headers for diagnostics.
+    pub rank: u32,
+    /// Buffer block owned by each position: `block_of_pos[p]` is the chunk index position
+    /// `p` ends up owning. For all_gather and reduce_scatter it is the rank order of the
+    /// member at `p`, so outputs land in rank order whatever the ring order.
+    pub block_of_pos: Vec<usize>,
+    /// Root position for broadcast.
+    pub root_pos: usize,
+    /// Upper bound of a segment's payload in bytes.
+    pub segment_bytes: usize,
+    /// Divisor for `ReduceOp::Avg`: the number of contributors.
+    pub contributors: usize,
+    /// Ring algorithm for all_reduce.
+    pub algorithm: Algorithm,
+    /// Longest time without any received frame before the call fails as stalled.
+    pub progress_timeout: Duration,
+}
+
+/// Well-formed frames that break the protocol: a mismatch between ranks, a gap, a stall.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// Ranks called different collectives, or with different arguments.
+    #[error("rank {peer} called {field} = {remote}, this rank {field} = {local} (collective #{seq})")]
+    Mismatch {
+        /// Which argument differs (`collective`, `op`, `dtype`, `length`, `codec`).
+        field: &'static str,
+        /// This rank's value, rendered.
+        local: String,
+        /// The peer's value, rendered.
+        remote: String,
+        /// The peer's rank.
+        peer: u32,
+        /// Sequence number of the call.
+        seq: u64,
+    },
+    /// A frame arrived that is not the one the schedule says comes next.
+    #[error("unexpected frame from rank {peer}: {detail}")]
+    Unexpected {
+        /// The sender.
+        peer: u32,
+        /// What was expected and what came.
+        detail: String,
+    },
+    /// No frame arrived for longer than the progress timeout.
+    #[error(
+        "no progress for {waited:?} in collective #{seq} ({phase}, step {step}): waiting for the {link:?} neighbour"
+    )]
+    Stalled {
+        /// Sequence number of the call.
+        seq: u64,
+        /// Which link the collective was waiting on.
+        link: Link,
+        /// Phase name.
+        phase: &'static str,
+        /// Step within the phase.
+        step: u32,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// A peer abandoned the call and said why.
+    #[error("rank {peer} aborted collective #{seq}: {reason}")]
+    Aborted {
+        /// The rank that aborted.
+        peer: u32,
+        /// Sequence number of the call.
+        seq: u64,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+/// Where a collective stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Frames are still expected or transmits still to be polled.
+    Running,
+    /// Every frame has been received and every transmit polled; once the driver has
+    /// written all polled transmits, the buffer holds the result.
+    Done,
+    /// The call failed on this rank.
+    Failed(ProtocolError),
+}
+
+/// A frame to send: its encoded header and the byte range of the caller's buffer that
+/// follows it as payload. The driver writes `header` then `buf[payload]`, and must not
+/// hand the buffer back to the user before every transmit has been written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Link to send on.
+    pub link: Link,
+    /// Encoded header (CRC included).
+    pub header: [u8; HEADER_LEN],
+    /// Byte range of the caller's buffer to send after the header.
+    pub payload: Range<usize>,
+}
+
+/// A position in a part's schedule: which frame comes next on a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    phase: Phase,
+    step: u32,
+    segment: u32,
+}
+
+#[derive(Debug)]
+struct Part {
+    /// Element range of the buffer this part covers.
+    elems: Range<usize>,
+    /// Link this part sends on; it receives on the opposite one.
+    send_link: Link,
+    /// This rank's position in the part's direction of travel.
+    pos: usize,
+    /// `block_of_pos` in the part's direction.
+    block_of_pos: Vec<usize>,
+    /// Root position in the part's direction (broadcast).
+    root_pos: usize,
+    /// The next frame expected, `None` when nothing more will arrive.
+    expect: Option<Cursor>,
+    /// Frames ready to send, in schedule order.
+    ready: VecDeque<Cursor>,
+}
+
+/// One collective on one rank.
+#[derive(Debug)]
+pub struct Collective {
+    spec: Spec,
+    seg_elems: usize,
+    parts: Vec<Part>,
+    status: Status,
+    last_progress: Instant,
+    bytes_sent: u64,
+    /// Time the reduce-scatter phase ended (all parts), for the report.
+    phase_marks: PhaseMarks,
+}
+
+/// Times at which phases ended, measured with the caller's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseMarks {
+    /// When the collective started.
+    pub started: Option<Instant>,
+    /// When the last reduce-scatter frame was reduced.
+    pub reduce_scatter_done: Option<Instant>,
+    /// When the last frame was received.
+    pub finished: Option<Instant>,
+}
+
+impl Collective {
+    /// Sets up the collective and queues its first transmits.
+    ///
+    /// The caller has already laid out the buffer (all_gather: its input copied into its
+    /// own block). `buf` must be `spec.len_elems * dtype.size()` bytes.
+    ///
+    /// # Panics
+    /// On an inconsistent spec (caller bug): `pos >= world`, a wrong buffer length, a
+    /// `block_of_pos` that is not a permutation of `0..world`.
+    pub fn start(spec: Spec, now: Instant, buf: &mut [u8]) -> Collective {
+        assert!(spec.world > 0 && spec.pos < spec.world && spec.root_pos < spec.world);
+        assert_eq!(buf.len(), spec.len_elems * spec.dtype.size(), "buffer length");
+        assert_eq!(spec.block_of_pos.len(), spec.world);
+        let seg_elems = (spec.segment_bytes / spec.dtype.size()).max(1);
+        let w = spec.world;
+        let bidir = spec.coll == CollKind::AllReduce
+            && w > 2
+            && matches!(spec.algorithm, Algorithm::Bidir | Algorithm::Auto)
+            && spec.len_elems >= 2 * w;
+        let mirror = |p: usize| (w - p) % w;
+        let mut parts = Vec::new();
+        if bidir {
+            let half = spec.len_elems / 2;
+            parts.push(Part::new(0..half, Link::Next, spec.pos, spec.block_of_pos.clone(), spec.root_pos));
+            let rev: Vec<usize> = (0..w).map(|q| spec.block_of_pos[mirror(q)]).collect();
+            parts.push(Part::new(half..spec.len_elems, Link::Prev, mirror(spec.pos), rev, mirror(spec.root_pos)));
+        } else {
+            parts.push(Part::new(0..spec.len_elems, Link::Next, spec.pos, spec.block_of_pos.clone(), spec.root_pos));
+        }
+        let mut c = Collective {
+            seg_elems,
+            parts,
+            status: Status::Running,
+            last_progress: now,
+            bytes_sent: 0,
+            phase_marks: PhaseMarks { started: Some(now), ..PhaseMarks::default() },
+            spec,
+        };
+        for i in 0..c.parts.len() {
+            c.init_part(i, buf);
+        }
+        c.update_status(now);
+        c
+    }
+
+    fn init_part(&mut self, i: usize, buf: &mut [u8]) {
+        let w = self.spec.world;
+        let coll = self.spec.coll;
+        let seg_elems = self.seg_elems;
+        let part = &mut self.parts[i];
+        if w == 1 {
+            part.expect = None;
+            return;
+        }
+        let (first_recv, first_send) = match coll {
+            CollKind::AllReduce | CollKind::Barrier | CollKind::ReduceScatter => {
+                (Phase::ReduceScatter, Phase::ReduceScatter)
+            }
+            CollKind::AllGather => (Phase::AllGather, Phase::AllGather),
+            CollKind::Broadcast => (Phase::Broadcast, Phase::Broadcast),
+        };
+        part.expect = Some(Cursor { phase: first_recv, step: 0, segment: 0 });
+        let is_root = part.pos == part.root_pos;
+        if coll == CollKind::Broadcast && is_root {
+            part.expect = None;
+        }
+        if coll != CollKind::Broadcast || is_root {
+            let chunk_elems = self.send_chunk_elems(i, first_send, 0);
+            for s in 0..segment_count(chunk_elems, seg_elems) {
+                self.parts[i].ready.push_back(Cursor { phase: first_send, step: 0, segment: s as u32 });
+            }
+        }
+        let _ = buf;
+    }
+
+    /// Element range (absolute in the buffer) of the chunk moved at `(phase, step)` by the
+    /// sender side (`send = true`) or the receiver side of part `i`.
+    fn chunk_elems_range(&self, i: usize, phase: Phase, step: u32, send: bool) -> (usize, Range<usize>) {
+        let part = &self.parts[i];
+        let w = self.spec.world;
+        let (p, s) = (part.pos, step as usize);
+        let q = match (phase, send) {
+            (Phase::ReduceScatter, true) => reduce_scatter_send_chunk(p, w, s),
+            (Phase::ReduceScatter, false) => reduce_scatter_recv_chunk(p, w, s),
+            (Phase::AllGather, true) => all_gather_send_chunk(p, w, s),
+            (Phase::AllGather, false) => all_gather_recv_chunk(p, w, s),
+            (Phase::Broadcast, _) => return (0, part.elems.clone()),
+        };
+        let block = part.block_of_pos[q];
+        let r = chunk_range(part.elems.len(), w, block);
+        (block, part.elems.start + r.start..part.elems.start + r.end)
+    }
+
+    fn send_chunk_elems(&self, i: usize, phase: Phase, step: u32) -> usize {
+        self.chunk_elems_range(i, phase, step, true).1.len()
+    }
+
+    /// Feeds one received data frame (CRC already verified by the caller) from `link`.
+    ///
+    /// Frames of another sequence number or epoch must be routed elsewhere by the caller;
+    /// this checks everything else against the schedule.
+    ///
+    /// # Errors
+    /// A [`ProtocolError`] if the frame is not the one expected next; the collective is
+    /// then failed and stays failed.
+    pub fn handle_frame(
+        &mut self,
+        now: Instant,
+        link: Link,
+        header: &Header,
+        payload: &[u8],
+        buf: &mut [u8],
+    ) -> Result<(), ProtocolError> {
+        self.handle(now, link, header, Some(payload), buf)
+    }
+
+    /// Where the payload of `header` may be read straight into the caller's buffer:
+    /// `Some(byte range)` for the expected all-gather or broadcast frame, whose payload is
+    /// copied unchanged. After reading it there (and checking its CRC), call
+    /// [`Collective::handle_frame_in_place`]. `None` means: read it elsewhere and call
+    /// [`Collective::handle_frame`].
+    pub fn recv_target(&self, link: Link, h: &Header) -> Option<Range<usize>> {
+        if h.kind != FrameKind::Data || self.status != Status::Running || self.check_fingerprint(h).is_err() {
+            return None;
+        }
+        let i = self.parts.iter().position(|p| p.send_link.opposite() == link)?;
+        let cur = self.parts[i].expect?;
+        if !matches!(cur.phase, Phase::AllGather | Phase::Broadcast) || h.codec != Codec::Raw {
+            return None;
+        }
+        let (block, bytes) = self.expected_bytes(i, cur);
+        let got = (h.phase, h.step, h.chunk as usize, h.segment, h.payload_len as usize, h.raw_len as usize);
+        (got == (cur.phase, cur.step, block, cur.segment, bytes.len(), bytes.len())).then_some(bytes)
+    }
+
+    /// Like [`Collective::handle_frame`] for a payload already read into the range
+    /// [`Collective::recv_target`] returned for this header.
+    ///
+    /// # Errors
+    /// As [`Collective::handle_frame`].
+    pub fn handle_frame_in_place(
+        &mut self,
+        now: Instant,
+        link: Link,
+        header: &Header,
+        buf: &mut [u8],
+    ) -> Result<(), ProtocolError> {
+        self.handle(now, link, header, None, buf)
+    }
+
+    fn expected_bytes(&self, i: usize, cur: Cursor) -> (usize, Range<usize>) {
+        let (block, chunk) = self.chunk_elems_range(i, cur.phase, cur.step, false);
+        let seg = segment_range(chunk.len(), self.seg_elems, cur.segment as usize);
+        let esize = self.spec.dtype.size();
+        (block, (chunk.start + seg.start) * esize..(chunk.start + seg.end) * esize)
+    }
+
+    fn handle(
+        &mut self,
+        now: Instant,
+        link: Link,
+        header: &Header,
+        payload: Option<&[u8]>,
+        buf: &mut [u8],
+    ) -> Result<(), ProtocolError> {
+        if let Status::Failed(e) = &self.status {
+            return Err(e.clone());
+        }
+        let result = self.apply_frame(link, header, payload, buf);
+        match result {
+            Ok(()) => {
+                self.last_progress = now;
+                self.update_status(now);
+                Ok(())
+            }
+            Err(e) => {
+                self.status = Status::Failed(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_frame(
+        &mut self,
+        link: Link,
+        h: &Header,
+        payload: Option<&[u8]>,
+        buf: &mut [u8],
+    ) -> Result<(), ProtocolError> {
+        if h.kind == FrameKind::Abort {
+            return Err(ProtocolError::Aborted {
+                peer: h.sender,
+                seq: h.seq,
+                reason: String::from_utf8_lossy(payload.unwrap_or_default()).into_owned(),
+            });
+        }
+        self.check_fingerprint(h)?;
+        let i = self
+            .parts
+            .iter()
+            .position(|p| p.send_link.opposite() == link)
+            .ok_or_else(|| self.unexpected(h, "a frame on a link this collective does not receive on".into()))?;
+        let Some(cur) = self.parts[i].expect else {
+            return Err(self.unexpected(h, "no more frames".into()));
+        };
+        let (block, bytes) = self.expected_bytes(i, cur);
+        let chunk_len = self.chunk_elems_range(i, cur.phase, cur.step, false).1.len();
+        let got = (h.phase, h.step, h.chunk as usize, h.segment, h.payload_len as usize);
+        let want = (cur.phase, cur.step, block, cur.segment, bytes.len());
+        if got != want || h.codec != Codec::Raw || h.raw_len as usize != bytes.len() {
+            return Err(
+                self.unexpected(h, format!("expected (phase, step, chunk, segment, bytes) = {want:?}, got {got:?}"))
+            );
+        }
+        let dst = &mut buf[bytes];
+        let w = self.spec.world as u32;
+        let last_rs = cur.phase == Phase::ReduceScatter && cur.step + 2 == w;
+        match (cur.phase, payload) {
+            (Phase::ReduceScatter, Some(payload)) => {
+                reduce::reduce_into(self.spec.dtype, self.spec.op, dst, payload);
+                if last_rs && self.spec.op == ReduceOp::Avg {
+                    reduce::divide(self.spec.dtype, dst, self.spec.contributors);
+                }
+            }
+            (Phase::ReduceScatter, None) => {
+                return Err(self.unexpected(h, "reduce-scatter payload delivered in place".into()));
+            }
+            (_, Some(payload)) => dst.copy_from_slice(payload),
+            (_, None) => {}
+        }
+        // What this receipt makes sendable, and what comes next on this link.
+        let forward = match (cur.phase, self.spec.coll) {
+            (Phase::ReduceScatter, CollKind::ReduceScatter) if last_rs => None,
+            (Phase::ReduceScatter, _) if last_rs => {
+                Some(Cursor { phase: Phase::AllGather, step: 0, segment: cur.segment })
+            }
+            (Phase::ReduceScatter, _) => Some(Cursor { step: cur.step + 1, ..cur }),
+            (Phase::AllGather, _) if cur.step + 2 < w => Some(Cursor { step: cur.step + 1, ..cur }),
+            (Phase::AllGather, _) => None,
+            (Phase::Broadcast, _) => {
+                let part = &self.parts[i];
+                (crate::core::schedule::next_pos(part.pos, self.spec.world) != part.root_pos).then_some(cur)
+            }
+        };
+        if let Some(f) = forward {
+            self.parts[i].ready.push_back(f);
+        }
+        let nsegs = segment_count(chunk_len, self.seg_elems) as u32;
+        let next = if cur.segment + 1 < nsegs {
+            Some(Cursor { segment: cur.segment + 1, ..cur })
+        } else {
+            match (cur.phase, self.spec.coll) {
+                (Phase::ReduceScatter, CollKind::ReduceScatter) if last_rs => None,
+                (Phase::ReduceScatter, _) if last_rs => Some(Cursor { phase: Phase::AllGather, step: 0, segment: 0 }),
+                (Phase::ReduceScatter, _) | (Phase::AllGather, _) if cur.step + 2 < w => {
+                    Some(Cursor { step: cur.step + 1, segment: 0, ..cur })
+                }
+                _ => None,
+            }
+        };
+        self.parts[i].expect = next;
+        Ok(())
+    }
+
+    fn check_fingerprint(&self, h: &Header) -> Result<(), ProtocolError> {
+        let s = &self.spec;
+        let op = if matches!(s.coll, CollKind::AllGather | CollKind::Broadcast) { ReduceOp::Sum } else { s.op };
+        let checks: [(&'static str, bool, String, String); 4] = [
+            ("collective", h.coll == s.coll, s.coll.name().into(), h.coll.name().into()),
+            ("dtype", h.dtype == s.dtype, s.dtype.name().into(), h.dtype.name().into()),
+            ("length", h.len_elems == s.len_elems as u64, s.len_elems.to_string(), h.len_elems.to_string()),
+            ("op", h.op == op, op.name().into(), h.op.name().into()),
+        ];
+        for (field, ok, local, remote) in checks {
+            if !ok {
+                return Err(ProtocolError::Mismatch { field, local, remote, peer: h.sender, seq: s.seq });
+            }
+        }
+        Ok(())
+    }
+
+    fn unexpected(&self, h: &Header, detail: String) -> ProtocolError {
+        ProtocolError::Unexpected { peer: h.sender, detail }
+    }
+
+    /// Next frame to send, if any. `buf` must be the buffer passed to every other call.
+    pub fn poll_transmit(&mut self, buf: &[u8]) -> Option<Transmit> {
+        if matches!(self.status, Status::Failed(_)) {
+            return None;
+        }
+        let i = (0..self.parts.len()).find(|&i| !self.parts[i].ready.is_empty())?;
+        let cur = self.parts[i].ready.pop_front()?;
+        let (block, chunk) = self.chunk_elems_range(i, cur.phase, cur.step, true);
+        let seg = segment_range(chunk.len(), self.seg_elems, cur.segment as usize);
+        let esize = self.spec.dtype.size();
+        let payload = (chunk.start + seg.start) * esize..(chunk.start + seg.end) * esize;
+        let s = &self.spec;
+        let header = Header {
+            kind: FrameKind::Data,
+            codec: Codec::Raw,
+            phase: cur.phase,
+            coll: s.coll,
+            op: if matches!(s.coll, CollKind::AllGather | CollKind::Broadcast) { ReduceOp::Sum } else { s.op },
+            dtype: s.dtype,
+            step: cur.step,
+            job: s.job,
+            epoch: s.epoch,
+            seq: s.seq,
+            len_elems: s.len_elems as u64,
+            chunk: block as u32,
+            segment: cur.segment,
+            payload_len: payload.len() as u32,
+            raw_len: payload.len() as u32,
+            sender: s.rank,
+        }
+        .encode(&buf[payload.clone()]);
+        self.bytes_sent += (HEADER_LEN + payload.len()) as u64;
+        let t = Transmit { link: self.parts[i].send_link, header, payload };
+        if self.parts.iter().all(|p| p.ready.is_empty()) {
+            self.update_status_no_time();
+        }
+        Some(t)
+    }
+
+    /// Deadline at which [`Collective::handle_timeout`] must be called, if running.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.status {
+            Status::Running => Some(self.last_progress + self.spec.progress_timeout),
+            _ => None,
+        }
+    }
+
+    /// Fails the collective as stalled if the progress deadline has passed; calling it
+    /// early does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.status != Status::Running || now < self.last_progress + self.spec.progress_timeout {
+            return;
+        }
+        let waiting = self.parts.iter().find_map(|p| p.expect.map(|c| (p.send_link.opposite(), c)));
+        let (link, cur) = waiting.unwrap_or((Link::Next, Cursor { phase: Phase::AllGather, step: 0, segment: 0 }));
+        self.status = Status::Failed(ProtocolError::Stalled {
+            seq: self.spec.seq,
+            link,
+            phase: phase_name(cur.phase),
+            step: cur.step,
+            waited: now - self.last_progress,
+        });
+    }
+
+    /// Fails the collective with `error` (a driver-level failure such as a closed link).
+    pub fn fail(&mut self, error: ProtocolError) {
+        if self.status == Status::Running {
+            self.status = Status::Failed(error);
+        }
+    }
+
+    /// Where the collective stands.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// The link and schedule position this rank waits on, for status displays.
+    pub fn waiting_on(&self) -> Option<(Link, &'static str, u32)> {
+        self.parts.iter().find_map(|p| p.expect.map(|c| (p.send_link.opposite(), phase_name(c.phase), c.step)))
+    }
+
+    /// Bytes (headers included) handed out by `poll_transmit` so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
+    }
+
+    /// When phases ended, by the caller's clock.
+    pub fn phase_marks(&self) -> PhaseMarks {
+        self.phase_marks
+    }
+
+    /// The spec this collective runs.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    fn update_status(&mut self, now: Instant) {
+        let rs_done = self.parts.iter().all(|p| p.expect.is_none_or(|c| c.phase != Phase::ReduceScatter));
+        if rs_done && self.phase_marks.reduce_scatter_done.is_none() {
+            self.phase_marks.reduce_scatter_done = Some(now);
+        }
+        if self.parts.iter().all(|p| p.expect.is_none()) && self.phase_marks.finished.is_none() {
+            self.phase_marks.finished = Some(now);
+        }
+        self.update_status_no_time();
+    }
+
+    fn update_status_no_time(&mut self) {
+        if self.status == Status::Running && self.parts.iter().all(|p| p.expect.is_none() && p.ready.is_empty()) {
+            self.status = Status::Done;
+        }
+    }
+}
+
+impl Part {
+    fn new(elems: Range<usize>, send_link: Link, pos: usize, block_of_pos: Vec<usize>, root_pos: usize) -> Part {
+        Part { elems, send_link, pos, block_of_pos, root_pos, expect: None, ready: VecDeque::new() }
+    }
+}
+
+/// Name of a phase for errors and status lines.
+pub fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::ReduceScatter => "reduce-scatter",
+        Phase::AllGather => "all-gather",
+        Phase::Broadcast => "broadcast",
+    }
+}

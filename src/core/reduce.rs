@@ -1,0 +1,191 @@
+//! Element-wise reduction kernels per dtype and op, on byte slices.
+//!
+//! `dst[i] = op(dst[i], src[i])`. The loops are plain slices zipped together so the
+//! compiler vectorizes them (see `benches/reduce.rs`). f16 and bf16 are reduced through f32
+//! and rounded back once per hop, as NCCL does. Integer Sum and Prod wrap. Min and Max on
+//! floats return the other operand when one is NaN (IEEE minNum/maxNum, like `f32::min`).
+//! Every rank gets the same bits because each chunk is reduced once, by a fixed chain.
+
+use bytemuck::Pod;
+use half::{bf16, f16};
+
+use super::{DataType, ReduceOp};
+
+/// Elements converted per block when a slice is not aligned for its type.
+const UNALIGNED_BLOCK_ELEMS: usize = 512;
+
+/// `dst[i] = op(dst[i], src[i])` over the elements of `dtype` in `dst` and `src`.
+/// `Avg` accumulates like `Sum` (divide once at the end with [`divide`]).
+///
+/// # Panics
+/// If the lengths differ or are not a multiple of the element size (caller bug).
+pub fn reduce_into(dtype: DataType, op: ReduceOp, dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "reduce lengths");
+    assert_eq!(dst.len() % dtype.size(), 0, "reduce length not a multiple of the element");
+    match dtype {
+        DataType::F32 => typed::<f32>(op, dst, src, &FloatOps),
+        DataType::F64 => typed::<f64>(op, dst, src, &FloatOps),
+        DataType::I32 => typed::<i32>(op, dst, src, &IntOps),
+        DataType::I64 => typed::<i64>(op, dst, src, &IntOps),
+        DataType::U8 => typed::<u8>(op, dst, src, &IntOps),
+        DataType::F16 => typed::<f16>(op, dst, src, &HalfOps),
+        DataType::Bf16 => typed::<bf16>(op, dst, src, &HalfOps),
+    }
+}
+
+/// Divides every element by `count` (the Avg finish): float division, or integer division
+/// truncating toward zero. `count == 0` leaves the data unchanged.
+pub fn divide(dtype: DataType, dst: &mut [u8], count: usize) {
+    if count <= 1 {
+        return;
+    }
+    fn apply<T: Pod>(dst: &mut [u8], f: impl Fn(T) -> T) {
+        if let Ok(d) = bytemuck::try_cast_slice_mut::<u8, T>(dst) {
+            d.iter_mut().for_each(|x| *x = f(*x));
+        } else {
+            for c in dst.chunks_exact_mut(std::mem::size_of::<T>()) {
+                let v: T = bytemuck::pod_read_unaligned(c);
+                c.copy_from_slice(bytemuck::bytes_of(&f(v)));
+            }
+        }
+    }
+    let n = count;
+    match dtype {
+        DataType::F32 => apply(dst, |x: f32| x / n as f32),
+        DataType::F64 => apply(dst, |x: f64| x / n as f64),
+        DataType::F16 => apply(dst, |x: f16| f16::from_f32(x.to_f32() / n as f32)),
+        DataType::Bf16 => apply(dst, |x: bf16| bf16::from_f32(x.to_f32() / n as f32)),
+        DataType::I32 => apply(dst, |x: i32| x.wrapping_div(i32::try_from(n).unwrap_or(i32::MAX))),
+        DataType::I64 => apply(dst, |x: i64| x.wrapping_div(i64::try_from(n).unwrap_or(i64::MAX))),
+        DataType::U8 => apply(dst, |x: u8| x / u8::try_from(n).unwrap_or(u8::MAX)),
+    }
+}
+
+/// The scalar operations for one family of types; each kernel is a zip loop over slices.
+trait Ops<T> {
+    fn kernel(&self, op: ReduceOp, d: &mut [T], s: &[T]);
+}
+
+struct FloatOps;
+struct IntOps;
+struct HalfOps;
+
+macro_rules! float_kernel {
+    ($t:ty) => {
+        impl Ops<$t> for FloatOps {
+            fn kernel(&self, op: ReduceOp, d: &mut [$t], s: &[$t]) {
+                match op {
+                    ReduceOp::Sum | ReduceOp::Avg => d.iter_mut().zip(s).for_each(|(a, b)| *a += *b),
+                    ReduceOp::Prod => d.iter_mut().zip(s).for_each(|(a, b)| *a *= *b),
+                    ReduceOp::Min => d.iter_mut().zip(s).for_each(|(a, b)| *a = a.min(*b)),
+                    ReduceOp::Max => d.iter_mut().zip(s).for_each(|(a, b)| *a = a.max(*b)),
+                }
+            }
+        }
+    };
+}
+float_kernel!(f32);
+float_kernel!(f64);
+
+macro_rules! int_kernel {
+    ($t:ty) => {
+        impl Ops<$t> for IntOps {
+            fn kernel(&self, op: ReduceOp, d: &mut [$t], s: &[$t]) {
+                match op {
+                    ReduceOp::Sum | ReduceOp::Avg => d.iter_mut().zip(s).for_each(|(a, b)| *a = a.wrapping_add(*b)),
+                    ReduceOp::Prod => d.iter_mut().zip(s).for_each(|(a, b)| *a = a.wrapping_mul(*b)),
+                    ReduceOp::Min => d.iter_mut().zip(s).for_each(|(a, b)| *a = (*a).min(*b)),
+                    ReduceOp::Max => d.iter_mut().zip(s).for_each(|(a, b)| *a = (*a).max(*b)),
+                }
+            }
+        }
+    };
+}
+int_kernel!(i32);
+int_kernel!(i64);
+int_kernel!(u8);
+
+macro_rules! half_kernel {
+    ($t:ty) => {
+        impl Ops<$t> for HalfOps {
+            fn kernel(&self, op: ReduceOp, d: &mut [$t], s: &[$t]) {
+                let f: fn(f32, f32) -> f32 = match op {
+                    ReduceOp::Sum | ReduceOp::Avg => |a, b| a + b,
+                    ReduceOp::Prod => |a, b| a * b,
+                    ReduceOp::Min => f32::min,
+                    ReduceOp::Max => f32::max,
+                };
+                d.iter_mut().zip(s).for_each(|(a, b)| *a = <$t>::from_f32(f(a.to_f32(), b.to_f32())));
+            }
+        }
+    };
+}
+half_kernel!(f16);
+half_kernel!(bf16);
+
+fn typed<T: Pod + Default>(op: ReduceOp, dst: &mut [u8], src: &[u8], ops: &impl Ops<T>) {
+    match (bytemuck::try_cast_slice_mut::<u8, T>(dst), bytemuck::try_cast_slice::<u8, T>(src)) {
+        (Ok(d), Ok(s)) => ops.kernel(op, d, s),
+        _ => {
+            // Unaligned bytes (a payload at an odd offset): reduce through aligned blocks.
+            let esize = std::mem::size_of::<T>();
+            let mut a = vec![T::default(); UNALIGNED_BLOCK_ELEMS];
+            let mut b = vec![T::default(); UNALIGNED_BLOCK_ELEMS];
+            for (dc, sc) in dst.chunks_mut(UNALIGNED_BLOCK_ELEMS * esize).zip(src.chunks(UNALIGNED_BLOCK_ELEMS * esize))
+            {
+                let n = dc.len() / esize;
+                bytemuck::cast_slice_mut::<T, u8>(&mut a[..n]).copy_from_slice(dc);
+                bytemuck::cast_slice_mut::<T, u8>(&mut b[..n]).copy_from_slice(sc);
+                ops.kernel(op, &mut a[..n], &b[..n]);
+                dc.copy_from_slice(bytemuck::cast_slice(&a[..n]));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<T: Pod>(dtype: DataType, op: ReduceOp, a: &[T], b: &[T]) -> Vec<T> {
+        let mut d = a.to_vec();
+        reduce_into(dtype, op, bytemuck::cast_slice_mut(&mut d), bytemuck::cast_slice(b));
+        d
+    }
+
+    #[test]
+    fn every_op_on_every_type() {
+        assert_eq!(run(DataType::F32, ReduceOp::Sum, &[1.0f32, 2.0], &[0.5, -4.0]), vec![1.5, -2.0]);
+        assert_eq!(run(DataType::F64, ReduceOp::Prod, &[3.0f64], &[0.5]), vec![1.5]);
+        assert_eq!(run(DataType::I32, ReduceOp::Sum, &[i32::MAX], &[1]), vec![i32::MIN]);
+        assert_eq!(run(DataType::I64, ReduceOp::Min, &[5i64, -3], &[2, 9]), vec![2, -3]);
+        assert_eq!(run(DataType::U8, ReduceOp::Max, &[5u8, 200], &[7, 9]), vec![7, 200]);
+        assert_eq!(run(DataType::U8, ReduceOp::Prod, &[16u8], &[17]), vec![16]);
+        let h = run(DataType::F16, ReduceOp::Sum, &[f16::from_f32(1.5)], &[f16::from_f32(2.25)]);
+        assert_eq!(h[0].to_f32(), 3.75);
+        let b = run(DataType::Bf16, ReduceOp::Max, &[bf16::from_f32(-1.0)], &[bf16::from_f32(-2.0)]);
+        assert_eq!(b[0].to_f32(), -1.0);
+    }
+
+    #[test]
+    fn unaligned_source_matches_aligned() {
+        let a: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let b: Vec<f32> = (0..1000).map(|i| (i * 3) as f32).collect();
+        let want = run(DataType::F32, ReduceOp::Sum, &a, &b);
+        let mut raw = vec![0u8; 4001];
+        raw[1..].copy_from_slice(bytemuck::cast_slice(&b));
+        let mut d = a.clone();
+        reduce_into(DataType::F32, ReduceOp::Sum, bytemuck::cast_slice_mut(&mut d), &raw[1..]);
+        assert_eq!(d, want);
+    }
+
+    #[test]
+    fn divide_is_the_avg_finish() {
+        let mut v = [6.0f32, 3.0];
+        divide(DataType::F32, bytemuck::cast_slice_mut(&mut v), 3);
+        assert_eq!(v, [2.0, 1.0]);
+        let mut i = [-7i32, 7];
+        divide(DataType::I32, bytemuck::cast_slice_mut(&mut i), 2);
+        assert_eq!(i, [-3, 3]);
+    }
+}

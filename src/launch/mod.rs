@@ -1,0 +1,1 @@
+//! The `ringrun` launcher: placement, process table, output, failure policy.

@@ -1,0 +1,50 @@
+//! Every bound in one place: each constant states its unit and why it has that value.
+//!
+//! Knobs a user may want to change live in [`crate::Config`]; these are the limits that
+//! protect the process from peers and from itself.
+
+use std::time::Duration;
+
+/// Largest world size accepted anywhere (ranks, views, control messages). A view larger
+/// than this is refused before any allocation sized by it.
+pub const WORLD_MAX: usize = 4096;
+
+/// Largest segment payload in bytes a peer may send. Segments are the pipelining unit;
+/// anything larger than this in a header is a protocol error, never an allocation.
+pub const SEGMENT_BYTES_MAX: usize = 16 << 20;
+
+/// Smallest segment size in bytes a config may ask for (tests shrink segments this far to
+/// cover many segments with small inputs).
+pub const SEGMENT_BYTES_MIN: usize = 64;
+
+/// Largest control message body in bytes (rendezvous, views, errors). A view of
+/// `WORLD_MAX` ranks with their addresses fits well below it.
+pub const CONTROL_BYTES_MAX: usize = 256 << 10;
+
+/// How many collectives may wait in a communicator's queue before `*_async` blocks the
+/// caller: bounds memory held by in-flight work.
+pub const QUEUE_DEPTH_MAX: usize = 64;
+
+/// How many connections may wait for their hello at once on any listener; more are closed
+/// at once (flood protection).
+pub const PENDING_CONNECTIONS_MAX: usize = 64;
+
+/// Time a new connection has to deliver its complete hello before it is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// First delay between attempts to reach the coordinator; doubles up to
+/// [`CONNECT_RETRY_DELAY_MAX`] until `Config::connect_timeout` runs out.
+pub const CONNECT_RETRY_DELAY_MIN: Duration = Duration::from_millis(10);
+
+/// Longest delay between attempts to reach the coordinator or a peer.
+pub const CONNECT_RETRY_DELAY_MAX: Duration = Duration::from_millis(500);
+
+/// Socket send and receive buffer size asked of the kernel, in bytes. Large buffers keep a
+/// fast link busy while the event loop reduces the previous segment.
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Most iovecs passed to one vectored write (Linux's IOV_MAX is 1024).
+pub const IOVECS_MAX: usize = 64;
+
+/// Longest string (address, field name, message) accepted in a control message.
+pub const CONTROL_STRING_MAX: usize = 1024;

@@ -1,0 +1,644 @@
+//! The event loop: one thread per communicator, owning the ring's sockets.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::establish::Ring;
+use super::link::{Link as Conn, OutFrame, OutPayload, ReadStep, Rx, Target};
+use super::{Job, JobOutcome};
+use crate::codec::Codec;
+use crate::comm::Config;
+use crate::core::collective::{Algorithm, Collective, Link, ProtocolError, Spec, Status};
+use crate::core::ReduceOp;
+use crate::wire::header::verify_crc;
+use crate::wire::{CollKind, FrameKind, Header, Phase};
+use crate::{Error, Rank, Report};
+
+const PREV: Token = Token(0);
+const NEXT: Token = Token(1);
+const WAKER: Token = Token(2);
+const COORD: Token = Token(3);
+
+/// Most frames read from one link before the loop turns to writing and the other link,
+/// so one busy link cannot starve the rest.
+const FRAMES_PER_TURN: usize = 16;
+
+/// Longest abort reason sent, in bytes.
+const ABORT_REASON_MAX: usize = 1024;
+
+/// What the caller's thread sends the loop.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Run a collective after those already queued.
+    Run(Job),
+}
+
+/// Handle to a running event loop. Dropping it stops the loop and joins the thread.
+#[derive(Debug)]
+pub(crate) struct Driver {
+    tx: Option<Sender<Command>>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Driver {
+    /// Starts the loop on an established ring.
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] if the poller or the thread cannot be created.
+    pub(crate) fn start(
+        ring: Ring,
+        config: &Config,
+        coordinator: Option<std::net::TcpStream>,
+    ) -> Result<Driver, Error> {
+        let os = |e: std::io::Error| Error::Shutdown(format!("event loop setup: {e}"));
+        let poll = Poll::new().map_err(os)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(os)?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut links: [Option<Conn>; 2] = [None, None];
+        for (i, (side, token)) in [(ring.prev, PREV), (ring.next, NEXT)].into_iter().enumerate() {
+            if let Some((stream, member)) = side {
+                stream.set_nonblocking(true).map_err(os)?;
+                let mut s = mio::net::TcpStream::from_std(stream);
+                poll.registry().register(&mut s, token, Interest::READABLE | Interest::WRITABLE).map_err(os)?;
+                links[i] = Some(Conn::new(s, member.rank, member.addr, config.segment_bytes.max(ABORT_REASON_MAX)));
+            }
+        }
+        let coord = match coordinator {
+            Some(s) => {
+                s.set_nonblocking(true).map_err(os)?;
+                let mut s = mio::net::TcpStream::from_std(s);
+                poll.registry().register(&mut s, COORD, Interest::READABLE).map_err(os)?;
+                Some(s)
+            }
+            None => None,
+        };
+        let members: Vec<Rank> = ring.view.members.iter().map(|m| m.rank).collect();
+        let mut sorted = members.clone();
+        sorted.sort_unstable();
+        let ev = EventLoop {
+            poll,
+            rx,
+            links,
+            coord,
+            job: ring.view.job,
+            epoch: ring.view.epoch,
+            members,
+            sorted,
+            pos: ring.pos,
+            rank: config.rank,
+            segment_bytes: config.segment_bytes,
+            algorithm: config.algorithm,
+            progress_timeout: config.progress_timeout,
+            queue: VecDeque::new(),
+            active: None,
+            next_seq: 0,
+            broken: None,
+            stale_frames: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("ringcc-net-{}", config.rank))
+            .spawn(move || ev.run())
+            .map_err(os)?;
+        Ok(Driver { tx: Some(tx), waker, thread: Some(thread) })
+    }
+
+    /// Queues a job; its outcome arrives on the job's reply channel.
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] if the loop has ended.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), Error> {
+        let tx = self.tx.as_ref().ok_or_else(|| Error::Shutdown("communicator dropped".into()))?;
+        tx.send(Command::Run(job)).map_err(|_| Error::Shutdown("event loop ended".into()))?;
+        self.waker.wake().map_err(|e| Error::Shutdown(format!("wake event loop: {e}")))
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Closing the channel tells the loop to finish; the waker makes it notice.
+        self.tx = None;
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The collective running now.
+struct Active {
+    job: Job,
+    coll: Collective,
+    seq: u64,
+    started: Instant,
+    /// A failure outside the collective's own logic (a link closed or sent garbage).
+    error: Option<Error>,
+}
+
+/// What to do with the frame whose header was just read.
+enum Route {
+    /// It belongs to a collective that has not started here: stop reading this link.
+    Park,
+    /// It belongs to a finished or failed collective: read and drop it.
+    Discard,
+    /// It belongs to the active collective: read its payload into this target.
+    Active(Target),
+}
+
+struct EventLoop {
+    poll: Poll,
+    rx: Receiver<Command>,
+    /// `[prev, next]`.
+    links: [Option<Conn>; 2],
+    coord: Option<mio::net::TcpStream>,
+    job: u64,
+    epoch: u64,
+    /// Ranks in ring order.
+    members: Vec<Rank>,
+    /// Ranks ascending.
+    sorted: Vec<Rank>,
+    pos: usize,
+    rank: Rank,
+    segment_bytes: usize,
+    algorithm: Algorithm,
+    progress_timeout: Duration,
+    queue: VecDeque<Job>,
+    active: Option<Active>,
+    next_seq: u64,
+    /// Set once a link has failed: later jobs fail at once with this reason.
+    broken: Option<(Rank, String)>,
+    stale_frames: u64,
+}
+
+fn idx(link: Link) -> usize {
+    match link {
+        Link::Prev => 0,
+        Link::Next => 1,
+    }
+}
+
+fn link_of(i: usize) -> Link {
+    if i == 0 {
+        Link::Prev
+    } else {
+        Link::Next
+    }
+}
+
+impl EventLoop {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        let mut closing = false;
+        loop {
+            let now = Instant::now();
+            let timeout =
+                self.active.as_ref().and_then(|a| a.coll.poll_timeout()).map(|d| d.saturating_duration_since(now));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    self.fail_everything(&format!("poll: {e}"));
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => loop {
+                        match self.rx.try_recv() {
+                            Ok(Command::Run(job)) => self.queue.push_back(job),
+                            Err(crossbeam_channel::TryRecvError::Empty) => break,
+                            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                                closing = true;
+                                break;
+                            }
+                        }
+                    },
+                    COORD => self.read_coordinator(),
+                    t => {
+                        if let Some(l) = self.links[t.0].as_mut() {
+                            l.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                            l.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
+                        }
+                    }
+                }
+            }
+            self.drive(Instant::now());
+            if closing {
+                self.close();
+                return;
+            }
+        }
+    }
+
+    /// Makes all the progress possible without blocking.
+    fn drive(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            if self.active.is_none() {
+                progressed |= self.start_next(now);
+            }
+            for i in 0..2 {
+                progressed |= self.pump_read(i, now);
+            }
+            progressed |= self.flush_all();
+            progressed |= self.check_active(now);
+            if !progressed {
+                break;
+            }
+        }
+        if let Some(a) = self.active.as_mut() {
+            a.coll.handle_timeout(now);
+        }
+        self.check_active(now);
+    }
+
+    fn start_next(&mut self, now: Instant) -> bool {
+        let Some(mut job) = self.queue.pop_front() else { return false };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let world = self.members.len();
+        let s = job.spec;
+        let block_of_pos: Vec<usize> = match s.coll {
+            CollKind::AllGather | CollKind::ReduceScatter => {
+                self.members.iter().map(|r| self.sorted.binary_search(r).unwrap_or(0)).collect()
+            }
+            _ => (0..world).collect(),
+        };
+        let root_pos = self.members.iter().position(|&r| r == s.root).unwrap_or(0);
+        let spec = Spec {
+            coll: s.coll,
+            op: if matches!(s.coll, CollKind::AllGather | CollKind::Broadcast | CollKind::Barrier) {
+                ReduceOp::Sum
+            } else {
+                s.op
+            },
+            dtype: s.dtype,
+            codec: Codec::Raw,
+            job: self.job,
+            epoch: self.epoch,
+            seq,
+            len_elems: s.len_elems,
+            world,
+            pos: self.pos,
+            rank: self.rank as u32,
+            block_of_pos,
+            root_pos,
+            segment_bytes: self.segment_bytes,
+            contributors: world,
+            algorithm: self.algorithm,
+            progress_timeout: self.progress_timeout,
+        };
+        let coll = Collective::start(spec, now, job.buf.bytes_mut());
+        let error = self.broken.as_ref().map(|(peer, _)| Error::PeerClosed { peer: *peer, seq, epoch: self.epoch });
+        self.active = Some(Active { job, coll, seq, started: now, error });
+        self.drain_transmits();
+        // Frames parked for this collective can now be read.
+        for i in 0..2 {
+            if let Some(l) = self.links[i].as_mut() {
+                if let Rx::Parked { header, crc } = l.rx {
+                    l.rx = Rx::Header { filled: 0 };
+                    self.route_header(i, header, crc);
+                }
+            }
+        }
+        true
+    }
+
+    /// Moves the active collective's transmits into the links' write queues.
+    fn drain_transmits(&mut self) {
+        let Some(a) = self.active.as_mut() else { return };
+        while let Some(t) = a.coll.poll_transmit(a.job.buf.bytes()) {
+            match self.links[idx(t.link)].as_mut() {
+                Some(l) if !l.closed => {
+                    l.out.push_back(OutFrame { header: t.header, payload: OutPayload::Job(t.payload) })
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn key(&self) -> (u64, u64) {
+        (self.epoch, self.active.as_ref().map_or(self.next_seq, |a| a.seq))
+    }
+
+    /// Decides where the payload of a just-read header goes, and sets the link's state.
+    fn route_header(&mut self, i: usize, header: Header, crc: u32) {
+        let route = if header.job != self.job {
+            let peer = self.links[i].as_ref().map_or(0, |l| l.peer);
+            self.fail_link(i, format!("frame of job {:#x}, this job is {:#x}", header.job, self.job), peer);
+            return;
+        } else {
+            let here = self.key();
+            let theirs = (header.epoch, header.seq);
+            match (&self.active, theirs.cmp(&here)) {
+                (_, std::cmp::Ordering::Less) => Route::Discard,
+                (None, _) | (_, std::cmp::Ordering::Greater) => Route::Park,
+                (Some(a), std::cmp::Ordering::Equal) => {
+                    Route::Active(a.coll.recv_target(link_of(i), &header).map_or(Target::Scratch, Target::Job))
+                }
+            }
+        };
+        let Some(l) = self.links[i].as_mut() else { return };
+        l.rx = match route {
+            Route::Park => Rx::Parked { header, crc },
+            Route::Discard => {
+                self.stale_frames += 1;
+                Rx::Payload { header, crc, target: Target::Scratch, filled: 0 }
+            }
+            Route::Active(target) => Rx::Payload { header, crc, target, filled: 0 },
+        };
+        if let Rx::Payload { header, target: Target::Scratch, .. } = &l.rx {
+            if header.payload_len as usize > l.scratch_cap() {
+                let (cap, len, peer) = (l.scratch_cap(), header.payload_len, l.peer);
+                self.fail_link(i, format!("payload of {len} bytes exceeds the agreed segment size {cap}"), peer);
+            }
+        }
+    }
+
+    /// Reads frames from link `i` until it would block, parks, or has had its turn.
+    fn pump_read(&mut self, i: usize, now: Instant) -> bool {
+        let mut progressed = false;
+        for _ in 0..FRAMES_PER_TURN * 4 {
+            let Some(l) = self.links[i].as_mut() else { return progressed };
+            if l.closed || !l.readable {
+                return progressed;
+            }
+            let step = match &mut l.rx {
+                Rx::Parked { .. } => return progressed,
+                Rx::Header { filled } => {
+                    let mut f = *filled;
+                    let r = l.read_header(&mut f);
+                    l.rx = Rx::Header { filled: f };
+                    match r {
+                        Ok(ReadStep::Progress) if f == crate::wire::HEADER_LEN => match Header::decode(&l.header_bytes)
+                        {
+                            Ok((h, crc)) => {
+                                self.route_header(i, h, crc);
+                                Ok(ReadStep::Progress)
+                            }
+                            Err(e) => {
+                                let peer = l.peer;
+                                self.fail_link(i, format!("bad header: {e}"), peer);
+                                return true;
+                            }
+                        },
+                        other => other,
+                    }
+                }
+                Rx::Payload { header, target, filled, .. } => {
+                    let len = header.payload_len as usize;
+                    let mut f = *filled;
+                    let r = match target.clone() {
+                        Target::Scratch => l.read_payload(len, &mut f, None),
+                        Target::Job(range) => {
+                            let job = self.active.as_mut().map(|a| &mut a.job.buf.bytes_mut()[range]);
+                            l.read_payload(len, &mut f, job)
+                        }
+                    };
+                    if let Rx::Payload { filled, .. } = &mut l.rx {
+                        *filled = f;
+                    }
+                    if matches!(r, Ok(ReadStep::Progress)) && f == len {
+                        self.complete_frame(i, now);
+                    }
+                    r
+                }
+            };
+            match step {
+                Ok(ReadStep::Progress) => progressed = true,
+                Ok(ReadStep::WouldBlock) => return progressed,
+                Ok(ReadStep::Closed) => {
+                    let peer = self.links[i].as_ref().map_or(0, |l| l.peer);
+                    self.fail_link(i, "connection closed".into(), peer);
+                    return true;
+                }
+                Err(e) => {
+                    let peer = self.links[i].as_ref().map_or(0, |l| l.peer);
+                    self.fail_link(i, format!("read: {e}"), peer);
+                    return true;
+                }
+            }
+        }
+        progressed
+    }
+
+    /// A whole frame is in: check its CRC, hand it to the collective, queue what follows.
+    fn complete_frame(&mut self, i: usize, now: Instant) {
+        let Some(l) = self.links[i].as_mut() else { return };
+        let Rx::Payload { header, crc, target, .. } = std::mem::replace(&mut l.rx, Rx::Header { filled: 0 }) else {
+            return;
+        };
+        let len = header.payload_len as usize;
+        let (ours, discard) = match &self.active {
+            Some(a) => ((header.epoch, header.seq) == (self.epoch, a.seq), false),
+            None => (false, true),
+        };
+        let checked = match &target {
+            Target::Scratch => verify_crc(&l.header_bytes, crc, l.scratch(len)),
+            Target::Job(r) => match self.active.as_ref() {
+                Some(a) => verify_crc(&l.header_bytes, crc, &a.job.buf.bytes()[r.clone()]),
+                None => return,
+            },
+        };
+        if let Err(e) = checked {
+            let peer = l.peer;
+            self.fail_link(i, format!("{e}"), peer);
+            return;
+        }
+        if discard || !ours {
+            return;
+        }
+        let Some(a) = self.active.as_mut() else { return };
+        let link = link_of(i);
+        let _ = match target {
+            Target::Scratch => a.coll.handle_frame(now, link, &header, l.scratch(len), a.job.buf.bytes_mut()),
+            Target::Job(_) => a.coll.handle_frame_in_place(now, link, &header, a.job.buf.bytes_mut()),
+        };
+        self.drain_transmits();
+    }
+
+    fn flush_all(&mut self) -> bool {
+        let mut progressed = false;
+        for i in 0..2 {
+            let job = self.active.as_ref().map(|a| a.job.buf.bytes());
+            let Some(l) = self.links[i].as_mut() else { continue };
+            if l.closed {
+                continue;
+            }
+            match l.flush(job) {
+                Ok(n) => progressed |= n > 0,
+                Err(e) => {
+                    let peer = l.peer;
+                    self.fail_link(i, format!("write: {e}"), peer);
+                    progressed = true;
+                }
+            }
+        }
+        progressed
+    }
+
+    /// Marks link `i` dead, fails the active collective and everything after it.
+    fn fail_link(&mut self, i: usize, reason: String, peer: Rank) {
+        if let Some(l) = self.links[i].as_mut() {
+            if l.closed {
+                return;
+            }
+            l.closed = true;
+            let _ = self.poll.registry().deregister(&mut l.stream);
+            let _ = l.stream.shutdown(std::net::Shutdown::Both);
+            l.out.clear();
+            if self.active.is_some() {
+                tracing::warn!(peer, %reason, "ring link failed");
+            } else {
+                tracing::debug!(peer, %reason, "ring link closed between collectives");
+            }
+        }
+        self.broken.get_or_insert((peer, reason));
+        if let Some(a) = self.active.as_mut() {
+            a.error.get_or_insert(Error::PeerClosed { peer, seq: a.seq, epoch: self.epoch });
+        }
+    }
+
+    /// Finishes the active collective if it is done or failed. Returns true if it did.
+    fn check_active(&mut self, now: Instant) -> bool {
+        let Some(a) = self.active.as_mut() else { return false };
+        let result: Result<(), Result<Error, ProtocolError>> = if let Some(e) = a.error.take() {
+            Err(Ok(e))
+        } else {
+            match a.coll.status() {
+                Status::Running => return false,
+                Status::Done => {
+                    if self.links.iter().flatten().any(|l| l.holds_job_bytes()) {
+                        return false;
+                    }
+                    Ok(())
+                }
+                Status::Failed(pe) => Err(Err(pe.clone())),
+            }
+        };
+        let Some(a) = self.active.take() else { return false };
+        for l in self.links.iter_mut().flatten() {
+            l.release_job(a.job.buf.bytes());
+        }
+        let outcome = match result {
+            Ok(()) => {
+                let marks = a.coll.phase_marks();
+                let rs_end = marks.reduce_scatter_done.unwrap_or(a.started);
+                let report = Report {
+                    epoch: self.epoch,
+                    members: self.sorted.clone(),
+                    joined: Vec::new(),
+                    seq: a.seq,
+                    bytes_sent: a.coll.bytes_sent(),
+                    reduce_scatter: rs_end.saturating_duration_since(a.started),
+                    all_gather: now.saturating_duration_since(rs_end),
+                    queued: a.started.saturating_duration_since(a.job.submitted),
+                    total: now.saturating_duration_since(a.job.submitted),
+                };
+                JobOutcome { result: Ok((a.job.buf.into_owner(), report)) }
+            }
+            Err(e) => {
+                let spec = a.coll.spec().clone();
+                let err = match e {
+                    Ok(err) => err,
+                    Err(pe) => {
+                        self.send_abort(&spec, &pe.to_string());
+                        Error::Protocol { seq: a.seq, epoch: self.epoch, op: spec.coll.name(), source: pe }
+                    }
+                };
+                if !matches!(err, Error::Protocol { .. }) {
+                    self.send_abort(&spec, &err.to_string());
+                }
+                JobOutcome { result: Err(err) }
+            }
+        };
+        let _ = a.job.reply.send(outcome);
+        true
+    }
+
+    /// Tells both neighbours this rank abandons collective `spec.seq`, so they fail fast
+    /// instead of waiting for the progress timeout.
+    fn send_abort(&mut self, spec: &Spec, reason: &str) {
+        let mut end = reason.len().min(ABORT_REASON_MAX);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let payload = reason.as_bytes()[..end].to_vec();
+        let header = Header {
+            kind: FrameKind::Abort,
+            codec: Codec::Raw,
+            phase: Phase::ReduceScatter,
+            coll: spec.coll,
+            op: spec.op,
+            dtype: spec.dtype,
+            step: 0,
+            job: spec.job,
+            epoch: spec.epoch,
+            seq: spec.seq,
+            len_elems: spec.len_elems as u64,
+            chunk: 0,
+            segment: 0,
+            payload_len: payload.len() as u32,
+            raw_len: payload.len() as u32,
+            sender: spec.rank,
+        };
+        let bytes = header.encode(&payload);
+        for l in self.links.iter_mut().flatten().filter(|l| !l.closed) {
+            l.out.push_back(OutFrame { header: bytes, payload: OutPayload::Owned(payload.clone()) });
+        }
+    }
+
+    fn read_coordinator(&mut self) {
+        let Some(c) = self.coord.as_mut() else { return };
+        let mut buf = [0u8; 4096];
+        loop {
+            match std::io::Read::read(c, &mut buf) {
+                Ok(0) => {
+                    tracing::debug!("coordinator connection closed");
+                    let _ = self.poll.registry().deregister(c);
+                    self.coord = None;
+                    return;
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.coord = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn fail_everything(&mut self, reason: &str) {
+        if let Some(a) = self.active.take() {
+            for l in self.links.iter_mut().flatten() {
+                l.release_job(a.job.buf.bytes());
+            }
+            let _ = a.job.reply.send(JobOutcome { result: Err(Error::Shutdown(reason.into())) });
+        }
+        for j in self.queue.drain(..) {
+            let _ = j.reply.send(JobOutcome { result: Err(Error::Shutdown(reason.into())) });
+        }
+    }
+
+    /// Clean shutdown: fail what is left, flush what was queued (aborts), close the write
+    /// side so peers see an orderly end, not a reset.
+    fn close(&mut self) {
+        self.fail_everything("communicator dropped");
+        let deadline = Instant::now() + Duration::from_millis(200);
+        for l in self.links.iter_mut().flatten().filter(|l| !l.closed) {
+            while !l.out.is_empty() && Instant::now() < deadline {
+                l.writable = true;
+                if l.flush(None).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = l.stream.shutdown(std::net::Shutdown::Write);
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! One ring connection's byte-level state: the frame being read and the frames queued
+//! for writing. The event loop decides where payloads go; this only moves bytes.
+
+use std::collections::VecDeque;
+use std::io::{IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use mio::net::TcpStream;
+
+use crate::limits::IOVECS_MAX;
+use crate::wire::{Header, HEADER_LEN};
+use crate::Rank;
+
+/// Where the payload of the frame being read goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Target {
+    /// Into the link's scratch buffer (reduce-scatter input, control payloads, discards).
+    Scratch,
+    /// Straight into the active job's buffer at this byte range (all-gather, broadcast).
+    Job(Range<usize>),
+}
+
+/// Progress of the frame being read.
+#[derive(Debug)]
+pub(super) enum Rx {
+    /// Reading the fixed header; `filled` bytes so far.
+    Header { filled: usize },
+    /// The header is decoded but the frame belongs to a collective that has not started
+    /// here yet: reading stops (TCP flow control holds the sender) until it starts.
+    Parked { header: Header, crc: u32 },
+    /// Reading the payload into `target`.
+    Payload { header: Header, crc: u32, target: Target, filled: usize },
+}
+
+/// What a frame's payload is sent from.
+#[derive(Debug)]
+pub(super) enum OutPayload {
+    /// A byte range of the active job's buffer.
+    Job(Range<usize>),
+    /// Bytes owned by the frame (aborts, or a job range copied out when the job ended).
+    Owned(Vec<u8>),
+}
+
+/// A frame waiting to be written.
+#[derive(Debug)]
+pub(super) struct OutFrame {
+    pub(super) header: [u8; HEADER_LEN],
+    pub(super) payload: OutPayload,
+}
+
+/// Outcome of one read call.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ReadStep {
+    /// The requested bytes (or some of them) arrived.
+    Progress,
+    /// The socket has nothing more for now.
+    WouldBlock,
+    /// The peer closed the connection.
+    Closed,
+}
+
+/// A ring connection.
+#[derive(Debug)]
+pub(super) struct Link {
+    pub(super) stream: TcpStream,
+    pub(super) peer: Rank,
+    pub(super) addr: SocketAddr,
+    pub(super) rx: Rx,
+    pub(super) header_bytes: [u8; HEADER_LEN],
+    /// Payload scratch, 8-byte aligned so reductions read it as typed slices.
+    scratch: Vec<u64>,
+    pub(super) out: VecDeque<OutFrame>,
+    /// Bytes of the head of `out` already written (header first, then payload).
+    out_written: usize,
+    pub(super) readable: bool,
+    pub(super) writable: bool,
+    pub(super) closed: bool,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    /// Bytes the last successful read returned.
+    last_read: usize,
+}
+
+impl Link {
+    pub(super) fn new(stream: TcpStream, peer: Rank, addr: SocketAddr, scratch_bytes: usize) -> Link {
+        Link {
+            stream,
+            peer,
+            addr,
+            rx: Rx::Header { filled: 0 },
+            header_bytes: [0; HEADER_LEN],
+            scratch: vec![0u64; scratch_bytes.div_ceil(8)],
+            out: VecDeque::new(),
+            out_written: 0,
+            readable: true,
+            writable: true,
+            closed: false,
+            bytes_in: 0,
+            bytes_out: 0,
+            last_read: 0,
+        }
+    }
+
+    /// Capacity of the scratch buffer in bytes: the largest payload this link accepts.
+    pub(super) fn scratch_cap(&self) -> usize {
+        self.scratch.len() * 8
+    }
+
+    pub(super) fn scratch(&self, len: usize) -> &[u8] {
+        &bytemuck::cast_slice(&self.scratch)[..len]
+    }
+
+    fn read_into(&mut self, dst: &mut [u8]) -> std::io::Result<ReadStep> {
+        if dst.is_empty() {
+            return Ok(ReadStep::Progress);
+        }
+        loop {
+            match self.stream.read(dst) {
+                Ok(0) => return Ok(ReadStep::Closed),
+                Ok(n) => {
+                    self.bytes_in += n as u64;
+                    self.last_read = n;
+                    return Ok(ReadStep::Progress);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return Ok(ReadStep::WouldBlock);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads more of the header. `Progress` means `filled` grew (check for completion).
+    pub(super) fn read_header(&mut self, filled: &mut usize) -> std::io::Result<ReadStep> {
+        let mut tmp = [0u8; HEADER_LEN];
+        let want = HEADER_LEN - *filled;
+        let step = self.read_into(&mut tmp[..want])?;
+        if step == ReadStep::Progress {
+            let n = self.last_read;
+            self.header_bytes[*filled..*filled + n].copy_from_slice(&tmp[..n]);
+            *filled += n;
+        }
+        Ok(step)
+    }
+
+    /// Reads more payload into scratch (`job` is `None`) or into `job[range]`.
+    pub(super) fn read_payload(
+        &mut self,
+        len: usize,
+        filled: &mut usize,
+        job: Option<&mut [u8]>,
+    ) -> std::io::Result<ReadStep> {
+        let step = match job {
+            Some(dst) => self.read_into(&mut dst[*filled..])?,
+            None => {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                let r = self.read_into(&mut bytemuck::cast_slice_mut(&mut scratch)[*filled..len]);
+                self.scratch = scratch;
+                r?
+            }
+        };
+        if step == ReadStep::Progress {
+            *filled += self.last_read;
+        }
+        Ok(step)
+    }
+
+    /// Writes as much of the queue as the socket takes. `job` resolves `OutPayload::Job`.
+    /// Returns the number of frames fully written.
+    pub(super) fn flush(&mut self, job: Option<&[u8]>) -> std::io::Result<usize> {
+        let mut done = 0;
+        while self.writable && !self.out.is_empty() {
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(IOVECS_MAX);
+            let mut skip = self.out_written;
+            for f in self.out.iter().take(IOVECS_MAX / 2) {
+                let payload: &[u8] = match &f.payload {
+                    OutPayload::Job(r) => &job.expect("job payload queued without an active job")[r.clone()],
+                    OutPayload::Owned(v) => v,
+                };
+                for part in [&f.header[..], payload] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                    } else {
+                        iov.push(IoSlice::new(&part[skip..]));
+                        skip = 0;
+                    }
+                }
+            }
+            let n = match self.stream.write_vectored(&iov) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            drop(iov);
+            self.bytes_out += n as u64;
+            self.out_written += n;
+            while let Some(f) = self.out.front() {
+                let len = HEADER_LEN + f.payload_len();
+                if self.out_written < len {
+                    break;
+                }
+                self.out_written -= len;
+                self.out.pop_front();
+                done += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// True if any queued frame still points into the active job's buffer.
+    pub(super) fn holds_job_bytes(&self) -> bool {
+        self.out.iter().any(|f| matches!(f.payload, OutPayload::Job(_)))
+    }
+
+    /// Detaches the queue from the job's buffer before the buffer goes back to the user:
+    /// a frame already partly written must still be finished (the stream would break
+    /// otherwise), so its payload is copied; untouched job frames are dropped.
+    pub(super) fn release_job(&mut self, job: &[u8]) {
+        let started = self.out_written > 0;
+        let mut kept = VecDeque::new();
+        for (i, mut f) in std::mem::take(&mut self.out).into_iter().enumerate() {
+            if let OutPayload::Job(r) = &f.payload {
+                if i == 0 && started {
+                    f.payload = OutPayload::Owned(job[r.clone()].to_vec());
+                } else {
+                    continue;
+                }
+            }
+            kept.push_back(f);
+        }
+        self.out = kept;
+    }
+}
+
+impl OutFrame {
+    fn payload_len(&self) -> usize {
+        match &self.payload {
+            OutPayload::Job(r) => r.len(),
+            OutPayload::Owned(v) => v.len(),
+        }
+    }
+}
