@@ -606,6 +606,11 @@ impl Collective {
         self.parts.iter().find_map(|p| p.expect.map(|c| (p.send_link.opposite(), phase_name(c.phase), c.step)))
     }
 
+    /// True while frames are still expected on `link`.
+    pub fn expects_on(&self, link: Link) -> bool {
+        self.parts.iter().any(|p| p.send_link.opposite() == link && p.expect.is_some())
+    }
+
     /// Bytes (headers included) handed out by `poll_transmit` so far.
     pub fn bytes_sent(&self) -> u64 {
         self.bytes_sent

@@ -28,6 +28,10 @@ const COORD: Token = Token(3);
 /// so one busy link cannot starve the rest.
 const FRAMES_PER_TURN: usize = 16;
 
+/// How long a closing communicator keeps flushing and draining its links so that peers
+/// see an orderly end of stream rather than a reset.
+const LINGER: Duration = Duration::from_millis(500);
+
 /// Longest abort reason sent, in bytes.
 const ABORT_REASON_MAX: usize = 1024;
 
@@ -491,14 +495,19 @@ impl EventLoop {
             let _ = l.stream.shutdown(std::net::Shutdown::Both);
             l.out.clear();
             if self.active.is_some() {
-                tracing::warn!(peer, %reason, "ring link failed");
+                tracing::warn!(peer, addr = %l.addr, %reason, "ring link failed");
             } else {
-                tracing::debug!(peer, %reason, "ring link closed between collectives");
+                tracing::debug!(peer, addr = %l.addr, %reason, "ring link closed between collectives");
             }
         }
         self.broken.get_or_insert((peer, reason));
         if let Some(a) = self.active.as_mut() {
-            a.error.get_or_insert(Error::PeerClosed { peer, seq: a.seq, epoch: self.epoch });
+            // Only what arrives on a link feeds this rank's result. A link that is no longer
+            // read from only had sends left: a neighbour that finished and left does not
+            // need them, and a crashed one is detected by the ranks that read from it.
+            if a.coll.expects_on(link_of(i)) {
+                a.error.get_or_insert(Error::PeerClosed { peer, seq: a.seq, epoch: self.epoch });
+            }
         }
     }
 
@@ -629,7 +638,7 @@ impl EventLoop {
     /// side so peers see an orderly end, not a reset.
     fn close(&mut self) {
         self.fail_everything("communicator dropped");
-        let deadline = Instant::now() + Duration::from_millis(200);
+        let deadline = Instant::now() + LINGER;
         for l in self.links.iter_mut().flatten().filter(|l| !l.closed) {
             while !l.out.is_empty() && Instant::now() < deadline {
                 l.writable = true;
@@ -639,6 +648,22 @@ impl EventLoop {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let _ = l.stream.shutdown(std::net::Shutdown::Write);
+        }
+        // Read until the peer's end of stream before closing: closing with unread bytes
+        // would send a reset, which can destroy data the peer has not read yet.
+        let mut sink = [0u8; 16 << 10];
+        for l in self.links.iter_mut().flatten().filter(|l| !l.closed) {
+            while Instant::now() < deadline {
+                match std::io::Read::read(&mut l.stream, &mut sink) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
         }
     }
 }
