@@ -150,7 +150,9 @@ impl Communicator {
     /// [`Error::Io`] if a neighbour cannot be reached.
     pub fn connect(mut config: Config) -> Result<Communicator, Error> {
         config.validate()?;
-        if config.job_id == 0 {
+        // The coordinator assigns the job id; a rank checks it only if it was given one.
+        let explicit_job = config.job_id != 0;
+        if !explicit_job {
             config.job_id = job_id_for(&config.coordinator);
         }
         let server = if config.host_coordinator {
@@ -183,13 +185,12 @@ impl Communicator {
             fingerprint: config.fingerprint(),
         };
         let view = client.register(&registration, config.rendezvous_timeout + Duration::from_secs(5))?;
-        if view.job != config.job_id {
-            return Err(Error::ConfigMismatch {
-                field: "job_id".into(),
-                rank: config.rank,
-                local: format!("{:#x}", config.job_id),
-                other_rank: 0,
-                remote: format!("{:#x}", view.job),
+        if explicit_job && view.job != config.job_id {
+            return Err(Error::Rendezvous {
+                reason: format!(
+                    "rank {} was started for job {:#x} but the coordinator at {} runs job {:#x}",
+                    config.rank, config.job_id, config.coordinator, view.job
+                ),
             });
         }
         let mut members: Vec<Rank> = view.members.iter().map(|m| m.rank).collect();
