@@ -125,6 +125,23 @@ fn job_id_for(coordinator: &str) -> u64 {
     coordinator.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
+/// How long a blocked caller polls for its outcome before sleeping: small collectives
+/// finish within it and skip a thread wake-up.
+const CALLER_SPIN: Duration = Duration::from_micros(100);
+
+/// Waits for a job's outcome: polls briefly (yielding the core), then blocks.
+fn wait_outcome(rx: &crossbeam_channel::Receiver<JobOutcome>) -> Result<JobOutcome, Error> {
+    let spin_until = Instant::now() + CALLER_SPIN;
+    while Instant::now() < spin_until {
+        match rx.try_recv() {
+            Ok(o) => return Ok(o),
+            Err(crossbeam_channel::TryRecvError::Empty) => std::thread::yield_now(),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+        }
+    }
+    rx.recv().map_err(|_| Error::Shutdown("event loop ended".into()))
+}
+
 impl Communicator {
     /// A builder with defaults (coordinator `127.0.0.1:29500`, rank 0 hosting it).
     pub fn builder() -> CommunicatorBuilder {
@@ -216,7 +233,7 @@ impl Communicator {
         // the only borrow of `bytes` meanwhile.
         let buf = unsafe { JobBuf::borrowed(bytes) };
         self.driver.submit(Job { spec, buf, reply: tx, submitted: Instant::now() })?;
-        let outcome: JobOutcome = rx.recv().map_err(|_| Error::Shutdown("event loop ended".into()))?;
+        let outcome = wait_outcome(&rx)?;
         outcome.result.map(|(_, report)| report)
     }
 
