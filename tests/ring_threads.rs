@@ -12,11 +12,7 @@ fn with_ring<R: Send + 'static>(
     f: impl Fn(Communicator) -> R + Send + Sync + Clone + 'static,
 ) -> Vec<R> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server = Server::start(
-        listener,
-        ServerOptions { world_size: world, job: 42, rendezvous_timeout: Duration::from_secs(20) },
-    )
-    .unwrap();
+    let server = Server::start(listener, ServerOptions::new(world, 42, Duration::from_secs(20))).unwrap();
     let addr = server.local_addr().to_string();
     let handles: Vec<_> = (0..world)
         .map(|rank| {

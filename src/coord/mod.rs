@@ -55,7 +55,7 @@ pub struct Registration {
 }
 
 /// Settings of a coordinator server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerOptions {
     /// Ranks expected.
     pub world_size: usize,
@@ -63,4 +63,24 @@ pub struct ServerOptions {
     pub job: u64,
     /// How long to wait for every rank to register.
     pub rendezvous_timeout: Duration,
+    /// The job secret ranks must prove (empty: loopback-only jobs without a secret).
+    pub secret: Vec<u8>,
+}
+
+impl ServerOptions {
+    /// Options with no secret.
+    pub fn new(world_size: usize, job: u64, rendezvous_timeout: Duration) -> ServerOptions {
+        ServerOptions { world_size, job, rendezvous_timeout, secret: Vec::new() }
+    }
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("world_size", &self.world_size)
+            .field("job", &self.job)
+            .field("rendezvous_timeout", &self.rendezvous_timeout)
+            .field("secret", &format_args!("<{} bytes redacted>", self.secret.len()))
+            .finish()
+    }
 }

@@ -19,7 +19,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::{Member, Registration, ServerOptions, View};
 use crate::limits::{CONTROL_BYTES_MAX, HANDSHAKE_TIMEOUT, PENDING_CONNECTIONS_MAX};
+use crate::net::handshake;
+use crate::wire::auth::{self, Side, MAC_LEN};
 use crate::wire::control::{Control, Refusal, CONTROL_HEAD_LEN};
+use crate::wire::hello::{Hello, Role, HELLO_LEN};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -57,6 +60,7 @@ impl Server {
             phase: Phase::Rendezvous,
             options,
             stop: stop.clone(),
+            refused: 0,
         };
         let thread = std::thread::Builder::new().name("ringcc-coord".into()).spawn(move || state.run())?;
         Ok(Server { addr, stop, waker, thread: Some(thread) })
@@ -87,8 +91,17 @@ enum Phase {
     Refused(Refusal),
 }
 
+/// Where a connection stands in the mutual handshake; nothing but the hello and the MAC is
+/// read before `Done`.
+enum Auth {
+    AwaitHello,
+    AwaitMac { hello_i: [u8; HELLO_LEN], hello_r: [u8; HELLO_LEN] },
+    Done,
+}
+
 struct Conn {
     stream: TcpStream,
+    auth: Auth,
     peer: SocketAddr,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
@@ -107,6 +120,8 @@ struct State {
     phase: Phase,
     options: ServerOptions,
     stop: Arc<AtomicBool>,
+    /// Connections refused so far (log lines are rate-limited by it).
+    refused: u64,
 }
 
 impl State {
@@ -158,6 +173,7 @@ impl State {
                     let _ = stream.set_nodelay(true);
                     let conn = Conn {
                         stream,
+                        auth: Auth::AwaitHello,
                         peer,
                         inbuf: Vec::new(),
                         outbuf: Vec::new(),
@@ -205,8 +221,14 @@ impl State {
                 }
             }
         }
+        if !closed && !self.authenticate(token) {
+            closed = true;
+        }
         loop {
             let Some(c) = self.conns.get_mut(&token) else { return };
+            if !matches!(c.auth, Auth::Done) || closed {
+                break;
+            }
             match Control::decode(&c.inbuf) {
                 Ok(None) => break,
                 Ok(Some((msg, used))) => {
@@ -223,6 +245,66 @@ impl State {
         self.flush(token);
         if closed {
             self.close(token);
+        }
+    }
+
+    /// Advances the handshake with the bytes received so far. Returns false if the
+    /// connection must be closed (it failed the handshake).
+    fn authenticate(&mut self, token: Token) -> bool {
+        let secret = self.options.secret.clone();
+        let Some(c) = self.conns.get_mut(&token) else { return true };
+        loop {
+            match &c.auth {
+                Auth::Done => return true,
+                Auth::AwaitHello => {
+                    if c.inbuf.len() < HELLO_LEN {
+                        return true;
+                    }
+                    let mut hello_i = [0u8; HELLO_LEN];
+                    hello_i.copy_from_slice(&c.inbuf[..HELLO_LEN]);
+                    c.inbuf.drain(..HELLO_LEN);
+                    let ok = Hello::decode(&hello_i)
+                        .map(|h| h.role == Role::Rank && (h.job == 0 || h.job == self.options.job));
+                    if ok != Ok(true) {
+                        let peer = c.peer;
+                        self.refuse_connection(peer, &format!("bad hello: {ok:?}"));
+                        return false;
+                    }
+                    let mine = Hello {
+                        role: Role::Coordinator,
+                        job: self.options.job,
+                        epoch: 0,
+                        rank: u32::MAX,
+                        target: u32::MAX,
+                        incarnation: 0,
+                        nonce: handshake::nonce(),
+                    };
+                    let hello_r = mine.encode();
+                    c.outbuf.extend_from_slice(&hello_r);
+                    c.outbuf.extend_from_slice(&auth::mac(&secret, Side::Responder, &hello_i, &hello_r));
+                    c.auth = Auth::AwaitMac { hello_i, hello_r };
+                }
+                Auth::AwaitMac { hello_i, hello_r } => {
+                    if c.inbuf.len() < MAC_LEN {
+                        return true;
+                    }
+                    let good = auth::verify(&secret, Side::Initiator, hello_i, hello_r, &c.inbuf[..MAC_LEN]);
+                    c.inbuf.drain(..MAC_LEN);
+                    if !good {
+                        let peer = c.peer;
+                        self.refuse_connection(peer, "authentication failed (wrong secret or replayed handshake)");
+                        return false;
+                    }
+                    c.auth = Auth::Done;
+                }
+            }
+        }
+    }
+
+    fn refuse_connection(&mut self, peer: SocketAddr, why: &str) {
+        self.refused += 1;
+        if self.refused <= 8 || self.refused.is_power_of_two() {
+            tracing::warn!(%peer, refused = self.refused, "coordinator refused a connection: {why}");
         }
     }
 
