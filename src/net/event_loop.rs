@@ -36,6 +36,9 @@ const LINGER: Duration = Duration::from_millis(500);
 /// to cover a ring hop on loopback, short enough not to burn a core between calls.
 const LOOP_SPIN: Duration = Duration::from_micros(200);
 
+/// Largest collective (bytes) during which the loop spins instead of sleeping.
+const SPIN_BYTES_MAX: usize = 256 << 10;
+
 /// Longest abort reason sent, in bytes.
 const ABORT_REASON_MAX: usize = 1024;
 
@@ -209,7 +212,10 @@ impl EventLoop {
                 self.active.as_ref().and_then(|a| a.coll.poll_timeout()).map(|d| d.saturating_duration_since(now));
             // Right after activity, poll without sleeping for a short while: waking a
             // sleeping thread costs tens of microseconds, which dominates small collectives.
-            let spinning = now.duration_since(last_activity) < LOOP_SPIN;
+            // Large collectives are bandwidth-bound: sleeping in the poller leaves the core
+            // to the peers (on an oversubscribed host they share it).
+            let small = self.active.as_ref().is_none_or(|a| a.job.buf.bytes().len() < SPIN_BYTES_MAX);
+            let spinning = small && now.duration_since(last_activity) < LOOP_SPIN;
             if spinning {
                 timeout = Some(Duration::ZERO);
             }
