@@ -54,3 +54,11 @@ fn all_reduce_sums_exactly_for_small_worlds() {
         }
     }
 }
+
+#[test]
+fn communicator_is_send_and_sync_and_reports_its_view() {
+    fn check<T: Send + Sync>() {}
+    check::<Communicator>();
+    let views = with_ring(3, 1024, |comm| (comm.epoch(), comm.members()));
+    assert!(views.iter().all(|v| *v == (1, vec![0, 1, 2])), "{views:?}");
+}

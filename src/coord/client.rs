@@ -156,6 +156,8 @@ fn authenticate(stream: &mut TcpStream, secret: &[u8], rank: Rank) -> Result<(),
         target: u32::MAX,
         incarnation: 0,
         nonce: handshake::nonce(),
+        completed: 0,
+        next_seq: 0,
     };
     let hello_i = handshake::send_hello(stream, &mine)?;
     handshake::finish_initiator(stream, secret, &hello_i, |h| {

@@ -347,6 +347,8 @@ impl State {
                         target: u32::MAX,
                         incarnation: 0,
                         nonce: handshake::nonce(),
+                        completed: 0,
+                        next_seq: 0,
                     };
                     let hello_r = mine.encode();
                     c.outbuf.extend_from_slice(&hello_r);

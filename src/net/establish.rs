@@ -17,6 +17,8 @@ use crate::{Error, Rank};
 pub(crate) struct Ring {
     pub(crate) view: View,
     pub(crate) pos: usize,
+    /// `(completed, next_seq)` each neighbour reported in its hello (`[prev, next]`).
+    pub(crate) counts: [Option<(u64, u64)>; 2],
     pub(crate) prev: Option<(TcpStream, Member)>,
     pub(crate) next: Option<(TcpStream, Member)>,
 }
@@ -79,6 +81,7 @@ pub(crate) fn establish_ring(
     view: View,
     rank: Rank,
     incarnation: u64,
+    counts: (u64, u64),
     listener: &TcpListener,
     timeout: Duration,
     secret: &[u8],
@@ -88,7 +91,7 @@ pub(crate) fn establish_ring(
         reason: format!("rank {rank} is not in the view of epoch {}", view.epoch),
     })?;
     if w == 1 {
-        return Ok(Ring { view, pos, prev: None, next: None });
+        return Ok(Ring { view, pos, counts: [None, None], prev: None, next: None });
     }
     let deadline = Instant::now() + timeout;
     let next = view.members[(pos + 1) % w].clone();
@@ -101,6 +104,8 @@ pub(crate) fn establish_ring(
         target: target as u32,
         incarnation,
         nonce: handshake::nonce(),
+        completed: counts.0,
+        next_seq: counts.1,
     };
 
     // (a)
@@ -109,11 +114,12 @@ pub(crate) fn establish_ring(
     let hello_i = handshake::send_hello(&mut next_stream, &hello(Role::RingPrev, next.rank)).map_err(auth(&next))?;
     // (b)
     let (mut prev_stream, prev_hello_i) = accept_prev(listener, &view, rank, &prev, deadline)?;
+    let prev_counts = Hello::decode(&prev_hello_i).map(|h| (h.completed, h.next_seq)).ok();
     let prev_hello_r = handshake::answer(&mut prev_stream, secret, &prev_hello_i, &hello(Role::RingNext, prev.rank))
         .map_err(auth(&prev))?;
     // (c)
     let (job, epoch, me, them) = (view.job, view.epoch, rank as u32, next.rank as u32);
-    handshake::finish_initiator(&mut next_stream, secret, &hello_i, |h| {
+    let next_hello = handshake::finish_initiator(&mut next_stream, secret, &hello_i, |h| {
         if h.role == Role::RingNext && h.job == job && h.epoch == epoch && h.rank == them && h.target == me {
             Ok(())
         } else {
@@ -123,7 +129,13 @@ pub(crate) fn establish_ring(
     .map_err(auth(&next))?;
     // (d)
     handshake::finish_responder(&mut prev_stream, secret, &prev_hello_i, &prev_hello_r).map_err(auth(&prev))?;
-    Ok(Ring { view, pos, prev: Some((prev_stream, prev)), next: Some((next_stream, next)) })
+    Ok(Ring {
+        view,
+        pos,
+        counts: [prev_counts, Some((next_hello.completed, next_hello.next_seq))],
+        prev: Some((prev_stream, prev)),
+        next: Some((next_stream, next)),
+    })
 }
 
 fn io(op: &'static str, m: &Member) -> impl Fn(std::io::Error) -> Error {

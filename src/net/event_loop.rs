@@ -71,6 +71,7 @@ impl Driver {
         config: &Config,
         coordinator: Option<std::net::TcpStream>,
         listener: std::net::TcpListener,
+        shared: Arc<super::Shared>,
     ) -> Result<Driver, Error> {
         let os = |e: std::io::Error| Error::Shutdown(format!("event loop setup: {e}"));
         let poll = Poll::new().map_err(os)?;
@@ -107,10 +108,12 @@ impl Driver {
             queue: VecDeque::new(),
             active: None,
             next_seq: 0,
+            completed: 0,
             broken: None,
             pending_view: None,
             terminal: None,
             stale_frames: 0,
+            shared,
         };
         ev.adopt_ring(ring).map_err(os)?;
         let thread = std::thread::Builder::new()
@@ -188,6 +191,8 @@ struct EventLoop {
     queue: VecDeque<Job>,
     active: Option<Active>,
     next_seq: u64,
+    /// Collectives completed successfully (compared with neighbours after a rebuild).
+    completed: u64,
     /// Set once a link has failed, with when: later jobs wait for a new view, and fail with
     /// this reason if none comes in time.
     broken: Option<(Rank, String, Instant, bool)>,
@@ -197,12 +202,15 @@ struct EventLoop {
     /// while the ring is broken): every job fails with it.
     terminal: Option<Terminal>,
     stale_frames: u64,
+    /// Where the caller's thread reads the current view.
+    shared: Arc<super::Shared>,
 }
 
 /// Why this rank can no longer run collectives.
 #[derive(Debug, Clone)]
 enum Terminal {
     Evicted { epoch: u64, reason: String },
+    Desynchronized { ours: (u64, u64), theirs: (u64, u64) },
     QuorumLost { epoch: u64, alive: usize, required: usize },
 }
 
@@ -211,6 +219,12 @@ impl Terminal {
         match self.clone() {
             Terminal::Evicted { epoch, reason } => Error::Evicted { rank, epoch, reason },
             Terminal::QuorumLost { epoch, alive, required } => Error::QuorumLost { alive, required, epoch },
+            Terminal::Desynchronized { ours, theirs } => Error::Desynchronized {
+                completed: ours.0,
+                next_seq: ours.1,
+                other_completed: theirs.0,
+                other_next_seq: theirs.1,
+            },
         }
     }
 }
@@ -346,6 +360,12 @@ impl EventLoop {
             return true;
         }
         let Some(mut job) = self.queue.pop_front() else { return false };
+        let layout_bound = matches!(job.spec.coll, CollKind::AllGather | CollKind::ReduceScatter | CollKind::Broadcast);
+        if layout_bound && job.spec.epoch != self.epoch {
+            let err = Error::Interrupted { seq: self.next_seq, epoch: job.spec.epoch, new_epoch: self.epoch };
+            let _ = job.reply.send(JobOutcome { result: Err(err) });
+            return true;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let world = self.members.len();
@@ -636,6 +656,7 @@ impl EventLoop {
                     queued: a.started.saturating_duration_since(a.job.submitted),
                     total: now.saturating_duration_since(a.job.submitted),
                 };
+                self.completed += 1;
                 JobOutcome { result: Ok((a.job.buf.into_owner(), report)) }
             }
             Err(e) => {
@@ -790,6 +811,7 @@ impl EventLoop {
         self.sorted.sort_unstable();
         self.pos = ring.pos;
         self.broken = None;
+        self.shared.set(self.epoch, self.sorted.clone());
         Ok(())
     }
 
@@ -814,8 +836,18 @@ impl EventLoop {
             return true;
         }
         let epoch = view.epoch;
-        match establish_ring(view, self.rank, 0, &self.listener, REBUILD_TIMEOUT, &self.secret) {
+        // Attempts that failed in the old epoch are abandoned (their frames carry the old
+        // epoch and are dropped): in the new epoch, sequence numbers restart from the count
+        // of completed collectives, which every survivor must agree on.
+        let counts = (self.completed, self.completed);
+        match establish_ring(view, self.rank, 0, counts, &self.listener, REBUILD_TIMEOUT, &self.secret) {
             Ok(ring) => {
+                self.next_seq = self.completed;
+                if let Some(theirs) = ring.counts.iter().flatten().find(|c| c.0 != counts.0) {
+                    // A neighbour saw a different outcome of the interrupted collective:
+                    // going on would pair different calls. Fail every later call instead.
+                    self.terminal.get_or_insert(Terminal::Desynchronized { ours: counts, theirs: *theirs });
+                }
                 if let Err(e) = self.adopt_ring(ring) {
                     self.broken = Some((self.rank, format!("registering new links: {e}"), Instant::now(), true));
                 }
