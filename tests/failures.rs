@@ -51,7 +51,6 @@ fn kill_one_and_survive(world: usize, victim: usize, signal: &str) {
     assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut survived = 0;
-    let mut survived = 0;
     let mut expected: Vec<usize> = (0..world).filter(|r| *r != victim).collect();
     expected.sort_unstable();
     for (r, c) in ranks.iter_mut().enumerate() {
