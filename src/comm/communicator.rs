@@ -125,6 +125,39 @@ fn job_id_for(coordinator: &str) -> u64 {
     coordinator.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
+/// Refuses to listen beyond loopback without a secret unless `insecure` is set: an open
+/// port without authentication lets anyone on the network inject data into the sums.
+fn check_exposure(ip: IpAddr, config: &Config) -> Result<(), Error> {
+    if ip.is_loopback() || config.secret.is_some() {
+        return Ok(());
+    }
+    if config.insecure {
+        tracing::warn!(%ip, "listening beyond loopback without a secret (insecure mode): anyone who can reach this port can join the ring");
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "refusing to listen on {ip} (beyond loopback) without a secret: set RINGCC_SECRET or RINGCC_SECRET_FILE \
+         (ringrun does this), or RINGCC_INSECURE=1 / Config::insecure"
+    )))
+}
+
+/// How long a blocked caller polls for its outcome before sleeping: small collectives
+/// finish within it and skip a thread wake-up.
+const CALLER_SPIN: Duration = Duration::from_micros(100);
+
+/// Waits for a job's outcome: polls briefly (yielding the core), then blocks.
+fn wait_outcome(rx: &crossbeam_channel::Receiver<JobOutcome>) -> Result<JobOutcome, Error> {
+    let spin_until = Instant::now() + CALLER_SPIN;
+    while Instant::now() < spin_until {
+        match rx.try_recv() {
+            Ok(o) => return Ok(o),
+            Err(crossbeam_channel::TryRecvError::Empty) => std::thread::yield_now(),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+        }
+    }
+    rx.recv().map_err(|_| Error::Shutdown("event loop ended".into()))
+}
+
 impl Communicator {
     /// A builder with defaults (coordinator `127.0.0.1:29500`, rank 0 hosting it).
     pub fn builder() -> CommunicatorBuilder {
@@ -150,27 +183,29 @@ impl Communicator {
     /// [`Error::Io`] if a neighbour cannot be reached.
     pub fn connect(mut config: Config) -> Result<Communicator, Error> {
         config.validate()?;
-        if config.job_id == 0 {
+        // The coordinator assigns the job id; a rank checks it only if it was given one.
+        let explicit_job = config.job_id != 0;
+        if !explicit_job {
             config.job_id = job_id_for(&config.coordinator);
         }
+        let secret: Vec<u8> = config.secret.as_ref().map(|s| s.0.clone()).unwrap_or_default();
         let server = if config.host_coordinator {
             let addr = resolve(&config.coordinator)?;
+            check_exposure(addr.ip(), &config)?;
             let listener = crate::net::listen(addr)
                 .map_err(|e| Error::Config(format!("cannot host the coordinator at {addr}: {e}")))?;
-            let options = ServerOptions {
-                world_size: config.world_size,
-                job: config.job_id,
-                rendezvous_timeout: config.rendezvous_timeout,
-            };
+            let mut options = ServerOptions::new(config.world_size, config.job_id, config.rendezvous_timeout);
+            options.secret = secret.clone();
             Some(Server::start(listener, options).map_err(|e| Error::Config(format!("coordinator at {addr}: {e}")))?)
         } else {
             None
         };
-        let mut client = Client::connect(&config.coordinator, config.connect_timeout)?;
+        let mut client = Client::connect(&config.coordinator, config.connect_timeout, &secret, config.rank)?;
         let local = client
             .local_addr()
             .map_err(|e| Error::Config(format!("local address of the coordinator connection: {e}")))?;
         let ip = config.bind.unwrap_or(local.ip());
+        check_exposure(ip, &config)?;
         let listener = crate::net::listen(SocketAddr::new(ip, 0))
             .map_err(|e| Error::Config(format!("cannot listen on {ip} for ring connections: {e}")))?;
         let listen = listener.local_addr().map_err(|e| Error::Config(format!("listener address: {e}")))?;
@@ -183,18 +218,17 @@ impl Communicator {
             fingerprint: config.fingerprint(),
         };
         let view = client.register(&registration, config.rendezvous_timeout + Duration::from_secs(5))?;
-        if view.job != config.job_id {
-            return Err(Error::ConfigMismatch {
-                field: "job_id".into(),
-                rank: config.rank,
-                local: format!("{:#x}", config.job_id),
-                other_rank: 0,
-                remote: format!("{:#x}", view.job),
+        if explicit_job && view.job != config.job_id {
+            return Err(Error::Rendezvous {
+                reason: format!(
+                    "rank {} was started for job {:#x} but the coordinator at {} runs job {:#x}",
+                    config.rank, config.job_id, config.coordinator, view.job
+                ),
             });
         }
         let mut members: Vec<Rank> = view.members.iter().map(|m| m.rank).collect();
         members.sort_unstable();
-        let ring = establish_ring(view, config.rank, 0, &listener, config.connect_timeout)?;
+        let ring = establish_ring(view, config.rank, 0, &listener, config.connect_timeout, &secret)?;
         let driver = Driver::start(ring, &config, Some(client.into_stream()))?;
         Ok(Communicator { rank: config.rank, world_size: config.world_size, members, driver, _server: server })
     }
@@ -215,7 +249,7 @@ impl Communicator {
         // the only borrow of `bytes` meanwhile.
         let buf = unsafe { JobBuf::borrowed(bytes) };
         self.driver.submit(Job { spec, buf, reply: tx, submitted: Instant::now() })?;
-        let outcome: JobOutcome = rx.recv().map_err(|_| Error::Shutdown("event loop ended".into()))?;
+        let outcome = wait_outcome(&rx)?;
         outcome.result.map(|(_, report)| report)
     }
 

@@ -55,6 +55,17 @@ pub enum Error {
         /// Its value.
         remote: String,
     },
+    /// A peer or the coordinator failed the mutual handshake: another secret, another job,
+    /// an old incarnation, or a replayed handshake.
+    #[error("authentication with {} at {addr} failed: {reason}", peer.map_or("the coordinator".to_string(), |p| format!("rank {p}")))]
+    Authentication {
+        /// The peer's rank (`None` for the coordinator).
+        peer: Option<Rank>,
+        /// Its address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
     /// A socket operation on the connection to `peer` failed.
     #[error("{op} with rank {peer} at {addr} failed: {source}")]
     Io {

@@ -2,10 +2,16 @@
 //!
 //! `ringrun` hosts the server; without a launcher, rank 0 runs it in a background thread.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod client;
+mod server;
+
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{Error, Rank};
+use crate::Rank;
+
+pub use client::Client;
+pub use server::Server;
 
 /// One member of a view.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +55,7 @@ pub struct Registration {
 }
 
 /// Settings of a coordinator server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerOptions {
     /// Ranks expected.
     pub world_size: usize,
@@ -57,73 +63,24 @@ pub struct ServerOptions {
     pub job: u64,
     /// How long to wait for every rank to register.
     pub rendezvous_timeout: Duration,
+    /// The job secret ranks must prove (empty: loopback-only jobs without a secret).
+    pub secret: Vec<u8>,
 }
 
-/// A running coordinator (a background thread). Dropping it stops and joins the thread.
-#[derive(Debug)]
-pub struct Server {
-    addr: SocketAddr,
-}
-
-impl Server {
-    /// Starts serving on `listener`.
-    ///
-    /// # Errors
-    /// An I/O error if the listener cannot be set up or the thread cannot start.
-    pub fn start(listener: TcpListener, options: ServerOptions) -> std::io::Result<Server> {
-        let _ = options;
-        Ok(Server { addr: listener.local_addr()? })
-    }
-
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+impl ServerOptions {
+    /// Options with no secret.
+    pub fn new(world_size: usize, job: u64, rendezvous_timeout: Duration) -> ServerOptions {
+        ServerOptions { world_size, job, rendezvous_timeout, secret: Vec::new() }
     }
 }
 
-/// An open session with the coordinator.
-#[derive(Debug)]
-pub struct Client {
-    stream: TcpStream,
-    addr: String,
-}
-
-impl Client {
-    /// Connects to the coordinator, retrying with backoff until `connect_timeout`.
-    ///
-    /// # Errors
-    /// [`Error::CoordinatorUnreachable`] with the last connection error.
-    pub fn connect(coordinator: &str, connect_timeout: Duration) -> Result<Client, Error> {
-        let _ = connect_timeout;
-        let stream = TcpStream::connect(coordinator).map_err(|e| Error::CoordinatorUnreachable {
-            addr: coordinator.into(),
-            waited: Duration::ZERO,
-            source: e,
-        })?;
-        Ok(Client { stream, addr: coordinator.into() })
-    }
-
-    /// The local address of the connection: the interface that routes to the
-    /// coordinator, where this rank should listen for its peers.
-    ///
-    /// # Errors
-    /// The OS error if the socket has no local address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.stream.local_addr()
-    }
-
-    /// Registers and waits for the first view.
-    ///
-    /// # Errors
-    /// [`Error::ConfigMismatch`] or [`Error::Rendezvous`] as the coordinator reports, or
-    /// [`Error::Rendezvous`] if no view arrives within `rendezvous_timeout`.
-    pub fn register(&mut self, registration: &Registration, rendezvous_timeout: Duration) -> Result<View, Error> {
-        let _ = (registration, rendezvous_timeout, &self.addr);
-        Err(Error::Rendezvous { reason: "not built".into() })
-    }
-
-    /// The underlying connection (the event loop watches it).
-    pub fn into_stream(self) -> TcpStream {
-        self.stream
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("world_size", &self.world_size)
+            .field("job", &self.job)
+            .field("rendezvous_timeout", &self.rendezvous_timeout)
+            .field("secret", &format_args!("<{} bytes redacted>", self.secret.len()))
+            .finish()
     }
 }

@@ -129,8 +129,8 @@ fn typed<T: Pod + Default>(op: ReduceOp, dst: &mut [u8], src: &[u8], ops: &impl 
         _ => {
             // Unaligned bytes (a payload at an odd offset): reduce through aligned blocks.
             let esize = std::mem::size_of::<T>();
-            let mut a = vec![T::default(); UNALIGNED_BLOCK_ELEMS];
-            let mut b = vec![T::default(); UNALIGNED_BLOCK_ELEMS];
+            let mut a = [T::default(); UNALIGNED_BLOCK_ELEMS];
+            let mut b = [T::default(); UNALIGNED_BLOCK_ELEMS];
             for (dc, sc) in dst.chunks_mut(UNALIGNED_BLOCK_ELEMS * esize).zip(src.chunks(UNALIGNED_BLOCK_ELEMS * esize))
             {
                 let n = dc.len() / esize;

@@ -147,8 +147,8 @@ mod tests {
                 }
             }
         }
-        for p in 0..world {
-            assert_eq!(held[p][p], vec![1; world], "world {world} pos {p}");
+        for (p, h) in held.iter().enumerate() {
+            assert_eq!(h[p], vec![1; world], "world {world} pos {p}");
         }
         let mut has_final: Vec<Vec<bool>> = (0..world).map(|p| (0..world).map(|c| c == p).collect()).collect();
         for step in 0..world - 1 {
@@ -194,7 +194,7 @@ mod tests {
                 let r = segment_range(chunk, seg, s);
                 prop_assert_eq!(r.start, next);
                 prop_assert!(r.len() <= seg);
-                prop_assert!(r.len() > 0 || chunk == 0);
+                prop_assert!(!r.is_empty() || chunk == 0);
                 next = r.end;
             }
             prop_assert_eq!(next, chunk);

@@ -28,6 +28,14 @@ const COORD: Token = Token(3);
 /// so one busy link cannot starve the rest.
 const FRAMES_PER_TURN: usize = 16;
 
+/// How long a closing communicator keeps flushing and draining its links so that peers
+/// see an orderly end of stream rather than a reset.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// How long the loop keeps polling without sleeping after the last activity. Long enough
+/// to cover a ring hop on loopback, short enough not to burn a core between calls.
+const LOOP_SPIN: Duration = Duration::from_micros(200);
+
 /// Longest abort reason sent, in bytes.
 const ABORT_REASON_MAX: usize = 1024;
 
@@ -194,10 +202,17 @@ impl EventLoop {
     fn run(mut self) {
         let mut events = Events::with_capacity(64);
         let mut closing = false;
+        let mut last_activity = Instant::now();
         loop {
             let now = Instant::now();
-            let timeout =
+            let mut timeout =
                 self.active.as_ref().and_then(|a| a.coll.poll_timeout()).map(|d| d.saturating_duration_since(now));
+            // Right after activity, poll without sleeping for a short while: waking a
+            // sleeping thread costs tens of microseconds, which dominates small collectives.
+            let spinning = now.duration_since(last_activity) < LOOP_SPIN;
+            if spinning {
+                timeout = Some(Duration::ZERO);
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     self.fail_everything(&format!("poll: {e}"));
@@ -225,7 +240,12 @@ impl EventLoop {
                     }
                 }
             }
-            self.drive(Instant::now());
+            let busy = !events.is_empty();
+            if self.drive(Instant::now()) || busy {
+                last_activity = Instant::now();
+            } else if spinning {
+                std::thread::yield_now();
+            }
             if closing {
                 self.close();
                 return;
@@ -233,8 +253,9 @@ impl EventLoop {
         }
     }
 
-    /// Makes all the progress possible without blocking.
-    fn drive(&mut self, now: Instant) {
+    /// Makes all the progress possible without blocking. Returns true if anything moved.
+    fn drive(&mut self, now: Instant) -> bool {
+        let mut any = false;
         loop {
             let mut progressed = false;
             if self.active.is_none() {
@@ -248,11 +269,12 @@ impl EventLoop {
             if !progressed {
                 break;
             }
+            any = true;
         }
         if let Some(a) = self.active.as_mut() {
             a.coll.handle_timeout(now);
         }
-        self.check_active(now);
+        self.check_active(now) || any
     }
 
     fn start_next(&mut self, now: Instant) -> bool {
@@ -491,14 +513,19 @@ impl EventLoop {
             let _ = l.stream.shutdown(std::net::Shutdown::Both);
             l.out.clear();
             if self.active.is_some() {
-                tracing::warn!(peer, %reason, "ring link failed");
+                tracing::warn!(peer, addr = %l.addr, %reason, "ring link failed");
             } else {
-                tracing::debug!(peer, %reason, "ring link closed between collectives");
+                tracing::debug!(peer, addr = %l.addr, %reason, "ring link closed between collectives");
             }
         }
         self.broken.get_or_insert((peer, reason));
         if let Some(a) = self.active.as_mut() {
-            a.error.get_or_insert(Error::PeerClosed { peer, seq: a.seq, epoch: self.epoch });
+            // Only what arrives on a link feeds this rank's result. A link that is no longer
+            // read from only had sends left: a neighbour that finished and left does not
+            // need them, and a crashed one is detected by the ranks that read from it.
+            if a.coll.expects_on(link_of(i)) {
+                a.error.get_or_insert(Error::PeerClosed { peer, seq: a.seq, epoch: self.epoch });
+            }
         }
     }
 
@@ -629,7 +656,7 @@ impl EventLoop {
     /// side so peers see an orderly end, not a reset.
     fn close(&mut self) {
         self.fail_everything("communicator dropped");
-        let deadline = Instant::now() + Duration::from_millis(200);
+        let deadline = Instant::now() + LINGER;
         for l in self.links.iter_mut().flatten().filter(|l| !l.closed) {
             while !l.out.is_empty() && Instant::now() < deadline {
                 l.writable = true;
@@ -639,6 +666,22 @@ impl EventLoop {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let _ = l.stream.shutdown(std::net::Shutdown::Write);
+        }
+        // Read until the peer's end of stream before closing: closing with unread bytes
+        // would send a reset, which can destroy data the peer has not read yet.
+        let mut sink = [0u8; 16 << 10];
+        for l in self.links.iter_mut().flatten().filter(|l| !l.closed) {
+            while Instant::now() < deadline {
+                match std::io::Read::read(&mut l.stream, &mut sink) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
         }
     }
 }

@@ -65,6 +65,7 @@ pub(super) enum ReadStep {
 pub(super) struct Link {
     pub(super) stream: TcpStream,
     pub(super) peer: Rank,
+    /// The peer's address, for error messages.
     pub(super) addr: SocketAddr,
     pub(super) rx: Rx,
     pub(super) header_bytes: [u8; HEADER_LEN],
@@ -113,6 +114,7 @@ impl Link {
 
     fn read_into(&mut self, dst: &mut [u8]) -> std::io::Result<ReadStep> {
         if dst.is_empty() {
+            self.last_read = 0;
             return Ok(ReadStep::Progress);
         }
         loop {

@@ -7,6 +7,7 @@
 
 mod establish;
 mod event_loop;
+pub(crate) mod handshake;
 mod link;
 
 use std::any::Any;

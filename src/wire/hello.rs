@@ -15,8 +15,14 @@ const HELLO_MAGIC: [u8; 4] = *b"RGHL";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Role {
-    /// The sender is the receiver's previous neighbour in the ring.
+    /// The sender is the receiver's previous neighbour in the ring (initiator).
     RingPrev = 1,
+    /// The sender is the receiver's next neighbour in the ring (answering a `RingPrev`).
+    RingNext = 2,
+    /// The sender is a rank opening its coordinator session.
+    Rank = 3,
+    /// The sender is the coordinator answering a rank.
+    Coordinator = 4,
 }
 
 /// A decoded hello.
@@ -68,6 +74,9 @@ impl Hello {
         }
         let role = match b[5] {
             1 => Role::RingPrev,
+            2 => Role::RingNext,
+            3 => Role::Rank,
+            4 => Role::Coordinator,
             v => return Err(WireError::UnknownId { field: "role", value: v.into() }),
         };
         if b[6..8] != [0, 0] || b[56..64] != [0; 8] {

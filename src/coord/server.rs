@@ -1,0 +1,499 @@
+//! The coordinator server: one thread, one mio poll, bounded buffers.
+//!
+//! Rendezvous: every rank registers (rank, world size, listen address, host, config
+//! fingerprint); when all `world_size` ranks are in, each gets the first view (epoch 1,
+//! ring order grouping ranks of one host). A job-wide problem (a fingerprint mismatch, a
+//! wrong world size, a duplicate or out-of-range rank, a rank missing at the deadline) is
+//! sent to every registered rank, and to any that registers later, as a [`Refusal`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::{Member, Registration, ServerOptions, View};
+use crate::limits::{CONTROL_BYTES_MAX, HANDSHAKE_TIMEOUT, PENDING_CONNECTIONS_MAX};
+use crate::net::handshake;
+use crate::wire::auth::{self, Side, MAC_LEN};
+use crate::wire::control::{Control, Refusal, CONTROL_HEAD_LEN};
+use crate::wire::hello::{Hello, Role, HELLO_LEN};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// A running coordinator (a background thread). Dropping it stops and joins the thread.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts serving on `listener` in a thread named `ringcc-coord`.
+    ///
+    /// # Errors
+    /// An I/O error if the listener cannot be set up or the thread cannot start.
+    pub fn start(listener: TcpListener, options: ServerOptions) -> std::io::Result<Server> {
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let poll = Poll::new()?;
+        let mut listener = mio::net::TcpListener::from_std(listener);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let state = State {
+            poll,
+            listener,
+            conns: HashMap::new(),
+            next_token: FIRST_CONN,
+            registered: BTreeMap::new(),
+            deadline: Instant::now() + options.rendezvous_timeout,
+            phase: Phase::Rendezvous,
+            options,
+            stop: stop.clone(),
+            refused: 0,
+        };
+        let thread = std::thread::Builder::new().name("ringcc-coord".into()).spawn(move || state.run())?;
+        Ok(Server { addr, stop, waker, thread: Some(thread) })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    Rendezvous,
+    /// Rendezvous done; the view in force (membership changes start from it).
+    #[allow(dead_code)]
+    Running(View),
+    Refused(Refusal),
+}
+
+/// Where a connection stands in the mutual handshake; nothing but the hello and the MAC is
+/// read before `Done`.
+enum Auth {
+    AwaitHello,
+    AwaitMac { hello_i: [u8; HELLO_LEN], hello_r: [u8; HELLO_LEN] },
+    Done,
+}
+
+struct Conn {
+    stream: TcpStream,
+    auth: Auth,
+    peer: SocketAddr,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    rank: Option<usize>,
+    opened: Instant,
+    left: bool,
+}
+
+struct State {
+    poll: Poll,
+    listener: mio::net::TcpListener,
+    conns: HashMap<Token, Conn>,
+    next_token: usize,
+    registered: BTreeMap<usize, (Token, Registration)>,
+    deadline: Instant,
+    phase: Phase,
+    options: ServerOptions,
+    stop: Arc<AtomicBool>,
+    /// Connections refused so far (log lines are rate-limited by it).
+    refused: u64,
+}
+
+impl State {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(128);
+        while !self.stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            let mut wake_at = now + Duration::from_secs(1);
+            if matches!(self.phase, Phase::Rendezvous) {
+                wake_at = wake_at.min(self.deadline);
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(wake_at.saturating_duration_since(now))) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!("coordinator poll failed: {e}");
+                    return;
+                }
+            }
+            let ready: Vec<Token> = events.iter().map(|e| e.token()).collect();
+            for t in ready {
+                match t {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    t => self.service(t),
+                }
+            }
+            self.check_deadlines(Instant::now());
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let cap = self.options.world_size + PENDING_CONNECTIONS_MAX;
+                    if self.conns.len() >= cap {
+                        tracing::warn!(%peer, "coordinator refuses a connection: {cap} already open");
+                        continue;
+                    }
+                    let token = Token(self.next_token);
+                    self.next_token += 1;
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let conn = Conn {
+                        stream,
+                        auth: Auth::AwaitHello,
+                        peer,
+                        inbuf: Vec::new(),
+                        outbuf: Vec::new(),
+                        rank: None,
+                        opened: Instant::now(),
+                        left: false,
+                    };
+                    self.conns.insert(token, conn);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("coordinator accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what a connection sent, handles whole messages, writes pending output.
+    fn service(&mut self, token: Token) {
+        let mut closed = false;
+        if let Some(c) = self.conns.get_mut(&token) {
+            let mut buf = [0u8; 8192];
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        if c.inbuf.len() + n > CONTROL_HEAD_LEN + CONTROL_BYTES_MAX {
+                            tracing::warn!(peer = %c.peer, "coordinator closes a connection that sent too much");
+                            closed = true;
+                            break;
+                        }
+                        c.inbuf.extend_from_slice(&buf[..n]);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if !closed && !self.authenticate(token) {
+            closed = true;
+        }
+        loop {
+            let Some(c) = self.conns.get_mut(&token) else { return };
+            if !matches!(c.auth, Auth::Done) || closed {
+                break;
+            }
+            match Control::decode(&c.inbuf) {
+                Ok(None) => break,
+                Ok(Some((msg, used))) => {
+                    c.inbuf.drain(..used);
+                    self.handle(token, msg);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %c.peer, "coordinator closes a connection: {e}");
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        self.flush(token);
+        if closed {
+            self.close(token);
+        }
+    }
+
+    /// Advances the handshake with the bytes received so far. Returns false if the
+    /// connection must be closed (it failed the handshake).
+    fn authenticate(&mut self, token: Token) -> bool {
+        let secret = self.options.secret.clone();
+        let Some(c) = self.conns.get_mut(&token) else { return true };
+        loop {
+            match &c.auth {
+                Auth::Done => return true,
+                Auth::AwaitHello => {
+                    if c.inbuf.len() < HELLO_LEN {
+                        return true;
+                    }
+                    let mut hello_i = [0u8; HELLO_LEN];
+                    hello_i.copy_from_slice(&c.inbuf[..HELLO_LEN]);
+                    c.inbuf.drain(..HELLO_LEN);
+                    let ok = Hello::decode(&hello_i)
+                        .map(|h| h.role == Role::Rank && (h.job == 0 || h.job == self.options.job));
+                    if ok != Ok(true) {
+                        let peer = c.peer;
+                        self.refuse_connection(peer, &format!("bad hello: {ok:?}"));
+                        return false;
+                    }
+                    let mine = Hello {
+                        role: Role::Coordinator,
+                        job: self.options.job,
+                        epoch: 0,
+                        rank: u32::MAX,
+                        target: u32::MAX,
+                        incarnation: 0,
+                        nonce: handshake::nonce(),
+                    };
+                    let hello_r = mine.encode();
+                    c.outbuf.extend_from_slice(&hello_r);
+                    c.outbuf.extend_from_slice(&auth::mac(&secret, Side::Responder, &hello_i, &hello_r));
+                    c.auth = Auth::AwaitMac { hello_i, hello_r };
+                }
+                Auth::AwaitMac { hello_i, hello_r } => {
+                    if c.inbuf.len() < MAC_LEN {
+                        return true;
+                    }
+                    let good = auth::verify(&secret, Side::Initiator, hello_i, hello_r, &c.inbuf[..MAC_LEN]);
+                    c.inbuf.drain(..MAC_LEN);
+                    if !good {
+                        let peer = c.peer;
+                        self.refuse_connection(peer, "authentication failed (wrong secret or replayed handshake)");
+                        return false;
+                    }
+                    c.auth = Auth::Done;
+                }
+            }
+        }
+    }
+
+    fn refuse_connection(&mut self, peer: SocketAddr, why: &str) {
+        self.refused += 1;
+        if self.refused <= 8 || self.refused.is_power_of_two() {
+            tracing::warn!(%peer, refused = self.refused, "coordinator refused a connection: {why}");
+        }
+    }
+
+    fn handle(&mut self, token: Token, msg: Control) {
+        match msg {
+            Control::Register(reg) => self.register(token, reg),
+            Control::Leave { rank } => {
+                if let Some(c) = self.conns.get_mut(&token) {
+                    if c.rank == Some(rank as usize) {
+                        c.left = true;
+                    }
+                }
+            }
+            other => {
+                if let Some(c) = self.conns.get(&token) {
+                    tracing::warn!(peer = %c.peer, "coordinator ignores unexpected {other:?}");
+                }
+            }
+        }
+    }
+
+    fn register(&mut self, token: Token, reg: Registration) {
+        let rank = reg.rank;
+        if let Some(c) = self.conns.get_mut(&token) {
+            if c.rank.is_some() {
+                return self.refuse_all(Refusal::Rendezvous { reason: format!("rank {rank} registered twice") });
+            }
+            c.rank = Some(rank);
+        }
+        match &self.phase {
+            Phase::Refused(r) => {
+                let r = r.clone();
+                self.send(token, &Control::Refused(r));
+                return;
+            }
+            Phase::Running(_) => {
+                self.send(
+                    token,
+                    &Control::Refused(Refusal::Rendezvous {
+                        reason: format!(
+                            "rank {rank} registered after the job started (joins come with fault tolerance)"
+                        ),
+                    }),
+                );
+                return;
+            }
+            Phase::Rendezvous => {}
+        }
+        let world = self.options.world_size;
+        if reg.world_size != world {
+            return self.refuse_all(Refusal::ConfigMismatch {
+                field: "world_size".into(),
+                rank: rank as u32,
+                value: reg.world_size.to_string(),
+                other_rank: u32::MAX,
+                other_value: format!("{world} (coordinator)"),
+            });
+        }
+        if rank >= world {
+            return self.refuse_all(Refusal::Rendezvous { reason: format!("rank {rank} is outside 0..{world}") });
+        }
+        if self.registered.contains_key(&rank) {
+            return self.refuse_all(Refusal::Rendezvous { reason: format!("two processes registered as rank {rank}") });
+        }
+        if let Some((first_rank, (_, first))) = self.registered.iter().next() {
+            if let Some(m) = mismatch(first, *first_rank, &reg) {
+                self.registered.insert(rank, (token, reg));
+                return self.refuse_all(m);
+            }
+        }
+        self.registered.insert(rank, (token, reg));
+        if self.registered.len() == world {
+            let view = self.first_view();
+            tracing::info!(epoch = view.epoch, world, "rendezvous complete");
+            let tokens: Vec<Token> = self.registered.values().map(|(t, _)| *t).collect();
+            for t in tokens {
+                self.send(t, &Control::View(view.clone()));
+            }
+            self.phase = Phase::Running(view);
+        }
+    }
+
+    /// Ring order: hosts in order of their lowest rank, ranks ascending within a host, so
+    /// each direction of the ring crosses each host boundary once.
+    fn first_view(&self) -> View {
+        let mut hosts: Vec<(String, Vec<Member>)> = Vec::new();
+        for (rank, (_, reg)) in &self.registered {
+            let m = Member { rank: *rank, addr: reg.listen, host: reg.host.clone() };
+            match hosts.iter_mut().find(|(h, _)| *h == reg.host) {
+                Some((_, v)) => v.push(m),
+                None => hosts.push((reg.host.clone(), vec![m])),
+            }
+        }
+        View {
+            job: self.options.job,
+            epoch: 1,
+            world_size: self.options.world_size,
+            members: hosts.into_iter().flat_map(|(_, v)| v).collect(),
+        }
+    }
+
+    fn refuse_all(&mut self, refusal: Refusal) {
+        tracing::warn!("coordinator refuses the job: {refusal:?}");
+        let tokens: Vec<Token> = self.conns.iter().filter(|(_, c)| c.rank.is_some()).map(|(t, _)| *t).collect();
+        for t in tokens {
+            self.send(t, &Control::Refused(refusal.clone()));
+        }
+        self.phase = Phase::Refused(refusal);
+    }
+
+    fn check_deadlines(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Rendezvous) && now >= self.deadline {
+            let missing: Vec<usize> =
+                (0..self.options.world_size).filter(|r| !self.registered.contains_key(r)).collect();
+            self.refuse_all(Refusal::Rendezvous {
+                reason: format!(
+                    "ranks {missing:?} did not register within {:?} ({} of {} arrived)",
+                    self.options.rendezvous_timeout,
+                    self.registered.len(),
+                    self.options.world_size
+                ),
+            });
+        }
+        // Connections that never identify themselves are dropped after the handshake time.
+        let stale: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.rank.is_none() && now.duration_since(c.opened) > HANDSHAKE_TIMEOUT)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in stale {
+            self.close(t);
+        }
+    }
+
+    fn send(&mut self, token: Token, msg: &Control) {
+        if let Some(c) = self.conns.get_mut(&token) {
+            c.outbuf.extend_from_slice(&msg.encode());
+        }
+        self.flush(token);
+    }
+
+    fn flush(&mut self, token: Token) {
+        let Some(c) = self.conns.get_mut(&token) else { return };
+        while !c.outbuf.is_empty() {
+            match c.stream.write(&c.outbuf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    c.outbuf.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn close(&mut self, token: Token) {
+        if let Some(mut c) = self.conns.remove(&token) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            if let Some(rank) = c.rank {
+                if matches!(self.phase, Phase::Rendezvous) {
+                    // A rank that gave up during rendezvous may come back.
+                    if self.registered.get(&rank).is_some_and(|(t, _)| *t == token) {
+                        self.registered.remove(&rank);
+                    }
+                } else if !c.left {
+                    tracing::debug!(rank, peer = %c.peer, "rank disconnected from the coordinator");
+                }
+            }
+        }
+    }
+}
+
+/// The first fingerprint field on which `reg` differs from `first`.
+fn mismatch(first: &Registration, first_rank: usize, reg: &Registration) -> Option<Refusal> {
+    let lookup = |r: &Registration, k: &str| r.fingerprint.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
+    let mut fields: Vec<&String> = first.fingerprint.iter().map(|(k, _)| k).collect();
+    fields.extend(reg.fingerprint.iter().map(|(k, _)| k));
+    for field in fields {
+        let (a, b) = (lookup(first, field), lookup(reg, field));
+        if a != b {
+            return Some(Refusal::ConfigMismatch {
+                field: field.clone(),
+                rank: first_rank as u32,
+                value: a.unwrap_or_else(|| "(absent)".into()),
+                other_rank: reg.rank as u32,
+                other_value: b.unwrap_or_else(|| "(absent)".into()),
+            });
+        }
+    }
+    None
+}

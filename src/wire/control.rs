@@ -1,0 +1,362 @@
+//! Control messages between ranks and the coordinator.
+//!
+//! Each message is a 12-byte head — magic `RGCT` (4), version (1), type (1), reserved (2),
+//! body length (u32 LE) — then the body. Bodies are capped at [`CONTROL_BYTES_MAX`];
+//! strings at [`CONTROL_STRING_MAX`]; lists at [`WORLD_MAX`] entries. Integers are
+//! little-endian; strings are a u16 length then UTF-8; addresses are strings `ip:port`.
+
+use std::net::SocketAddr;
+
+use super::{WireError, PROTOCOL_VERSION};
+use crate::coord::{Member, Registration, View};
+use crate::limits::{CONTROL_BYTES_MAX, CONTROL_STRING_MAX, WORLD_MAX};
+
+/// Size of the message head in bytes.
+pub const CONTROL_HEAD_LEN: usize = 12;
+
+const CONTROL_MAGIC: [u8; 4] = *b"RGCT";
+
+/// Most (name, value) pairs in a config fingerprint.
+const FINGERPRINT_FIELDS_MAX: usize = 64;
+
+/// Why the coordinator refuses a rank (and, for job-wide problems, every rank).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Two ranks disagree on a configuration field.
+    ConfigMismatch {
+        /// Field name.
+        field: String,
+        /// One rank and its value.
+        rank: u32,
+        /// Its value.
+        value: String,
+        /// The other rank.
+        other_rank: u32,
+        /// Its value.
+        other_value: String,
+    },
+    /// Rendezvous cannot complete (missing ranks, duplicate rank, rank out of range).
+    Rendezvous {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A control message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Rank to coordinator: here I am.
+    Register(Registration),
+    /// Coordinator to rank: the membership view to run in.
+    View(View),
+    /// Coordinator to rank: the job cannot go on as configured.
+    Refused(Refusal),
+    /// Rank to coordinator: this rank is shutting down cleanly.
+    Leave {
+        /// The rank leaving.
+        rank: u32,
+    },
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        let mut end = s.len().min(CONTROL_STRING_MAX);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.0.extend_from_slice(&(end as u16).to_le_bytes());
+        self.0.extend_from_slice(&s.as_bytes()[..end]);
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or(WireError::Truncated { what: "control message" })?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn str(&mut self) -> Result<String, WireError> {
+        let mut a = [0u8; 2];
+        a.copy_from_slice(self.take(2)?);
+        let n = usize::from(u16::from_le_bytes(a));
+        if n > CONTROL_STRING_MAX {
+            return Err(WireError::TooLong { field: "string", value: n as u64, limit: CONTROL_STRING_MAX as u64 });
+        }
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| WireError::Malformed { what: "string is not UTF-8" })
+    }
+    fn addr(&mut self) -> Result<SocketAddr, WireError> {
+        self.str()?.parse().map_err(|_| WireError::Malformed { what: "address" })
+    }
+    fn count(&mut self, limit: usize, field: &'static str) -> Result<usize, WireError> {
+        let n = self.u32()? as usize;
+        if n > limit {
+            return Err(WireError::TooLong { field, value: n as u64, limit: limit as u64 });
+        }
+        Ok(n)
+    }
+    fn rank(&mut self) -> Result<usize, WireError> {
+        let r = self.u32()? as usize;
+        if r >= WORLD_MAX {
+            return Err(WireError::Malformed { what: "rank beyond the world limit" });
+        }
+        Ok(r)
+    }
+}
+
+impl Control {
+    fn type_id(&self) -> u8 {
+        match self {
+            Control::Register(_) => 1,
+            Control::View(_) => 2,
+            Control::Refused(_) => 3,
+            Control::Leave { .. } => 4,
+        }
+    }
+
+    /// Encodes the message with its head.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(256));
+        match self {
+            Control::Register(r) => {
+                w.u32(r.rank as u32);
+                w.u32(r.world_size as u32);
+                w.u64(r.incarnation);
+                w.str(&r.listen.to_string());
+                w.str(&r.host);
+                w.u32(r.fingerprint.len() as u32);
+                for (k, v) in &r.fingerprint {
+                    w.str(k);
+                    w.str(v);
+                }
+            }
+            Control::View(v) => {
+                w.u64(v.job);
+                w.u64(v.epoch);
+                w.u32(v.world_size as u32);
+                w.u32(v.members.len() as u32);
+                for m in &v.members {
+                    w.u32(m.rank as u32);
+                    w.str(&m.addr.to_string());
+                    w.str(&m.host);
+                }
+            }
+            Control::Refused(Refusal::ConfigMismatch { field, rank, value, other_rank, other_value }) => {
+                w.u8(1);
+                w.str(field);
+                w.u32(*rank);
+                w.str(value);
+                w.u32(*other_rank);
+                w.str(other_value);
+            }
+            Control::Refused(Refusal::Rendezvous { reason }) => {
+                w.u8(2);
+                w.str(reason);
+            }
+            Control::Leave { rank } => w.u32(*rank),
+        }
+        let body = w.0;
+        let mut out = Vec::with_capacity(CONTROL_HEAD_LEN + body.len());
+        out.extend_from_slice(&CONTROL_MAGIC);
+        out.push(PROTOCOL_VERSION);
+        out.push(self.type_id());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Looks for one whole message at the start of `buf`: `Ok(None)` if more bytes are
+    /// needed, `Ok(Some((message, bytes used)))`, or an error after which the connection
+    /// must be closed. Never reads past a declared length, never allocates more than the
+    /// caps allow.
+    ///
+    /// # Errors
+    /// A [`WireError`] for a bad magic, version, type, length or body.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Control, usize)>, WireError> {
+        if buf.len() < CONTROL_HEAD_LEN {
+            // Reject garbage early: the magic is known after 4 bytes.
+            let n = buf.len().min(4);
+            if buf[..n] != CONTROL_MAGIC[..n] {
+                let mut found = [0u8; 4];
+                found[..n].copy_from_slice(&buf[..n]);
+                return Err(WireError::BadMagic { found });
+            }
+            return Ok(None);
+        }
+        let magic = [buf[0], buf[1], buf[2], buf[3]];
+        if magic != CONTROL_MAGIC {
+            return Err(WireError::BadMagic { found: magic });
+        }
+        if buf[4] != PROTOCOL_VERSION {
+            return Err(WireError::BadVersion { found: buf[4], expected: PROTOCOL_VERSION });
+        }
+        let len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+        if len > CONTROL_BYTES_MAX {
+            return Err(WireError::TooLong {
+                field: "control body",
+                value: len as u64,
+                limit: CONTROL_BYTES_MAX as u64,
+            });
+        }
+        if buf.len() < CONTROL_HEAD_LEN + len {
+            return Ok(None);
+        }
+        let mut r = Reader { b: &buf[CONTROL_HEAD_LEN..CONTROL_HEAD_LEN + len], pos: 0 };
+        let msg = match buf[5] {
+            1 => {
+                let rank = r.rank()?;
+                let world_size = r.u32()? as usize;
+                let incarnation = r.u64()?;
+                let listen = r.addr()?;
+                let host = r.str()?;
+                let n = r.count(FINGERPRINT_FIELDS_MAX, "fingerprint")?;
+                let mut fingerprint = Vec::with_capacity(n);
+                for _ in 0..n {
+                    fingerprint.push((r.str()?, r.str()?));
+                }
+                Control::Register(Registration { rank, world_size, incarnation, listen, host, fingerprint })
+            }
+            2 => {
+                let job = r.u64()?;
+                let epoch = r.u64()?;
+                let world_size = r.u32()? as usize;
+                let n = r.count(WORLD_MAX, "members")?;
+                let mut members = Vec::with_capacity(n);
+                for _ in 0..n {
+                    members.push(Member { rank: r.rank()?, addr: r.addr()?, host: r.str()? });
+                }
+                Control::View(View { job, epoch, world_size, members })
+            }
+            3 => match r.u8()? {
+                1 => Control::Refused(Refusal::ConfigMismatch {
+                    field: r.str()?,
+                    rank: r.u32()?,
+                    value: r.str()?,
+                    other_rank: r.u32()?,
+                    other_value: r.str()?,
+                }),
+                2 => Control::Refused(Refusal::Rendezvous { reason: r.str()? }),
+                v => return Err(WireError::UnknownId { field: "refusal", value: v.into() }),
+            },
+            4 => Control::Leave { rank: r.u32()? },
+            v => return Err(WireError::UnknownId { field: "control type", value: v.into() }),
+        };
+        if r.pos != len {
+            return Err(WireError::Malformed { what: "trailing bytes in control message" });
+        }
+        Ok(Some((msg, CONTROL_HEAD_LEN + len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Control> {
+        let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        vec![
+            Control::Register(Registration {
+                rank: 3,
+                world_size: 4,
+                incarnation: 1,
+                listen: addr,
+                host: "h1".into(),
+                fingerprint: vec![("world_size".into(), "4".into())],
+            }),
+            Control::View(View {
+                job: 7,
+                epoch: 1,
+                world_size: 2,
+                members: vec![Member { rank: 0, addr, host: "a".into() }, Member { rank: 1, addr, host: "b".into() }],
+            }),
+            Control::Refused(Refusal::ConfigMismatch {
+                field: "segment_bytes".into(),
+                rank: 0,
+                value: "1".into(),
+                other_rank: 2,
+                other_value: "2".into(),
+            }),
+            Control::Refused(Refusal::Rendezvous { reason: "rank 3 missing".into() }),
+            Control::Leave { rank: 9 },
+        ]
+    }
+
+    #[test]
+    fn round_trip_and_partial() {
+        for m in samples() {
+            let b = m.encode();
+            assert_eq!(Control::decode(&b).unwrap(), Some((m.clone(), b.len())));
+            for cut in 0..b.len() {
+                assert_eq!(Control::decode(&b[..cut]).unwrap(), None, "prefix {cut} of {m:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn huge_declared_length_is_refused_without_waiting() {
+        let mut b = Control::Leave { rank: 1 }.encode();
+        b[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(Control::decode(&b), Err(WireError::TooLong { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_give_message_need_more_or_error(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Control::decode(&bytes);
+            let mut framed = CONTROL_MAGIC.to_vec();
+            framed.push(PROTOCOL_VERSION);
+            framed.extend_from_slice(&bytes);
+            if let Ok(Some((_, used))) = Control::decode(&framed) {
+                prop_assert!(used <= framed.len());
+            }
+        }
+
+        #[test]
+        fn truncated_bodies_are_errors_not_panics(which in 0usize..5, cut in 0usize..200) {
+            let b = samples()[which].encode();
+            let body_len = b.len() - CONTROL_HEAD_LEN;
+            let keep = cut.min(body_len);
+            let mut t = b[..CONTROL_HEAD_LEN + keep].to_vec();
+            t[8..12].copy_from_slice(&(keep as u32).to_le_bytes());
+            let r = Control::decode(&t);
+            if keep < body_len {
+                prop_assert!(r.is_err());
+            }
+        }
+    }
+}

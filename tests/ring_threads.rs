@@ -1,0 +1,56 @@
+//! Collectives with every rank as a thread of this process, over real loopback TCP.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use ringcc::coord::{Server, ServerOptions};
+use ringcc::{Communicator, ReduceOp};
+
+fn with_ring<R: Send + 'static>(
+    world: usize,
+    segment_bytes: usize,
+    f: impl Fn(Communicator) -> R + Send + Sync + Clone + 'static,
+) -> Vec<R> {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = Server::start(listener, ServerOptions::new(world, 42, Duration::from_secs(20))).unwrap();
+    let addr = server.local_addr().to_string();
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            let (addr, f) = (addr.clone(), f.clone());
+            std::thread::spawn(move || {
+                let mut config = ringcc::Config::new(rank, world);
+                config.coordinator = addr;
+                config.host_coordinator = false;
+                config.job_id = 42;
+                config.segment_bytes = segment_bytes;
+                config.progress_timeout = Duration::from_secs(10);
+                let comm = Communicator::connect(config).unwrap();
+                f(comm)
+            })
+        })
+        .collect();
+    let out = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    drop(server);
+    out
+}
+
+#[test]
+fn all_reduce_sums_exactly_for_small_worlds() {
+    for world in [1, 2, 3, 4, 5] {
+        for len in [0usize, 1, 7, 1000, 100_003] {
+            let results = with_ring(world, 4096, move |comm| {
+                let r = comm.rank();
+                let mut v: Vec<f32> = (0..len).map(|i| ((i * 7 + r * 13) % 1000) as f32).collect();
+                let report = comm
+                    .all_reduce(&mut v, ReduceOp::Sum)
+                    .unwrap_or_else(|e| panic!("world {world} len {len} rank {r}: {e}"));
+                assert_eq!(report.members, (0..world).collect::<Vec<_>>());
+                v
+            });
+            let want: Vec<f32> = (0..len).map(|i| (0..world).map(|r| ((i * 7 + r * 13) % 1000) as f32).sum()).collect();
+            for (rank, got) in results.iter().enumerate() {
+                assert_eq!(got, &want, "world {world} len {len} rank {rank}");
+            }
+        }
+    }
+}
