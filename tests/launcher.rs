@@ -76,6 +76,12 @@ impl Running {
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 let took = self.started.elapsed();
+                // Anything still holding ringrun's output pipes is a process left behind.
+                let end = Instant::now() + Duration::from_secs(5);
+                while !(self.out.is_finished() && self.err.is_finished()) {
+                    assert!(Instant::now() < end, "ringrun exited but its output pipes are still held open");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 let stdout = self.out.join().expect("stdout thread");
                 let stderr = self.err.join().expect("stderr thread");
                 return Run { code: status.code(), stdout, stderr, took };
@@ -159,6 +165,21 @@ fn by_rank(text: &str) -> BTreeMap<usize, Vec<String>> {
         map.entry(n.parse().expect("rank number")).or_default().push(body.to_string());
     }
     map
+}
+
+#[test]
+fn library_ranks_meet_at_the_hosted_coordinator_and_reduce_exactly() {
+    let mark = marker("ringcheck");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringrun"));
+    cmd.args(["-n", "3", "--tag-output", "-x", &format!("RR_MARK={mark}"), "--", env!("CARGO_BIN_EXE_ringcheck")])
+        .args(["--lengths", "1,7,4099", "--big-mib", "0", "--in-flight", "1"]);
+    let r = run(cmd);
+    assert_eq!(r.code, Some(0), "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    for (rank, lines) in by_rank(&r.stdout) {
+        let summary = format!("ringcheck: rank {rank} of 3:");
+        assert!(lines.iter().any(|l| l.starts_with(&summary) && l.ends_with("all exact")), "{lines:?}");
+    }
+    assert_no_leftovers(&mark);
 }
 
 #[test]
@@ -347,6 +368,17 @@ fn a_rank_killed_by_sigkill_stops_the_job_with_status_137() {
 }
 
 #[test]
+fn processes_a_successful_rank_left_behind_are_killed_at_the_end() {
+    let mark = marker("leftover");
+    // The background sleep keeps the rank's output pipe open after the rank exits 0.
+    let r = run(ringrun_sh(&mark, &["-n", "2", "--tag-output"], "sleep 30 & echo started $!"));
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    assert_eq!(by_rank(&r.stdout).len(), 2, "{}", r.stdout);
+    assert!(r.took < Duration::from_secs(3), "took {:?}", r.took);
+    assert_no_leftovers(&mark);
+}
+
+#[test]
 fn sigterm_to_ringrun_is_forwarded_to_every_rank() {
     let mark = marker("term");
     let dir = scratch(&mark);
@@ -368,6 +400,24 @@ fn sigterm_to_ringrun_is_forwarded_to_every_rank() {
         assert!(dir.join(format!("got.{rank}")).exists(), "rank {rank} never saw SIGTERM");
     }
     assert!(r.took < Duration::from_secs(3), "ranks that obey SIGTERM need no grace period: {:?}", r.took);
+    assert_no_leftovers(&mark);
+}
+
+#[test]
+fn local_ranks_die_when_ringrun_is_killed_with_sigkill() {
+    let mark = marker("orphan");
+    let dir = scratch(&mark);
+    let script = format!("echo $$ > {}/pid.$RINGCC_RANK; exec sleep 30", dir.display());
+    // Output to files, so that surviving ranks could not hold this test's pipes open.
+    let out = dir.join("out");
+    let running = start(ringrun_sh(&mark, &["-n", "3", "--output-filename", out.to_str().expect("utf-8")], &script));
+    for rank in 0..3 {
+        wait_for_file(&dir.join(format!("pid.{rank}")));
+    }
+    let pid = running.child.id().to_string();
+    assert!(Command::new("kill").args(["-9", &pid]).status().expect("kill").success());
+    let r = running.finish();
+    assert_eq!(r.code, None, "ringrun was killed by a signal");
     assert_no_leftovers(&mark);
 }
 

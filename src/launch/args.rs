@@ -14,7 +14,9 @@ with ringrun hosting the job's coordinator.";
 const AFTER_HELP: &str = "\
 Every rank gets RINGCC_RANK, RINGCC_WORLD_SIZE, RINGCC_LOCAL_RANK, RINGCC_LOCAL_SIZE,
 RINGCC_COORDINATOR (host:port), RINGCC_JOB_ID, RINGCC_HOST and RINGCC_INCARNATION, plus the -x
-variables. Remote ranks run as `RSH HOST 'cd DIR; export ...; exec PROGRAM ARGS'`.
+variables, and RINGCC_SECRET (a random per-job secret; remote ranks read it from the stdin
+of RSH, never from a command line). Remote ranks run as
+`RSH HOST 'read -r RINGCC_SECRET; ...; cd DIR; export ...; exec PROGRAM ARGS'`.
 
 When a rank exits non-zero or is killed, ringrun names it, sends SIGTERM to the other ranks,
 SIGKILL after 3 s, and exits with that rank's status (128+N for signal N). SIGINT, SIGTERM

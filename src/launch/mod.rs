@@ -7,11 +7,14 @@
 //! any rank never takes the coordinator with it.
 //!
 //! # What happens, in order
-//! 1. The command line is checked completely ([`plan`]): hosts, placement, program, `-x`
+//! 1. The command line is checked completely (`plan.rs`): hosts, placement, program, `-x`
 //!    values, `--rsh`, coordinator address. Any problem is one line on stderr and exit
 //!    status 2, before anything is started.
 //! 2. The coordinator listens on `--bind` (or 127.0.0.1 when every rank is local, or the
-//!    address of the route toward the first remote host) and a random job id is drawn.
+//!    address of the route toward the first remote host). A random job id and a random
+//!    32-byte job secret are drawn; the coordinator and every rank prove the secret to
+//!    each other (`RINGCC_SECRET`, never on a command line: remote ranks read it from
+//!    the `--rsh` process's stdin).
 //! 3. Ranks start in rank order: local ones directly, remote ones as
 //!    `RSH HOST 'cd DIR; export VAR=value ...; exec PROGRAM ARGS'`. Each runs in its own
 //!    process group; local ranks die with SIGKILL when ringrun dies.
@@ -24,8 +27,9 @@
 //!
 //! # Remote ranks and network namespaces
 //! `--rsh` is called as `RSH... HOST COMMAND` and must run COMMAND with a POSIX shell on
-//! HOST, as ssh does. The command carries the rank's whole environment, so it does not
-//! matter what the remote side inherits. A remote rank's local process is the `--rsh`
+//! HOST, as ssh does, and pass its stdin on (so not `ssh -n`). The command carries the
+//! rank's whole environment except the secret, so it does not matter what the remote side
+//! inherits. A remote rank's local process is the `--rsh`
 //! process: signals reach the remote program only if the remote shell forwards them
 //! (`ip netns exec` does, since it execs; ssh does not without a tty). A remote rank whose
 //! ssh was killed must notice on its own that the coordinator went away: that is the job
@@ -39,7 +43,7 @@
 //!
 //! # Later: elastic jobs
 //! The process table keeps, per rank, its host, incarnation, restart count and state, and
-//! [`policy`] is a pure decision over it. An elastic mode (`--elastic --min-np K
+//! the policy (`policy.rs`) is a pure decision over it. An elastic mode (`--elastic --min-np K
 //! --max-restarts R`) is a new policy that keeps going while K ranks run and restarts a
 //! failed rank in the same slot with the next incarnation (`RINGCC_INCARNATION`); the
 //! restarted process rejoins through the coordinator this process already hosts.
@@ -111,11 +115,9 @@ fn host_coordinator(plan: &plan::Plan) -> Result<(Server, u64, SocketAddr), Stri
     let listener = TcpListener::bind(bind).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| format!("cannot read the coordinator address: {e}"))?;
     let job = random_job_id()?;
-    let options = ServerOptions {
-        world_size: plan.world_size(),
-        job,
-        rendezvous_timeout: crate::Config::new(0, plan.world_size()).rendezvous_timeout,
-    };
+    let rendezvous_timeout = crate::Config::new(0, plan.world_size()).rendezvous_timeout;
+    let mut options = ServerOptions::new(plan.world_size(), job, rendezvous_timeout);
+    options.secret = plan.launch.secret.0.clone();
     let server = Server::start(listener, options).map_err(|e| format!("cannot start the coordinator: {e}"))?;
     Ok((server, job, addr))
 }

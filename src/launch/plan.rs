@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::args::{self, Args};
 use super::hosts::{self, HostSlots};
 use super::output::OutputMode;
-use super::spawn::{self, Launch, MANAGED_VARS};
+use super::spawn::{self, JobSecret, Launch, MANAGED_VARS};
 use crate::limits::WORLD_MAX;
 
 /// A host with ranks placed on it.
@@ -113,5 +113,13 @@ fn launch(args: &Args, any_remote: bool) -> Result<Launch, String> {
             .map_err(|e| format!("--rsh {first}: {e}"))?;
     }
     let program_args: Vec<OsString> = program_args.to_vec();
-    Ok(Launch { program, args: program_args, exports, rsh, cwd })
+    let secret = new_secret()?;
+    Ok(Launch { program, args: program_args, exports, rsh, cwd, secret })
+}
+
+/// 32 random bytes.
+fn new_secret() -> Result<JobSecret, String> {
+    let mut bytes = vec![0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| format!("cannot draw a job secret: {e}"))?;
+    Ok(JobSecret(bytes))
 }

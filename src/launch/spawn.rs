@@ -2,9 +2,13 @@
 //! locally or through `--rsh`.
 //!
 //! A local rank is spawned directly with the launcher's environment plus the rank's
-//! variables. A remote rank is `RSH... HOST 'cd DIR; export VAR=value ...; exec PROGRAM ARGS'`:
+//! variables. A remote rank is
+//! `RSH... HOST 'read -r RINGCC_SECRET; export RINGCC_SECRET; cd DIR; export VAR=value ...; exec PROGRAM ARGS'`:
 //! everything the rank needs travels inside that one shell-quoted command line, because
-//! nothing guarantees the remote side sees ringrun's environment (ssh does not).
+//! nothing guarantees the remote side sees ringrun's environment (ssh does not). The one
+//! exception is the job secret: command lines are visible to every user (`ps`), so the
+//! secret is written as one line to the `--rsh` process's stdin, which ssh and
+//! `ip netns exec` pass on to the remote shell's `read`.
 //!
 //! Every rank (or its `--rsh` process) gets its own process group, so ringrun can signal a
 //! rank and everything it started, and a terminal's Ctrl-C reaches only ringrun, which
@@ -13,6 +17,7 @@
 //! (heartbeats, in the library) to stop.
 
 use std::ffi::{OsStr, OsString};
+use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -42,8 +47,29 @@ pub(crate) struct RankEnv {
     pub(crate) incarnation: u64,
 }
 
-/// Variables ringrun sets for every rank; `-x` may not override them.
-pub(crate) const MANAGED_VARS: [&str; 8] = [
+/// The job secret: random bytes, passed to ranks as hex digits (64 hex digits are how the
+/// library reads a 32-byte `RINGCC_SECRET`). Its `Debug` output never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct JobSecret(pub(crate) Vec<u8>);
+
+impl JobSecret {
+    /// The secret as lower-case hex digits.
+    pub(crate) fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for JobSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobSecret(<redacted>)")
+    }
+}
+
+/// Variables ringrun sets for every rank; `-x` may not set them. The secret variables are
+/// listed so that neither can reach a rank beside the one ringrun generated.
+pub(crate) const MANAGED_VARS: [&str; 10] = [
+    "RINGCC_SECRET",
+    "RINGCC_SECRET_FILE",
     "RINGCC_RANK",
     "RINGCC_WORLD_SIZE",
     "RINGCC_LOCAL_RANK",
@@ -55,7 +81,7 @@ pub(crate) const MANAGED_VARS: [&str; 8] = [
 ];
 
 impl RankEnv {
-    /// The variables in [`MANAGED_VARS`] order.
+    /// The variables, in [`MANAGED_VARS`] order, except the secret ones.
     pub(crate) fn vars(&self) -> Vec<(&'static str, String)> {
         let values = [
             self.rank.to_string(),
@@ -67,7 +93,7 @@ impl RankEnv {
             self.host.clone(),
             self.incarnation.to_string(),
         ];
-        MANAGED_VARS.into_iter().zip(values).collect()
+        MANAGED_VARS[2..].iter().copied().zip(values).collect()
     }
 }
 
@@ -84,6 +110,8 @@ pub(crate) struct Launch {
     pub(crate) rsh: Vec<String>,
     /// Working directory remote ranks change to first (if it exists there).
     pub(crate) cwd: PathBuf,
+    /// The job secret (`RINGCC_SECRET`).
+    pub(crate) secret: JobSecret,
 }
 
 /// Where a rank runs.
@@ -95,8 +123,9 @@ pub(crate) enum Site<'a> {
     Remote(&'a str),
 }
 
-/// Starts one rank with the given stdout and stderr. stdin is /dev/null (ringrun does not
-/// forward its input).
+/// Starts one rank with the given stdout and stderr. A local rank's stdin is /dev/null
+/// (ringrun does not forward its input); a remote rank's stdin carries the job secret,
+/// then ends.
 ///
 /// Contract: call from the supervisor's thread (see [`sys::die_with_parent`]).
 ///
@@ -115,24 +144,33 @@ pub(crate) fn start_rank(
             cmd.args(&launch.args);
             cmd.envs(env.vars());
             cmd.envs(launch.exports.iter().map(|(k, v)| (k, v)));
+            cmd.env("RINGCC_SECRET", launch.secret.hex()).env_remove("RINGCC_SECRET_FILE");
+            cmd.stdin(Stdio::null());
             cmd
         }
         Site::Remote(host) => {
             let (first, rest) = launch.rsh.split_first().ok_or_else(|| std::io::Error::other("empty --rsh"))?;
             let mut cmd = Command::new(first);
             cmd.args(rest).arg(host).arg(remote_command_line(launch, env));
+            cmd.stdin(Stdio::piped());
             cmd
         }
     };
-    cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0);
+    cmd.stdout(stdout).stderr(stderr).process_group(0);
     sys::die_with_parent(&mut cmd);
-    cmd.spawn()
+    let mut child = cmd.spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // One line into an empty pipe never blocks. If the remote shell is already gone
+        // the write fails, and its exit status will tell the supervisor.
+        let _ = stdin.write_all(format!("{}\n", launch.secret.hex()).as_bytes());
+    }
+    Ok(child)
 }
 
-/// The shell command a remote rank runs: change to ringrun's working directory if it
-/// exists there, export the rank's variables, exec the program.
+/// The shell command a remote rank runs: read the secret from stdin, change to ringrun's
+/// working directory if it exists there, export the rank's variables, exec the program.
 pub(crate) fn remote_command_line(launch: &Launch, env: &RankEnv) -> OsString {
-    let mut line: Vec<u8> = b"cd ".to_vec();
+    let mut line: Vec<u8> = b"read -r RINGCC_SECRET; export RINGCC_SECRET; unset RINGCC_SECRET_FILE; cd ".to_vec();
     line.extend(shell_quote(launch.cwd.as_os_str().as_bytes()));
     line.extend_from_slice(b" 2>/dev/null; export");
     let managed = env.vars().into_iter().map(|(k, v)| (k.to_string(), OsString::from(v)));
@@ -233,12 +271,17 @@ mod tests {
             exports: vec![("FOO".into(), "v w".into())],
             rsh: vec!["ssh".into()],
             cwd: "/work".into(),
+            secret: JobSecret(vec![0xab; 32]),
         };
         let line = remote_command_line(&launch, &env());
         let line = line.to_str().expect("utf-8");
+        assert!(!line.contains("abab"), "the secret must not be in a command line");
+        assert!(!format!("{launch:?}").contains("abab"), "nor in debug output");
+        assert_eq!(launch.secret.hex(), "ab".repeat(32));
         assert_eq!(
             line,
-            "cd '/work' 2>/dev/null; export RINGCC_RANK='2' RINGCC_WORLD_SIZE='4' RINGCC_LOCAL_RANK='0' \
+            "read -r RINGCC_SECRET; export RINGCC_SECRET; unset RINGCC_SECRET_FILE; \
+             cd '/work' 2>/dev/null; export RINGCC_RANK='2' RINGCC_WORLD_SIZE='4' RINGCC_LOCAL_RANK='0' \
              RINGCC_LOCAL_SIZE='2' RINGCC_COORDINATOR='10.0.0.1:4000' RINGCC_JOB_ID='77' RINGCC_HOST='n1' \
              RINGCC_INCARNATION='0' FOO='v w'; exec '/opt/my prog' '-x' 'a'\\''b'"
         );
