@@ -196,6 +196,8 @@ impl Communicator {
                 .map_err(|e| Error::Config(format!("cannot host the coordinator at {addr}: {e}")))?;
             let mut options = ServerOptions::new(config.world_size, config.job_id, config.rendezvous_timeout);
             options.secret = secret.clone();
+            options.heartbeat_timeout = config.heartbeat_timeout;
+            options.min_world = config.min_world;
             Some(Server::start(listener, options).map_err(|e| Error::Config(format!("coordinator at {addr}: {e}")))?)
         } else {
             None
@@ -229,7 +231,7 @@ impl Communicator {
         let mut members: Vec<Rank> = view.members.iter().map(|m| m.rank).collect();
         members.sort_unstable();
         let ring = establish_ring(view, config.rank, 0, &listener, config.connect_timeout, &secret)?;
-        let driver = Driver::start(ring, &config, Some(client.into_stream()))?;
+        let driver = Driver::start(ring, &config, Some(client.into_stream()), listener)?;
         Ok(Communicator { rank: config.rank, world_size: config.world_size, members, driver, _server: server })
     }
 

@@ -51,6 +51,15 @@ pub struct Config {
     pub secret: Option<Secret>,
     /// Allows listening beyond loopback without a secret (logs a warning). Default false.
     pub insecure: bool,
+    /// Silence after which the coordinator evicts this rank, or this rank gives up the
+    /// coordinator. Default 5 s (`limits::HEARTBEAT_TIMEOUT`).
+    pub heartbeat_timeout: std::time::Duration,
+    /// Fewest ranks with which the job goes on after failures (the hosting rank passes it
+    /// to its coordinator). Default 1.
+    pub min_world: usize,
+    /// Exit the process if the launcher's coordinator is lost (ringrun sets it through
+    /// `RINGCC_ORPHAN_EXIT=1`), so no rank outlives its launcher. Default false.
+    pub orphan_exit: bool,
 }
 
 /// A job secret; its `Debug` output never shows the bytes.
@@ -139,6 +148,9 @@ impl Config {
             progress_timeout: Duration::from_secs(30),
             secret: None,
             insecure: false,
+            heartbeat_timeout: crate::limits::HEARTBEAT_TIMEOUT,
+            min_world: 1,
+            orphan_exit: false,
         }
     }
 
@@ -152,6 +164,21 @@ impl Config {
         let mut config = super::env::config_from_vars(&get)?;
         config.secret = Secret::from_vars(&get)?;
         config.insecure |= matches!(get("RINGCC_INSECURE").as_deref(), Some("1" | "true"));
+        config.orphan_exit |= matches!(get("RINGCC_ORPHAN_EXIT").as_deref(), Some("1" | "true"));
+        if let Some(v) = get("RINGCC_MIN_WORLD") {
+            config.min_world =
+                v.parse().map_err(|_| crate::Error::Config(format!("RINGCC_MIN_WORLD={v} is not a number")))?;
+        }
+        if let Some(v) = get("RINGCC_HEARTBEAT_TIMEOUT") {
+            let secs: f64 =
+                v.parse().map_err(|_| crate::Error::Config(format!("RINGCC_HEARTBEAT_TIMEOUT={v} is not seconds")))?;
+            if !(0.1..=3600.0).contains(&secs) {
+                return Err(crate::Error::Config(format!(
+                    "RINGCC_HEARTBEAT_TIMEOUT={v} is outside 0.1..=3600 seconds"
+                )));
+            }
+            config.heartbeat_timeout = std::time::Duration::from_secs_f64(secs);
+        }
         Ok(config)
     }
 

@@ -125,6 +125,28 @@ pub enum Error {
         /// Epoch.
         epoch: Epoch,
     },
+    /// The coordinator declared this rank failed (it was frozen, unreachable or stuck);
+    /// it is no longer a member and every call fails with this.
+    #[error("rank {rank} was evicted in epoch {epoch}: {reason}")]
+    Evicted {
+        /// This rank.
+        rank: Rank,
+        /// Epoch of the view that excludes it.
+        epoch: Epoch,
+        /// Why the coordinator evicted it.
+        reason: String,
+    },
+    /// The membership changed while collective `seq` ran and it could not finish; the
+    /// ring has been rebuilt over the survivors: call again.
+    #[error("collective #{seq} interrupted by a membership change (epoch {epoch} -> {new_epoch}); call it again")]
+    Interrupted {
+        /// The call's sequence number.
+        seq: u64,
+        /// Epoch it ran in.
+        epoch: Epoch,
+        /// The new epoch.
+        new_epoch: Epoch,
+    },
     /// The communicator is shut down or its event loop ended.
     #[error("communicator is shut down: {0}")]
     Shutdown(String),

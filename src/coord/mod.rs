@@ -65,12 +65,26 @@ pub struct ServerOptions {
     pub rendezvous_timeout: Duration,
     /// The job secret ranks must prove (empty: loopback-only jobs without a secret).
     pub secret: Vec<u8>,
+    /// How often the coordinator tells each rank it is alive.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a rank is declared failed and evicted.
+    pub heartbeat_timeout: Duration,
+    /// Fewest ranks with which the job goes on; below it every rank gets `QuorumLost`.
+    pub min_world: usize,
 }
 
 impl ServerOptions {
     /// Options with no secret.
     pub fn new(world_size: usize, job: u64, rendezvous_timeout: Duration) -> ServerOptions {
-        ServerOptions { world_size, job, rendezvous_timeout, secret: Vec::new() }
+        ServerOptions {
+            world_size,
+            job,
+            rendezvous_timeout,
+            secret: Vec::new(),
+            heartbeat_interval: crate::limits::HEARTBEAT_INTERVAL,
+            heartbeat_timeout: crate::limits::HEARTBEAT_TIMEOUT,
+            min_world: 1,
+        }
     }
 }
 
@@ -81,6 +95,9 @@ impl std::fmt::Debug for ServerOptions {
             .field("job", &self.job)
             .field("rendezvous_timeout", &self.rendezvous_timeout)
             .field("secret", &format_args!("<{} bytes redacted>", self.secret.len()))
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("min_world", &self.min_world)
             .finish()
     }
 }
