@@ -67,7 +67,7 @@ impl std::fmt::Debug for JobSecret {
 
 /// Variables ringrun sets for every rank; `-x` may not set them. The secret variables are
 /// listed so that neither can reach a rank beside the one ringrun generated.
-pub(crate) const MANAGED_VARS: [&str; 10] = [
+pub(crate) const MANAGED_VARS: [&str; 11] = [
     "RINGCC_SECRET",
     "RINGCC_SECRET_FILE",
     "RINGCC_RANK",
@@ -78,6 +78,7 @@ pub(crate) const MANAGED_VARS: [&str; 10] = [
     "RINGCC_JOB_ID",
     "RINGCC_HOST",
     "RINGCC_INCARNATION",
+    "RINGCC_ORPHAN_EXIT",
 ];
 
 impl RankEnv {
@@ -92,6 +93,8 @@ impl RankEnv {
             self.job_id.to_string(),
             self.host.clone(),
             self.incarnation.to_string(),
+            // A rank whose launcher (and so its coordinator) is gone exits on its own.
+            "1".to_string(),
         ];
         MANAGED_VARS[2..].iter().copied().zip(values).collect()
     }
@@ -283,7 +286,7 @@ mod tests {
             "read -r RINGCC_SECRET; export RINGCC_SECRET; unset RINGCC_SECRET_FILE; \
              cd '/work' 2>/dev/null; export RINGCC_RANK='2' RINGCC_WORLD_SIZE='4' RINGCC_LOCAL_RANK='0' \
              RINGCC_LOCAL_SIZE='2' RINGCC_COORDINATOR='10.0.0.1:4000' RINGCC_JOB_ID='77' RINGCC_HOST='n1' \
-             RINGCC_INCARNATION='0' FOO='v w'; exec '/opt/my prog' '-x' 'a'\\''b'"
+             RINGCC_INCARNATION='0' RINGCC_ORPHAN_EXIT='1' FOO='v w'; exec '/opt/my prog' '-x' 'a'\\''b'"
         );
     }
 
