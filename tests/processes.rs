@@ -10,7 +10,7 @@ use ringcc::coord::{Server, ServerOptions};
 /// A coordinator hosted by the test, like ringrun does.
 fn coordinator(world: usize, rendezvous: Duration) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    Server::start(listener, ServerOptions { world_size: world, job: 7, rendezvous_timeout: rendezvous }).unwrap()
+    Server::start(listener, ServerOptions::new(world, 7, rendezvous)).unwrap()
 }
 
 fn rank(bin: &str, rank: usize, world: usize, coord: &str, args: &[&str], env: &[(&str, String)]) -> Child {
@@ -124,6 +124,31 @@ fn a_rank_that_never_shows_up_is_named_within_the_rendezvous_timeout() {
         assert!(stderr.contains("[2]"), "rank {r} error should name the missing rank 2: {stderr}");
     }
     assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
+}
+
+#[test]
+fn a_rank_with_the_wrong_secret_is_refused_and_named() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut options = ServerOptions::new(3, 7, Duration::from_secs(3));
+    options.secret = b"the-right-secret-0123456789".to_vec();
+    let server = Server::start(listener, options).unwrap();
+    let addr = server.local_addr().to_string();
+    let bin = env!("CARGO_BIN_EXE_ringcheck");
+    let args = quickstart_like(&[]);
+    let good = ("RINGCC_SECRET", "the-right-secret-0123456789".to_string());
+    let bad = ("RINGCC_SECRET", "a-wrong-secret-9876543210".to_string());
+    let children = vec![
+        rank(bin, 0, 3, &addr, &args, std::slice::from_ref(&good)),
+        rank(bin, 1, 3, &addr, &args, std::slice::from_ref(&good)),
+        rank(bin, 2, 3, &addr, &args, &[bad, ("RINGCC_CONNECT_TIMEOUT", "2".into())]),
+    ];
+    let outs = wait_all(children, Duration::from_secs(40));
+    let stderr: Vec<String> = outs.iter().map(|o| String::from_utf8_lossy(&o.stderr).to_string()).collect();
+    assert!(outs.iter().all(|o| !o.status.success()), "{stderr:?}");
+    assert!(stderr[2].contains("authentication"), "rank 2: {}", stderr[2]);
+    for (r, text) in stderr.iter().enumerate().take(2) {
+        assert!(text.contains("[2]"), "rank {r} should name the missing rank 2: {text}");
+    }
 }
 
 #[test]

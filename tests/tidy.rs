@@ -21,7 +21,9 @@ fn core_does_no_io() {
     assert!(!files.is_empty());
     let forbidden = ["std::net", "Instant::now", "SystemTime", "thread::spawn", "mio", "rand", "getrandom", "std::fs"];
     for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
+        let full = std::fs::read_to_string(&f).unwrap();
+        // Unit tests may build an `Instant` to start from; the code under test may not.
+        let text = full.split("#[cfg(test)]").next().unwrap_or_default();
         // Compare whole paths of identifiers (`a::b`), so "operand" does not match "rand".
         let tokens: Vec<&str> =
             text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')).filter(|t| !t.is_empty()).collect();

@@ -27,6 +27,13 @@ struct Args {
     /// Ring algorithm: auto, ring or bidir.
     #[arg(long)]
     algo: Option<String>,
+    /// Survivor mode: run this many f32 all-reduces, calling again after a failure
+    /// interrupts one, and check each result against the members its report names.
+    #[arg(long)]
+    survive: Option<usize>,
+    /// Pause between survivor-mode calls, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
 }
 
 const OPS: [ReduceOp; 5] = [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Prod, ReduceOp::Min, ReduceOp::Max];
@@ -251,6 +258,49 @@ impl Checker {
     }
 }
 
+/// Survivor mode: keeps calling through membership changes; every completed call must be
+/// exact over the members it reports.
+fn survive(c: &mut Checker, iterations: usize, pause: Duration) -> Result<(), ringcc::Error> {
+    let rank = c.comm.rank();
+    let len = 65_536;
+    let mut members: Vec<usize> = (0..c.comm.world_size()).collect();
+    let (mut retries, mut done) = (0usize, 0usize);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while done < iterations && Instant::now() < deadline {
+        let mut v: Vec<f32> = (0..len).map(|i| value(ReduceOp::Sum, rank, i + done) as f32).collect();
+        match c.comm.all_reduce(&mut v, ReduceOp::Sum) {
+            Ok(report) => {
+                if report.members != members {
+                    println!("ringcheck: rank {rank}: epoch {} members {:?}", report.epoch, report.members);
+                    members = report.members.clone();
+                }
+                let bad =
+                    (0..len).filter(|&i| v[i] != reference::<f32>(ReduceOp::Sum, &report.members, i + done)).count();
+                if bad > 0 {
+                    c.fail(format!("survive #{done}: {bad} wrong over members {:?}", report.members));
+                }
+                c.runs += 1;
+                done += 1;
+            }
+            Err(
+                e @ (ringcc::Error::PeerClosed { .. }
+                | ringcc::Error::Interrupted { .. }
+                | ringcc::Error::Protocol { .. }),
+            ) => {
+                retries += 1;
+                eprintln!("ringcheck: rank {rank}: call #{done} failed ({e}); calling again");
+                if retries > 100 {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        std::thread::sleep(pause);
+    }
+    println!("ringcheck: rank {rank}: survived {done} collectives, {retries} retries, members {members:?}");
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<Checker, ringcc::Error> {
     let mut config = ringcc::Config::from_env()?;
     if let Some(s) = args.segment_bytes {
@@ -266,6 +316,10 @@ fn run(args: &Args) -> Result<Checker, ringcc::Error> {
     }
     let comm = Communicator::connect(config)?;
     let mut c = Checker { comm, wrong: 0, runs: 0 };
+    if let Some(n) = args.survive {
+        survive(&mut c, n, Duration::from_millis(args.pause_ms))?;
+        return Ok(c);
+    }
     for &len in &args.lengths {
         c.every_dtype(len)?;
     }

@@ -10,7 +10,7 @@ mod work;
 pub use bucket::Bucketer;
 
 pub use communicator::{Communicator, CommunicatorBuilder};
-pub use config::Config;
+pub use config::{Config, Secret};
 pub use error::Error;
 pub use report::Report;
 pub use work::Work;
