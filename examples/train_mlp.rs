@@ -23,6 +23,7 @@ mod train;
 
 use std::error::Error;
 use std::net::TcpListener;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
@@ -32,17 +33,31 @@ use ringcc::Communicator;
 /// How long a lone rank waits for itself to register with its own coordinator.
 const ALONE_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn main() -> Result<(), Box<dyn Error>> {
+/// The rank variables of ringrun, torchrun, mpirun and srun; with none of them set the
+/// program was started by hand and runs alone.
+const LAUNCHER_RANK_VARS: [&str; 4] = ["RINGCC_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"];
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("train_mlp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
     let opts = train::Options::parse();
     let all = data::Dataset::parse_csv(data::DIGITS_CSV)?;
-    // Without a launcher, run as the only rank with a coordinator on a free loopback port.
+    // Without any launcher, run as the only rank with a coordinator on a free loopback port.
     // Declared before `comm` so that it is dropped after it.
     let _server;
-    let comm = if std::env::var_os("RINGCC_RANK").is_some() {
+    let comm = if LAUNCHER_RANK_VARS.iter().any(|v| std::env::var_os(v).is_some()) {
         Communicator::from_env()?
     } else {
-        println!("RINGCC_RANK is not set: running alone as rank 0 of 1");
-        let options = ServerOptions { world_size: 1, job: 1, rendezvous_timeout: ALONE_RENDEZVOUS_TIMEOUT };
+        println!("no launcher variables ({}): running alone as rank 0 of 1", LAUNCHER_RANK_VARS.join(", "));
+        let options = ServerOptions::new(1, 1, ALONE_RENDEZVOUS_TIMEOUT);
         let server = Server::start(TcpListener::bind("127.0.0.1:0")?, options)?;
         let addr = server.local_addr().to_string();
         _server = server;

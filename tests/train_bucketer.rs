@@ -9,7 +9,7 @@ use ringcc::{Bucketer, Communicator, ReduceOp};
 
 fn with_ring<R: Send + 'static>(world: usize, f: impl Fn(Communicator) -> R + Send + Clone + 'static) -> Vec<R> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let options = ServerOptions { world_size: world, job: 12, rendezvous_timeout: Duration::from_secs(20) };
+    let options = ServerOptions::new(world, 12, Duration::from_secs(20));
     let server = Server::start(listener, options).unwrap();
     let addr = server.local_addr().to_string();
     let handles: Vec<_> = (0..world)

@@ -135,6 +135,8 @@ impl GradSaver {
 
 /// Computes this rank's gradients for `indices` and replaces them by their average over
 /// the ranks: with one all_reduce after the backward pass, or bucket by bucket during it.
+/// Returns the reports and the time this thread spent blocked on communication (all of
+/// the all_reduce; only the final wait with buckets, whose reductions overlap the backward).
 ///
 /// # Errors
 /// The collective's error.
@@ -147,31 +149,37 @@ fn backward_and_average(
     scratch: &mut Scratch,
     grads: &mut [f32],
     bucket_bytes: Option<usize>,
-) -> Result<Vec<Report>, ringcc::Error> {
+) -> Result<(Vec<Report>, Duration), ringcc::Error> {
     match bucket_bytes {
         None => {
             mlp.backward(shard, indices, scratch, grads, |_| {});
-            Ok(vec![comm.all_reduce(grads, ReduceOp::Avg)?])
+            let waiting = Instant::now();
+            let report = comm.all_reduce(grads, ReduceOp::Avg)?;
+            Ok((vec![report], waiting.elapsed()))
         }
         Some(bytes) => {
             let mut bucketer = Bucketer::with_bucket_bytes(comm, ReduceOp::Avg, bytes);
             mlp.backward(shard, indices, scratch, grads, |g| bucketer.push(g));
-            bucketer.finish()
+            let waiting = Instant::now();
+            let reports = bucketer.finish()?;
+            Ok((reports, waiting.elapsed()))
         }
     }
 }
 
-/// Fails unless every rank's weights hash equals this rank's.
-fn check_same_weights(comm: &Communicator, mlp: &Mlp) -> Result<u64, Box<dyn Error>> {
+/// Fails unless every member's weights hash equals this rank's; returns the hash and the
+/// number of ranks compared.
+fn check_same_weights(comm: &Communicator, mlp: &Mlp) -> Result<(u64, usize), Box<dyn Error>> {
     let hash = mlp.weights_hash();
-    let mut all = vec![0i64; comm.world_size()];
+    let mut all = vec![0i64; comm.members().len()];
     // The hash travels as i64 bits; `as` round-trips them exactly.
     comm.all_gather(&[hash as i64], &mut all)?;
     if all.iter().any(|&h| h as u64 != hash) {
         let listed: Vec<String> = all.iter().map(|&h| format!("{:016x}", h as u64)).collect();
-        return Err(format!("rank {}: weights differ across ranks, hashes by rank: {listed:?}", comm.rank()).into());
+        let listed = listed.join(" ");
+        return Err(format!("rank {}: weights differ across ranks; hashes by rank: {listed}", comm.rank()).into());
     }
-    Ok(hash)
+    Ok((hash, all.len()))
 }
 
 /// Trains on this rank's shard of `all` with gradients averaged across `comm`; rank 0
@@ -217,13 +225,13 @@ pub fn train(
     for epoch in 1..=opts.epochs {
         let mut order: Vec<usize> = (0..shard.len()).collect();
         Rng::new(opts.seed, stream::EPOCH_ORDER + ((epoch as u64) << 16) + rank as u64).shuffle(&mut order);
-        let (mut loss_sum, mut comm_time, mut buckets) = (0.0f64, Duration::ZERO, 0usize);
+        let (mut loss_sum, mut comm_wait, mut calls) = (0.0f64, Duration::ZERO, 0usize);
         for indices in order.chunks(batch).take(steps) {
             loss_sum += mlp.forward(&shard, indices, &mut scratch);
-            let reports =
+            let (reports, waited) =
                 backward_and_average(comm, &mlp, &shard, indices, &mut scratch, &mut grads, opts.bucket_bytes())?;
-            comm_time += reports.iter().map(|r| r.total).sum::<Duration>();
-            buckets += reports.len();
+            comm_wait += waited;
+            calls += reports.len();
             saver.save(&grads)?;
             mlp.step(&grads, opts.lr, opts.momentum);
         }
@@ -231,15 +239,16 @@ pub fn train(
         comm.all_reduce(&mut totals, ReduceOp::Sum)?;
         let correct = mlp.correct(&test_set);
         accuracy.push(correct as f64 / test_set.len().max(1) as f64);
-        weights_hash = check_same_weights(comm, &mlp)?;
+        let compared;
+        (weights_hash, compared) = check_same_weights(comm, &mlp)?;
         log(format!(
             "epoch {epoch:3}/{}  loss {:.4}  test acc {:6.2}% ({correct}/{})  weights {weights_hash:016x} same on \
-             {world} ranks  all_reduce {:.1} ms in {buckets} calls  {:.2} s",
+             {compared} ranks  {calls} gradient all_reduces, waited {:.1} ms  {:.2} s",
             opts.epochs,
             totals[0] / totals[1].max(1.0),
             100.0 * accuracy[epoch - 1],
             test_set.len(),
-            comm_time.as_secs_f64() * 1e3,
+            comm_wait.as_secs_f64() * 1e3,
             started.elapsed().as_secs_f64(),
         ))?;
     }
