@@ -1,0 +1,264 @@
+//! The data-parallel training loop: shard, step, average gradients with ringcc, check
+//! that every rank holds the same weights.
+
+use std::error::Error;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ringcc::{Bucketer, Communicator, ReduceOp, Report};
+
+use crate::data::{self, stream, Dataset, Rng, CLASSES, FEATURES};
+use crate::model::{Mlp, Scratch};
+
+/// Most epochs accepted (every loop in the program is bounded by the flags).
+const EPOCHS_MAX: usize = 1000;
+/// Largest per-rank batch and hidden layer accepted.
+const WIDTH_MAX: usize = 4096;
+
+/// Command-line flags.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(about = "Data-parallel MLP training on the 8x8 digits with ringcc")]
+pub struct Options {
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    /// Samples per step on each rank; a step's global batch is this times the world size.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f32,
+    /// SGD momentum, in [0, 1).
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f32,
+    /// Hidden units.
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    /// Seed of the train/test split, the initial weights and the sample order.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Average gradients with a Bucketer of buckets of this many MiB (fractions allowed,
+    /// e.g. 0.004 for 4 KiB buckets), launched during the backward pass, instead of one
+    /// all_reduce after it.
+    #[arg(long, value_name = "MIB")]
+    pub bucket_mib: Option<f64>,
+    /// Write the averaged gradient buffer of every step to FILE (overwritten), as raw
+    /// little-endian f32 in parameter order w1, b1, w2, b2 (rank 0 writes).
+    #[arg(long, value_name = "FILE")]
+    pub save_grads: Option<PathBuf>,
+    /// Stop writing --save-grads before the file would exceed this many MiB (whole steps only).
+    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    pub save_grads_max_mib: u64,
+}
+
+impl Options {
+    /// Refuses values outside the bounds that keep a run finite and meaningful.
+    fn validate(&self) -> Result<(), String> {
+        let in_range = |name: &str, v: usize, max: usize| {
+            if (1..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("--{name} {v} is outside 1..={max}"))
+            }
+        };
+        in_range("epochs", self.epochs, EPOCHS_MAX)?;
+        in_range("batch", self.batch, WIDTH_MAX)?;
+        in_range("hidden", self.hidden, WIDTH_MAX)?;
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!("--lr {} must be positive", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(format!("--momentum {} must be in [0, 1)", self.momentum));
+        }
+        match self.bucket_mib {
+            Some(m) if !(m.is_finite() && m > 0.0) => Err(format!("--bucket-mib {m} must be positive")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Bucket size in bytes, if the Bucketer is asked for.
+    fn bucket_bytes(&self) -> Option<usize> {
+        self.bucket_mib.map(|m| (m * f64::from(1u32 << 20)) as usize)
+    }
+}
+
+/// What a finished run leaves behind.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Test accuracy after each epoch, in 0..=1.
+    pub accuracy: Vec<f64>,
+    /// [`Mlp::weights_hash`] of the final weights (checked equal on every rank).
+    pub weights_hash: u64,
+    /// Steps whose gradients were written to --save-grads.
+    pub saved_steps: usize,
+}
+
+/// Appends each step's averaged gradients to the --save-grads file until its cap.
+struct GradSaver {
+    file: Option<BufWriter<File>>,
+    written_bytes: u64,
+    max_bytes: u64,
+    steps: usize,
+}
+
+impl GradSaver {
+    fn new(path: Option<&PathBuf>, max_mib: u64) -> std::io::Result<GradSaver> {
+        let file = path.map(File::create).transpose()?.map(BufWriter::new);
+        Ok(GradSaver { file, written_bytes: 0, max_bytes: max_mib.saturating_mul(1 << 20), steps: 0 })
+    }
+
+    fn save(&mut self, grads: &[f32]) -> std::io::Result<()> {
+        let Some(file) = self.file.as_mut() else { return Ok(()) };
+        let step_bytes = 4 * grads.len() as u64;
+        if self.written_bytes + step_bytes > self.max_bytes {
+            file.flush()?;
+            self.file = None;
+            return Ok(());
+        }
+        for g in grads {
+            file.write_all(&g.to_le_bytes())?;
+        }
+        self.written_bytes += step_bytes;
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<(usize, u64)> {
+        if let Some(f) = self.file.as_mut() {
+            f.flush()?;
+        }
+        Ok((self.steps, self.written_bytes))
+    }
+}
+
+/// Computes this rank's gradients for `indices` and replaces them by their average over
+/// the ranks: with one all_reduce after the backward pass, or bucket by bucket during it.
+/// Returns the reports and the time this thread spent blocked on communication (all of
+/// the all_reduce; only the final wait with buckets, whose reductions overlap the backward).
+///
+/// # Errors
+/// The collective's error.
+#[allow(clippy::too_many_arguments)]
+fn backward_and_average(
+    comm: &Communicator,
+    mlp: &Mlp,
+    shard: &Dataset,
+    indices: &[usize],
+    scratch: &mut Scratch,
+    grads: &mut [f32],
+    bucket_bytes: Option<usize>,
+) -> Result<(Vec<Report>, Duration), ringcc::Error> {
+    match bucket_bytes {
+        None => {
+            mlp.backward(shard, indices, scratch, grads, |_| {});
+            let waiting = Instant::now();
+            let report = comm.all_reduce(grads, ReduceOp::Avg)?;
+            Ok((vec![report], waiting.elapsed()))
+        }
+        Some(bytes) => {
+            let mut bucketer = Bucketer::with_bucket_bytes(comm, ReduceOp::Avg, bytes);
+            mlp.backward(shard, indices, scratch, grads, |g| bucketer.push(g));
+            let waiting = Instant::now();
+            let reports = bucketer.finish()?;
+            Ok((reports, waiting.elapsed()))
+        }
+    }
+}
+
+/// Fails unless every member's weights hash equals this rank's; returns the hash and the
+/// number of ranks compared.
+fn check_same_weights(comm: &Communicator, mlp: &Mlp) -> Result<(u64, usize), Box<dyn Error>> {
+    let hash = mlp.weights_hash();
+    let mut all = vec![0i64; comm.members().len()];
+    // The hash travels as i64 bits; `as` round-trips them exactly.
+    comm.all_gather(&[hash as i64], &mut all)?;
+    if all.iter().any(|&h| h as u64 != hash) {
+        let listed: Vec<String> = all.iter().map(|&h| format!("{:016x}", h as u64)).collect();
+        let listed = listed.join(" ");
+        return Err(format!("rank {}: weights differ across ranks; hashes by rank: {listed}", comm.rank()).into());
+    }
+    Ok((hash, all.len()))
+}
+
+/// Trains on this rank's shard of `all` with gradients averaged across `comm`; rank 0
+/// writes one line per epoch to `out`.
+///
+/// Every rank must call this with the same data and options: each step is a collective.
+///
+/// # Errors
+/// Invalid options, a failed collective, a --save-grads write error, or weights that
+/// differ across ranks after an epoch.
+pub fn train(
+    comm: &Communicator,
+    all: &Dataset,
+    opts: &Options,
+    out: &mut dyn Write,
+) -> Result<Outcome, Box<dyn Error>> {
+    opts.validate()?;
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let (train_set, test_set) = data::split(all, opts.seed);
+    let shard = data::shard(&train_set, rank, world);
+    let mut mlp = Mlp::new(opts.hidden, opts.seed);
+    // Same seed, same weights; the broadcast makes that true by construction.
+    comm.broadcast(&mut mlp.params, 0)?;
+    let batch = opts.batch.min(shard.len()).max(1);
+    let steps = shard.len().div_ceil(batch);
+    let mut log = |line: String| if rank == 0 { writeln!(out, "{line}") } else { Ok(()) };
+    log(format!(
+        "ranks {world}: MLP {FEATURES}-{h}-{CLASSES}, {} parameters; train {} samples ({} per rank), test {}; \
+         batch {batch} per rank, {steps} steps per epoch, gradients averaged by {}",
+        mlp.layout.len(),
+        train_set.len(),
+        shard.len(),
+        test_set.len(),
+        opts.bucket_bytes().map_or("one all_reduce".into(), |b| format!("a Bucketer of {b}-byte buckets")),
+        h = opts.hidden,
+    ))?;
+    let mut saver = GradSaver::new(opts.save_grads.as_ref().filter(|_| rank == 0), opts.save_grads_max_mib)?;
+    let mut scratch = Scratch::default();
+    let mut grads = vec![0.0f32; mlp.layout.len()];
+    let mut accuracy = Vec::with_capacity(opts.epochs);
+    let mut weights_hash = 0;
+    let started = Instant::now();
+    for epoch in 1..=opts.epochs {
+        let mut order: Vec<usize> = (0..shard.len()).collect();
+        Rng::new(opts.seed, stream::EPOCH_ORDER + ((epoch as u64) << 16) + rank as u64).shuffle(&mut order);
+        let (mut loss_sum, mut comm_wait, mut calls) = (0.0f64, Duration::ZERO, 0usize);
+        for indices in order.chunks(batch).take(steps) {
+            loss_sum += mlp.forward(&shard, indices, &mut scratch);
+            let (reports, waited) =
+                backward_and_average(comm, &mlp, &shard, indices, &mut scratch, &mut grads, opts.bucket_bytes())?;
+            comm_wait += waited;
+            calls += reports.len();
+            saver.save(&grads)?;
+            mlp.step(&grads, opts.lr, opts.momentum);
+        }
+        let mut totals = [loss_sum, shard.len() as f64];
+        comm.all_reduce(&mut totals, ReduceOp::Sum)?;
+        let correct = mlp.correct(&test_set);
+        accuracy.push(correct as f64 / test_set.len().max(1) as f64);
+        let compared;
+        (weights_hash, compared) = check_same_weights(comm, &mlp)?;
+        log(format!(
+            "epoch {epoch:3}/{}  loss {:.4}  test acc {:6.2}% ({correct}/{})  weights {weights_hash:016x} same on \
+             {compared} ranks  {calls} gradient all_reduces, waited {:.1} ms  {:.2} s",
+            opts.epochs,
+            totals[0] / totals[1].max(1.0),
+            100.0 * accuracy[epoch - 1],
+            test_set.len(),
+            comm_wait.as_secs_f64() * 1e3,
+            started.elapsed().as_secs_f64(),
+        ))?;
+    }
+    let (saved_steps, saved_bytes) = saver.finish()?;
+    if let Some(path) = opts.save_grads.as_ref().filter(|_| rank == 0) {
+        log(format!(
+            "saved {saved_steps} steps x {} f32 ({saved_bytes} bytes) of averaged gradients to {}",
+            grads.len(),
+            path.display()
+        ))?;
+    }
+    Ok(Outcome { accuracy, weights_hash, saved_steps })
+}
