@@ -2,9 +2,9 @@
 //!
 //! The kernels in `planes` and `lossy` are plain loops that the compiler vectorizes. For
 //! the x86-64 baseline (SSE2) it cannot vectorize the byte transposes well: measured on
-//! an AMD EPYC with 512 KiB segments, shuffle of 4-byte elements runs at 0.7 GB/s and
-//! f32 to bf16 at 2.8 GB/s; the same loops compiled with AVX2 run at 6.5 and 6.5 GB/s
-//! (memcpy: 6-7 GB/s). [`avx2_dispatch`] compiles a kernel twice and calls the AVX2 copy
+//! an AMD EPYC with 512 KiB segments (best of 20 runs), shuffle of 4-byte elements runs at
+//! 0.7 GB/s and f32 to bf16 at 2.8 GB/s; the same loops compiled with AVX2 run at 5.4-6.5
+//! and 6.5 GB/s (memcpy: 5.5-7 GB/s). [`avx2_dispatch`] compiles a kernel twice and calls the AVX2 copy
 //! when the CPU has AVX2 (std caches the detection: one relaxed load per call). Other
 //! targets (aarch64 has NEON in its baseline) use the portable copy.
 
