@@ -1,0 +1,164 @@
+//! Codec throughput (GB/s of raw f32 bytes) and compression ratio, per codec.
+//!
+//! Run: `cargo bench --bench codec` (about a minute). Data: `benches/data/grads.f32` (raw
+//! little-endian f32 gradients from the training example) when it exists, else a
+//! synthetic stand-in, f32 drawn from N(0, 1e-3) with a fixed seed, labelled as such.
+//! Buffers are cut into segments of the default `Config::segment_bytes` (512 KiB) and
+//! each segment is encoded on its own, as the ring sends them. The ratio table (raw bytes /
+//! payload bytes) is printed before the timings; bf16/f16 count against the f32 size.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ringcc::codec::{planes, Codec, Decoder, Encoder, ALL_CODECS};
+use ringcc::DataType;
+
+/// Segment size in bytes: the default `Config::segment_bytes`.
+const SEGMENT_BYTES: usize = 512 << 10;
+/// Size of the synthetic buffer in bytes.
+const SYNTHETIC_BYTES: usize = 16 << 20;
+/// Most bytes of `grads.f32` used (keeps the run short on big dumps).
+const FILE_BYTES_MAX: usize = 64 << 20;
+/// Standard deviation of the synthetic gradients.
+const SYNTHETIC_SIGMA: f64 = 1e-3;
+/// zstd level of the main table (a fast level, as the ring would use).
+const LEVEL: i32 = 1;
+
+/// The benchmark data and its label.
+fn data() -> (String, Vec<u8>) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/data/grads.f32");
+    if let Ok(mut bytes) = std::fs::read(path) {
+        bytes.truncate(bytes.len().min(FILE_BYTES_MAX) / 4 * 4);
+        if !bytes.is_empty() {
+            return (format!("real gradients from {path} ({} MiB)", bytes.len() >> 20), bytes);
+        }
+    }
+    let mut state = 42u64;
+    let mut uniform = move || {
+        // splitmix64, top 53 bits as a float in (0, 1].
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 + f64::EPSILON
+    };
+    let mut bytes = Vec::with_capacity(SYNTHETIC_BYTES);
+    while bytes.len() < SYNTHETIC_BYTES {
+        // Box-Muller: one normal per pair of uniforms.
+        let (u, v) = (uniform(), uniform());
+        let x = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * SYNTHETIC_SIGMA;
+        bytes.extend_from_slice(&(x as f32).to_le_bytes());
+    }
+    (format!("SYNTHETIC N(0, {SYNTHETIC_SIGMA:e}) f32, seed 42 ({} MiB)", bytes.len() >> 20), bytes)
+}
+
+/// Encodes every segment of `raw`; returns each segment's codec and payload.
+fn encode_all(encoder: &mut Encoder, codec: Codec, raw: &[u8]) -> Vec<(Codec, Vec<u8>)> {
+    raw.chunks(SEGMENT_BYTES)
+        .map(|seg| {
+            let mut out = Vec::new();
+            let sent = encoder.encode(codec, DataType::F32, seg, &mut out).expect("encode");
+            (sent, out)
+        })
+        .collect()
+}
+
+fn print_ratios(label: &str, raw: &[u8]) {
+    println!("\ncodec benchmark data: {label}; segments of {} KiB", SEGMENT_BYTES >> 10);
+    println!("{:<14} {:>6} {:>8} {:>10}", "codec", "level", "ratio", "fallbacks");
+    for level in [-5, -1, 1, 3] {
+        let mut encoder = Encoder::new(level).expect("encoder");
+        for codec in ALL_CODECS {
+            if level != LEVEL && !codec.uses_zstd() {
+                continue;
+            }
+            let segments = encode_all(&mut encoder, codec, raw);
+            let payload: usize = segments.iter().map(|(_, p)| p.len()).sum();
+            let fallbacks = segments.iter().filter(|(sent, _)| *sent != codec).count();
+            let ratio = raw.len() as f64 / payload as f64;
+            println!("{:<14} {level:>6} {ratio:>8.3} {fallbacks:>4}/{:<5}", codec.name(), segments.len());
+        }
+    }
+    println!();
+}
+
+fn bench_planes(c: &mut Criterion, raw: &[u8]) {
+    let mut group = c.benchmark_group("planes");
+    group.throughput(Throughput::BytesDecimal(raw.len() as u64));
+    let mut planes_buf = vec![0u8; raw.len()];
+    let mut back = vec![0u8; raw.len()];
+    // The memory-bandwidth reference: on a shared machine, read the others against it.
+    group.bench_function("memcpy", |b| b.iter(|| back.copy_from_slice(black_box(raw))));
+    for k in [2usize, 4, 8] {
+        group.bench_function(format!("shuffle{k}"), |b| {
+            b.iter(|| {
+                for (s, d) in raw.chunks(SEGMENT_BYTES).zip(planes_buf.chunks_mut(SEGMENT_BYTES)) {
+                    planes::shuffle(k, black_box(s), d);
+                }
+            })
+        });
+        group.bench_function(format!("unshuffle{k}"), |b| {
+            b.iter(|| {
+                for (s, d) in planes_buf.chunks(SEGMENT_BYTES).zip(back.chunks_mut(SEGMENT_BYTES)) {
+                    planes::unshuffle(k, black_box(s), d);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_codecs(c: &mut Criterion, raw: &[u8]) {
+    let mut group = c.benchmark_group("codec");
+    group.throughput(Throughput::BytesDecimal(raw.len() as u64));
+    let mut encoder = Encoder::new(LEVEL).expect("encoder");
+    let mut decoder = Decoder::new().expect("decoder");
+    let mut out = Vec::with_capacity(SEGMENT_BYTES);
+    let mut decoded = vec![0u8; raw.len()];
+    for codec in ALL_CODECS {
+        group.bench_function(format!("encode/{}", codec.name()), |b| {
+            b.iter(|| {
+                for seg in raw.chunks(SEGMENT_BYTES) {
+                    encoder.encode(codec, DataType::F32, black_box(seg), &mut out).expect("encode");
+                }
+            })
+        });
+        let segments = encode_all(&mut encoder, codec, raw);
+        group.bench_function(format!("decode/{}", codec.name()), |b| {
+            b.iter(|| {
+                for ((sent, payload), dst) in segments.iter().zip(decoded.chunks_mut(SEGMENT_BYTES)) {
+                    decoder.decode(*sent, DataType::F32, black_box(payload), dst).expect("decode");
+                }
+            })
+        });
+    }
+    for level in [-5, -1, 3] {
+        encoder.set_zstd_level(level).expect("level");
+        group.bench_function(format!("encode/shuffle+zstd/level{level}"), |b| {
+            b.iter(|| {
+                for seg in raw.chunks(SEGMENT_BYTES) {
+                    encoder.encode(Codec::ShuffleZstd, DataType::F32, black_box(seg), &mut out).expect("encode");
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let (label, raw) = data();
+    print_ratios(&label, &raw);
+    bench_planes(c, &raw);
+    bench_codecs(c, &raw);
+}
+
+criterion_group! {
+    name = codec;
+    config = Criterion::default()
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(300));
+    targets = benches
+}
+criterion_main!(codec);

@@ -1,0 +1,160 @@
+//! The sending side: raw segment bytes to a wire payload.
+
+use zstd::zstd_safe::{self, CCtx, CParameter};
+
+use super::{check_args, lossy, planes, Codec, CodecError};
+use crate::core::DataType;
+
+/// Encodes segments for the wire, reusing its zstd context and plane buffer.
+///
+/// One `Encoder` per sending thread. After the first segment of a given size, encoding
+/// another of at most that size allocates nothing (zstd keeps its workspace between
+/// frames; the plane buffer and the caller's output keep their capacity).
+///
+/// # Examples
+/// ```
+/// use ringcc::codec::{Codec, Decoder, Encoder};
+/// use ringcc::DataType;
+/// # fn main() -> Result<(), ringcc::codec::CodecError> {
+/// let grads = vec![1.0e-3f32; 1024];
+/// let mut encoder = Encoder::new(1)?;
+/// let mut payload = Vec::new();
+/// let sent = encoder.encode(Codec::ShuffleZstd, DataType::F32, bytemuck::cast_slice(&grads), &mut payload)?;
+/// assert_eq!(sent, Codec::ShuffleZstd); // it compressed, so no fallback to raw
+///
+/// let mut decoded = vec![0f32; grads.len()]; // the receiver knows the size
+/// Decoder::new()?.decode(sent, DataType::F32, &payload, bytemuck::cast_slice_mut(&mut decoded))?;
+/// assert_eq!(decoded, grads);
+/// # Ok(()) }
+/// ```
+pub struct Encoder {
+    cctx: CCtx<'static>,
+    zstd_level: i32,
+    /// Byte planes (or bf16 planes) of the segment being compressed.
+    planes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder").field("zstd_level", &self.zstd_level).finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    /// An encoder compressing at `zstd_level`: negative levels are zstd's fast modes (less
+    /// ratio, more speed), 1 to 3 its usual fast levels, 0 zstd's default (3). The range is
+    /// zstd's, about -131072..=22.
+    ///
+    /// # Errors
+    /// [`CodecError::Level`] outside zstd's range; [`CodecError::Zstd`] if zstd cannot
+    /// allocate its context.
+    pub fn new(zstd_level: i32) -> Result<Encoder, CodecError> {
+        let cctx = CCtx::try_create().ok_or(CodecError::Zstd { op: "create context", reason: "out of memory" })?;
+        let mut encoder = Encoder { cctx, zstd_level, planes: Vec::new() };
+        encoder.set_zstd_level(zstd_level)?;
+        Ok(encoder)
+    }
+
+    /// The zstd level in use.
+    pub fn zstd_level(&self) -> i32 {
+        self.zstd_level
+    }
+
+    /// Changes the zstd level for the next segments (see [`Encoder::new`]).
+    ///
+    /// # Errors
+    /// [`CodecError::Level`] outside zstd's range (the level is then unchanged).
+    pub fn set_zstd_level(&mut self, level: i32) -> Result<(), CodecError> {
+        let (min, max) = (zstd_safe::min_c_level(), zstd_safe::max_c_level());
+        if !(min..=max).contains(&level) {
+            return Err(CodecError::Level { level, min, max });
+        }
+        self.cctx
+            .set_parameter(CParameter::CompressionLevel(level))
+            .map_err(|code| CodecError::Zstd { op: "set level", reason: zstd_safe::get_error_name(code) })?;
+        self.zstd_level = level;
+        Ok(())
+    }
+
+    /// Encodes the elements of `dtype` in `raw` with `codec` into `out` and returns the codec
+    /// the payload is actually in, which goes in the frame header.
+    ///
+    /// `out` is cleared first and its capacity reused. The payload is never longer than
+    /// [`Codec::payload_len_max`]: when zstd does not shrink the segment, the payload is
+    /// written with [`Codec::fallback`] instead (same rounding, no compression) and that
+    /// codec is returned. A lossy codec rounds as [`super::round_in_place`] does.
+    ///
+    /// # Errors
+    /// [`CodecError::Unsupported`] for a lossy codec and a dtype other than f32;
+    /// [`CodecError::PartialElement`] if `raw` is not whole elements; [`CodecError::Zstd`]
+    /// if zstd cannot allocate. `out` is then empty.
+    pub fn encode(
+        &mut self,
+        codec: Codec,
+        dtype: DataType,
+        raw: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Codec, CodecError> {
+        out.clear();
+        check_args(codec, dtype, raw.len())?;
+        let compressed = match codec {
+            Codec::Raw => {
+                out.extend_from_slice(raw);
+                return Ok(Codec::Raw);
+            }
+            Codec::Bf16 | Codec::F16 => {
+                out.resize(raw.len() / 2, 0);
+                if codec == Codec::Bf16 {
+                    lossy::encode_bf16(raw, out);
+                } else {
+                    lossy::encode_f16(raw, out);
+                }
+                return Ok(codec);
+            }
+            Codec::Zstd => compress(&mut self.cctx, raw, out),
+            Codec::ShuffleZstd if dtype.size() == 1 => compress(&mut self.cctx, raw, out),
+            Codec::ShuffleZstd => {
+                self.planes.resize(raw.len(), 0);
+                planes::shuffle(dtype.size(), raw, &mut self.planes);
+                compress(&mut self.cctx, &self.planes, out)
+            }
+            Codec::Bf16Zstd => {
+                self.planes.resize(raw.len() / 2, 0);
+                lossy::encode_bf16_planes(raw, &mut self.planes);
+                compress(&mut self.cctx, &self.planes, out)
+            }
+        };
+        if let Err(e) = compressed {
+            out.clear();
+            return Err(e);
+        }
+        if out.len() < codec.payload_len_max(raw.len()) {
+            return Ok(codec);
+        }
+        // Incompressible: send the uncompressed form, which a receiver decodes to the same bits.
+        let fallback = codec.fallback();
+        out.clear();
+        match fallback {
+            Codec::Bf16 => {
+                out.resize(raw.len() / 2, 0);
+                lossy::encode_bf16(raw, out);
+            }
+            _ => out.extend_from_slice(raw),
+        }
+        Ok(fallback)
+    }
+}
+
+/// One zstd frame over `src` into `out` (empty on entry), with its content size declared.
+fn compress(cctx: &mut CCtx<'static>, src: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+    out.reserve(zstd_safe::compress_bound(src.len()));
+    match cctx.compress2(out, src) {
+        Ok(_) => Ok(()),
+        Err(code) => {
+            // A failed compress2 leaves the frame open and zstd refuses most setters until
+            // the session is reset; resetting only the session cannot fail.
+            let _ = cctx.reset(zstd_safe::ResetDirective::SessionOnly);
+            Err(CodecError::Zstd { op: "compress", reason: zstd_safe::get_error_name(code) })
+        }
+    }
+}
