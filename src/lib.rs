@@ -38,6 +38,11 @@ pub use crate::comm::{Communicator, CommunicatorBuilder, Config, Error, Report, 
 pub use crate::core::{DataType, Element, ReduceOp};
 pub use half::{bf16, f16};
 
+/// The README's examples, compiled as doc tests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// A rank: a process's id in the job, fixed for the life of the job.
 pub type Rank = usize;
 /// A membership view number; every frame carries the epoch it was sent in.

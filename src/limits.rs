@@ -48,3 +48,13 @@ pub const IOVECS_MAX: usize = 64;
 
 /// Longest string (address, field name, message) accepted in a control message.
 pub const CONTROL_STRING_MAX: usize = 1024;
+
+/// Default interval between heartbeats (rank to coordinator and back).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Default silence after which the coordinator evicts a rank, or a rank gives its
+/// coordinator up: ten missed heartbeats, a few seconds, not the 10-30 minutes others use.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest time a rank spends connecting to its new neighbours after a view change.
+pub const REBUILD_TIMEOUT: Duration = Duration::from_secs(3);

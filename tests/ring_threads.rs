@@ -12,11 +12,7 @@ fn with_ring<R: Send + 'static>(
     f: impl Fn(Communicator) -> R + Send + Sync + Clone + 'static,
 ) -> Vec<R> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server = Server::start(
-        listener,
-        ServerOptions { world_size: world, job: 42, rendezvous_timeout: Duration::from_secs(20) },
-    )
-    .unwrap();
+    let server = Server::start(listener, ServerOptions::new(world, 42, Duration::from_secs(20))).unwrap();
     let addr = server.local_addr().to_string();
     let handles: Vec<_> = (0..world)
         .map(|rank| {
@@ -57,4 +53,12 @@ fn all_reduce_sums_exactly_for_small_worlds() {
             }
         }
     }
+}
+
+#[test]
+fn communicator_is_send_and_sync_and_reports_its_view() {
+    fn check<T: Send + Sync>() {}
+    check::<Communicator>();
+    let views = with_ring(3, 1024, |comm| (comm.epoch(), comm.members()));
+    assert!(views.iter().all(|v| *v == (1, vec![0, 1, 2])), "{views:?}");
 }

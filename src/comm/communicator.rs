@@ -8,9 +8,10 @@ use crate::coord::{Client, Registration, Server, ServerOptions};
 use crate::core::collective::Algorithm;
 use crate::core::schedule::chunk_range;
 use crate::core::{DataType, Element, ReduceOp};
-use crate::net::{establish_ring, Driver, Job, JobBuf, JobOutcome, JobSpec};
+use crate::net::{establish_ring, Driver, Job, JobBuf, JobOutcome, JobSpec, Shared};
 use crate::wire::CollKind;
 use crate::Rank;
+use std::sync::Arc;
 
 /// One rank's endpoint in the ring. `Send + Sync`: calls from several threads are queued
 /// in the order they arrive, and every rank must issue collectives in the same order.
@@ -20,8 +21,8 @@ use crate::Rank;
 pub struct Communicator {
     rank: Rank,
     world_size: usize,
-    /// Sorted ranks of the current view.
-    members: Vec<Rank>,
+    /// The current view, kept up to date by the event loop.
+    shared: Arc<Shared>,
     driver: Driver,
     /// The coordinator this process hosts, if any; dropped after the driver.
     _server: Option<Server>,
@@ -125,6 +126,39 @@ fn job_id_for(coordinator: &str) -> u64 {
     coordinator.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
+/// Refuses to listen beyond loopback without a secret unless `insecure` is set: an open
+/// port without authentication lets anyone on the network inject data into the sums.
+fn check_exposure(ip: IpAddr, config: &Config) -> Result<(), Error> {
+    if ip.is_loopback() || config.secret.is_some() {
+        return Ok(());
+    }
+    if config.insecure {
+        tracing::warn!(%ip, "listening beyond loopback without a secret (insecure mode): anyone who can reach this port can join the ring");
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "refusing to listen on {ip} (beyond loopback) without a secret: set RINGCC_SECRET or RINGCC_SECRET_FILE \
+         (ringrun does this), or RINGCC_INSECURE=1 / Config::insecure"
+    )))
+}
+
+/// How long a blocked caller polls for its outcome before sleeping: small collectives
+/// finish within it and skip a thread wake-up.
+const CALLER_SPIN: Duration = Duration::from_micros(100);
+
+/// Waits for a job's outcome: polls briefly (yielding the core), then blocks.
+fn wait_outcome(rx: &crossbeam_channel::Receiver<JobOutcome>) -> Result<JobOutcome, Error> {
+    let spin_until = Instant::now() + CALLER_SPIN;
+    while Instant::now() < spin_until {
+        match rx.try_recv() {
+            Ok(o) => return Ok(o),
+            Err(crossbeam_channel::TryRecvError::Empty) => std::thread::yield_now(),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+        }
+    }
+    rx.recv().map_err(|_| Error::Shutdown("event loop ended".into()))
+}
+
 impl Communicator {
     /// A builder with defaults (coordinator `127.0.0.1:29500`, rank 0 hosting it).
     pub fn builder() -> CommunicatorBuilder {
@@ -150,27 +184,31 @@ impl Communicator {
     /// [`Error::Io`] if a neighbour cannot be reached.
     pub fn connect(mut config: Config) -> Result<Communicator, Error> {
         config.validate()?;
-        if config.job_id == 0 {
+        // The coordinator assigns the job id; a rank checks it only if it was given one.
+        let explicit_job = config.job_id != 0;
+        if !explicit_job {
             config.job_id = job_id_for(&config.coordinator);
         }
+        let secret: Vec<u8> = config.secret.as_ref().map(|s| s.0.clone()).unwrap_or_default();
         let server = if config.host_coordinator {
             let addr = resolve(&config.coordinator)?;
+            check_exposure(addr.ip(), &config)?;
             let listener = crate::net::listen(addr)
                 .map_err(|e| Error::Config(format!("cannot host the coordinator at {addr}: {e}")))?;
-            let options = ServerOptions {
-                world_size: config.world_size,
-                job: config.job_id,
-                rendezvous_timeout: config.rendezvous_timeout,
-            };
+            let mut options = ServerOptions::new(config.world_size, config.job_id, config.rendezvous_timeout);
+            options.secret = secret.clone();
+            options.heartbeat_timeout = config.heartbeat_timeout;
+            options.min_world = config.min_world;
             Some(Server::start(listener, options).map_err(|e| Error::Config(format!("coordinator at {addr}: {e}")))?)
         } else {
             None
         };
-        let mut client = Client::connect(&config.coordinator, config.connect_timeout)?;
+        let mut client = Client::connect(&config.coordinator, config.connect_timeout, &secret, config.rank)?;
         let local = client
             .local_addr()
             .map_err(|e| Error::Config(format!("local address of the coordinator connection: {e}")))?;
         let ip = config.bind.unwrap_or(local.ip());
+        check_exposure(ip, &config)?;
         let listener = crate::net::listen(SocketAddr::new(ip, 0))
             .map_err(|e| Error::Config(format!("cannot listen on {ip} for ring connections: {e}")))?;
         let listen = listener.local_addr().map_err(|e| Error::Config(format!("listener address: {e}")))?;
@@ -183,20 +221,18 @@ impl Communicator {
             fingerprint: config.fingerprint(),
         };
         let view = client.register(&registration, config.rendezvous_timeout + Duration::from_secs(5))?;
-        if view.job != config.job_id {
-            return Err(Error::ConfigMismatch {
-                field: "job_id".into(),
-                rank: config.rank,
-                local: format!("{:#x}", config.job_id),
-                other_rank: 0,
-                remote: format!("{:#x}", view.job),
+        if explicit_job && view.job != config.job_id {
+            return Err(Error::Rendezvous {
+                reason: format!(
+                    "rank {} was started for job {:#x} but the coordinator at {} runs job {:#x}",
+                    config.rank, config.job_id, config.coordinator, view.job
+                ),
             });
         }
-        let mut members: Vec<Rank> = view.members.iter().map(|m| m.rank).collect();
-        members.sort_unstable();
-        let ring = establish_ring(view, config.rank, 0, &listener, config.connect_timeout)?;
-        let driver = Driver::start(ring, &config, Some(client.into_stream()))?;
-        Ok(Communicator { rank: config.rank, world_size: config.world_size, members, driver, _server: server })
+        let ring = establish_ring(view, config.rank, 0, (0, 0), &listener, config.connect_timeout, &secret)?;
+        let shared = Arc::new(Shared::default());
+        let driver = Driver::start(ring, &config, Some(client.into_stream()), listener, shared.clone())?;
+        Ok(Communicator { rank: config.rank, world_size: config.world_size, shared, driver, _server: server })
     }
 
     /// This process's rank.
@@ -209,18 +245,28 @@ impl Communicator {
         self.world_size
     }
 
+    /// Ranks of the current view, ascending: all ranks until a failure shrinks the ring.
+    pub fn members(&self) -> Vec<Rank> {
+        self.shared.view().1
+    }
+
+    /// Epoch of the current view (1 after rendezvous; grows with every membership change).
+    pub fn epoch(&self) -> u64 {
+        self.shared.view().0
+    }
+
     fn run_borrowed(&self, spec: JobSpec, bytes: &mut [u8]) -> Result<Report, Error> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         // SAFETY: this function blocks on `rx` until the loop replies or is gone, and holds
         // the only borrow of `bytes` meanwhile.
         let buf = unsafe { JobBuf::borrowed(bytes) };
         self.driver.submit(Job { spec, buf, reply: tx, submitted: Instant::now() })?;
-        let outcome: JobOutcome = rx.recv().map_err(|_| Error::Shutdown("event loop ended".into()))?;
+        let outcome = wait_outcome(&rx)?;
         outcome.result.map(|(_, report)| report)
     }
 
-    fn spec(coll: CollKind, op: ReduceOp, dtype: DataType, len_elems: usize, root: Rank) -> JobSpec {
-        JobSpec { coll, op, dtype, len_elems, root }
+    fn spec(&self, coll: CollKind, op: ReduceOp, dtype: DataType, len_elems: usize, root: Rank) -> JobSpec {
+        JobSpec { coll, op, dtype, len_elems, root, epoch: self.epoch() }
     }
 
     /// Reduces `buf` across all ranks in place; every rank ends with the same bits.
@@ -229,7 +275,7 @@ impl Communicator {
     /// See [`Error`]: a peer closed, ranks disagree on the call, a stall past
     /// `progress_timeout`. On error `buf` holds unspecified data.
     pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<Report, Error> {
-        let spec = Self::spec(CollKind::AllReduce, op, T::DTYPE, buf.len(), 0);
+        let spec = self.spec(CollKind::AllReduce, op, T::DTYPE, buf.len(), 0);
         self.run_borrowed(spec, bytemuck::cast_slice_mut(buf))
     }
 
@@ -240,7 +286,8 @@ impl Communicator {
     /// [`Error::InvalidArgument`] unless `input.len() == output.len() * world_size`;
     /// otherwise as [`Communicator::all_reduce`].
     pub fn reduce_scatter<T: Element>(&self, input: &[T], output: &mut [T], op: ReduceOp) -> Result<Report, Error> {
-        let world = self.members.len();
+        let (epoch, members) = self.shared.view();
+        let world = members.len();
         if input.len() != output.len() * world {
             return Err(Error::InvalidArgument {
                 op: "reduce_scatter",
@@ -252,9 +299,10 @@ impl Communicator {
             });
         }
         let mut work = input.to_vec();
-        let spec = Self::spec(CollKind::ReduceScatter, op, T::DTYPE, work.len(), 0);
+        let mut spec = self.spec(CollKind::ReduceScatter, op, T::DTYPE, work.len(), 0);
+        spec.epoch = epoch;
         let report = self.run_borrowed(spec, bytemuck::cast_slice_mut(&mut work))?;
-        let block = self.members.binary_search(&self.rank).unwrap_or(0);
+        let block = members.binary_search(&self.rank).unwrap_or(0);
         output.copy_from_slice(&work[chunk_range(input.len(), world, block)]);
         Ok(report)
     }
@@ -265,7 +313,8 @@ impl Communicator {
     /// [`Error::InvalidArgument`] unless `output.len() == input.len() * world_size`;
     /// otherwise as [`Communicator::all_reduce`].
     pub fn all_gather<T: Element>(&self, input: &[T], output: &mut [T]) -> Result<Report, Error> {
-        let world = self.members.len();
+        let (epoch, members) = self.shared.view();
+        let world = members.len();
         if output.len() != input.len() * world {
             return Err(Error::InvalidArgument {
                 op: "all_gather",
@@ -276,10 +325,11 @@ impl Communicator {
                 ),
             });
         }
-        let block = self.members.binary_search(&self.rank).unwrap_or(0);
+        let block = members.binary_search(&self.rank).unwrap_or(0);
         let range = chunk_range(output.len(), world, block);
         output[range].copy_from_slice(input);
-        let spec = Self::spec(CollKind::AllGather, ReduceOp::Sum, T::DTYPE, output.len(), 0);
+        let mut spec = self.spec(CollKind::AllGather, ReduceOp::Sum, T::DTYPE, output.len(), 0);
+        spec.epoch = epoch;
         self.run_borrowed(spec, bytemuck::cast_slice_mut(output))
     }
 
@@ -289,13 +339,15 @@ impl Communicator {
     /// [`Error::InvalidArgument`] if `root` is not a member; otherwise as
     /// [`Communicator::all_reduce`].
     pub fn broadcast<T: Element>(&self, buf: &mut [T], root: Rank) -> Result<Report, Error> {
-        if self.members.binary_search(&root).is_err() {
+        let (epoch, members) = self.shared.view();
+        if members.binary_search(&root).is_err() {
             return Err(Error::InvalidArgument {
                 op: "broadcast",
-                reason: format!("root {root} is not a member {:?}", self.members),
+                reason: format!("root {root} is not a member {members:?}"),
             });
         }
-        let spec = Self::spec(CollKind::Broadcast, ReduceOp::Sum, T::DTYPE, buf.len(), root);
+        let mut spec = self.spec(CollKind::Broadcast, ReduceOp::Sum, T::DTYPE, buf.len(), root);
+        spec.epoch = epoch;
         self.run_borrowed(spec, bytemuck::cast_slice_mut(buf))
     }
 
@@ -304,7 +356,7 @@ impl Communicator {
     /// # Errors
     /// As [`Communicator::all_reduce`].
     pub fn barrier(&self) -> Result<Report, Error> {
-        let spec = Self::spec(CollKind::Barrier, ReduceOp::Sum, DataType::U8, 0, 0);
+        let spec = self.spec(CollKind::Barrier, ReduceOp::Sum, DataType::U8, 0, 0);
         self.run_borrowed(spec, &mut [])
     }
 
@@ -316,7 +368,7 @@ impl Communicator {
     /// [`Work::wait`].
     pub fn all_reduce_async<T: Element>(&self, buf: Vec<T>, op: ReduceOp) -> Work<Vec<T>> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let spec = Self::spec(CollKind::AllReduce, op, T::DTYPE, buf.len(), 0);
+        let spec = self.spec(CollKind::AllReduce, op, T::DTYPE, buf.len(), 0);
         let job = Job { spec, buf: JobBuf::owned(buf), reply: tx.clone(), submitted: Instant::now() };
         if let Err(e) = self.driver.submit(job) {
             let _ = tx.send(JobOutcome { result: Err(e) });

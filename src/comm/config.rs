@@ -46,6 +46,86 @@ pub struct Config {
     /// Longest time a collective may go without receiving a frame before it fails as
     /// stalled (*fingerprint*). Default 30 s; raise it for very slow links with huge segments.
     pub progress_timeout: Duration,
+    /// Per-job secret every connection proves knowledge of (HMAC-SHA256 handshake).
+    /// `ringrun` generates one per job. Default none: allowed on loopback only.
+    pub secret: Option<Secret>,
+    /// Allows listening beyond loopback without a secret (logs a warning). Default false.
+    pub insecure: bool,
+    /// Silence after which the coordinator evicts this rank, or this rank gives up the
+    /// coordinator. Default 5 s (`limits::HEARTBEAT_TIMEOUT`).
+    pub heartbeat_timeout: std::time::Duration,
+    /// Fewest ranks with which the job goes on after failures (the hosting rank passes it
+    /// to its coordinator). Default 1.
+    pub min_world: usize,
+    /// Exit the process if the launcher's coordinator is lost (ringrun sets it through
+    /// `RINGCC_ORPHAN_EXIT=1`), so no rank outlives its launcher. Default false.
+    pub orphan_exit: bool,
+}
+
+/// A job secret; its `Debug` output never shows the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// Shortest secret accepted, in bytes: shorter ones are guessable.
+const SECRET_BYTES_MIN: usize = 16;
+
+impl Secret {
+    /// Parses a secret: 64 hex digits are decoded to 32 bytes; anything else is taken as
+    /// its UTF-8 bytes.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] if shorter than 16 bytes; `what` names the source.
+    pub fn parse(text: &str, what: &str) -> Result<Secret, crate::Error> {
+        let t = text.trim();
+        let hex = t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit());
+        let bytes = if hex {
+            (0..32).map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).unwrap_or(0)).collect()
+        } else {
+            t.as_bytes().to_vec()
+        };
+        if bytes.len() < SECRET_BYTES_MIN {
+            return Err(crate::Error::Config(format!(
+                "{what} is {} bytes; at least {SECRET_BYTES_MIN} are required",
+                bytes.len()
+            )));
+        }
+        Ok(Secret(bytes))
+    }
+
+    /// Reads `RINGCC_SECRET` or the file named by `RINGCC_SECRET_FILE` (which must not be
+    /// readable by group or others).
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] if both are set, the file is unreadable or too open, or the
+    /// secret is too short.
+    pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Secret>, crate::Error> {
+        match (get("RINGCC_SECRET"), get("RINGCC_SECRET_FILE")) {
+            (Some(_), Some(_)) => {
+                Err(crate::Error::Config("both RINGCC_SECRET and RINGCC_SECRET_FILE are set; set one".into()))
+            }
+            (Some(s), None) => Secret::parse(&s, "RINGCC_SECRET").map(Some),
+            (None, Some(path)) => {
+                use std::os::unix::fs::PermissionsExt;
+                let err = |e: std::io::Error| crate::Error::Config(format!("RINGCC_SECRET_FILE={path}: {e}"));
+                let mode = std::fs::metadata(&path).map_err(err)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    return Err(crate::Error::Config(format!(
+                        "RINGCC_SECRET_FILE={path} is readable by group or others (mode {:o}); chmod 600 it",
+                        mode & 0o777
+                    )));
+                }
+                let text = std::fs::read_to_string(&path).map_err(err)?;
+                Secret::parse(&text, "RINGCC_SECRET_FILE").map(Some)
+            }
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 impl Config {
@@ -66,6 +146,11 @@ impl Config {
             connect_timeout: Duration::from_secs(30),
             rendezvous_timeout: Duration::from_secs(60),
             progress_timeout: Duration::from_secs(30),
+            secret: None,
+            insecure: false,
+            heartbeat_timeout: crate::limits::HEARTBEAT_TIMEOUT,
+            min_world: 1,
+            orphan_exit: false,
         }
     }
 
@@ -75,7 +160,26 @@ impl Config {
     /// # Errors
     /// [`crate::Error::Config`] naming a missing, malformed or contradictory variable.
     pub fn from_env() -> Result<Config, crate::Error> {
-        super::env::config_from_vars(&|k| std::env::var(k).ok())
+        let get = |k: &str| std::env::var(k).ok();
+        let mut config = super::env::config_from_vars(&get)?;
+        config.secret = Secret::from_vars(&get)?;
+        config.insecure |= matches!(get("RINGCC_INSECURE").as_deref(), Some("1" | "true"));
+        config.orphan_exit |= matches!(get("RINGCC_ORPHAN_EXIT").as_deref(), Some("1" | "true"));
+        if let Some(v) = get("RINGCC_MIN_WORLD") {
+            config.min_world =
+                v.parse().map_err(|_| crate::Error::Config(format!("RINGCC_MIN_WORLD={v} is not a number")))?;
+        }
+        if let Some(v) = get("RINGCC_HEARTBEAT_TIMEOUT") {
+            let secs: f64 =
+                v.parse().map_err(|_| crate::Error::Config(format!("RINGCC_HEARTBEAT_TIMEOUT={v} is not seconds")))?;
+            if !(0.1..=3600.0).contains(&secs) {
+                return Err(crate::Error::Config(format!(
+                    "RINGCC_HEARTBEAT_TIMEOUT={v} is outside 0.1..=3600 seconds"
+                )));
+            }
+            config.heartbeat_timeout = std::time::Duration::from_secs_f64(secs);
+        }
+        Ok(config)
     }
 
     /// The fields every rank must agree on, as (name, value) pairs.

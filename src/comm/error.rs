@@ -55,6 +55,17 @@ pub enum Error {
         /// Its value.
         remote: String,
     },
+    /// A peer or the coordinator failed the mutual handshake: another secret, another job,
+    /// an old incarnation, or a replayed handshake.
+    #[error("authentication with {} at {addr} failed: {reason}", peer.map_or("the coordinator".to_string(), |p| format!("rank {p}")))]
+    Authentication {
+        /// The peer's rank (`None` for the coordinator).
+        peer: Option<Rank>,
+        /// Its address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
     /// A socket operation on the connection to `peer` failed.
     #[error("{op} with rank {peer} at {addr} failed: {source}")]
     Io {
@@ -113,6 +124,43 @@ pub enum Error {
         required: usize,
         /// Epoch.
         epoch: Epoch,
+    },
+    /// The coordinator declared this rank failed (it was frozen, unreachable or stuck);
+    /// it is no longer a member and every call fails with this.
+    #[error("rank {rank} was evicted in epoch {epoch}: {reason}")]
+    Evicted {
+        /// This rank.
+        rank: Rank,
+        /// Epoch of the view that excludes it.
+        epoch: Epoch,
+        /// Why the coordinator evicted it.
+        reason: String,
+    },
+    /// The membership changed while collective `seq` ran and it could not finish; the
+    /// ring has been rebuilt over the survivors: call again.
+    #[error("collective #{seq} interrupted by a membership change (epoch {epoch} -> {new_epoch}); call it again")]
+    Interrupted {
+        /// The call's sequence number.
+        seq: u64,
+        /// Epoch it ran in.
+        epoch: Epoch,
+        /// The new epoch.
+        new_epoch: Epoch,
+    },
+    /// After a membership change, survivors disagree on whether the interrupted collective
+    /// completed (one finished it, another did not). Going on would pair different calls
+    /// and sum unrelated buffers, so every later call fails with this instead. Exact
+    /// agreement on the interrupted call comes with the retry protocol (docs/FAILURES.md).
+    #[error("ranks disagree after a membership change: this rank completed {completed} collectives (next #{next_seq}), a neighbour {other_completed} (next #{other_next_seq})")]
+    Desynchronized {
+        /// Collectives this rank completed.
+        completed: u64,
+        /// This rank's next sequence number.
+        next_seq: u64,
+        /// The neighbour's count.
+        other_completed: u64,
+        /// The neighbour's next sequence number.
+        other_next_seq: u64,
     },
     /// The communicator is shut down or its event loop ended.
     #[error("communicator is shut down: {0}")]

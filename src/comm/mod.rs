@@ -8,7 +8,7 @@ mod report;
 mod work;
 
 pub use communicator::{Communicator, CommunicatorBuilder};
-pub use config::Config;
+pub use config::{Config, Secret};
 pub use error::Error;
 pub use report::Report;
 pub use work::Work;

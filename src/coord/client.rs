@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 use super::{Registration, View};
 use crate::limits::{CONNECT_RETRY_DELAY_MAX, CONNECT_RETRY_DELAY_MIN, CONTROL_BYTES_MAX};
+use crate::net::handshake::{self, HandshakeError};
 use crate::wire::control::{Control, Refusal, CONTROL_HEAD_LEN};
+use crate::wire::hello::{Hello, Role};
 use crate::Error;
+use crate::Rank;
 
 /// An open session with the coordinator.
 #[derive(Debug)]
@@ -18,11 +21,12 @@ pub struct Client {
 
 impl Client {
     /// Connects to the coordinator, retrying with backoff until `connect_timeout` (the
-    /// coordinator may start after the ranks).
+    /// coordinator may start after the ranks), and runs the mutual handshake.
     ///
     /// # Errors
-    /// [`Error::CoordinatorUnreachable`] with the last connection error.
-    pub fn connect(coordinator: &str, connect_timeout: Duration) -> Result<Client, Error> {
+    /// [`Error::CoordinatorUnreachable`] with the last connection error;
+    /// [`Error::Authentication`] if the coordinator does not prove the same secret.
+    pub fn connect(coordinator: &str, connect_timeout: Duration, secret: &[u8], rank: Rank) -> Result<Client, Error> {
         let started = Instant::now();
         let deadline = started + connect_timeout;
         let mut delay = CONNECT_RETRY_DELAY_MIN;
@@ -33,8 +37,18 @@ impl Client {
                 TcpStream::connect_timeout(&addr, left)
             });
             match attempt {
-                Ok(stream) => {
+                Ok(mut stream) => {
                     let _ = stream.set_nodelay(true);
+                    authenticate(&mut stream, secret, rank).map_err(|e| match e {
+                        HandshakeError::Io(source) => Error::CoordinatorUnreachable {
+                            addr: coordinator.into(),
+                            waited: started.elapsed(),
+                            source,
+                        },
+                        other => {
+                            Error::Authentication { peer: None, addr: coordinator.into(), reason: other.to_string() }
+                        }
+                    })?;
                     return Ok(Client { stream, addr: coordinator.into() });
                 }
                 Err(e) if Instant::now() + delay >= deadline => {
@@ -130,4 +144,28 @@ impl Client {
     pub fn into_stream(self) -> TcpStream {
         self.stream
     }
+}
+
+/// The rank's side of the handshake with the coordinator (job 0: the coordinator assigns it).
+fn authenticate(stream: &mut TcpStream, secret: &[u8], rank: Rank) -> Result<(), HandshakeError> {
+    let mine = Hello {
+        role: Role::Rank,
+        job: 0,
+        epoch: 0,
+        rank: rank as u32,
+        target: u32::MAX,
+        incarnation: 0,
+        nonce: handshake::nonce(),
+        completed: 0,
+        next_seq: 0,
+    };
+    let hello_i = handshake::send_hello(stream, &mine)?;
+    handshake::finish_initiator(stream, secret, &hello_i, |h| {
+        if h.role == Role::Coordinator {
+            Ok(())
+        } else {
+            Err(format!("expected the coordinator, got {h:?}"))
+        }
+    })?;
+    Ok(())
 }

@@ -55,7 +55,7 @@ pub struct Registration {
 }
 
 /// Settings of a coordinator server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerOptions {
     /// Ranks expected.
     pub world_size: usize,
@@ -63,4 +63,41 @@ pub struct ServerOptions {
     pub job: u64,
     /// How long to wait for every rank to register.
     pub rendezvous_timeout: Duration,
+    /// The job secret ranks must prove (empty: loopback-only jobs without a secret).
+    pub secret: Vec<u8>,
+    /// How often the coordinator tells each rank it is alive.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a rank is declared failed and evicted.
+    pub heartbeat_timeout: Duration,
+    /// Fewest ranks with which the job goes on; below it every rank gets `QuorumLost`.
+    pub min_world: usize,
+}
+
+impl ServerOptions {
+    /// Options with no secret.
+    pub fn new(world_size: usize, job: u64, rendezvous_timeout: Duration) -> ServerOptions {
+        ServerOptions {
+            world_size,
+            job,
+            rendezvous_timeout,
+            secret: Vec::new(),
+            heartbeat_interval: crate::limits::HEARTBEAT_INTERVAL,
+            heartbeat_timeout: crate::limits::HEARTBEAT_TIMEOUT,
+            min_world: 1,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("world_size", &self.world_size)
+            .field("job", &self.job)
+            .field("rendezvous_timeout", &self.rendezvous_timeout)
+            .field("secret", &format_args!("<{} bytes redacted>", self.secret.len()))
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("min_world", &self.min_world)
+            .finish()
+    }
 }

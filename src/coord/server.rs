@@ -12,14 +12,18 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::{Member, Registration, ServerOptions, View};
+use crate::core::membership::{Membership, MembershipConfig, MembershipEvent};
 use crate::limits::{CONTROL_BYTES_MAX, HANDSHAKE_TIMEOUT, PENDING_CONNECTIONS_MAX};
+use crate::net::handshake;
+use crate::wire::auth::{self, Side, MAC_LEN};
 use crate::wire::control::{Control, Refusal, CONTROL_HEAD_LEN};
+use crate::wire::hello::{Hello, Role, HELLO_LEN};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -57,6 +61,8 @@ impl Server {
             phase: Phase::Rendezvous,
             options,
             stop: stop.clone(),
+            refused: 0,
+            last_beat: Instant::now(),
         };
         let thread = std::thread::Builder::new().name("ringcc-coord".into()).spawn(move || state.run())?;
         Ok(Server { addr, stop, waker, thread: Some(thread) })
@@ -81,14 +87,22 @@ impl Drop for Server {
 #[derive(Debug)]
 enum Phase {
     Rendezvous,
-    /// Rendezvous done; the view in force (membership changes start from it).
-    #[allow(dead_code)]
-    Running(View),
+    /// Rendezvous done; the membership authority decides every later view.
+    Running(Box<Membership<Member>>),
     Refused(Refusal),
+}
+
+/// Where a connection stands in the mutual handshake; nothing but the hello and the MAC is
+/// read before `Done`.
+enum Auth {
+    AwaitHello,
+    AwaitMac { hello_i: [u8; HELLO_LEN], hello_r: [u8; HELLO_LEN] },
+    Done,
 }
 
 struct Conn {
     stream: TcpStream,
+    auth: Auth,
     peer: SocketAddr,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
@@ -107,6 +121,10 @@ struct State {
     phase: Phase,
     options: ServerOptions,
     stop: Arc<AtomicBool>,
+    /// Connections refused so far (log lines are rate-limited by it).
+    refused: u64,
+    /// When the coordinator last sent heartbeats.
+    last_beat: Instant,
 }
 
 impl State {
@@ -114,9 +132,11 @@ impl State {
         let mut events = Events::with_capacity(128);
         while !self.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
-            let mut wake_at = now + Duration::from_secs(1);
-            if matches!(self.phase, Phase::Rendezvous) {
-                wake_at = wake_at.min(self.deadline);
+            let mut wake_at = (self.last_beat + self.options.heartbeat_interval).max(now);
+            match &self.phase {
+                Phase::Rendezvous => wake_at = wake_at.min(self.deadline),
+                Phase::Running(m) => wake_at = m.poll_timeout().map_or(wake_at, |t| wake_at.min(t)),
+                Phase::Refused(_) => {}
             }
             if let Err(e) = self.poll.poll(&mut events, Some(wake_at.saturating_duration_since(now))) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -132,7 +152,71 @@ impl State {
                     t => self.service(t),
                 }
             }
-            self.check_deadlines(Instant::now());
+            let now = Instant::now();
+            self.check_deadlines(now);
+            if let Phase::Running(m) = &mut self.phase {
+                m.handle_timeout(now);
+            }
+            self.apply_membership_events();
+            if now >= self.last_beat + self.options.heartbeat_interval {
+                self.last_beat = now;
+                self.beat();
+            }
+        }
+    }
+
+    /// Tells every member the coordinator is alive (ranks give up a silent coordinator).
+    fn beat(&mut self) {
+        let Phase::Running(m) = &self.phase else { return };
+        let msg = Control::Heartbeat { rank: u32::MAX, epoch: m.epoch() };
+        for t in self.member_tokens() {
+            self.send(t, &msg);
+        }
+    }
+
+    fn member_tokens(&self) -> Vec<Token> {
+        let Phase::Running(m) = &self.phase else { return Vec::new() };
+        m.members().iter().filter_map(|(r, _)| self.token_of(*r)).collect()
+    }
+
+    fn token_of(&self, rank: usize) -> Option<Token> {
+        self.conns.iter().find(|(_, c)| c.rank == Some(rank)).map(|(t, _)| *t)
+    }
+
+    /// Sends what the membership authority decided.
+    fn apply_membership_events(&mut self) {
+        loop {
+            let Phase::Running(m) = &mut self.phase else { return };
+            let Some(event) = m.poll_event() else { return };
+            match event {
+                MembershipEvent::Evicted { rank, epoch, reason } => {
+                    tracing::warn!(rank, epoch, %reason, "rank evicted");
+                    if let Some(t) = self.token_of(rank) {
+                        self.send(t, &Control::Evicted { epoch, reason });
+                    }
+                }
+                MembershipEvent::ViewInstalled { epoch, members } => {
+                    tracing::warn!(epoch, members = ?members.iter().map(|(r, _)| *r).collect::<Vec<_>>(), "new view");
+                    let view = View {
+                        job: self.options.job,
+                        epoch,
+                        world_size: self.options.world_size,
+                        members: members.into_iter().map(|(_, m)| m).collect(),
+                    };
+                    for t in self.member_tokens() {
+                        self.send(t, &Control::View(view.clone()));
+                    }
+                }
+                MembershipEvent::QuorumLost { epoch, alive, required } => {
+                    tracing::error!(epoch, alive, required, "quorum lost");
+                    let msg = Control::QuorumLost { epoch, alive: alive as u32, required: required as u32 };
+                    let all: Vec<Token> =
+                        self.conns.iter().filter(|(_, c)| c.rank.is_some()).map(|(t, _)| *t).collect();
+                    for t in all {
+                        self.send(t, &msg);
+                    }
+                }
+            }
         }
     }
 
@@ -158,6 +242,7 @@ impl State {
                     let _ = stream.set_nodelay(true);
                     let conn = Conn {
                         stream,
+                        auth: Auth::AwaitHello,
                         peer,
                         inbuf: Vec::new(),
                         outbuf: Vec::new(),
@@ -205,8 +290,14 @@ impl State {
                 }
             }
         }
+        if !closed && !self.authenticate(token) {
+            closed = true;
+        }
         loop {
             let Some(c) = self.conns.get_mut(&token) else { return };
+            if !matches!(c.auth, Auth::Done) || closed {
+                break;
+            }
             match Control::decode(&c.inbuf) {
                 Ok(None) => break,
                 Ok(Some((msg, used))) => {
@@ -226,13 +317,92 @@ impl State {
         }
     }
 
+    /// Advances the handshake with the bytes received so far. Returns false if the
+    /// connection must be closed (it failed the handshake).
+    fn authenticate(&mut self, token: Token) -> bool {
+        let secret = self.options.secret.clone();
+        let Some(c) = self.conns.get_mut(&token) else { return true };
+        loop {
+            match &c.auth {
+                Auth::Done => return true,
+                Auth::AwaitHello => {
+                    if c.inbuf.len() < HELLO_LEN {
+                        return true;
+                    }
+                    let mut hello_i = [0u8; HELLO_LEN];
+                    hello_i.copy_from_slice(&c.inbuf[..HELLO_LEN]);
+                    c.inbuf.drain(..HELLO_LEN);
+                    let ok = Hello::decode(&hello_i)
+                        .map(|h| h.role == Role::Rank && (h.job == 0 || h.job == self.options.job));
+                    if ok != Ok(true) {
+                        let peer = c.peer;
+                        self.refuse_connection(peer, &format!("bad hello: {ok:?}"));
+                        return false;
+                    }
+                    let mine = Hello {
+                        role: Role::Coordinator,
+                        job: self.options.job,
+                        epoch: 0,
+                        rank: u32::MAX,
+                        target: u32::MAX,
+                        incarnation: 0,
+                        nonce: handshake::nonce(),
+                        completed: 0,
+                        next_seq: 0,
+                    };
+                    let hello_r = mine.encode();
+                    c.outbuf.extend_from_slice(&hello_r);
+                    c.outbuf.extend_from_slice(&auth::mac(&secret, Side::Responder, &hello_i, &hello_r));
+                    c.auth = Auth::AwaitMac { hello_i, hello_r };
+                }
+                Auth::AwaitMac { hello_i, hello_r } => {
+                    if c.inbuf.len() < MAC_LEN {
+                        return true;
+                    }
+                    let good = auth::verify(&secret, Side::Initiator, hello_i, hello_r, &c.inbuf[..MAC_LEN]);
+                    c.inbuf.drain(..MAC_LEN);
+                    if !good {
+                        let peer = c.peer;
+                        self.refuse_connection(peer, "authentication failed (wrong secret or replayed handshake)");
+                        return false;
+                    }
+                    c.auth = Auth::Done;
+                }
+            }
+        }
+    }
+
+    fn refuse_connection(&mut self, peer: SocketAddr, why: &str) {
+        self.refused += 1;
+        if self.refused <= 8 || self.refused.is_power_of_two() {
+            tracing::warn!(%peer, refused = self.refused, "coordinator refused a connection: {why}");
+        }
+    }
+
     fn handle(&mut self, token: Token, msg: Control) {
+        let now = Instant::now();
+        let sender = self.conns.get(&token).and_then(|c| c.rank);
+        if let (Phase::Running(m), Some(r)) = (&mut self.phase, sender) {
+            m.handle_heartbeat(r, now);
+        }
         match msg {
             Control::Register(reg) => self.register(token, reg),
             Control::Leave { rank } => {
                 if let Some(c) = self.conns.get_mut(&token) {
                     if c.rank == Some(rank as usize) {
                         c.left = true;
+                        if let Phase::Running(m) = &mut self.phase {
+                            m.handle_leave(rank as usize);
+                        }
+                    }
+                }
+            }
+            Control::Heartbeat { .. } => {}
+            Control::Suspect { rank, suspect, epoch, stalled, reason } => {
+                if sender == Some(rank as usize) {
+                    tracing::warn!(rank, suspect, epoch, stalled, %reason, "suspicion reported");
+                    if let Phase::Running(m) = &mut self.phase {
+                        m.handle_suspect(rank as usize, suspect as usize, epoch, stalled, now);
                     }
                 }
             }
@@ -301,7 +471,12 @@ impl State {
             for t in tokens {
                 self.send(t, &Control::View(view.clone()));
             }
-            self.phase = Phase::Running(view);
+            let config = MembershipConfig {
+                heartbeat_timeout: self.options.heartbeat_timeout,
+                min_world: self.options.min_world,
+            };
+            let members = view.members.iter().map(|m| (m.rank, m.clone())).collect();
+            self.phase = Phase::Running(Box::new(Membership::new(config, view.epoch, members, Instant::now())));
         }
     }
 
@@ -388,8 +563,11 @@ impl State {
                     if self.registered.get(&rank).is_some_and(|(t, _)| *t == token) {
                         self.registered.remove(&rank);
                     }
-                } else if !c.left {
-                    tracing::debug!(rank, peer = %c.peer, "rank disconnected from the coordinator");
+                } else if let Phase::Running(m) = &mut self.phase {
+                    if !c.left {
+                        tracing::warn!(rank, peer = %c.peer, "rank disconnected from the coordinator");
+                    }
+                    m.handle_disconnect(rank, Instant::now());
                 }
             }
         }

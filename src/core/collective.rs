@@ -26,6 +26,10 @@ use super::{DataType, ReduceOp};
 use crate::codec::Codec;
 use crate::wire::{CollKind, FrameKind, Header, Phase, HEADER_LEN};
 
+/// Smallest all-reduce (bytes) for which `Algorithm::Auto` picks the bidirectional ring.
+/// Below it, twice the frames cost more latency than the second direction gains.
+pub const BIDIR_MIN_BYTES: usize = 256 << 10;
+
 /// One of the two links of a ring position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Link {
@@ -255,10 +259,11 @@ impl Collective {
         assert_eq!(spec.block_of_pos.len(), spec.world);
         let seg_elems = (spec.segment_bytes / spec.dtype.size()).max(1);
         let w = spec.world;
+        let big = spec.len_elems * spec.dtype.size() >= BIDIR_MIN_BYTES;
         let bidir = spec.coll == CollKind::AllReduce
             && w > 2
-            && matches!(spec.algorithm, Algorithm::Bidir | Algorithm::Auto)
-            && spec.len_elems >= 2 * w;
+            && spec.len_elems >= 2 * w
+            && (spec.algorithm == Algorithm::Bidir || (spec.algorithm == Algorithm::Auto && big));
         let mirror = |p: usize| (w - p) % w;
         let mut parts = Vec::new();
         if bidir {

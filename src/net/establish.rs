@@ -1,14 +1,14 @@
 //! Opening the ring: connect to the next position, accept the previous one, and check
 //! each side's hello before anything else is read.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
+use super::handshake::{self, HandshakeError};
 use crate::coord::{Member, View};
-use crate::limits::{CONNECT_RETRY_DELAY_MAX, CONNECT_RETRY_DELAY_MIN, HANDSHAKE_TIMEOUT, SOCKET_BUFFER_BYTES};
+use crate::limits::{CONNECT_RETRY_DELAY_MAX, CONNECT_RETRY_DELAY_MIN, SOCKET_BUFFER_BYTES};
 use crate::wire::hello::{Hello, Role, HELLO_LEN};
 use crate::{Error, Rank};
 
@@ -17,6 +17,8 @@ use crate::{Error, Rank};
 pub(crate) struct Ring {
     pub(crate) view: View,
     pub(crate) pos: usize,
+    /// `(completed, next_seq)` each neighbour reported in its hello (`[prev, next]`).
+    pub(crate) counts: [Option<(u64, u64)>; 2],
     pub(crate) prev: Option<(TcpStream, Member)>,
     pub(crate) next: Option<(TcpStream, Member)>,
 }
@@ -63,91 +65,101 @@ fn connect_with_retry(addr: SocketAddr, deadline: Instant) -> std::io::Result<Tc
     }
 }
 
-fn nonce() -> [u8; 16] {
-    let mut n = [0u8; 16];
-    // A failing OS RNG only weakens the (future) replay protection; the ring still works.
-    let _ = getrandom::getrandom(&mut n);
-    n
-}
-
-fn read_hello(stream: &mut TcpStream) -> std::io::Result<Hello> {
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    let mut b = [0u8; HELLO_LEN];
-    stream.read_exact(&mut b)?;
-    Hello::decode(&b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-}
-
-/// Connects this rank into the ring described by `view`.
+/// Connects this rank into the ring described by `view`, authenticating both links.
 ///
-/// Order matters to avoid a circular wait: connect to the next position and send the
-/// hello (the kernel's backlog accepts it), then accept and answer the previous position,
-/// then read the next position's answer.
+/// Order matters to avoid a circular wait: (a) connect to the next position and send our
+/// hello (the kernel's backlog accepts it); (b) accept the previous position, read its hello
+/// and answer with ours and our MAC; (c) read the next position's answer, check its MAC and
+/// send ours; (d) read the previous position's MAC. Each step waits only on steps the
+/// neighbours take before their own blocking step.
 ///
 /// # Errors
-/// [`Error::Io`] naming the neighbour that could not be reached or answered wrongly, or
-/// [`Error::Rendezvous`] if the view does not contain this rank.
+/// [`Error::Io`] naming the neighbour that could not be reached, [`Error::Authentication`]
+/// if a neighbour fails the handshake, or [`Error::Rendezvous`] if the view does not contain
+/// this rank.
 pub(crate) fn establish_ring(
     view: View,
     rank: Rank,
     incarnation: u64,
+    counts: (u64, u64),
     listener: &TcpListener,
     timeout: Duration,
+    secret: &[u8],
 ) -> Result<Ring, Error> {
     let w = view.members.len();
     let pos = view.members.iter().position(|m| m.rank == rank).ok_or_else(|| Error::Rendezvous {
         reason: format!("rank {rank} is not in the view of epoch {}", view.epoch),
     })?;
     if w == 1 {
-        return Ok(Ring { view, pos, prev: None, next: None });
+        return Ok(Ring { view, pos, counts: [None, None], prev: None, next: None });
     }
     let deadline = Instant::now() + timeout;
     let next = view.members[(pos + 1) % w].clone();
     let prev = view.members[(pos + w - 1) % w].clone();
-    fn io(op: &'static str, m: &Member) -> impl Fn(std::io::Error) -> Error {
-        let (peer, addr) = (m.rank, m.addr);
-        move |source| Error::Io { op, peer, addr, source }
-    }
-    let hello = |target: Rank| Hello {
-        role: Role::RingPrev,
+    let hello = |role: Role, target: Rank| Hello {
+        role,
         job: view.job,
         epoch: view.epoch,
         rank: rank as u32,
         target: target as u32,
         incarnation,
-        nonce: nonce(),
+        nonce: handshake::nonce(),
+        completed: counts.0,
+        next_seq: counts.1,
     };
 
+    // (a)
     let mut next_stream = connect_with_retry(next.addr, deadline).map_err(io("connect", &next))?;
     tune(&next_stream).map_err(io("configure", &next))?;
-    next_stream.write_all(&hello(next.rank).encode()).map_err(io("write hello", &next))?;
-
-    let mut prev_stream = accept_prev(listener, &view, rank, &prev, deadline)?;
-    prev_stream.write_all(&hello(prev.rank).encode()).map_err(io("write hello", &prev))?;
-
-    let answer = read_hello(&mut next_stream).map_err(io("read hello", &next))?;
-    if answer.job != view.job
-        || answer.epoch != view.epoch
-        || answer.rank != next.rank as u32
-        || answer.target != rank as u32
-    {
-        let e = std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unexpected hello {answer:?}"));
-        return Err(io("read hello", &next)(e));
-    }
-    for s in [&next_stream, &prev_stream] {
-        s.set_read_timeout(None).map_err(io("configure", &next))?;
-    }
-    Ok(Ring { view, pos, prev: Some((prev_stream, prev)), next: Some((next_stream, next)) })
+    let hello_i = handshake::send_hello(&mut next_stream, &hello(Role::RingPrev, next.rank)).map_err(auth(&next))?;
+    // (b)
+    let (mut prev_stream, prev_hello_i) = accept_prev(listener, &view, rank, &prev, deadline)?;
+    let prev_counts = Hello::decode(&prev_hello_i).map(|h| (h.completed, h.next_seq)).ok();
+    let prev_hello_r = handshake::answer(&mut prev_stream, secret, &prev_hello_i, &hello(Role::RingNext, prev.rank))
+        .map_err(auth(&prev))?;
+    // (c)
+    let (job, epoch, me, them) = (view.job, view.epoch, rank as u32, next.rank as u32);
+    let next_hello = handshake::finish_initiator(&mut next_stream, secret, &hello_i, |h| {
+        if h.role == Role::RingNext && h.job == job && h.epoch == epoch && h.rank == them && h.target == me {
+            Ok(())
+        } else {
+            Err(format!("expected rank {them} of job {job:#x} epoch {epoch}, got {h:?}"))
+        }
+    })
+    .map_err(auth(&next))?;
+    // (d)
+    handshake::finish_responder(&mut prev_stream, secret, &prev_hello_i, &prev_hello_r).map_err(auth(&prev))?;
+    Ok(Ring {
+        view,
+        pos,
+        counts: [prev_counts, Some((next_hello.completed, next_hello.next_seq))],
+        prev: Some((prev_stream, prev)),
+        next: Some((next_stream, next)),
+    })
 }
 
-/// Accepts connections until the previous position's hello arrives; anything else (a
-/// stranger, another job, a garbled hello) is closed and logged.
+fn io(op: &'static str, m: &Member) -> impl Fn(std::io::Error) -> Error {
+    let (peer, addr) = (m.rank, m.addr);
+    move |source| Error::Io { op, peer, addr, source }
+}
+
+fn auth(m: &Member) -> impl Fn(HandshakeError) -> Error {
+    let (peer, addr) = (m.rank, m.addr);
+    move |e| match e {
+        HandshakeError::Io(source) => Error::Io { op: "handshake", peer, addr, source },
+        other => Error::Authentication { peer: Some(peer), addr: addr.to_string(), reason: other.to_string() },
+    }
+}
+
+/// Accepts connections until one carries the previous position's hello; anything else (a
+/// stranger, another job, a garbled or silent client) is closed and logged, rate-limited.
 fn accept_prev(
     listener: &TcpListener,
     view: &View,
     rank: Rank,
     prev: &Member,
     deadline: Instant,
-) -> Result<TcpStream, Error> {
+) -> Result<(TcpStream, [u8; HELLO_LEN]), Error> {
     let fail = |source: std::io::Error| Error::Io { op: "accept", peer: prev.rank, addr: prev.addr, source };
     listener.set_nonblocking(true).map_err(fail)?;
     let mut rejected = 0usize;
@@ -155,20 +167,21 @@ fn accept_prev(
         match listener.accept() {
             Ok((mut s, from)) => {
                 s.set_nonblocking(false).map_err(fail)?;
-                match read_hello(&mut s) {
-                    Ok(h)
-                        if h.job == view.job
+                match handshake::read_hello(&mut s) {
+                    Ok((bytes, h))
+                        if h.role == Role::RingPrev
+                            && h.job == view.job
                             && h.epoch == view.epoch
                             && h.rank == prev.rank as u32
                             && h.target == rank as u32 =>
                     {
                         tune(&s).map_err(fail)?;
-                        return Ok(s);
+                        return Ok((s, bytes));
                     }
                     other => {
                         rejected += 1;
-                        if rejected <= 8 {
-                            tracing::warn!(%from, ?other, "refused a ring connection that is not from rank {}", prev.rank);
+                        if rejected <= 8 || rejected.is_power_of_two() {
+                            tracing::warn!(%from, rejected, "refused a ring connection that is not from rank {}: {other:?}", prev.rank);
                         }
                     }
                 }

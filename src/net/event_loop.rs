@@ -8,13 +8,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::establish::Ring;
+use super::coord_link::{CoordEvent, CoordLink};
+use super::establish::{establish_ring, Ring};
 use super::link::{Link as Conn, OutFrame, OutPayload, ReadStep, Rx, Target};
 use super::{Job, JobOutcome};
 use crate::codec::Codec;
 use crate::comm::Config;
+use crate::coord::View;
 use crate::core::collective::{Algorithm, Collective, Link, ProtocolError, Spec, Status};
 use crate::core::ReduceOp;
+use crate::limits::REBUILD_TIMEOUT;
+use crate::wire::control::Control;
 use crate::wire::header::verify_crc;
 use crate::wire::{CollKind, FrameKind, Header, Phase};
 use crate::{Error, Rank, Report};
@@ -31,6 +35,13 @@ const FRAMES_PER_TURN: usize = 16;
 /// How long a closing communicator keeps flushing and draining its links so that peers
 /// see an orderly end of stream rather than a reset.
 const LINGER: Duration = Duration::from_millis(500);
+
+/// How long the loop keeps polling without sleeping after the last activity. Long enough
+/// to cover a ring hop on loopback, short enough not to burn a core between calls.
+const LOOP_SPIN: Duration = Duration::from_micros(200);
+
+/// Largest collective (bytes) during which the loop spins instead of sleeping.
+const SPIN_BYTES_MAX: usize = 256 << 10;
 
 /// Longest abort reason sent, in bytes.
 const ABORT_REASON_MAX: usize = 1024;
@@ -59,52 +70,52 @@ impl Driver {
         ring: Ring,
         config: &Config,
         coordinator: Option<std::net::TcpStream>,
+        listener: std::net::TcpListener,
+        shared: Arc<super::Shared>,
     ) -> Result<Driver, Error> {
         let os = |e: std::io::Error| Error::Shutdown(format!("event loop setup: {e}"));
         let poll = Poll::new().map_err(os)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(os)?);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut links: [Option<Conn>; 2] = [None, None];
-        for (i, (side, token)) in [(ring.prev, PREV), (ring.next, NEXT)].into_iter().enumerate() {
-            if let Some((stream, member)) = side {
-                stream.set_nonblocking(true).map_err(os)?;
-                let mut s = mio::net::TcpStream::from_std(stream);
-                poll.registry().register(&mut s, token, Interest::READABLE | Interest::WRITABLE).map_err(os)?;
-                links[i] = Some(Conn::new(s, member.rank, member.addr, config.segment_bytes.max(ABORT_REASON_MAX)));
-            }
-        }
+        let now = Instant::now();
         let coord = match coordinator {
             Some(s) => {
                 s.set_nonblocking(true).map_err(os)?;
                 let mut s = mio::net::TcpStream::from_std(s);
-                poll.registry().register(&mut s, COORD, Interest::READABLE).map_err(os)?;
-                Some(s)
+                poll.registry().register(&mut s, COORD, Interest::READABLE | Interest::WRITABLE).map_err(os)?;
+                Some(CoordLink::new(s, config.rank as u32, config.heartbeat_timeout, now))
             }
             None => None,
         };
-        let members: Vec<Rank> = ring.view.members.iter().map(|m| m.rank).collect();
-        let mut sorted = members.clone();
-        sorted.sort_unstable();
-        let ev = EventLoop {
+        let mut ev = EventLoop {
             poll,
             rx,
-            links,
+            links: [None, None],
             coord,
+            listener,
+            secret: config.secret.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
             job: ring.view.job,
-            epoch: ring.view.epoch,
-            members,
-            sorted,
-            pos: ring.pos,
+            epoch: 0,
+            members: Vec::new(),
+            sorted: Vec::new(),
+            pos: 0,
             rank: config.rank,
             segment_bytes: config.segment_bytes,
             algorithm: config.algorithm,
             progress_timeout: config.progress_timeout,
+            heartbeat_timeout: config.heartbeat_timeout,
+            orphan_exit: config.orphan_exit,
             queue: VecDeque::new(),
             active: None,
             next_seq: 0,
+            completed: 0,
             broken: None,
+            pending_view: None,
+            terminal: None,
             stale_frames: 0,
+            shared,
         };
+        ev.adopt_ring(ring).map_err(os)?;
         let thread = std::thread::Builder::new()
             .name(format!("ringcc-net-{}", config.rank))
             .spawn(move || ev.run())
@@ -159,7 +170,10 @@ struct EventLoop {
     rx: Receiver<Command>,
     /// `[prev, next]`.
     links: [Option<Conn>; 2],
-    coord: Option<mio::net::TcpStream>,
+    coord: Option<CoordLink>,
+    /// Where new neighbours connect after a view change.
+    listener: std::net::TcpListener,
+    secret: Vec<u8>,
     job: u64,
     epoch: u64,
     /// Ranks in ring order.
@@ -171,12 +185,48 @@ struct EventLoop {
     segment_bytes: usize,
     algorithm: Algorithm,
     progress_timeout: Duration,
+    heartbeat_timeout: Duration,
+    /// Exit the process when the coordinator (the launcher) is lost: no orphans.
+    orphan_exit: bool,
     queue: VecDeque<Job>,
     active: Option<Active>,
     next_seq: u64,
-    /// Set once a link has failed: later jobs fail at once with this reason.
-    broken: Option<(Rank, String)>,
+    /// Collectives completed successfully (compared with neighbours after a rebuild).
+    completed: u64,
+    /// Set once a link has failed, with when: later jobs wait for a new view, and fail with
+    /// this reason if none comes in time.
+    broken: Option<(Rank, String, Instant, bool)>,
+    /// A view from the coordinator, installed at the next collective boundary.
+    pending_view: Option<View>,
+    /// Set when this rank can no longer take part (evicted, quorum lost, coordinator lost
+    /// while the ring is broken): every job fails with it.
+    terminal: Option<Terminal>,
     stale_frames: u64,
+    /// Where the caller's thread reads the current view.
+    shared: Arc<super::Shared>,
+}
+
+/// Why this rank can no longer run collectives.
+#[derive(Debug, Clone)]
+enum Terminal {
+    Evicted { epoch: u64, reason: String },
+    Desynchronized { ours: (u64, u64), theirs: (u64, u64) },
+    QuorumLost { epoch: u64, alive: usize, required: usize },
+}
+
+impl Terminal {
+    fn error(&self, rank: Rank) -> Error {
+        match self.clone() {
+            Terminal::Evicted { epoch, reason } => Error::Evicted { rank, epoch, reason },
+            Terminal::QuorumLost { epoch, alive, required } => Error::QuorumLost { alive, required, epoch },
+            Terminal::Desynchronized { ours, theirs } => Error::Desynchronized {
+                completed: ours.0,
+                next_seq: ours.1,
+                other_completed: theirs.0,
+                other_next_seq: theirs.1,
+            },
+        }
+    }
 }
 
 fn idx(link: Link) -> usize {
@@ -198,10 +248,24 @@ impl EventLoop {
     fn run(mut self) {
         let mut events = Events::with_capacity(64);
         let mut closing = false;
+        let mut last_activity = Instant::now();
         loop {
             let now = Instant::now();
-            let timeout =
-                self.active.as_ref().and_then(|a| a.coll.poll_timeout()).map(|d| d.saturating_duration_since(now));
+            let deadlines = [
+                self.active.as_ref().and_then(|a| a.coll.poll_timeout()),
+                self.coord.as_ref().and_then(|c| c.deadline()),
+                self.broken.as_ref().map(|(_, _, since, _)| *since + self.rebuild_wait()),
+            ];
+            let mut timeout = deadlines.into_iter().flatten().min().map(|d| d.saturating_duration_since(now));
+            // Right after activity, poll without sleeping for a short while: waking a
+            // sleeping thread costs tens of microseconds, which dominates small collectives.
+            // Large collectives are bandwidth-bound: sleeping in the poller leaves the core
+            // to the peers (on an oversubscribed host they share it).
+            let small = self.active.as_ref().is_none_or(|a| a.job.buf.bytes().len() < SPIN_BYTES_MAX);
+            let spinning = small && now.duration_since(last_activity) < LOOP_SPIN;
+            if spinning {
+                timeout = Some(Duration::ZERO);
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     self.fail_everything(&format!("poll: {e}"));
@@ -220,7 +284,7 @@ impl EventLoop {
                             }
                         }
                     },
-                    COORD => self.read_coordinator(),
+                    COORD => self.read_coordinator(now),
                     t => {
                         if let Some(l) = self.links[t.0].as_mut() {
                             l.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
@@ -229,7 +293,13 @@ impl EventLoop {
                     }
                 }
             }
-            self.drive(Instant::now());
+            let busy = !events.is_empty();
+            self.tick_coordinator(Instant::now());
+            if self.drive(Instant::now()) || busy {
+                last_activity = Instant::now();
+            } else if spinning {
+                std::thread::yield_now();
+            }
             if closing {
                 self.close();
                 return;
@@ -237,10 +307,11 @@ impl EventLoop {
         }
     }
 
-    /// Makes all the progress possible without blocking.
-    fn drive(&mut self, now: Instant) {
+    /// Makes all the progress possible without blocking. Returns true if anything moved.
+    fn drive(&mut self, now: Instant) -> bool {
+        let mut any = false;
         loop {
-            let mut progressed = false;
+            let mut progressed = self.maybe_install_view();
             if self.active.is_none() {
                 progressed |= self.start_next(now);
             }
@@ -252,15 +323,49 @@ impl EventLoop {
             if !progressed {
                 break;
             }
+            any = true;
         }
         if let Some(a) = self.active.as_mut() {
             a.coll.handle_timeout(now);
         }
-        self.check_active(now);
+        self.check_active(now) || any
     }
 
     fn start_next(&mut self, now: Instant) -> bool {
+        if self.queue.is_empty() {
+            return false;
+        }
+        if let Some(t) = &self.terminal {
+            let err = t.error(self.rank);
+            if let Some(job) = self.queue.pop_front() {
+                let _ = job.reply.send(JobOutcome { result: Err(err) });
+            }
+            return true;
+        }
+        if let Some((peer, reason, since, reported)) = self.broken.clone() {
+            if !reported {
+                // The link broke between collectives: tell the coordinator only now that a
+                // collective needs it (a neighbour that exited cleanly is no failure).
+                self.suspect(peer, false, &reason);
+                self.broken = Some((peer, reason, now, true));
+                return true;
+            }
+            if now < since + self.rebuild_wait() {
+                return false;
+            }
+            if let Some(job) = self.queue.pop_front() {
+                let err = Error::PeerClosed { peer, seq: self.next_seq, epoch: self.epoch };
+                let _ = job.reply.send(JobOutcome { result: Err(err) });
+            }
+            return true;
+        }
         let Some(mut job) = self.queue.pop_front() else { return false };
+        let layout_bound = matches!(job.spec.coll, CollKind::AllGather | CollKind::ReduceScatter | CollKind::Broadcast);
+        if layout_bound && job.spec.epoch != self.epoch {
+            let err = Error::Interrupted { seq: self.next_seq, epoch: job.spec.epoch, new_epoch: self.epoch };
+            let _ = job.reply.send(JobOutcome { result: Err(err) });
+            return true;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let world = self.members.len();
@@ -296,7 +401,7 @@ impl EventLoop {
             progress_timeout: self.progress_timeout,
         };
         let coll = Collective::start(spec, now, job.buf.bytes_mut());
-        let error = self.broken.as_ref().map(|(peer, _)| Error::PeerClosed { peer: *peer, seq, epoch: self.epoch });
+        let error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq, epoch: self.epoch });
         self.active = Some(Active { job, coll, seq, started: now, error });
         self.drain_transmits();
         // Frames parked for this collective can now be read.
@@ -500,12 +605,16 @@ impl EventLoop {
                 tracing::debug!(peer, addr = %l.addr, %reason, "ring link closed between collectives");
             }
         }
-        self.broken.get_or_insert((peer, reason));
+        let needed = self.active.as_ref().is_some_and(|a| a.coll.expects_on(link_of(i)));
+        if needed {
+            self.suspect(peer, false, &reason);
+        }
+        self.broken.get_or_insert((peer, reason, Instant::now(), needed));
         if let Some(a) = self.active.as_mut() {
             // Only what arrives on a link feeds this rank's result. A link that is no longer
             // read from only had sends left: a neighbour that finished and left does not
             // need them, and a crashed one is detected by the ranks that read from it.
-            if a.coll.expects_on(link_of(i)) {
+            if needed {
                 a.error.get_or_insert(Error::PeerClosed { peer, seq: a.seq, epoch: self.epoch });
             }
         }
@@ -547,6 +656,7 @@ impl EventLoop {
                     queued: a.started.saturating_duration_since(a.job.submitted),
                     total: now.saturating_duration_since(a.job.submitted),
                 };
+                self.completed += 1;
                 JobOutcome { result: Ok((a.job.buf.into_owner(), report)) }
             }
             Err(e) => {
@@ -554,6 +664,11 @@ impl EventLoop {
                 let err = match e {
                     Ok(err) => err,
                     Err(pe) => {
+                        if let ProtocolError::Stalled { link, .. } = &pe {
+                            if let Some(peer) = self.links[idx(*link)].as_ref().map(|l| l.peer) {
+                                self.suspect(peer, true, &pe.to_string());
+                            }
+                        }
                         self.send_abort(&spec, &pe.to_string());
                         Error::Protocol { seq: a.seq, epoch: self.epoch, op: spec.coll.name(), source: pe }
                     }
@@ -600,26 +715,158 @@ impl EventLoop {
         }
     }
 
-    fn read_coordinator(&mut self) {
-        let Some(c) = self.coord.as_mut() else { return };
-        let mut buf = [0u8; 4096];
-        loop {
-            match std::io::Read::read(c, &mut buf) {
-                Ok(0) => {
-                    tracing::debug!("coordinator connection closed");
-                    let _ = self.poll.registry().deregister(c);
-                    self.coord = None;
-                    return;
-                }
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.coord = None;
-                    return;
+    fn read_coordinator(&mut self, now: Instant) {
+        let events = match self.coord.as_mut() {
+            Some(c) => {
+                c.flush();
+                c.read(now)
+            }
+            None => return,
+        };
+        for e in events {
+            self.handle_coord_event(e);
+        }
+    }
+
+    fn tick_coordinator(&mut self, now: Instant) {
+        let epoch = self.epoch;
+        if let Some(e) = self.coord.as_mut().and_then(|c| c.tick(now, epoch)) {
+            self.handle_coord_event(e);
+        }
+    }
+
+    fn handle_coord_event(&mut self, e: CoordEvent) {
+        match e {
+            CoordEvent::View(v) if v.epoch > self.epoch => {
+                if self.pending_view.as_ref().is_none_or(|p| p.epoch < v.epoch) {
+                    self.pending_view = Some(v);
                 }
             }
+            CoordEvent::View(_) => {}
+            CoordEvent::Evicted { epoch, reason } => {
+                tracing::error!(rank = self.rank, epoch, %reason, "this rank was evicted");
+                self.terminal = Some(Terminal::Evicted { epoch, reason });
+            }
+            CoordEvent::QuorumLost { epoch, alive, required } => {
+                tracing::error!(epoch, alive, required, "quorum lost");
+                self.terminal = Some(Terminal::QuorumLost { epoch, alive, required });
+            }
+            CoordEvent::Lost(reason) => {
+                if self.orphan_exit {
+                    eprintln!("ringcc: rank {}: lost the launcher's coordinator ({reason}); exiting", self.rank);
+                    std::process::exit(1);
+                }
+                tracing::warn!(rank = self.rank, %reason, "coordinator lost: no membership changes from now on");
+            }
         }
+        if let Some(t) = self.terminal.clone() {
+            if let Some(a) = self.active.as_mut() {
+                a.error.get_or_insert(t.error(self.rank));
+            }
+        }
+    }
+
+    /// Tells the coordinator a neighbour failed this rank.
+    fn suspect(&mut self, peer: Rank, stalled: bool, reason: &str) {
+        let msg = Control::Suspect {
+            rank: self.rank as u32,
+            suspect: peer as u32,
+            epoch: self.epoch,
+            stalled,
+            reason: reason.chars().take(512).collect(),
+        };
+        if let Some(c) = self.coord.as_mut() {
+            c.send(&msg);
+        }
+    }
+
+    /// How long queued collectives wait for a new view after the ring broke.
+    fn rebuild_wait(&self) -> Duration {
+        let coordinator_alive = self.coord.as_ref().is_some_and(|c| !c.is_lost());
+        if coordinator_alive {
+            self.heartbeat_timeout + REBUILD_TIMEOUT
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Replaces the links with those of `ring` and adopts its view.
+    fn adopt_ring(&mut self, ring: Ring) -> std::io::Result<()> {
+        for l in self.links.iter_mut().flatten() {
+            let _ = self.poll.registry().deregister(&mut l.stream);
+            let _ = l.stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.links = [None, None];
+        for (i, (side, token)) in [(ring.prev, PREV), (ring.next, NEXT)].into_iter().enumerate() {
+            if let Some((stream, member)) = side {
+                stream.set_nonblocking(true)?;
+                let mut s = mio::net::TcpStream::from_std(stream);
+                self.poll.registry().register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
+                self.links[i] = Some(Conn::new(s, member.rank, member.addr, self.segment_bytes.max(ABORT_REASON_MAX)));
+            }
+        }
+        self.epoch = ring.view.epoch;
+        self.members = ring.view.members.iter().map(|m| m.rank).collect();
+        self.sorted = self.members.clone();
+        self.sorted.sort_unstable();
+        self.pos = ring.pos;
+        self.broken = None;
+        self.shared.set(self.epoch, self.sorted.clone());
+        Ok(())
+    }
+
+    /// Installs a pending view at a collective boundary, or now if the running collective
+    /// waits on a neighbour the view no longer contains (it cannot finish).
+    fn maybe_install_view(&mut self) -> bool {
+        let Some(view) = self.pending_view.as_ref() else { return false };
+        if let Some(a) = self.active.as_mut() {
+            let gone =
+                |i: usize| self.links[i].as_ref().is_some_and(|l| !view.members.iter().any(|m| m.rank == l.peer));
+            let stuck = (0..2).any(|i| gone(i) && a.coll.expects_on(link_of(i)));
+            if !stuck && a.error.is_none() {
+                return false;
+            }
+            let first = a.error.is_none();
+            a.error.get_or_insert(Error::Interrupted { seq: a.seq, epoch: self.epoch, new_epoch: view.epoch });
+            return first;
+        }
+        let Some(view) = self.pending_view.take() else { return false };
+        if !view.members.iter().any(|m| m.rank == self.rank) {
+            self.terminal.get_or_insert(Terminal::Evicted { epoch: view.epoch, reason: "not in the new view".into() });
+            return true;
+        }
+        let epoch = view.epoch;
+        // Attempts that failed in the old epoch are abandoned (their frames carry the old
+        // epoch and are dropped): in the new epoch, sequence numbers restart from the count
+        // of completed collectives, which every survivor must agree on.
+        let counts = (self.completed, self.completed);
+        match establish_ring(view, self.rank, 0, counts, &self.listener, REBUILD_TIMEOUT, &self.secret) {
+            Ok(ring) => {
+                self.next_seq = self.completed;
+                if let Some(theirs) = ring.counts.iter().flatten().find(|c| c.0 != counts.0) {
+                    // A neighbour saw a different outcome of the interrupted collective:
+                    // going on would pair different calls. Fail every later call instead.
+                    self.terminal.get_or_insert(Terminal::Desynchronized { ours: counts, theirs: *theirs });
+                }
+                if let Err(e) = self.adopt_ring(ring) {
+                    self.broken = Some((self.rank, format!("registering new links: {e}"), Instant::now(), true));
+                }
+                tracing::info!(rank = self.rank, epoch, members = ?self.members, "ring rebuilt");
+            }
+            Err(e) => {
+                tracing::warn!(rank = self.rank, epoch, "ring rebuild failed: {e}");
+                let peer = match &e {
+                    Error::Io { peer, .. } => Some(*peer),
+                    Error::Authentication { peer, .. } => *peer,
+                    _ => None,
+                };
+                if let Some(p) = peer {
+                    self.suspect(p, false, &e.to_string());
+                }
+                self.broken = Some((peer.unwrap_or(self.rank), e.to_string(), Instant::now(), true));
+            }
+        }
+        true
     }
 
     fn fail_everything(&mut self, reason: &str) {
@@ -638,6 +885,10 @@ impl EventLoop {
     /// side so peers see an orderly end, not a reset.
     fn close(&mut self) {
         self.fail_everything("communicator dropped");
+        let rank = self.rank as u32;
+        if let Some(c) = self.coord.as_mut() {
+            c.send(&Control::Leave { rank });
+        }
         let deadline = Instant::now() + LINGER;
         for l in self.links.iter_mut().flatten().filter(|l| !l.closed) {
             while !l.out.is_empty() && Instant::now() < deadline {

@@ -5,8 +5,10 @@
 //! received frames to the sans-IO [`crate::core::collective::Collective`], and writes what
 //! it asks to send with vectored writes. The loop only reads the clock and moves bytes.
 
+mod coord_link;
 mod establish;
 mod event_loop;
+pub(crate) mod handshake;
 mod link;
 
 use std::any::Any;
@@ -17,6 +19,7 @@ use crate::wire::CollKind;
 use crate::{Error, Rank, Report};
 
 pub(crate) use establish::{establish_ring, listen};
+
 pub(crate) use event_loop::Driver;
 
 /// What the caller asks the loop to run; the loop adds sequence number, epoch and layout.
@@ -27,6 +30,30 @@ pub(crate) struct JobSpec {
     pub(crate) dtype: DataType,
     pub(crate) len_elems: usize,
     pub(crate) root: Rank,
+    /// Epoch of the membership the caller laid the buffer out for (all_gather and
+    /// reduce_scatter sizes depend on it); the call fails if the view changed since.
+    pub(crate) epoch: u64,
+}
+
+/// Membership state the event loop publishes for the caller's thread.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Members of the current view, ascending, with its epoch.
+    pub(crate) view: std::sync::Mutex<(u64, Vec<Rank>)>,
+}
+
+impl Shared {
+    /// The current (epoch, members ascending).
+    pub(crate) fn view(&self) -> (u64, Vec<Rank>) {
+        self.view.lock().map(|v| v.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub(crate) fn set(&self, epoch: u64, members: Vec<Rank>) {
+        match self.view.lock() {
+            Ok(mut v) => *v = (epoch, members),
+            Err(p) => *p.into_inner() = (epoch, members),
+        }
+    }
 }
 
 /// The bytes a job works on.

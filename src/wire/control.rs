@@ -56,6 +56,45 @@ pub enum Control {
         /// The rank leaving.
         rank: u32,
     },
+    /// Either direction: still alive. A rank that stops sending them (dead or frozen) is
+    /// evicted after the heartbeat timeout; a rank that stops hearing them has lost its
+    /// coordinator.
+    Heartbeat {
+        /// The sender's rank (`u32::MAX` from the coordinator).
+        rank: u32,
+        /// The sender's current epoch.
+        epoch: u64,
+    },
+    /// Rank to coordinator: a ring neighbour failed (its link closed, reset, sent garbage,
+    /// or stalled past the progress timeout). The coordinator alone decides.
+    Suspect {
+        /// The reporting rank.
+        rank: u32,
+        /// The suspected rank.
+        suspect: u32,
+        /// Epoch of the reporter's view.
+        epoch: u64,
+        /// True for a stall (alive but stuck), false for a closed or broken link.
+        stalled: bool,
+        /// What the reporter saw.
+        reason: String,
+    },
+    /// Coordinator to rank: this rank is no longer a member (it was declared failed).
+    Evicted {
+        /// Epoch of the view that excludes it.
+        epoch: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Coordinator to rank: too few ranks remain; the job cannot go on.
+    QuorumLost {
+        /// Epoch at which the quorum was lost.
+        epoch: u64,
+        /// Ranks alive.
+        alive: u32,
+        /// `min_world`.
+        required: u32,
+    },
 }
 
 struct Writer(Vec<u8>);
@@ -144,6 +183,10 @@ impl Control {
             Control::View(_) => 2,
             Control::Refused(_) => 3,
             Control::Leave { .. } => 4,
+            Control::Heartbeat { .. } => 5,
+            Control::Suspect { .. } => 6,
+            Control::Evicted { .. } => 7,
+            Control::QuorumLost { .. } => 8,
         }
     }
 
@@ -187,6 +230,26 @@ impl Control {
                 w.str(reason);
             }
             Control::Leave { rank } => w.u32(*rank),
+            Control::Heartbeat { rank, epoch } => {
+                w.u32(*rank);
+                w.u64(*epoch);
+            }
+            Control::Suspect { rank, suspect, epoch, stalled, reason } => {
+                w.u32(*rank);
+                w.u32(*suspect);
+                w.u64(*epoch);
+                w.u8(u8::from(*stalled));
+                w.str(reason);
+            }
+            Control::Evicted { epoch, reason } => {
+                w.u64(*epoch);
+                w.str(reason);
+            }
+            Control::QuorumLost { epoch, alive, required } => {
+                w.u64(*epoch);
+                w.u32(*alive);
+                w.u32(*required);
+            }
         }
         let body = w.0;
         let mut out = Vec::with_capacity(CONTROL_HEAD_LEN + body.len());
@@ -273,6 +336,20 @@ impl Control {
                 v => return Err(WireError::UnknownId { field: "refusal", value: v.into() }),
             },
             4 => Control::Leave { rank: r.u32()? },
+            5 => Control::Heartbeat { rank: r.u32()?, epoch: r.u64()? },
+            6 => Control::Suspect {
+                rank: r.u32()?,
+                suspect: r.u32()?,
+                epoch: r.u64()?,
+                stalled: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Malformed { what: "suspect flag" }),
+                },
+                reason: r.str()?,
+            },
+            7 => Control::Evicted { epoch: r.u64()?, reason: r.str()? },
+            8 => Control::QuorumLost { epoch: r.u64()?, alive: r.u32()?, required: r.u32()? },
             v => return Err(WireError::UnknownId { field: "control type", value: v.into() }),
         };
         if r.pos != len {
@@ -313,6 +390,10 @@ mod tests {
             }),
             Control::Refused(Refusal::Rendezvous { reason: "rank 3 missing".into() }),
             Control::Leave { rank: 9 },
+            Control::Heartbeat { rank: 2, epoch: 5 },
+            Control::Suspect { rank: 1, suspect: 2, epoch: 3, stalled: true, reason: "no frame for 30s".into() },
+            Control::Evicted { epoch: 4, reason: "heartbeat timeout".into() },
+            Control::QuorumLost { epoch: 6, alive: 1, required: 2 },
         ]
     }
 
@@ -347,7 +428,7 @@ mod tests {
         }
 
         #[test]
-        fn truncated_bodies_are_errors_not_panics(which in 0usize..5, cut in 0usize..200) {
+        fn truncated_bodies_are_errors_not_panics(which in 0usize..9, cut in 0usize..200) {
             let b = samples()[which].encode();
             let body_len = b.len() - CONTROL_HEAD_LEN;
             let keep = cut.min(body_len);

@@ -1,13 +1,14 @@
 //! The fixed-size hello each side of a ring connection sends first.
 //!
-//! Layout (little-endian, 64 bytes): magic `RGHL` (4), version (1), role (1), reserved (2),
+//! Layout (little-endian, 72 bytes): magic `RGHL` (4), version (1), role (1), reserved (2),
 //! job (8), epoch (8), sender rank (4), target rank (4), incarnation (8), nonce (16),
-//! reserved (8). Nothing else is read from a connection before its hello has been checked.
+//! completed (8), next_seq (8). The last two let neighbours of a rebuilt ring check that
+//! they agree on how many collectives completed and started. Nothing else is read from a connection before its hello has been checked.
 
 use super::{WireError, PROTOCOL_VERSION};
 
 /// Size of an encoded hello in bytes.
-pub const HELLO_LEN: usize = 64;
+pub const HELLO_LEN: usize = 72;
 
 const HELLO_MAGIC: [u8; 4] = *b"RGHL";
 
@@ -15,8 +16,14 @@ const HELLO_MAGIC: [u8; 4] = *b"RGHL";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Role {
-    /// The sender is the receiver's previous neighbour in the ring.
+    /// The sender is the receiver's previous neighbour in the ring (initiator).
     RingPrev = 1,
+    /// The sender is the receiver's next neighbour in the ring (answering a `RingPrev`).
+    RingNext = 2,
+    /// The sender is a rank opening its coordinator session.
+    Rank = 3,
+    /// The sender is the coordinator answering a rank.
+    Coordinator = 4,
 }
 
 /// A decoded hello.
@@ -36,6 +43,10 @@ pub struct Hello {
     pub incarnation: u64,
     /// Fresh random bytes (bound into the authentication once it lands).
     pub nonce: [u8; 16],
+    /// Collectives the sender completed successfully so far.
+    pub completed: u64,
+    /// Sequence number the sender's next collective will use.
+    pub next_seq: u64,
 }
 
 impl Hello {
@@ -51,6 +62,8 @@ impl Hello {
         b[28..32].copy_from_slice(&self.target.to_le_bytes());
         b[32..40].copy_from_slice(&self.incarnation.to_le_bytes());
         b[40..56].copy_from_slice(&self.nonce);
+        b[56..64].copy_from_slice(&self.completed.to_le_bytes());
+        b[64..72].copy_from_slice(&self.next_seq.to_le_bytes());
         b
     }
 
@@ -68,9 +81,12 @@ impl Hello {
         }
         let role = match b[5] {
             1 => Role::RingPrev,
+            2 => Role::RingNext,
+            3 => Role::Rank,
+            4 => Role::Coordinator,
             v => return Err(WireError::UnknownId { field: "role", value: v.into() }),
         };
-        if b[6..8] != [0, 0] || b[56..64] != [0; 8] {
+        if b[6..8] != [0, 0] {
             return Err(WireError::Malformed { what: "hello reserved bytes" });
         }
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
@@ -85,6 +101,8 @@ impl Hello {
             target: u32_at(28),
             incarnation: u64_at(32),
             nonce,
+            completed: u64_at(56),
+            next_seq: u64_at(64),
         })
     }
 }
@@ -95,11 +113,21 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let h = Hello { role: Role::RingPrev, job: 9, epoch: 2, rank: 3, target: 4, incarnation: 7, nonce: [5; 16] };
+        let h = Hello {
+            role: Role::RingPrev,
+            job: 9,
+            epoch: 2,
+            rank: 3,
+            target: 4,
+            incarnation: 7,
+            nonce: [5; 16],
+            completed: 11,
+            next_seq: 12,
+        };
         assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
         assert!(Hello::decode(&[0xff; HELLO_LEN]).is_err());
         let mut b = h.encode();
-        b[60] = 1;
+        b[6] = 1;
         assert!(Hello::decode(&b).is_err());
     }
 }

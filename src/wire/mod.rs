@@ -4,6 +4,7 @@
 //! before use and return [`WireError`] instead of panicking. The format is specified in
 //! `docs/PROTOCOL.md`; bump [`PROTOCOL_VERSION`] with any change to it.
 
+pub mod auth;
 pub mod control;
 pub mod header;
 pub mod hello;

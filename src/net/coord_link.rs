@@ -1,0 +1,162 @@
+//! The rank's connection to the coordinator, owned by the event loop: heartbeats both
+//! ways, views pushed by the coordinator, suspicions reported to it.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use crate::coord::View;
+use crate::limits::{CONTROL_BYTES_MAX, HEARTBEAT_INTERVAL};
+use crate::wire::control::{Control, CONTROL_HEAD_LEN};
+
+/// What the coordinator told this rank.
+#[derive(Debug)]
+pub(super) enum CoordEvent {
+    /// A new view to install at the next collective boundary.
+    View(View),
+    /// This rank was declared failed.
+    Evicted { epoch: u64, reason: String },
+    /// Too few ranks remain.
+    QuorumLost { epoch: u64, alive: usize, required: usize },
+    /// The coordinator is gone (closed, silent past the heartbeat timeout, or garbled).
+    Lost(String),
+}
+
+/// The coordinator connection.
+#[derive(Debug)]
+pub(super) struct CoordLink {
+    pub(super) stream: TcpStream,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    last_heard: Instant,
+    next_beat: Instant,
+    timeout: Duration,
+    rank: u32,
+    lost: bool,
+}
+
+impl CoordLink {
+    pub(super) fn new(stream: TcpStream, rank: u32, timeout: Duration, now: Instant) -> CoordLink {
+        CoordLink {
+            stream,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            last_heard: now,
+            next_beat: now,
+            timeout,
+            rank,
+            lost: false,
+        }
+    }
+
+    /// Queues a message and writes what the socket takes.
+    pub(super) fn send(&mut self, msg: &Control) {
+        if self.lost {
+            return;
+        }
+        self.outbuf.extend_from_slice(&msg.encode());
+        self.flush();
+    }
+
+    pub(super) fn flush(&mut self) {
+        while !self.outbuf.is_empty() {
+            match self.stream.write(&self.outbuf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    self.outbuf.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads what arrived; returns the events it carried.
+    pub(super) fn read(&mut self, now: Instant) -> Vec<CoordEvent> {
+        let mut events = Vec::new();
+        if self.lost {
+            return events;
+        }
+        let mut chunk = [0u8; 8192];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.lost = true;
+                    events.push(CoordEvent::Lost("the coordinator closed the connection".into()));
+                    return events;
+                }
+                Ok(n) => {
+                    if self.inbuf.len() + n > CONTROL_HEAD_LEN + CONTROL_BYTES_MAX {
+                        self.lost = true;
+                        events.push(CoordEvent::Lost("the coordinator sent an oversized message".into()));
+                        return events;
+                    }
+                    self.inbuf.extend_from_slice(&chunk[..n]);
+                    self.last_heard = now;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.lost = true;
+                    events.push(CoordEvent::Lost(format!("reading from the coordinator: {e}")));
+                    return events;
+                }
+            }
+        }
+        loop {
+            match Control::decode(&self.inbuf) {
+                Ok(None) => break,
+                Ok(Some((msg, used))) => {
+                    self.inbuf.drain(..used);
+                    match msg {
+                        Control::View(v) => events.push(CoordEvent::View(v)),
+                        Control::Evicted { epoch, reason } => events.push(CoordEvent::Evicted { epoch, reason }),
+                        Control::QuorumLost { epoch, alive, required } => events.push(CoordEvent::QuorumLost {
+                            epoch,
+                            alive: alive as usize,
+                            required: required as usize,
+                        }),
+                        Control::Heartbeat { .. } => {}
+                        other => tracing::debug!("coordinator sent an unexpected {other:?}"),
+                    }
+                }
+                Err(e) => {
+                    self.lost = true;
+                    events.push(CoordEvent::Lost(format!("the coordinator sent a bad message: {e}")));
+                    break;
+                }
+            }
+        }
+        events
+    }
+
+    /// Sends a heartbeat when one is due and notices a silent coordinator.
+    pub(super) fn tick(&mut self, now: Instant, epoch: u64) -> Option<CoordEvent> {
+        if self.lost {
+            return None;
+        }
+        if now >= self.next_beat {
+            self.next_beat = now + HEARTBEAT_INTERVAL;
+            self.send(&Control::Heartbeat { rank: self.rank, epoch });
+        }
+        if now.duration_since(self.last_heard) > self.timeout {
+            self.lost = true;
+            return Some(CoordEvent::Lost(format!(
+                "no word from the coordinator for {:?}",
+                now.duration_since(self.last_heard)
+            )));
+        }
+        None
+    }
+
+    /// When `tick` must next run.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        (!self.lost).then(|| self.next_beat.min(self.last_heard + self.timeout))
+    }
+
+    /// True once the coordinator is gone.
+    pub(super) fn is_lost(&self) -> bool {
+        self.lost
+    }
+}
