@@ -230,7 +230,7 @@ mod tests {
     /// Runs `settings` on `world` ranks, each a thread of this process over loopback TCP.
     fn run_ring(world: usize, settings: Settings) -> Vec<Vec<Row>> {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let options = ServerOptions { world_size: world, job: 7, rendezvous_timeout: Duration::from_secs(20) };
+        let options = ServerOptions::new(world, 7, Duration::from_secs(20));
         let server = Server::start(listener, options).unwrap();
         let addr = server.local_addr().to_string();
         let handles: Vec<_> = (0..world)
