@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod bench;
 pub mod codec;
 pub mod comm;
 pub mod coord;
