@@ -509,19 +509,25 @@ impl Collective {
         Ok(())
     }
 
+    /// Compares the frame's fingerprint with this call's; strings are built only for a
+    /// mismatch (this runs for every frame).
     fn check_fingerprint(&self, h: &Header) -> Result<(), ProtocolError> {
         let s = &self.spec;
         let op = if matches!(s.coll, CollKind::AllGather | CollKind::Broadcast) { ReduceOp::Sum } else { s.op };
-        let checks: [(&'static str, bool, String, String); 4] = [
-            ("collective", h.coll == s.coll, s.coll.name().into(), h.coll.name().into()),
-            ("dtype", h.dtype == s.dtype, s.dtype.name().into(), h.dtype.name().into()),
-            ("length", h.len_elems == s.len_elems as u64, s.len_elems.to_string(), h.len_elems.to_string()),
-            ("op", h.op == op, op.name().into(), h.op.name().into()),
-        ];
-        for (field, ok, local, remote) in checks {
-            if !ok {
-                return Err(ProtocolError::Mismatch { field, local, remote, peer: h.sender, seq: s.seq });
-            }
+        let mismatch = |field: &'static str, local: String, remote: String| {
+            Err(ProtocolError::Mismatch { field, local, remote, peer: h.sender, seq: s.seq })
+        };
+        if h.coll != s.coll {
+            return mismatch("collective", s.coll.name().into(), h.coll.name().into());
+        }
+        if h.dtype != s.dtype {
+            return mismatch("dtype", s.dtype.name().into(), h.dtype.name().into());
+        }
+        if h.len_elems != s.len_elems as u64 {
+            return mismatch("length", s.len_elems.to_string(), h.len_elems.to_string());
+        }
+        if h.op != op {
+            return mismatch("op", op.name().into(), h.op.name().into());
         }
         Ok(())
     }
