@@ -10,6 +10,8 @@
 //! ```text
 //! RINGCC_SIM_SEED=<seed> cargo test --release --test sim_collectives replay_seed -- --ignored --nocapture
 //! ```
+//!
+//! `RINGCC_SIM_EXTRA_SEEDS=20000 cargo test --release --test sim_collectives more_seeds` searches deeper.
 
 use std::time::Duration;
 
@@ -192,11 +194,13 @@ fn every_combination_is_exact_on_thirty_three_ranks() {
     world_sweep(33);
 }
 
-/// A second pass with other lengths, segment sizes, links and follow-up calls.
+/// A second pass with other lengths, segment sizes, links and follow-up calls;
+/// `RINGCC_SIM_EXTRA_SEEDS` sets how many (default 240) for a deeper search.
 #[test]
 fn more_seeds_are_exact() {
+    let extra = std::env::var("RINGCC_SIM_EXTRA_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(240);
     let base = sweep_len();
-    sweep(base..base + 240);
+    sweep(base..base + extra);
 }
 
 #[test]

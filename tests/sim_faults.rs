@@ -4,7 +4,7 @@
 //!
 //! Each case is a pure function of its seed; a failure prints the seed, and
 //! `RINGCC_SIM_SEED=<seed> cargo test --release --test sim_faults replay_fault_seed -- --ignored --nocapture`
-//! replays it.
+//! replays it; `RINGCC_SIM_FAULT_SEEDS=<count>` runs more seeds than the default 200.
 
 use std::time::Duration;
 
@@ -119,7 +119,8 @@ fn check_outcome(call: &Call, inputs: &[Vec<u8>], o: &SimOutcome, victim: usize,
 fn survivors_return_a_typed_error_or_exact_data_after_a_fault() {
     let mut errors = Vec::new();
     let mut survivor_failures = 0;
-    let seeds = WORLDS.len() as u64 * SEEDS_PER_WORLD;
+    let default = WORLDS.len() as u64 * SEEDS_PER_WORLD;
+    let seeds = std::env::var("RINGCC_SIM_FAULT_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     for seed in 0..seeds {
         match run_seed(seed) {
             Ok(n) => survivor_failures += n,
@@ -158,6 +159,11 @@ fn a_crashed_neighbour_stalls_the_ring_and_aborts_spread() {
     assert!(stalled >= 1);
     let latest = o.finished.iter().flatten().max().copied().unwrap_or_default();
     assert!(latest <= TIMEOUT + Duration::from_millis(5), "last survivor returned at {latest:?}");
+    // Aborts reach neighbours that already gave up on the call: dropped as stale, not fed
+    // to the next call.
+    assert!(sim.stale_frames() > 0);
+    let next = sim.run(Call::barrier(), vec![Vec::new(); 8]).expect("no hang");
+    assert_eq!(next.statuses.iter().filter(|s| matches!(s, RankStatus::Failed(_))).count(), 7);
 }
 
 #[test]
