@@ -1,0 +1,247 @@
+//! Every collective, dtype and op on rings of 1 to 33 ranks in the simulator: all ranks must
+//! end bit-identical and equal to an exact reference.
+//!
+//! Each case is a pure function of one seed: the low part picks the (collective,
+//! algorithm, op, dtype) combination and the world size so that seeds `0..SWEEP` cover every
+//! combination on every world; the rest (length, segment size, root, link model, skew, and
+//! the calls run back to back after it) is drawn from the seed. A failure prints the seed;
+//! replay one with
+//!
+//! ```text
+//! RINGCC_SIM_SEED=<seed> cargo test --release --test sim_collectives replay_seed -- --ignored --nocapture
+//! ```
+//!
+//! `RINGCC_SIM_EXTRA_SEEDS=20000 cargo test --release --test sim_collectives more_seeds` searches deeper.
+
+use std::time::Duration;
+
+use ringcc::core::collective::Algorithm;
+use ringcc::sim::{oracle, Call, LinkModel, Sim, SimConfig, SimOutcome, SimRng};
+use ringcc::wire::CollKind;
+use ringcc::{DataType, ReduceOp};
+
+const WORLDS: [usize; 6] = [1, 2, 3, 5, 8, 33];
+const DTYPES: [DataType; 7] =
+    [DataType::F32, DataType::F64, DataType::F16, DataType::Bf16, DataType::I32, DataType::I64, DataType::U8];
+const OPS: [ReduceOp; 5] = [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Prod, ReduceOp::Min, ReduceOp::Max];
+
+/// A collective with the algorithm it asks for.
+#[derive(Debug, Clone, Copy)]
+struct Combo {
+    coll: CollKind,
+    algorithm: Algorithm,
+    op: ReduceOp,
+    dtype: DataType,
+}
+
+/// all_reduce x {ring, bidir} x ops x dtypes, reduce_scatter x ops x dtypes, all_gather and
+/// broadcast x dtypes, barrier: 120 combinations.
+fn combos() -> Vec<Combo> {
+    let mut v = Vec::new();
+    let c = |coll, algorithm, op, dtype| Combo { coll, algorithm, op, dtype };
+    for algorithm in [Algorithm::Ring, Algorithm::Bidir] {
+        for op in OPS {
+            v.extend(DTYPES.map(|d| c(CollKind::AllReduce, algorithm, op, d)));
+        }
+    }
+    for op in OPS {
+        v.extend(DTYPES.map(|d| c(CollKind::ReduceScatter, Algorithm::Ring, op, d)));
+    }
+    v.extend(DTYPES.map(|d| c(CollKind::AllGather, Algorithm::Ring, ReduceOp::Sum, d)));
+    v.extend(DTYPES.map(|d| c(CollKind::Broadcast, Algorithm::Ring, ReduceOp::Sum, d)));
+    v.push(c(CollKind::Barrier, Algorithm::Ring, ReduceOp::Sum, DataType::U8));
+    v
+}
+
+/// Seeds `0..SWEEP` run every combination on every world size once.
+fn sweep_len() -> u64 {
+    (combos().len() * WORLDS.len()) as u64
+}
+
+fn length(world: usize, rng: &mut SimRng) -> usize {
+    let picks = [0, 1, 2, 3, 7, 13, 97, 1009, world.saturating_sub(1), world + 1, 2 * world, 3 * world + 2];
+    if rng.percent(25) {
+        rng.index(3000)
+    } else {
+        picks[rng.index(picks.len())]
+    }
+}
+
+fn call_of(combo: Combo, world: usize, rng: &mut SimRng) -> Call {
+    let len = length(world, rng);
+    match combo.coll {
+        CollKind::AllReduce => Call::all_reduce(combo.op, combo.dtype, len),
+        CollKind::ReduceScatter => Call::reduce_scatter(combo.op, combo.dtype, len),
+        CollKind::AllGather => Call::all_gather(combo.dtype, len),
+        CollKind::Broadcast => Call::broadcast(combo.dtype, len, rng.index(world)),
+        CollKind::Barrier => Call::barrier(),
+    }
+}
+
+/// Everything a seed decides.
+#[derive(Debug)]
+struct Case {
+    config: SimConfig,
+    calls: Vec<Call>,
+}
+
+fn case(seed: u64) -> Case {
+    let all = combos();
+    let combo = all[(seed % all.len() as u64) as usize];
+    let world = WORLDS[((seed / all.len() as u64) % WORLDS.len() as u64) as usize];
+    let mut rng = SimRng::new(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let mut config = SimConfig::new(world, seed);
+    config.algorithm = combo.algorithm;
+    config.segment_bytes = [64, 64, 64, 96, 200, 1000, 1 << 16][rng.index(7)];
+    config.start_skew_max = Duration::from_micros(rng.below(500));
+    config.link = LinkModel {
+        latency: Duration::from_micros(1 + rng.below(50)),
+        bytes_per_sec: [100_000_000, 1_250_000_000, 0][rng.index(3)],
+        jitter: Duration::from_micros(rng.below(3) * 20),
+        shared_egress: rng.percent(30),
+    };
+    let mut calls = vec![call_of(combo, world, &mut rng)];
+    for _ in 0..rng.below(3) {
+        calls.push(call_of(all[rng.index(all.len())], world, &mut rng));
+    }
+    Case { config, calls }
+}
+
+/// Runs the case of `seed`; `Err` says what went wrong.
+fn run_seed(seed: u64) -> Result<Vec<SimOutcome>, String> {
+    let Case { config, calls } = case(seed);
+    let world = config.world;
+    let batch: Vec<(Call, Vec<Vec<u8>>)> =
+        calls.iter().enumerate().map(|(k, c)| (*c, oracle::inputs(c, world, seed + k as u64))).collect();
+    let mut sim = Sim::new(config);
+    let outcomes = sim.run_batch(batch.clone()).map_err(|e| e.to_string())?;
+    for ((call, inputs), o) in batch.iter().zip(&outcomes) {
+        if !o.all_done() {
+            return Err(format!("{call:?}: not done everywhere: {:?}", o.statuses));
+        }
+        let want = oracle::expected(call, world, inputs);
+        for (rank, (got, want)) in o.outputs.iter().zip(&want).enumerate() {
+            if got != want {
+                let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+                return Err(format!(
+                    "{call:?} (seq {}): rank {rank} differs from the reference from byte {at} (of {}; ring {:?})",
+                    o.seq,
+                    want.len(),
+                    sim.ring()
+                ));
+            }
+        }
+        if o.outputs.iter().any(|x| *x != o.outputs[0]) && call.coll != CollKind::ReduceScatter {
+            return Err(format!("{call:?}: ranks differ"));
+        }
+    }
+    let hazards = sim.send_hazards();
+    if !hazards.is_empty() {
+        return Err(format!("send hazards: {hazards:?}"));
+    }
+    Ok(outcomes)
+}
+
+/// Runs `seeds`, reporting every failing seed with its case and the replay command.
+fn sweep(seeds: impl Iterator<Item = u64>) {
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for seed in seeds {
+        runs += 1;
+        if let Err(e) = run_seed(seed) {
+            failures.push(format!(
+                "seed {seed}: {e}\n  case: {:?}\n  replay: RINGCC_SIM_SEED={seed} cargo test --release --test sim_collectives replay_seed -- --ignored --nocapture",
+                case(seed).calls
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {runs} seeds failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+fn world_sweep(world: usize) {
+    let n = combos().len() as u64;
+    let w = WORLDS.iter().position(|&x| x == world).unwrap_or(0) as u64;
+    sweep((0..n).map(|c| w * n + c));
+}
+
+#[test]
+fn every_combination_is_exact_alone() {
+    world_sweep(1);
+}
+
+#[test]
+fn every_combination_is_exact_on_two_ranks() {
+    world_sweep(2);
+}
+
+#[test]
+fn every_combination_is_exact_on_three_ranks() {
+    world_sweep(3);
+}
+
+#[test]
+fn every_combination_is_exact_on_five_ranks() {
+    world_sweep(5);
+}
+
+#[test]
+fn every_combination_is_exact_on_eight_ranks() {
+    world_sweep(8);
+}
+
+#[test]
+fn every_combination_is_exact_on_thirty_three_ranks() {
+    world_sweep(33);
+}
+
+/// A second pass with other lengths, segment sizes, links and follow-up calls;
+/// `RINGCC_SIM_EXTRA_SEEDS` sets how many (default 240) for a deeper search.
+#[test]
+fn more_seeds_are_exact() {
+    let extra = std::env::var("RINGCC_SIM_EXTRA_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(240);
+    let base = sweep_len();
+    sweep(base..base + extra);
+}
+
+#[test]
+fn a_seed_replays_identically() {
+    let times = |seed| run_seed(seed).map(|v| v.iter().map(|o| (o.finished.clone(), o.frames)).collect::<Vec<_>>());
+    let seed = 4 * combos().len() as u64 + 17; // 8 ranks, bidir all_reduce
+    assert_eq!(times(seed), times(seed));
+}
+
+#[test]
+fn the_sweep_covers_every_combination_on_every_world() {
+    let mut seen = std::collections::HashSet::new();
+    for seed in 0..sweep_len() {
+        let c = case(seed);
+        let first = c.calls[0];
+        let algo = c.config.algorithm;
+        seen.insert((c.config.world, first.coll as u8, algo.name(), first.op as u8, first.dtype as u8));
+    }
+    assert_eq!(seen.len(), 120 * WORLDS.len());
+}
+
+/// Replays the seed in `RINGCC_SIM_SEED`, printing the case.
+#[test]
+#[ignore = "replays one seed from RINGCC_SIM_SEED"]
+fn replay_seed() {
+    let seed: u64 = std::env::var("RINGCC_SIM_SEED").expect("set RINGCC_SIM_SEED").parse().expect("a u64 seed");
+    let c = case(seed);
+    println!(
+        "seed {seed}: world {}, ring algorithm {:?}, segment {} B",
+        c.config.world, c.config.algorithm, c.config.segment_bytes
+    );
+    println!("link {:?}, skew {:?}", c.config.link, c.config.start_skew_max);
+    for call in &c.calls {
+        println!("  {call:?}");
+    }
+    match run_seed(seed) {
+        Ok(outcomes) => {
+            for o in outcomes {
+                println!("  seq {}: {:?} virtual, {} frames, {} bytes", o.seq, o.virtual_elapsed, o.frames, o.bytes);
+            }
+        }
+        Err(e) => panic!("seed {seed}: {e}"),
+    }
+}
