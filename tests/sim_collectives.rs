@@ -35,11 +35,11 @@ struct Combo {
 }
 
 /// all_reduce x {ring, bidir} x ops x dtypes, reduce_scatter x ops x dtypes, all_gather and
-/// broadcast x dtypes, barrier: 120 combinations.
+/// broadcast x dtypes, barrier: 155 combinations.
 fn combos() -> Vec<Combo> {
     let mut v = Vec::new();
     let c = |coll, algorithm, op, dtype| Combo { coll, algorithm, op, dtype };
-    for algorithm in [Algorithm::Ring, Algorithm::Bidir] {
+    for algorithm in [Algorithm::Ring, Algorithm::Bidir, Algorithm::Direct] {
         for op in OPS {
             v.extend(DTYPES.map(|d| c(CollKind::AllReduce, algorithm, op, d)));
         }
@@ -219,7 +219,7 @@ fn the_sweep_covers_every_combination_on_every_world() {
         let algo = c.config.algorithm;
         seen.insert((c.config.world, first.coll as u8, algo.name(), first.op as u8, first.dtype as u8));
     }
-    assert_eq!(seen.len(), 120 * WORLDS.len());
+    assert_eq!(seen.len(), combos().len() * WORLDS.len());
 }
 
 /// Replays the seed in `RINGCC_SIM_SEED`, printing the case.

@@ -213,10 +213,10 @@ pub fn parse_codec(s: &str) -> Result<Codec, String> {
 /// # Errors
 /// A message listing the accepted names.
 pub fn parse_algo(s: &str) -> Result<Algorithm, String> {
-    [Algorithm::Auto, Algorithm::Ring, Algorithm::Bidir]
+    [Algorithm::Auto, Algorithm::Ring, Algorithm::Bidir, Algorithm::Direct]
         .into_iter()
         .find(|a| a.name() == s)
-        .ok_or_else(|| format!("unknown algo {s:?}: use auto ring bidir"))
+        .ok_or_else(|| format!("unknown algo {s:?}: use auto ring bidir direct"))
 }
 
 /// Parses a collective name.

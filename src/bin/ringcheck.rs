@@ -311,6 +311,7 @@ fn run(args: &Args) -> Result<Checker, ringcc::Error> {
             "ring" => ringcc::core::collective::Algorithm::Ring,
             "bidir" => ringcc::core::collective::Algorithm::Bidir,
             "auto" => ringcc::core::collective::Algorithm::Auto,
+            "direct" => ringcc::core::collective::Algorithm::Direct,
             other => return Err(ringcc::Error::Config(format!("--algo {other}: expected auto, ring or bidir"))),
         };
     }

@@ -67,6 +67,7 @@ fn algorithm(name: &str) -> Result<Algorithm, String> {
     match name {
         "ring" => Ok(Algorithm::Ring),
         "bidir" => Ok(Algorithm::Bidir),
+        "direct" => Ok(Algorithm::Direct),
         other => Err(format!("unknown algorithm {other:?} (ring, bidir)")),
     }
 }

@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use super::direct::{Direct, DIRECT_MAX_BYTES, DIRECT_STORE_MAX_BYTES};
 use super::reduce;
 use super::schedule::{
     all_gather_recv_chunk, all_gather_send_chunk, chunk_range, reduce_scatter_recv_chunk, reduce_scatter_send_chunk,
@@ -59,6 +60,9 @@ pub enum Algorithm {
     Ring,
     /// Half the buffer clockwise, half counter-clockwise.
     Bidir,
+    /// Latency path: whole inputs both ways round the ring, reduced locally
+    /// (`core::direct`); for small buffers only.
+    Direct,
 }
 
 impl Algorithm {
@@ -68,6 +72,7 @@ impl Algorithm {
             Algorithm::Auto => "auto",
             Algorithm::Ring => "ring",
             Algorithm::Bidir => "bidir",
+            Algorithm::Direct => "direct",
         }
     }
 }
@@ -192,6 +197,9 @@ pub struct Transmit {
     pub header: [u8; HEADER_LEN],
     /// Byte range of the caller's buffer to send after the header.
     pub payload: Range<usize>,
+    /// Bytes to send instead of `payload` when they are not in the caller's buffer (the
+    /// latency path forwarding another rank's input; small by construction).
+    pub owned: Option<Vec<u8>>,
 }
 
 /// A position in a part's schedule: which frame comes next on a link.
@@ -226,6 +234,8 @@ pub struct Collective {
     spec: Spec,
     seg_elems: usize,
     parts: Vec<Part>,
+    /// The latency path, instead of `parts`, for small all-reduces and barriers.
+    direct: Option<Direct>,
     status: Status,
     last_progress: Instant,
     bytes_sent: u64,
@@ -266,7 +276,17 @@ impl Collective {
             && (spec.algorithm == Algorithm::Bidir || (spec.algorithm == Algorithm::Auto && big));
         let mirror = |p: usize| (w - p) % w;
         let mut parts = Vec::new();
-        if bidir {
+        let bytes = spec.len_elems * spec.dtype.size();
+        let direct_fits = matches!(spec.coll, CollKind::AllReduce | CollKind::Barrier)
+            && w > 1
+            && bytes <= spec.segment_bytes
+            && bytes.saturating_mul(w) <= DIRECT_STORE_MAX_BYTES;
+        let direct = direct_fits
+            && (spec.algorithm == Algorithm::Direct
+                || (spec.algorithm == Algorithm::Auto && bytes <= DIRECT_MAX_BYTES));
+        if direct {
+            // The parts stay empty: the latency path carries the whole call.
+        } else if bidir {
             let half = spec.len_elems / 2;
             parts.push(Part::new(0..half, Link::Next, spec.pos, spec.block_of_pos.clone(), spec.root_pos));
             let rev: Vec<usize> = (0..w).map(|q| spec.block_of_pos[mirror(q)]).collect();
@@ -277,6 +297,7 @@ impl Collective {
         let mut c = Collective {
             seg_elems,
             parts,
+            direct: direct.then(|| Direct::start(w, spec.pos, buf)),
             status: Status::Running,
             last_progress: now,
             bytes_sent: 0,
@@ -331,7 +352,8 @@ impl Collective {
             (Phase::ReduceScatter, false) => reduce_scatter_recv_chunk(p, w, s),
             (Phase::AllGather, true) => all_gather_send_chunk(p, w, s),
             (Phase::AllGather, false) => all_gather_recv_chunk(p, w, s),
-            (Phase::Broadcast, _) => return (0, part.elems.clone()),
+            // Parts never run the gather phase (the latency path has its own state).
+            (Phase::Broadcast | Phase::Gather, _) => return (0, part.elems.clone()),
         };
         let block = part.block_of_pos[q];
         let r = chunk_range(part.elems.len(), w, block);
@@ -442,6 +464,9 @@ impl Collective {
             });
         }
         self.check_fingerprint(h)?;
+        if self.direct.is_some() {
+            return self.apply_direct(link, h, payload, buf);
+        }
         let i = self
             .parts
             .iter()
@@ -484,6 +509,7 @@ impl Collective {
             (Phase::ReduceScatter, _) => Some(Cursor { step: cur.step + 1, ..cur }),
             (Phase::AllGather, _) if cur.step + 2 < w => Some(Cursor { step: cur.step + 1, ..cur }),
             (Phase::AllGather, _) => None,
+            (Phase::Gather, _) => None,
             (Phase::Broadcast, _) => {
                 let part = &self.parts[i];
                 (crate::core::schedule::next_pos(part.pos, self.spec.world) != part.root_pos).then_some(cur)
@@ -511,6 +537,66 @@ impl Collective {
 
     /// Compares the frame's fingerprint with this call's; strings are built only for a
     /// mismatch (this runs for every frame).
+    fn apply_direct(
+        &mut self,
+        link: Link,
+        h: &Header,
+        payload: Option<&[u8]>,
+        buf: &mut [u8],
+    ) -> Result<(), ProtocolError> {
+        let Some(d) = self.direct.as_mut() else { return Ok(()) };
+        let Some((step, origin)) = d.expected(link) else {
+            return Err(ProtocolError::Unexpected { peer: h.sender, detail: format!("no more frames on {link:?}") });
+        };
+        let got = (h.phase, h.step, h.chunk as usize, h.segment, h.payload_len as usize, h.raw_len as usize, h.codec);
+        let want = (Phase::Gather, step, origin, 0, d.bytes(), d.bytes(), Codec::Raw);
+        let Some(payload) = payload.filter(|_| got == want) else {
+            return Err(ProtocolError::Unexpected {
+                peer: h.sender,
+                detail: format!("expected (phase, step, chunk, segment, bytes, raw, codec) = {want:?}, got {got:?}"),
+            });
+        };
+        d.accept(link, payload);
+        if d.complete() {
+            d.finish(self.spec.dtype, self.spec.op, buf, self.spec.contributors);
+        }
+        Ok(())
+    }
+
+    fn poll_direct(&mut self, buf: &[u8]) -> Option<Transmit> {
+        let d = self.direct.as_mut()?;
+        let (link, step, origin) = d.next_send()?;
+        let s = &self.spec;
+        // Every payload is sent from the gathered copy, never from the caller's buffer:
+        // the result overwrites that buffer as soon as the last input arrives, possibly
+        // before this rank's own input has left (the simulator's hazard check found it).
+        let _ = buf;
+        let bytes: &[u8] = d.payload(origin);
+        let header = Header {
+            kind: FrameKind::Data,
+            codec: Codec::Raw,
+            phase: Phase::Gather,
+            coll: s.coll,
+            op: s.op,
+            dtype: s.dtype,
+            step,
+            job: s.job,
+            epoch: s.epoch,
+            seq: s.seq,
+            len_elems: s.len_elems as u64,
+            chunk: origin as u32,
+            segment: 0,
+            payload_len: bytes.len() as u32,
+            raw_len: bytes.len() as u32,
+            sender: s.rank,
+        }
+        .encode(bytes);
+        self.bytes_sent += (HEADER_LEN + bytes.len()) as u64;
+        let t = Transmit { link, header, payload: 0..0, owned: Some(bytes.to_vec()) };
+        self.update_status_no_time();
+        Some(t)
+    }
+
     fn check_fingerprint(&self, h: &Header) -> Result<(), ProtocolError> {
         let s = &self.spec;
         let op = if matches!(s.coll, CollKind::AllGather | CollKind::Broadcast) { ReduceOp::Sum } else { s.op };
@@ -541,6 +627,9 @@ impl Collective {
         if matches!(self.status, Status::Failed(_)) {
             return None;
         }
+        if self.direct.is_some() {
+            return self.poll_direct(buf);
+        }
         let i = (0..self.parts.len()).find(|&i| !self.parts[i].ready.is_empty())?;
         let cur = self.parts[i].ready.pop_front()?;
         let (block, chunk) = self.chunk_elems_range(i, cur.phase, cur.step, true);
@@ -568,7 +657,7 @@ impl Collective {
         }
         .encode(&buf[payload.clone()]);
         self.bytes_sent += (HEADER_LEN + payload.len()) as u64;
-        let t = Transmit { link: self.parts[i].send_link, header, payload };
+        let t = Transmit { link: self.parts[i].send_link, header, payload, owned: None };
         if self.parts.iter().all(|p| p.ready.is_empty()) {
             self.update_status_no_time();
         }
@@ -590,7 +679,13 @@ impl Collective {
             return;
         }
         let waiting = self.parts.iter().find_map(|p| p.expect.map(|c| (p.send_link.opposite(), c)));
-        let (link, cur) = waiting.unwrap_or((Link::Next, Cursor { phase: Phase::AllGather, step: 0, segment: 0 }));
+        let direct = self.direct.as_ref().and_then(|d| {
+            [Link::Prev, Link::Next]
+                .into_iter()
+                .find_map(|l| d.expected(l).map(|(step, _)| (l, Cursor { phase: Phase::Gather, step, segment: 0 })))
+        });
+        let (link, cur) =
+            waiting.or(direct).unwrap_or((Link::Next, Cursor { phase: Phase::AllGather, step: 0, segment: 0 }));
         self.status = Status::Failed(ProtocolError::Stalled {
             seq: self.spec.seq,
             link,
@@ -614,12 +709,18 @@ impl Collective {
 
     /// The link and schedule position this rank waits on, for status displays.
     pub fn waiting_on(&self) -> Option<(Link, &'static str, u32)> {
+        if let Some(d) = &self.direct {
+            return [Link::Prev, Link::Next]
+                .into_iter()
+                .find_map(|l| d.expected(l).map(|(step, _)| (l, phase_name(Phase::Gather), step)));
+        }
         self.parts.iter().find_map(|p| p.expect.map(|c| (p.send_link.opposite(), phase_name(c.phase), c.step)))
     }
 
     /// True while frames are still expected on `link`.
     pub fn expects_on(&self, link: Link) -> bool {
-        self.parts.iter().any(|p| p.send_link.opposite() == link && p.expect.is_some())
+        self.direct.as_ref().is_some_and(|d| d.expects_on(link))
+            || self.parts.iter().any(|p| p.send_link.opposite() == link && p.expect.is_some())
     }
 
     /// Bytes (headers included) handed out by `poll_transmit` so far.
@@ -638,18 +739,24 @@ impl Collective {
     }
 
     fn update_status(&mut self, now: Instant) {
-        let rs_done = self.parts.iter().all(|p| p.expect.is_none_or(|c| c.phase != Phase::ReduceScatter));
+        let direct_done = self.direct.as_ref().is_none_or(|d| d.complete());
+        let rs_done =
+            direct_done && self.parts.iter().all(|p| p.expect.is_none_or(|c| c.phase != Phase::ReduceScatter));
         if rs_done && self.phase_marks.reduce_scatter_done.is_none() {
             self.phase_marks.reduce_scatter_done = Some(now);
         }
-        if self.parts.iter().all(|p| p.expect.is_none()) && self.phase_marks.finished.is_none() {
+        if direct_done && self.parts.iter().all(|p| p.expect.is_none()) && self.phase_marks.finished.is_none() {
             self.phase_marks.finished = Some(now);
         }
         self.update_status_no_time();
     }
 
     fn update_status_no_time(&mut self) {
-        if self.status == Status::Running && self.parts.iter().all(|p| p.expect.is_none() && p.ready.is_empty()) {
+        let direct_done = self.direct.as_ref().is_none_or(|d| d.done());
+        if self.status == Status::Running
+            && direct_done
+            && self.parts.iter().all(|p| p.expect.is_none() && p.ready.is_empty())
+        {
             self.status = Status::Done;
         }
     }
@@ -667,5 +774,6 @@ pub fn phase_name(phase: Phase) -> &'static str {
         Phase::ReduceScatter => "reduce-scatter",
         Phase::AllGather => "all-gather",
         Phase::Broadcast => "broadcast",
+        Phase::Gather => "gather",
     }
 }

@@ -4,6 +4,7 @@
 //! [`collective::Collective`] state machines; time and buffers come from the caller.
 
 pub mod collective;
+pub mod direct;
 pub mod membership;
 pub mod reduce;
 pub mod schedule;

@@ -422,7 +422,11 @@ impl EventLoop {
         while let Some(t) = a.coll.poll_transmit(a.job.buf.bytes()) {
             match self.links[idx(t.link)].as_mut() {
                 Some(l) if !l.closed => {
-                    l.out.push_back(OutFrame { header: t.header, payload: OutPayload::Job(t.payload) })
+                    let payload = match t.owned {
+                        Some(bytes) => OutPayload::Owned(bytes),
+                        None => OutPayload::Job(t.payload),
+                    };
+                    l.out.push_back(OutFrame { header: t.header, payload });
                 }
                 _ => {}
             }

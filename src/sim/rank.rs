@@ -271,11 +271,14 @@ impl RankSim {
             if ctx.world == 1 || self.closed[i] {
                 continue;
             }
-            let payload = &buf[t.payload.clone()];
+            let payload: &[u8] = match &t.owned {
+                Some(bytes) => bytes,
+                None => &buf[t.payload.clone()],
+            };
             let crc = if ctx.check_hazards { crc32c::crc32c(payload) } else { 0 };
             let frame = SimFrame { header: t.header, payload: AlignedBytes::from_slice(payload) };
             let depart = net.send(self.pos, t.link, Arrival::Frame(frame), a.seq);
-            if ctx.check_hazards {
+            if ctx.check_hazards && t.owned.is_none() {
                 a.sends[i].push_back(PendingSend { depart, range: t.payload, crc });
             }
             a.last_depart = a.last_depart.max(depart);

@@ -73,6 +73,8 @@ wire_enum!(
         AllGather = 2,
         /// Data travelling down the ring from the root.
         Broadcast = 3,
+        /// Whole inputs travelling both ways round the ring (the small all-reduce path).
+        Gather = 4,
     }
 );
 
