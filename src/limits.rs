@@ -58,3 +58,6 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest time a rank spends connecting to its new neighbours after a view change.
 pub const REBUILD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Longest abort reason sent or accepted, in bytes (a diagnostic string, not data).
+pub const ABORT_REASON_MAX: usize = 1024;

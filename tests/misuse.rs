@@ -1,31 +1,22 @@
 //! Ranks that disagree about a call get a typed error on every rank, quickly, and the
 //! communicator stays usable for the next call.
 
-use std::net::TcpListener;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use ringcc::coord::{Server, ServerOptions};
 use ringcc::{Communicator, Error, ReduceOp};
 
 fn with_ring<R: Send + 'static>(world: usize, f: impl Fn(Communicator) -> R + Send + Sync + Clone + 'static) -> Vec<R> {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server = Server::start(listener, ServerOptions::new(world, 5, Duration::from_secs(20))).unwrap();
-    let addr = server.local_addr().to_string();
-    let handles: Vec<_> = (0..world)
-        .map(|rank| {
-            let (addr, f) = (addr.clone(), f.clone());
-            std::thread::spawn(move || {
-                let mut config = ringcc::Config::new(rank, world);
-                config.coordinator = addr;
-                config.host_coordinator = false;
-                config.segment_bytes = 256;
-                // Long enough that passing this test proves the abort cascade, not the timeout.
-                config.progress_timeout = Duration::from_secs(30);
-                f(Communicator::connect(config).unwrap())
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
+    common::thread_ring(
+        world,
+        |c| {
+            c.segment_bytes = 256;
+            // Long enough that passing these tests proves the abort cascade, not the timeout.
+            c.progress_timeout = Duration::from_secs(30);
+        },
+        f,
+    )
 }
 
 /// Runs one bad call (different per rank via `bad`) then a good one; returns per rank the

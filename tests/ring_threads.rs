@@ -1,9 +1,7 @@
 //! Collectives with every rank as a thread of this process, over real loopback TCP.
 
-use std::net::TcpListener;
-use std::time::Duration;
+mod common;
 
-use ringcc::coord::{Server, ServerOptions};
 use ringcc::{Communicator, ReduceOp};
 
 fn with_ring<R: Send + 'static>(
@@ -11,27 +9,7 @@ fn with_ring<R: Send + 'static>(
     segment_bytes: usize,
     f: impl Fn(Communicator) -> R + Send + Sync + Clone + 'static,
 ) -> Vec<R> {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server = Server::start(listener, ServerOptions::new(world, 42, Duration::from_secs(20))).unwrap();
-    let addr = server.local_addr().to_string();
-    let handles: Vec<_> = (0..world)
-        .map(|rank| {
-            let (addr, f) = (addr.clone(), f.clone());
-            std::thread::spawn(move || {
-                let mut config = ringcc::Config::new(rank, world);
-                config.coordinator = addr;
-                config.host_coordinator = false;
-                config.job_id = 42;
-                config.segment_bytes = segment_bytes;
-                config.progress_timeout = Duration::from_secs(10);
-                let comm = Communicator::connect(config).unwrap();
-                f(comm)
-            })
-        })
-        .collect();
-    let out = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    drop(server);
-    out
+    common::thread_ring(world, move |c| c.segment_bytes = segment_bytes, f)
 }
 
 #[test]

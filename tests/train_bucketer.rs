@@ -1,33 +1,12 @@
 //! `Bucketer` end to end over loopback TCP, ranks as threads: layers of awkward sizes
 //! (empty, smaller than, equal to and larger than a bucket) come back exactly reduced.
 
-use std::net::TcpListener;
-use std::time::Duration;
+mod common;
 
-use ringcc::coord::{Server, ServerOptions};
 use ringcc::{Bucketer, Communicator, ReduceOp};
 
 fn with_ring<R: Send + 'static>(world: usize, f: impl Fn(Communicator) -> R + Send + Clone + 'static) -> Vec<R> {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let options = ServerOptions::new(world, 12, Duration::from_secs(20));
-    let server = Server::start(listener, options).unwrap();
-    let addr = server.local_addr().to_string();
-    let handles: Vec<_> = (0..world)
-        .map(|rank| {
-            let (addr, f) = (addr.clone(), f.clone());
-            std::thread::spawn(move || {
-                let mut config = ringcc::Config::new(rank, world);
-                config.coordinator = addr;
-                config.host_coordinator = false;
-                config.job_id = 12;
-                config.progress_timeout = Duration::from_secs(10);
-                f(Communicator::connect(config).unwrap())
-            })
-        })
-        .collect();
-    let out = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    drop(server);
-    out
+    common::thread_ring(world, |_| {}, f)
 }
 
 /// Layer sizes in push order, for 16-element buckets: fills one exactly, straddles, spans

@@ -120,6 +120,38 @@ pub struct Spec {
     pub progress_timeout: Duration,
 }
 
+impl Spec {
+    /// The abort frame this rank sends its neighbours when it abandons this call: header
+    /// and payload (the reason, cut at `limits::ABORT_REASON_MAX` bytes on a char boundary).
+    pub fn abort_frame(&self, reason: &str) -> ([u8; HEADER_LEN], Vec<u8>) {
+        let mut end = reason.len().min(crate::limits::ABORT_REASON_MAX);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let payload = reason.as_bytes()[..end].to_vec();
+        let header = Header {
+            kind: FrameKind::Abort,
+            codec: Codec::Raw,
+            phase: Phase::ReduceScatter,
+            coll: self.coll,
+            op: self.op,
+            dtype: self.dtype,
+            step: 0,
+            job: self.job,
+            epoch: self.epoch,
+            seq: self.seq,
+            len_elems: self.len_elems as u64,
+            chunk: 0,
+            segment: 0,
+            payload_len: payload.len() as u32,
+            raw_len: payload.len() as u32,
+            sender: self.rank,
+        }
+        .encode(&payload);
+        (header, payload)
+    }
+}
+
 /// Well-formed frames that break the protocol: a mismatch between ranks, a gap, a stall.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -20,7 +20,7 @@ use crate::core::ReduceOp;
 use crate::limits::REBUILD_TIMEOUT;
 use crate::wire::control::Control;
 use crate::wire::header::verify_crc;
-use crate::wire::{CollKind, FrameKind, Header, Phase};
+use crate::wire::{CollKind, Header};
 use crate::{Error, Rank, Report};
 
 const PREV: Token = Token(0);
@@ -42,9 +42,6 @@ const LOOP_SPIN: Duration = Duration::from_micros(200);
 
 /// Largest collective (bytes) during which the loop spins instead of sleeping.
 const SPIN_BYTES_MAX: usize = 256 << 10;
-
-/// Longest abort reason sent, in bytes.
-const ABORT_REASON_MAX: usize = 1024;
 
 /// What the caller's thread sends the loop.
 #[derive(Debug)]
@@ -690,30 +687,7 @@ impl EventLoop {
     /// Tells both neighbours this rank abandons collective `spec.seq`, so they fail fast
     /// instead of waiting for the progress timeout.
     fn send_abort(&mut self, spec: &Spec, reason: &str) {
-        let mut end = reason.len().min(ABORT_REASON_MAX);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        let payload = reason.as_bytes()[..end].to_vec();
-        let header = Header {
-            kind: FrameKind::Abort,
-            codec: Codec::Raw,
-            phase: Phase::ReduceScatter,
-            coll: spec.coll,
-            op: spec.op,
-            dtype: spec.dtype,
-            step: 0,
-            job: spec.job,
-            epoch: spec.epoch,
-            seq: spec.seq,
-            len_elems: spec.len_elems as u64,
-            chunk: 0,
-            segment: 0,
-            payload_len: payload.len() as u32,
-            raw_len: payload.len() as u32,
-            sender: spec.rank,
-        };
-        let bytes = header.encode(&payload);
+        let (bytes, payload) = spec.abort_frame(reason);
         for l in self.links.iter_mut().flatten().filter(|l| !l.closed) {
             l.out.push_back(OutFrame { header: bytes, payload: OutPayload::Owned(payload.clone()) });
         }
@@ -806,7 +780,12 @@ impl EventLoop {
                 stream.set_nonblocking(true)?;
                 let mut s = mio::net::TcpStream::from_std(stream);
                 self.poll.registry().register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
-                self.links[i] = Some(Conn::new(s, member.rank, member.addr, self.segment_bytes.max(ABORT_REASON_MAX)));
+                self.links[i] = Some(Conn::new(
+                    s,
+                    member.rank,
+                    member.addr,
+                    self.segment_bytes.max(crate::limits::ABORT_REASON_MAX),
+                ));
             }
         }
         self.epoch = ring.view.epoch;

@@ -16,11 +16,10 @@ use crate::core::collective::{Algorithm, Collective, Spec, Status};
 use crate::core::schedule::chunk_range;
 use crate::core::ReduceOp;
 use crate::wire::header::verify_crc;
-use crate::wire::{CollKind, FrameKind, Header, Phase};
+use crate::wire::{CollKind, Header};
 use crate::Rank;
 
-/// Longest abort reason sent, in bytes (as the real driver).
-const ABORT_REASON_MAX: usize = 1024;
+use crate::limits::ABORT_REASON_MAX;
 
 /// What every rank driver shares: the job's constants and the current batch.
 #[derive(Debug)]
@@ -449,30 +448,8 @@ impl RankSim {
 
     /// Mirrors `EventLoop::send_abort`.
     fn send_abort(&mut self, net: &mut Net, ctx: &Ctx, spec: &Spec, reason: &str) {
-        let mut end = reason.len().min(ABORT_REASON_MAX);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        let payload = &reason.as_bytes()[..end];
-        let header = Header {
-            kind: FrameKind::Abort,
-            codec: Codec::Raw,
-            phase: Phase::ReduceScatter,
-            coll: spec.coll,
-            op: spec.op,
-            dtype: spec.dtype,
-            step: 0,
-            job: spec.job,
-            epoch: spec.epoch,
-            seq: spec.seq,
-            len_elems: spec.len_elems as u64,
-            chunk: 0,
-            segment: 0,
-            payload_len: payload.len() as u32,
-            raw_len: payload.len() as u32,
-            sender: spec.rank,
-        }
-        .encode(payload);
+        let (header, payload) = spec.abort_frame(reason);
+        let payload = payload.as_slice();
         for i in 0..2 {
             if ctx.world > 1 && !self.closed[i] {
                 let frame = SimFrame { header, payload: AlignedBytes::from_slice(payload) };
