@@ -91,6 +91,17 @@ impl CommunicatorBuilder {
         self.config.bind = Some(ip);
         self
     }
+    /// The per-job secret every connection must prove (required to listen beyond
+    /// loopback, unless [`CommunicatorBuilder::insecure`]); every rank passes the same one.
+    pub fn secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.config.secret = Some(super::Secret(secret.into()));
+        self
+    }
+    /// Allows listening beyond loopback without a secret (logs a warning).
+    pub fn insecure(mut self, yes: bool) -> Self {
+        self.config.insecure = yes;
+        self
+    }
     /// Replaces the whole configuration.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
