@@ -129,26 +129,49 @@ impl Spec {
             end -= 1;
         }
         let payload = reason.as_bytes()[..end].to_vec();
-        let header = Header {
-            kind: FrameKind::Abort,
+        let header = self.encode_header(FrameKind::Abort, Phase::ReduceScatter, 0, 0, 0, &payload);
+        (header, payload)
+    }
+
+    /// The op carried in headers: collectives without a reduction carry Sum, so the
+    /// fingerprint does not depend on an argument they ignore.
+    fn wire_op(&self) -> ReduceOp {
+        if matches!(self.coll, CollKind::AllGather | CollKind::Broadcast) {
+            ReduceOp::Sum
+        } else {
+            self.op
+        }
+    }
+
+    /// Encodes the header of one frame of this call (CRC over it and `payload`).
+    fn encode_header(
+        &self,
+        kind: FrameKind,
+        phase: Phase,
+        step: u32,
+        chunk: u32,
+        segment: u32,
+        payload: &[u8],
+    ) -> [u8; HEADER_LEN] {
+        Header {
+            kind,
             codec: Codec::Raw,
-            phase: Phase::ReduceScatter,
+            phase,
             coll: self.coll,
-            op: self.op,
+            op: self.wire_op(),
             dtype: self.dtype,
-            step: 0,
+            step,
             job: self.job,
             epoch: self.epoch,
             seq: self.seq,
             len_elems: self.len_elems as u64,
-            chunk: 0,
-            segment: 0,
+            chunk,
+            segment,
             payload_len: payload.len() as u32,
             raw_len: payload.len() as u32,
             sender: self.rank,
         }
-        .encode(&payload);
-        (header, payload)
+        .encode(payload)
     }
 }
 
@@ -567,8 +590,6 @@ impl Collective {
         Ok(())
     }
 
-    /// Compares the frame's fingerprint with this call's; strings are built only for a
-    /// mismatch (this runs for every frame).
     fn apply_direct(
         &mut self,
         link: Link,
@@ -604,34 +625,18 @@ impl Collective {
         // before this rank's own input has left (the simulator's hazard check found it).
         let _ = buf;
         let bytes: &[u8] = d.payload(origin);
-        let header = Header {
-            kind: FrameKind::Data,
-            codec: Codec::Raw,
-            phase: Phase::Gather,
-            coll: s.coll,
-            op: s.op,
-            dtype: s.dtype,
-            step,
-            job: s.job,
-            epoch: s.epoch,
-            seq: s.seq,
-            len_elems: s.len_elems as u64,
-            chunk: origin as u32,
-            segment: 0,
-            payload_len: bytes.len() as u32,
-            raw_len: bytes.len() as u32,
-            sender: s.rank,
-        }
-        .encode(bytes);
+        let header = s.encode_header(FrameKind::Data, Phase::Gather, step, origin as u32, 0, bytes);
         self.bytes_sent += (HEADER_LEN + bytes.len()) as u64;
         let t = Transmit { link, header, payload: 0..0, owned: Some(bytes.to_vec()) };
         self.update_status_no_time();
         Some(t)
     }
 
+    /// Compares the frame's fingerprint with this call's; strings are built only for a
+    /// mismatch (this runs for every frame).
     fn check_fingerprint(&self, h: &Header) -> Result<(), ProtocolError> {
         let s = &self.spec;
-        let op = if matches!(s.coll, CollKind::AllGather | CollKind::Broadcast) { ReduceOp::Sum } else { s.op };
+        let op = s.wire_op();
         let mismatch = |field: &'static str, local: String, remote: String| {
             Err(ProtocolError::Mismatch { field, local, remote, peer: h.sender, seq: s.seq })
         };
@@ -669,25 +674,8 @@ impl Collective {
         let esize = self.spec.dtype.size();
         let payload = (chunk.start + seg.start) * esize..(chunk.start + seg.end) * esize;
         let s = &self.spec;
-        let header = Header {
-            kind: FrameKind::Data,
-            codec: Codec::Raw,
-            phase: cur.phase,
-            coll: s.coll,
-            op: if matches!(s.coll, CollKind::AllGather | CollKind::Broadcast) { ReduceOp::Sum } else { s.op },
-            dtype: s.dtype,
-            step: cur.step,
-            job: s.job,
-            epoch: s.epoch,
-            seq: s.seq,
-            len_elems: s.len_elems as u64,
-            chunk: block as u32,
-            segment: cur.segment,
-            payload_len: payload.len() as u32,
-            raw_len: payload.len() as u32,
-            sender: s.rank,
-        }
-        .encode(&buf[payload.clone()]);
+        let header =
+            s.encode_header(FrameKind::Data, cur.phase, cur.step, block as u32, cur.segment, &buf[payload.clone()]);
         self.bytes_sent += (HEADER_LEN + payload.len()) as u64;
         let t = Transmit { link: self.parts[i].send_link, header, payload, owned: None };
         if self.parts.iter().all(|p| p.ready.is_empty()) {

@@ -175,7 +175,9 @@ impl Link {
     pub(super) fn flush(&mut self, job: Option<&[u8]>) -> std::io::Result<usize> {
         let mut done = 0;
         while self.writable && !self.out.is_empty() {
-            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(IOVECS_MAX);
+            // On the stack: this runs for every write, it must not allocate.
+            let mut iov = [IoSlice::new(&[]); IOVECS_MAX];
+            let mut used = 0;
             let mut skip = self.out_written;
             for f in self.out.iter().take(IOVECS_MAX / 2) {
                 let payload: &[u8] = match &f.payload {
@@ -186,12 +188,13 @@ impl Link {
                     if skip >= part.len() {
                         skip -= part.len();
                     } else {
-                        iov.push(IoSlice::new(&part[skip..]));
+                        iov[used] = IoSlice::new(&part[skip..]);
+                        used += 1;
                         skip = 0;
                     }
                 }
             }
-            let n = match self.stream.write_vectored(&iov) {
+            let n = match self.stream.write_vectored(&iov[..used]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.writable = false;
@@ -200,7 +203,6 @@ impl Link {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            drop(iov);
             self.bytes_out += n as u64;
             self.out_written += n;
             while let Some(f) = self.out.front() {
