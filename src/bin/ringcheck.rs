@@ -46,8 +46,10 @@ trait Exact: Element + PartialEq + std::fmt::Debug {
     fn avg(sum: Self, n: usize) -> Self;
 }
 
-macro_rules! exact_float {
-    ($t:ty) => {
+/// Types whose `as` conversion and division are exactly what the kernels do (floats divide,
+/// integers truncate).
+macro_rules! exact_native {
+    ($($t:ty),*) => {$(
         impl Exact for $t {
             fn from_i64(v: i64) -> Self {
                 v as $t
@@ -56,10 +58,9 @@ macro_rules! exact_float {
                 sum / n as $t
             }
         }
-    };
+    )*};
 }
-exact_float!(f32);
-exact_float!(f64);
+exact_native!(f32, f64, i32, i64, u8);
 
 macro_rules! exact_half {
     ($t:ty) => {
@@ -75,22 +76,6 @@ macro_rules! exact_half {
 }
 exact_half!(f16);
 exact_half!(bf16);
-
-macro_rules! exact_int {
-    ($t:ty) => {
-        impl Exact for $t {
-            fn from_i64(v: i64) -> Self {
-                v as $t
-            }
-            fn avg(sum: Self, n: usize) -> Self {
-                sum / n as $t
-            }
-        }
-    };
-}
-exact_int!(i32);
-exact_int!(i64);
-exact_int!(u8);
 
 fn value(op: ReduceOp, rank: usize, i: usize) -> i64 {
     match op {

@@ -228,43 +228,37 @@ mod tests {
         assert_eq!(d, want);
     }
 
+    /// Runs `op` over every 16-bit pattern against a spread of others through the block
+    /// kernel, and compares with the scalar conversions of the `half` crate.
+    fn check_half<T: Pod + PartialEq + std::fmt::Display>(
+        dtype: DataType,
+        op: ReduceOp,
+        from_bits: fn(u16) -> T,
+        to_f32: fn(T) -> f32,
+        from_f32: fn(f32) -> T,
+        is_nan: fn(T) -> bool,
+    ) {
+        let all: Vec<T> = (0..=u16::MAX).map(from_bits).collect();
+        let other: Vec<T> = (0..=u16::MAX).map(|i| from_bits(i.wrapping_mul(40503))).collect();
+        let got = run(dtype, op, &all, &other);
+        for ((g, a), b) in got.iter().zip(&all).zip(&other) {
+            let (x, y) = (to_f32(*a), to_f32(*b));
+            let want = from_f32(match op {
+                ReduceOp::Sum => x + y,
+                ReduceOp::Prod => x * y,
+                ReduceOp::Min => x.min(y),
+                _ => x.max(y),
+            });
+            let same = bytemuck::bytes_of(g) == bytemuck::bytes_of(&want) || (is_nan(*g) && is_nan(want));
+            assert!(same, "{op:?} {a} {b}: {g} != {want}");
+        }
+    }
+
     #[test]
     fn half_kernels_match_scalar_rounding_bit_for_bit() {
-        // Every bf16 bit pattern against a spread of others, through the block kernel and
-        // through the scalar conversions of the `half` crate.
-        let all: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
-        let other: Vec<bf16> = (0..=u16::MAX).map(|i| bf16::from_bits(i.wrapping_mul(40503))).collect();
         for op in [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Min, ReduceOp::Max] {
-            let got = run(DataType::Bf16, op, &all, &other);
-            for ((g, a), b) in got.iter().zip(&all).zip(&other) {
-                let (x, y) = (a.to_f32(), b.to_f32());
-                let want = bf16::from_f32(match op {
-                    ReduceOp::Sum => x + y,
-                    ReduceOp::Prod => x * y,
-                    ReduceOp::Min => x.min(y),
-                    _ => x.max(y),
-                });
-                assert!(
-                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
-                    "{op:?} {a} {b}: {g} != {want}"
-                );
-            }
-            let h: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
-            let k: Vec<f16> = (0..=u16::MAX).map(|i| f16::from_bits(i.wrapping_mul(40503))).collect();
-            let got = run(DataType::F16, op, &h, &k);
-            for ((g, a), b) in got.iter().zip(&h).zip(&k) {
-                let (x, y) = (a.to_f32(), b.to_f32());
-                let want = f16::from_f32(match op {
-                    ReduceOp::Sum => x + y,
-                    ReduceOp::Prod => x * y,
-                    ReduceOp::Min => x.min(y),
-                    _ => x.max(y),
-                });
-                assert!(
-                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
-                    "{op:?} {a} {b}: {g} != {want}"
-                );
-            }
+            check_half(DataType::Bf16, op, bf16::from_bits, bf16::to_f32, bf16::from_f32, |v| v.is_nan());
+            check_half(DataType::F16, op, f16::from_bits, f16::to_f32, f16::from_f32, |v| v.is_nan());
         }
     }
 
