@@ -100,6 +100,7 @@ impl Driver {
             segment_bytes: config.segment_bytes,
             algorithm: config.algorithm,
             progress_timeout: config.progress_timeout,
+            exact_retry: config.exact_retry,
             heartbeat_timeout: config.heartbeat_timeout,
             orphan_exit: config.orphan_exit,
             queue: VecDeque::new(),
@@ -182,6 +183,8 @@ struct EventLoop {
     segment_bytes: usize,
     algorithm: Algorithm,
     progress_timeout: Duration,
+    /// `Config::exact_retry`: completion tokens and backups, redo after a view change.
+    exact_retry: bool,
     heartbeat_timeout: Duration,
     /// Exit the process when the coordinator (the launcher) is lost: no orphans.
     orphan_exit: bool,
@@ -396,6 +399,7 @@ impl EventLoop {
             contributors: world,
             algorithm: self.algorithm,
             progress_timeout: self.progress_timeout,
+            fin: self.exact_retry,
         };
         let coll = Collective::start(spec, now, job.buf.bytes_mut());
         let error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq, epoch: self.epoch });

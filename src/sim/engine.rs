@@ -298,6 +298,7 @@ impl Sim {
             segment_bytes: c.segment_bytes,
             algorithm: c.algorithm,
             progress_timeout: c.progress_timeout,
+            fin: c.fin,
             in_place_percent: c.in_place_percent,
             check_hazards: c.check_send_hazards && c.buffers == BufferMode::PerRank,
             skew_max: c.start_skew_max,

@@ -32,6 +32,8 @@ pub(super) struct Ctx<'a> {
     pub(super) segment_bytes: usize,
     pub(super) algorithm: Algorithm,
     pub(super) progress_timeout: Duration,
+    /// Completion tokens on every call (`Spec::fin`).
+    pub(super) fin: bool,
     pub(super) in_place_percent: u64,
     pub(super) check_hazards: bool,
     pub(super) skew_max: Duration,
@@ -258,6 +260,7 @@ impl RankSim {
             contributors: world,
             algorithm: ctx.algorithm,
             progress_timeout: ctx.progress_timeout,
+            fin: ctx.fin,
         }
     }
 
