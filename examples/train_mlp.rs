@@ -38,6 +38,7 @@ const ALONE_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(10);
 const LAUNCHER_RANK_VARS: [&str; 4] = ["RINGCC_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"];
 
 fn main() -> ExitCode {
+    ringcc::init_logging();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -68,6 +68,7 @@ fn write_json(opts: &Options, config: &Config, rows: &[Row], wrong_total: u64, a
 }
 
 fn main() -> ExitCode {
+    ringcc::init_logging();
     let opts = Options::parse();
     let sizes = match opts.validate().and_then(|()| opts.sizes()) {
         Ok(s) => s,

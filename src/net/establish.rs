@@ -118,6 +118,7 @@ pub(crate) fn establish_ring(
     let prev_hello_r = handshake::answer(&mut prev_stream, secret, &prev_hello_i, &hello(Role::RingNext, prev.rank))
         .map_err(auth(&prev))?;
     // (c)
+    bound(&next_stream, deadline).map_err(io("configure", &next))?;
     let (job, epoch, me, them) = (view.job, view.epoch, rank as u32, next.rank as u32);
     let next_hello = handshake::finish_initiator(&mut next_stream, secret, &hello_i, |h| {
         if h.role == Role::RingNext && h.job == job && h.epoch == epoch && h.rank == them && h.target == me {
@@ -128,6 +129,7 @@ pub(crate) fn establish_ring(
     })
     .map_err(auth(&next))?;
     // (d)
+    bound(&prev_stream, deadline).map_err(io("configure", &prev))?;
     handshake::finish_responder(&mut prev_stream, secret, &prev_hello_i, &prev_hello_r).map_err(auth(&prev))?;
     Ok(Ring {
         view,
@@ -136,6 +138,12 @@ pub(crate) fn establish_ring(
         prev: Some((prev_stream, prev)),
         next: Some((next_stream, next)),
     })
+}
+
+/// Makes the next handshake read on `stream` wait no longer than until `deadline`.
+fn bound(stream: &TcpStream, deadline: Instant) -> std::io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    stream.set_read_timeout(Some(left))
 }
 
 fn io(op: &'static str, m: &Member) -> impl Fn(std::io::Error) -> Error {
@@ -167,6 +175,7 @@ fn accept_prev(
         match listener.accept() {
             Ok((mut s, from)) => {
                 s.set_nonblocking(false).map_err(fail)?;
+                bound(&s, deadline).map_err(fail)?;
                 match handshake::read_hello(&mut s) {
                     Ok((bytes, h))
                         if h.role == Role::RingPrev
@@ -177,6 +186,13 @@ fn accept_prev(
                     {
                         tune(&s).map_err(fail)?;
                         return Ok((s, bytes));
+                    }
+                    Ok((_, h)) if h.job == view.job && h.epoch > view.epoch => {
+                        // A neighbour already runs a newer view: this one is superseded.
+                        return Err(fail(std::io::Error::other(format!(
+                            "view of epoch {} superseded by epoch {}",
+                            view.epoch, h.epoch
+                        ))));
                     }
                     other => {
                         rejected += 1;

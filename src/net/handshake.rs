@@ -23,8 +23,11 @@ pub(crate) enum HandshakeError {
     BadMac,
 }
 
+/// Reads exactly `buf`, waiting at most `HANDSHAKE_TIMEOUT`, or less if the caller already
+/// set a shorter read timeout on the stream (its own deadline).
 fn read_exact_timed(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let limit = stream.read_timeout()?.map_or(HANDSHAKE_TIMEOUT, |t| t.min(HANDSHAKE_TIMEOUT));
+    stream.set_read_timeout(Some(limit))?;
     stream.read_exact(buf)
 }
 

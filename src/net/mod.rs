@@ -8,6 +8,7 @@
 mod coord_link;
 mod establish;
 mod event_loop;
+mod fault;
 pub(crate) mod handshake;
 mod link;
 
