@@ -109,6 +109,8 @@ pub struct RunInfo {
     pub warmup_iters: usize,
     /// Whether results were checked.
     pub check: bool,
+    /// The `--data` file the buffers were filled from, if any (else the check pattern).
+    pub data: Option<String>,
     /// Source revision (see [`git_revision`]).
     pub git_rev: String,
     /// When the run ended, UTC ISO 8601.
@@ -181,6 +183,7 @@ pub fn render(info: &RunInfo, rows: &[Row], wrong_total: u64, avg_busbw_gbs: f64
         ("iters", info.iters.to_string()),
         ("warmup_iters", info.warmup_iters.to_string()),
         ("check", info.check.to_string()),
+        ("data", info.data.as_deref().map_or_else(|| "null".into(), quote)),
         ("git_rev", quote(&info.git_rev)),
         ("date", quote(&info.date)),
         (
@@ -247,6 +250,7 @@ mod tests {
             iters: 20,
             warmup_iters: 5,
             check: true,
+            data: Some("benches/data/grads.f32".into()),
             git_rev: "abc1234".into(),
             date: iso8601_utc(0),
             machine: Machine { hostname: "h".into(), cpu_model: "cpu \"x\"".into(), cores: 2 },
@@ -272,6 +276,7 @@ mod tests {
         assert!(j.contains("{\"size\": 4096, \"count\": 1024, \"type\": \"float\", \"redop\": \"sum\", \"root\": -1, \
                             \"time\": 70.5, \"algbw\": null, \"busbw\": 0.25, \"wrong\": null, \"p50\": 69.75, \"p99\": 75}"), "{j}");
         assert_eq!(j.matches("\"size\"").count(), 2);
+        assert!(j.contains("\"data\": \"benches/data/grads.f32\","), "{j}");
         assert!(j.ends_with("}\n  ]\n}\n"));
         assert!(render(&info, &[], 0, 0.0).ends_with("\"rows\": []\n}\n"));
     }

@@ -6,16 +6,22 @@
 //! ```text
 //! ringrun -n 4 ringbench -b 4K -e 256M -f 4 -n 20 -w 5 -c 1 [--dtype f32] [--op sum]
 //!     [--codec raw] [--algo auto|ring|bidir] [--coll all_reduce|reduce_scatter|all_gather|broadcast]
-//!     [--json FILE] [--segment-bytes N]
+//!     [--json FILE] [--segment-bytes N] [--data FILE]
 //! ```
+//!
+//! `--data FILE` fills the buffers from a file of raw little-endian f32 (or f16/bf16 with
+//! `--dtype`) values, such as saved gradients (`benches/data/grads.f32`), so codecs are
+//! measured on real data; each rank starts at its own offset in the file.
 //!
 //! Rank 0 prints the table (and writes `--json`); the other ranks print only errors. The
 //! exit status is non-zero on any failed collective or any wrong element.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use ringcc::bench::data::DataFile;
 use ringcc::bench::json::{self, Machine, RunInfo};
 use ringcc::bench::{run, table, Options, Row, Settings};
 use ringcc::{Communicator, Config};
@@ -59,6 +65,7 @@ fn write_json(opts: &Options, config: &Config, rows: &[Row], wrong_total: u64, a
         iters: opts.iters,
         warmup_iters: opts.warmup_iters,
         check: opts.check == 1,
+        data: opts.data.as_ref().map(|p| p.display().to_string()),
         git_rev: json::git_revision(),
         date: json::now_utc(),
         machine: Machine::detect(),
@@ -83,6 +90,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let data = match &opts.data {
+        Some(path) => match DataFile::read(path, opts.dtype, opts.codec) {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                eprintln!("ringbench: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
     let rank = config.rank;
     let comm = match Communicator::connect(config.clone()) {
         Ok(c) => c,
@@ -97,6 +114,13 @@ fn main() -> ExitCode {
         let (coll, dtype) = (opts.coll.name(), opts.dtype.name());
         let (codec, algo) = (opts.codec.name(), opts.algo.name());
         print_flush(&table::title(coll, comm.world_size(), dtype, redop, codec, algo, config.segment_bytes));
+        if let Some(d) = &data {
+            print_flush(&format!(
+                "# data: {} ({} {dtype} elements; each rank reads from its own offset, wrapping round)",
+                d.name,
+                d.len_elems()
+            ));
+        }
         print_flush(table::HEADER);
     }
     let settings = Settings {
@@ -107,6 +131,7 @@ fn main() -> ExitCode {
         iters: opts.iters,
         warmup_iters: opts.warmup_iters,
         check: opts.check == 1,
+        data,
     };
     let rows = match run(&comm, &settings, &mut |row| {
         if lead {
