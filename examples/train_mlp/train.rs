@@ -59,6 +59,10 @@ pub struct Options {
     /// all_reduce, which is what the ring sends) instead of the averaged result.
     #[arg(long)]
     pub save_grads_local: bool,
+    /// After every epoch, compare the ranks' statistics (`Communicator::stats`) and print
+    /// each rank's idle share of collective time and the straggler, if one held the ring back.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 impl Options {
@@ -296,6 +300,14 @@ pub fn train(
             comm_wait.as_secs_f64() * 1e3,
             started.elapsed().as_secs_f64(),
         ))?;
+        if opts.stats {
+            // A collective like the others: every rank calls it at the same point.
+            let stats = comm.stats()?;
+            let idle: Vec<String> =
+                stats.ranks.iter().map(|r| format!("{}: {:.0}%", r.rank, 100.0 * r.idle_fraction())).collect();
+            let straggler = stats.straggler.as_ref().map_or_else(|| "none".into(), |s| s.evidence.clone());
+            log(format!("stats: ranks idle (share of collective time) {}; straggler: {straggler}", idle.join(", ")))?;
+        }
     }
     let (saved_steps, saved_bytes) = saver.finish()?;
     if let Some(path) = opts.save_grads.as_ref().filter(|_| rank == 0) {

@@ -24,7 +24,7 @@ use clap::Parser;
 use ringcc::bench::data::DataFile;
 use ringcc::bench::json::{self, Machine, RunInfo};
 use ringcc::bench::{run, table, Options, Row, Settings};
-use ringcc::{Communicator, Config};
+use ringcc::{Communicator, Config, Stats};
 
 /// Exit status for bad flags (as clap uses).
 const EXIT_USAGE: u8 = 2;
@@ -48,7 +48,14 @@ fn print_flush(text: &str) {
     let _ = out.flush();
 }
 
-fn write_json(opts: &Options, config: &Config, rows: &[Row], wrong_total: u64, avg_busbw: f64) -> Result<(), String> {
+fn write_json(
+    opts: &Options,
+    config: &Config,
+    rows: &[Row],
+    wrong_total: u64,
+    avg_busbw: f64,
+    stats: Option<&Stats>,
+) -> Result<(), String> {
     let Some(path) = &opts.json else { return Ok(()) };
     let redop = if opts.coll.reduces() { opts.op.name() } else { "none" };
     let info = RunInfo {
@@ -70,8 +77,23 @@ fn write_json(opts: &Options, config: &Config, rows: &[Row], wrong_total: u64, a
         date: json::now_utc(),
         machine: Machine::detect(),
     };
-    std::fs::write(path, json::render(&info, rows, wrong_total, avg_busbw))
+    std::fs::write(path, json::render(&info, rows, wrong_total, avg_busbw, stats))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The comment line after the footer: the straggler, or the spread of idle time.
+fn straggler_line(s: &Stats) -> String {
+    if let Some(g) = &s.straggler {
+        return format!("# Straggler            : rank {}: {}", g.rank, g.evidence);
+    }
+    let idle: Vec<f64> = s.ranks.iter().map(|r| 100.0 * r.idle_fraction()).collect();
+    let lo = idle.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = idle.iter().copied().fold(0.0, f64::max);
+    if idle.is_empty() {
+        "# Straggler            : none".into()
+    } else {
+        format!("# Straggler            : none (ranks idle {lo:.0}-{hi:.0}% of collective time)")
+    }
 }
 
 fn main() -> ExitCode {
@@ -148,10 +170,21 @@ fn main() -> ExitCode {
     let wrong_total: u64 = rows.iter().filter_map(|r| r.wrong).sum();
     let avg_busbw =
         if rows.is_empty() { 0.0 } else { rows.iter().map(|r| r.busbw_gbs).sum::<f64>() / rows.len() as f64 };
+    // Every rank's waiting over the run, and the straggler if one held the ring back.
+    let stats = match comm.stats() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("ringbench: rank {rank}: exchanging statistics: {e}");
+            None
+        }
+    };
     let mut status = ExitCode::SUCCESS;
     if lead {
         print_flush(&table::footer(wrong_total, avg_busbw));
-        if let Err(e) = write_json(&opts, &config, &rows, wrong_total, avg_busbw) {
+        if let Some(s) = &stats {
+            print_flush(&straggler_line(s));
+        }
+        if let Err(e) = write_json(&opts, &config, &rows, wrong_total, avg_busbw, stats.as_ref()) {
             eprintln!("ringbench: rank {rank}: {e}");
             status = ExitCode::FAILURE;
         }

@@ -13,7 +13,9 @@ use super::establish::{establish_ring, Ring};
 use super::link::{Link as Conn, OutFrame, OutPayload, ReadStep, Rx, Target};
 use super::{Job, JobOutcome};
 use crate::codec::Codec;
-use crate::comm::Config;
+use crate::comm::stats::Recorder;
+use crate::comm::straggler::WINDOW_SLOTS;
+use crate::comm::{Config, LinkStats, Side};
 use crate::coord::View;
 use crate::core::collective::{Algorithm, Collective, Link, ProtocolError, Spec, Status};
 use crate::core::ReduceOp;
@@ -111,6 +113,8 @@ impl Driver {
             terminal: None,
             stale_frames: 0,
             shared,
+            recorder: Recorder::default(),
+            frame_delay: config.test_frame_delay,
         };
         ev.adopt_ring(ring).map_err(os)?;
         let thread = std::thread::Builder::new()
@@ -201,6 +205,10 @@ struct EventLoop {
     stale_frames: u64,
     /// Where the caller's thread reads the current view.
     shared: Arc<super::Shared>,
+    /// Statistics that do not belong to one link (see `comm::stats`).
+    recorder: Recorder,
+    /// Test hook: sleep after every received frame (`Config::test_frame_delay`).
+    frame_delay: Duration,
 }
 
 /// Why this rank can no longer run collectives.
@@ -263,6 +271,7 @@ impl EventLoop {
             if spinning {
                 timeout = Some(Duration::ZERO);
             }
+            let expecting = self.expecting();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     self.fail_everything(&format!("poll: {e}"));
@@ -291,12 +300,16 @@ impl EventLoop {
                 }
             }
             let busy = !events.is_empty();
+            let polled = now.elapsed();
             self.tick_coordinator(Instant::now());
-            if self.drive(Instant::now()) || busy {
+            let progressed = self.drive(Instant::now()) || busy;
+            if progressed {
                 last_activity = Instant::now();
             } else if spinning {
                 std::thread::yield_now();
             }
+            // Idle: the poll, or the whole turn if it moved nothing.
+            self.note_idle(expecting, if progressed { polled } else { now.elapsed() });
             if closing {
                 self.close();
                 return;
@@ -397,6 +410,9 @@ impl EventLoop {
             algorithm: self.algorithm,
             progress_timeout: self.progress_timeout,
         };
+        if s.stats_exchange {
+            self.write_window(job.buf.bytes_mut());
+        }
         let coll = Collective::start(spec, now, job.buf.bytes_mut());
         let error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq, epoch: self.epoch });
         self.active = Some(Active { job, coll, seq, started: now, error });
@@ -568,6 +584,9 @@ impl EventLoop {
             Target::Job(_) => a.coll.handle_frame_in_place(now, link, &header, a.job.buf.bytes_mut()),
         };
         self.drain_transmits();
+        if !self.frame_delay.is_zero() {
+            std::thread::sleep(self.frame_delay);
+        }
     }
 
     fn flush_all(&mut self) -> bool {
@@ -658,9 +677,11 @@ impl EventLoop {
                     total: now.saturating_duration_since(a.job.submitted),
                 };
                 self.completed += 1;
+                self.record_completed(a.coll.spec().coll, a.job.buf.bytes().len(), &report, now - a.started);
                 JobOutcome { result: Ok((a.job.buf.into_owner(), report)) }
             }
             Err(e) => {
+                self.recorder.collective_failed();
                 let spec = a.coll.spec().clone();
                 let err = match e {
                     Ok(err) => err,
@@ -898,6 +919,53 @@ impl EventLoop {
                     Err(_) => break,
                 }
             }
+        }
+    }
+}
+
+/// Statistics hooks (`comm::stats`): what the loop counts and publishes.
+impl EventLoop {
+    /// Per link, whether the running collective expects a frame on it; `None` between
+    /// collectives (idle time then is nobody's wait).
+    fn expecting(&self) -> Option<[bool; 2]> {
+        self.active.as_ref().map(|a| [a.coll.expects_on(Link::Prev), a.coll.expects_on(Link::Next)])
+    }
+
+    /// Accounts `idle` loop time during a collective to the links it was waiting on.
+    fn note_idle(&mut self, expecting: Option<[bool; 2]>, idle: Duration) {
+        let Some(expecting) = expecting else { return };
+        let mut blocked = false;
+        for (l, expected) in self.links.iter_mut().zip(expecting) {
+            if let Some(l) = l.as_mut().filter(|l| !l.closed) {
+                blocked |= l.note_idle(idle, expected);
+            }
+        }
+        self.recorder.note_idle(idle, blocked);
+    }
+
+    fn link_stats(&self) -> [Option<LinkStats>; 2] {
+        let side = [Side::Prev, Side::Next];
+        [0, 1].map(|i| self.links[i].as_ref().map(|l| l.stats(side[i])))
+    }
+
+    /// Counts a completed collective and publishes the statistics for `Communicator::stats`.
+    fn record_completed(&mut self, coll: CollKind, buf_bytes: usize, report: &Report, ran: Duration) {
+        for l in self.links.iter_mut().flatten() {
+            l.counters.active += ran;
+        }
+        self.recorder.collective_done(coll, buf_bytes, report, ran);
+        let links = self.link_stats().into_iter().flatten().collect();
+        self.shared.set_stats(self.recorder.stats(self.rank, self.epoch, links));
+    }
+
+    /// Writes this rank's statistics window into its slot of a stats exchange buffer
+    /// (`f64` slots, [`WINDOW_SLOTS`] per rank, in rank order).
+    fn write_window(&mut self, bytes: &mut [u8]) {
+        let window = self.recorder.take_window(self.link_stats());
+        let at = self.rank * WINDOW_SLOTS;
+        let slot = bytemuck::try_cast_slice_mut::<u8, f64>(bytes).ok().and_then(|s| s.get_mut(at..at + WINDOW_SLOTS));
+        if let Some(slot) = slot {
+            window.write(slot);
         }
     }
 }
