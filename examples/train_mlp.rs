@@ -12,7 +12,8 @@
 //! Run: cargo build --release --examples && target/release/ringrun -n 4 target/release/examples/train_mlp
 //! Alone (one rank, hosting its own coordinator): cargo run --release --example train_mlp
 //! Flags: --epochs --batch --lr --momentum --hidden --seed --bucket-mib MIB --save-grads FILE
-//! --save-grads-max-mib MIB (see --help). A correct run ends above 90% test accuracy.
+//! --save-grads-max-mib MIB --save-grads-every STEPS --save-grads-local --stats (see --help).
+//! A correct run ends above 90% test accuracy.
 
 #[path = "train_mlp/data.rs"]
 mod data;

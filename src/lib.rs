@@ -34,7 +34,7 @@ pub mod net;
 pub mod sim;
 pub mod wire;
 
-pub use crate::comm::{Bucketer, Communicator, CommunicatorBuilder, Config, Error, Report, Work};
+pub use crate::comm::{Bucketer, Communicator, CommunicatorBuilder, Config, Error, Report, Stats, Work};
 pub use crate::core::{DataType, Element, ReduceOp};
 pub use half::{bf16, f16};
 

@@ -96,6 +96,12 @@ pub struct Options {
     /// Label for the JSON file (legend of scripts/plot); default names the run.
     #[arg(long)]
     pub label: Option<String>,
+    /// Fill buffers from this file of raw little-endian values of `--dtype` (f32, f16 or
+    /// bf16; e.g. saved gradients, see benches/data/) instead of the check pattern. Rank r
+    /// reads from element r * len / world on, wrapping round; `-c 1` checks against the
+    /// same values.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
 }
 
 impl Options {
@@ -280,6 +286,12 @@ mod tests {
         );
         let o = opts(&["--codec", "shuffle+zstd", "--segment-bytes", "64K", "--json", "out.json"]);
         assert_eq!((o.codec, o.segment_bytes), (Codec::ShuffleZstd, Some(65536)));
+        assert_eq!(o.data, None);
+        let o = opts(&["--data", "benches/data/grads.f32", "--dtype", "bf16"]);
+        assert_eq!(
+            (o.data.as_deref(), o.dtype),
+            (Some(std::path::Path::new("benches/data/grads.f32")), DataType::Bf16)
+        );
         for d in ["f32", "f64", "f16", "bf16", "i32", "i64", "u8"] {
             assert!(parse_dtype(d).is_ok(), "{d}");
         }

@@ -13,7 +13,9 @@ use super::establish::Ring;
 use super::link::{Link as Conn, OutFrame, OutPayload, ReadStep, Rx, Target};
 use super::{Job, JobOutcome};
 use crate::codec::Codec;
-use crate::comm::Config;
+use crate::comm::stats::Recorder;
+use crate::comm::straggler::WINDOW_SLOTS;
+use crate::comm::{Config, LinkStats, Side};
 use crate::coord::View;
 use crate::core::collective::{Algorithm, Collective, Link, ProtocolError, Spec, Status};
 use crate::core::ReduceOp;
@@ -21,7 +23,7 @@ use crate::limits::REBUILD_TIMEOUT;
 use crate::wire::control::Control;
 use crate::wire::header::verify_crc;
 use crate::wire::{CollKind, Header};
-use crate::{Error, Rank};
+use crate::{Error, Rank, Report};
 
 #[path = "recovery.rs"]
 mod recovery;
@@ -124,6 +126,8 @@ impl Driver {
             terminal: None,
             stale_frames: 0,
             shared,
+            recorder: Recorder::default(),
+            frame_delay: config.test_frame_delay,
         };
         ev.adopt_ring(ring).map_err(os)?;
         let thread = std::thread::Builder::new()
@@ -236,6 +240,10 @@ struct EventLoop {
     stale_frames: u64,
     /// Where the caller's thread reads the current view.
     shared: Arc<super::Shared>,
+    /// Statistics that do not belong to one link (see `comm::stats`).
+    recorder: Recorder,
+    /// Test hook: sleep after every received frame (`Config::test_frame_delay`).
+    frame_delay: Duration,
 }
 
 /// Why this rank can no longer run collectives.
@@ -296,6 +304,7 @@ impl EventLoop {
             if spinning {
                 timeout = Some(Duration::ZERO);
             }
+            let expecting = self.expecting();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     self.fail_everything(&format!("poll: {e}"));
@@ -324,12 +333,16 @@ impl EventLoop {
                 }
             }
             let busy = !events.is_empty();
+            let polled = now.elapsed();
             self.tick_coordinator(Instant::now());
-            if self.drive(Instant::now()) || busy {
+            let progressed = self.drive(Instant::now()) || busy;
+            if progressed {
                 last_activity = Instant::now();
             } else if spinning {
                 std::thread::yield_now();
             }
+            // Idle: the poll, or the whole turn if it moved nothing.
+            self.note_idle(expecting, if progressed { polled } else { now.elapsed() });
             if closing {
                 self.close();
                 return;
@@ -401,6 +414,9 @@ impl EventLoop {
         let seq = self.next_seq;
         self.next_seq += 1;
         let spec = self.spec_for(&job.spec, seq);
+        if job.spec.stats_exchange {
+            self.write_window(job.buf.bytes_mut());
+        }
         let backed_up = self.exact_retry && recovery::needs_backup(&spec);
         if backed_up {
             self.backup.clear();
@@ -649,6 +665,9 @@ impl EventLoop {
                 self.check_fault(seq, phase, step);
             }
         }
+        if !self.frame_delay.is_zero() {
+            std::thread::sleep(self.frame_delay);
+        }
     }
 
     fn flush_all(&mut self) -> bool {
@@ -732,9 +751,11 @@ impl EventLoop {
             Ok(()) => {
                 let report = recovery::report(&a, now);
                 self.completed += 1;
+                self.record_completed(a.coll.spec().coll, a.job.buf.bytes().len(), &report, now - a.started);
                 JobOutcome { result: Ok((a.job.buf.into_owner(), report)) }
             }
             Err(e) => {
+                self.recorder.collective_failed();
                 let spec = a.coll.spec().clone();
                 let err = match e {
                     Ok(err) => err,
@@ -920,6 +941,53 @@ impl EventLoop {
                     Err(_) => break,
                 }
             }
+        }
+    }
+}
+
+/// Statistics hooks (`comm::stats`): what the loop counts and publishes.
+impl EventLoop {
+    /// Per link, whether the running collective expects a frame on it; `None` between
+    /// collectives (idle time then is nobody's wait).
+    fn expecting(&self) -> Option<[bool; 2]> {
+        self.active.as_ref().map(|a| [a.coll.expects_on(Link::Prev), a.coll.expects_on(Link::Next)])
+    }
+
+    /// Accounts `idle` loop time during a collective to the links it was waiting on.
+    fn note_idle(&mut self, expecting: Option<[bool; 2]>, idle: Duration) {
+        let Some(expecting) = expecting else { return };
+        let mut blocked = false;
+        for (l, expected) in self.links.iter_mut().zip(expecting) {
+            if let Some(l) = l.as_mut().filter(|l| !l.closed) {
+                blocked |= l.note_idle(idle, expected);
+            }
+        }
+        self.recorder.note_idle(idle, blocked);
+    }
+
+    fn link_stats(&self) -> [Option<LinkStats>; 2] {
+        let side = [Side::Prev, Side::Next];
+        [0, 1].map(|i| self.links[i].as_ref().map(|l| l.stats(side[i])))
+    }
+
+    /// Counts a completed collective and publishes the statistics for `Communicator::stats`.
+    fn record_completed(&mut self, coll: CollKind, buf_bytes: usize, report: &Report, ran: Duration) {
+        for l in self.links.iter_mut().flatten() {
+            l.counters.active += ran;
+        }
+        self.recorder.collective_done(coll, buf_bytes, report, ran);
+        let links = self.link_stats().into_iter().flatten().collect();
+        self.shared.set_stats(self.recorder.stats(self.rank, self.epoch, links));
+    }
+
+    /// Writes this rank's statistics window into its slot of a stats exchange buffer
+    /// (`f64` slots, [`WINDOW_SLOTS`] per rank, in rank order).
+    fn write_window(&mut self, bytes: &mut [u8]) {
+        let window = self.recorder.take_window(self.link_stats());
+        let at = self.rank * WINDOW_SLOTS;
+        let slot = bytemuck::try_cast_slice_mut::<u8, f64>(bytes).ok().and_then(|s| s.get_mut(at..at + WINDOW_SLOTS));
+        if let Some(slot) = slot {
+            window.write(slot);
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::io::{IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::time::Duration;
 
 use mio::net::TcpStream;
 
@@ -81,6 +82,21 @@ pub(super) struct Link {
     pub(super) bytes_out: u64,
     /// Bytes the last successful read returned.
     last_read: usize,
+    /// What the statistics report about this link (see [`crate::comm::LinkStats`]).
+    pub(super) counters: Counters,
+}
+
+/// Time and frame counters of one link, since it was connected.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Counters {
+    /// Frame headers received.
+    pub(super) frames_in: u64,
+    /// Idle time of the event loop while the running collective expected a frame here.
+    pub(super) recv_wait: Duration,
+    /// Idle time of the event loop while frames were queued here and the socket was full.
+    pub(super) send_blocked: Duration,
+    /// Time collectives ran while this link was up (the denominator of its throughput).
+    pub(super) active: Duration,
 }
 
 impl Link {
@@ -100,6 +116,36 @@ impl Link {
             bytes_in: 0,
             bytes_out: 0,
             last_read: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Accounts `idle` time of the event loop during a collective: waiting for a frame on
+    /// this link if the collective `expected` one, blocked on it if output is queued but
+    /// the socket does not take it. Both can hold at once. Returns whether it was blocked.
+    pub(super) fn note_idle(&mut self, idle: Duration, expected: bool) -> bool {
+        if expected {
+            self.counters.recv_wait += idle;
+        }
+        let blocked = !self.out.is_empty() && !self.writable;
+        if blocked {
+            self.counters.send_blocked += idle;
+        }
+        blocked
+    }
+
+    /// The link's statistics, seen from this rank.
+    pub(super) fn stats(&self, side: crate::comm::Side) -> crate::comm::LinkStats {
+        let c = &self.counters;
+        crate::comm::LinkStats {
+            side,
+            peer: self.peer,
+            bytes_sent: self.bytes_out,
+            bytes_received: self.bytes_in,
+            frames_received: c.frames_in,
+            recv_wait: c.recv_wait,
+            send_blocked: c.send_blocked,
+            active: c.active,
         }
     }
 
@@ -144,6 +190,9 @@ impl Link {
             let n = self.last_read;
             self.header_bytes[*filled..*filled + n].copy_from_slice(&tmp[..n]);
             *filled += n;
+            if *filled == HEADER_LEN {
+                self.counters.frames_in += 1;
+            }
         }
         Ok(step)
     }

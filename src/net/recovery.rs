@@ -177,6 +177,7 @@ impl EventLoop {
                 let Some(mut a) = self.active.take() else { return true };
                 a.error = None;
                 let report = report(&a, now);
+                self.record_completed(a.coll.spec().coll, a.job.buf.bytes().len(), &report, now - a.started);
                 self.completed += 1;
                 tracing::info!(rank = self.rank, seq, epoch = a.epoch, "interrupted call finished with its result");
                 let _ = a.job.reply.send(JobOutcome { result: Ok((a.job.buf.into_owner(), report)) });
