@@ -6,6 +6,7 @@
 pub mod collective;
 pub mod direct;
 pub mod membership;
+pub mod payload;
 pub mod reduce;
 pub mod schedule;
 

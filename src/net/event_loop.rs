@@ -12,12 +12,13 @@ use super::coord_link::{CoordEvent, CoordLink};
 use super::establish::{establish_ring, Ring};
 use super::link::{Link as Conn, OutFrame, OutPayload, ReadStep, Rx, Target};
 use super::{Job, JobOutcome};
-use crate::codec::Codec;
+use crate::codec::CodecChoice;
 use crate::comm::Config;
 use crate::coord::View;
 use crate::core::collective::{Algorithm, Collective, Link, ProtocolError, Spec, Status};
+use crate::core::payload::Codecs;
 use crate::core::ReduceOp;
-use crate::limits::REBUILD_TIMEOUT;
+use crate::limits::{ENCODED_FRAMES_QUEUED_MAX, REBUILD_TIMEOUT};
 use crate::wire::control::Control;
 use crate::wire::header::verify_crc;
 use crate::wire::{CollKind, Header};
@@ -71,6 +72,8 @@ impl Driver {
         shared: Arc<super::Shared>,
     ) -> Result<Driver, Error> {
         let os = |e: std::io::Error| Error::Shutdown(format!("event loop setup: {e}"));
+        let codecs = Codecs::new(config.codec_level, Some(Instant::now))
+            .map_err(|e| Error::Config(format!("codec {}: {e}", config.codec.name())))?;
         let poll = Poll::new().map_err(os)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(os)?);
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -99,6 +102,8 @@ impl Driver {
             rank: config.rank,
             segment_bytes: config.segment_bytes,
             algorithm: config.algorithm,
+            codec: config.codec,
+            codecs: Some(Box::new(codecs)),
             progress_timeout: config.progress_timeout,
             heartbeat_timeout: config.heartbeat_timeout,
             orphan_exit: config.orphan_exit,
@@ -181,6 +186,9 @@ struct EventLoop {
     rank: Rank,
     segment_bytes: usize,
     algorithm: Algorithm,
+    codec: CodecChoice,
+    /// Lent to the active collective while it runs.
+    codecs: Option<Box<Codecs>>,
     progress_timeout: Duration,
     heartbeat_timeout: Duration,
     /// Exit the process when the coordinator (the launcher) is lost: no orphans.
@@ -316,6 +324,7 @@ impl EventLoop {
                 progressed |= self.pump_read(i, now);
             }
             progressed |= self.flush_all();
+            progressed |= self.drain_transmits();
             progressed |= self.check_active(now);
             if !progressed {
                 break;
@@ -382,7 +391,7 @@ impl EventLoop {
                 s.op
             },
             dtype: s.dtype,
-            codec: Codec::Raw,
+            codec: self.codec,
             job: self.job,
             epoch: self.epoch,
             seq,
@@ -397,7 +406,13 @@ impl EventLoop {
             algorithm: self.algorithm,
             progress_timeout: self.progress_timeout,
         };
-        let coll = Collective::start(spec, now, job.buf.bytes_mut());
+        let mut codecs = self.codecs.take();
+        for (i, l) in self.links.iter_mut().enumerate() {
+            if let (Some(c), Some(rate)) = (codecs.as_mut(), l.as_mut().and_then(|l| l.rate.take_sample())) {
+                c.observe_link(link_of(i), rate);
+            }
+        }
+        let coll = Collective::start_with(spec, now, job.buf.bytes_mut(), codecs);
         let error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq, epoch: self.epoch });
         self.active = Some(Active { job, coll, seq, started: now, error });
         self.drain_transmits();
@@ -413,14 +428,23 @@ impl EventLoop {
         true
     }
 
-    /// Moves the active collective's transmits into the links' write queues.
-    fn drain_transmits(&mut self) {
-        let Some(a) = self.active.as_mut() else { return };
-        while let Some(t) = a.coll.poll_transmit(a.job.buf.bytes()) {
+    /// Moves the active collective's transmits into the links' write queues. A call that
+    /// encodes is paced: segments are encoded only while their link's queue is short, so
+    /// compression of one segment overlaps the writing of the previous ones. Returns true
+    /// if it queued anything.
+    fn drain_transmits(&mut self) -> bool {
+        let Some(a) = self.active.as_mut() else { return false };
+        let limit = if a.coll.encodes() { ENCODED_FRAMES_QUEUED_MAX } else { usize::MAX };
+        let mut queued = false;
+        loop {
+            let links = &self.links;
+            let room = |link: Link| links[idx(link)].as_ref().is_none_or(|l| l.closed || l.out.len() < limit);
+            let Some(t) = a.coll.poll_transmit_where(a.job.buf.bytes(), room) else { break };
+            queued = true;
             match self.links[idx(t.link)].as_mut() {
                 Some(l) if !l.closed => {
                     let payload = match t.owned {
-                        Some(bytes) => OutPayload::Owned(bytes),
+                        Some(bytes) => OutPayload::Pooled(bytes),
                         None => OutPayload::Job(t.payload),
                     };
                     l.out.push_back(OutFrame { header: t.header, payload });
@@ -428,6 +452,7 @@ impl EventLoop {
                 _ => {}
             }
         }
+        queued
     }
 
     fn key(&self) -> (u64, u64) {
@@ -638,10 +663,11 @@ impl EventLoop {
                 Status::Failed(pe) => Err(Err(pe.clone())),
             }
         };
-        let Some(a) = self.active.take() else { return false };
+        let Some(mut a) = self.active.take() else { return false };
         for l in self.links.iter_mut().flatten() {
             l.release_job(a.job.buf.bytes());
         }
+        self.codecs = a.coll.take_codecs().or(self.codecs.take());
         let outcome = match result {
             Ok(()) => {
                 let marks = a.coll.phase_marks();
@@ -652,6 +678,7 @@ impl EventLoop {
                     joined: Vec::new(),
                     seq: a.seq,
                     bytes_sent: a.coll.bytes_sent(),
+                    bytes_sent_raw: a.coll.bytes_sent_raw(),
                     reduce_scatter: rs_end.saturating_duration_since(a.started),
                     all_gather: now.saturating_duration_since(rs_end),
                     queued: a.started.saturating_duration_since(a.job.submitted),
@@ -853,10 +880,11 @@ impl EventLoop {
     }
 
     fn fail_everything(&mut self, reason: &str) {
-        if let Some(a) = self.active.take() {
+        if let Some(mut a) = self.active.take() {
             for l in self.links.iter_mut().flatten() {
                 l.release_job(a.job.buf.bytes());
             }
+            self.codecs = a.coll.take_codecs().or(self.codecs.take());
             let _ = a.job.reply.send(JobOutcome { result: Err(Error::Shutdown(reason.into())) });
         }
         for j in self.queue.drain(..) {

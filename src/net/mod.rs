@@ -10,6 +10,7 @@ mod establish;
 mod event_loop;
 pub(crate) mod handshake;
 mod link;
+mod rate;
 
 use std::any::Any;
 use std::time::Instant;
