@@ -36,6 +36,7 @@ fn spec(pos: usize, len_elems: usize) -> Spec {
         contributors: WORLD,
         algorithm: Algorithm::Auto,
         progress_timeout: Duration::from_secs(30),
+        fin: false,
     }
 }
 

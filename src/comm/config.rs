@@ -74,6 +74,13 @@ pub struct Config {
     /// Exit the process if the launcher's coordinator is lost (ringrun sets it through
     /// `RINGCC_ORPHAN_EXIT=1`), so no rank outlives its launcher. Default false.
     pub orphan_exit: bool,
+    /// Exact retry (*fingerprint*): keep a copy of each call's input (one buffer's worth of
+    /// memory) and return only once every member holds the result, so that a call
+    /// interrupted by a failure is redone over the survivors and returns `Ok` with them as
+    /// members (`docs/FAILURES.md`). Off, an interrupted call fails with
+    /// `Error::Interrupted` on every survivor, and calls save the copy and `world / 2`
+    /// tiny completion hops. Default true; `RINGCC_EXACT_RETRY=0` turns it off.
+    pub exact_retry: bool,
 }
 
 /// A job secret; its `Debug` output never shows the bytes.
@@ -166,6 +173,7 @@ impl Config {
             heartbeat_timeout: crate::limits::HEARTBEAT_TIMEOUT,
             min_world: 1,
             orphan_exit: false,
+            exact_retry: true,
         }
     }
 
@@ -180,6 +188,12 @@ impl Config {
         config.secret = Secret::from_vars(&get)?;
         config.insecure |= matches!(get("RINGCC_INSECURE").as_deref(), Some("1" | "true"));
         config.orphan_exit |= matches!(get("RINGCC_ORPHAN_EXIT").as_deref(), Some("1" | "true"));
+        match get("RINGCC_EXACT_RETRY").as_deref() {
+            None => {}
+            Some("1" | "true") => config.exact_retry = true,
+            Some("0" | "false") => config.exact_retry = false,
+            Some(v) => return Err(crate::Error::Config(format!("RINGCC_EXACT_RETRY={v} is not 0 or 1"))),
+        }
         if let Some(v) = get("RINGCC_MIN_WORLD") {
             config.min_world =
                 v.parse().map_err(|_| crate::Error::Config(format!("RINGCC_MIN_WORLD={v} is not a number")))?;
@@ -206,6 +220,7 @@ impl Config {
             ("algorithm".into(), self.algorithm.name().into()),
             ("codec".into(), self.codec.name().into()),
             ("progress_timeout".into(), format!("{:?}", self.progress_timeout)),
+            ("exact_retry".into(), self.exact_retry.to_string()),
         ]
     }
 

@@ -18,6 +18,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use super::direct::{Direct, DIRECT_MAX_BYTES, DIRECT_STORE_MAX_BYTES};
+use super::fin::Fins;
 use super::payload::{CallCodec, Codecs};
 use super::reduce;
 use super::schedule::{
@@ -120,6 +121,9 @@ pub struct Spec {
     pub algorithm: Algorithm,
     /// Longest time without any received frame before the call fails as stalled.
     pub progress_timeout: Duration,
+    /// Completion tokens (`core::fin`): finish only once every member holds the result,
+    /// which exact retry after a failure relies on. Costs `world / 2` tiny hops per call.
+    pub fin: bool,
 }
 
 impl Spec {
@@ -336,6 +340,8 @@ pub struct Collective {
     plan: CallCodec,
     /// Time the reduce-scatter phase ended (all parts), for the report.
     phase_marks: PhaseMarks,
+    /// Completion tokens, when `spec.fin` and the world has more than one member.
+    fins: Option<Fins>,
 }
 
 /// Times at which phases ended, measured with the caller's clock.
@@ -413,6 +419,7 @@ impl Collective {
             codecs,
             plan,
             phase_marks: PhaseMarks { started: Some(now), ..PhaseMarks::default() },
+            fins: (spec.fin && w > 1).then(|| Fins::new(w, spec.pos)),
             spec,
         };
         for i in 0..c.parts.len() {
@@ -575,6 +582,9 @@ impl Collective {
             });
         }
         self.check_fingerprint(h)?;
+        if h.kind == FrameKind::Fin {
+            return self.apply_fin(link, h);
+        }
         if self.direct.is_some() {
             return self.apply_direct(link, h, payload, buf);
         }
@@ -679,6 +689,18 @@ impl Collective {
         decoded.map_err(|source| ProtocolError::Payload { peer: h.sender, codec: h.codec.name(), source })
     }
 
+    fn apply_fin(&mut self, link: Link, h: &Header) -> Result<(), ProtocolError> {
+        let data_pending = self.data_expects_on(link);
+        let Some(fins) = self.fins.as_mut().filter(|_| !data_pending && h.payload_len == 0) else {
+            let why = if data_pending { "a FIN before the data it follows" } else { "an unexpected FIN" };
+            return Err(ProtocolError::Unexpected { peer: h.sender, detail: why.into() });
+        };
+        fins.accept(link, h.chunk, h.step).map_err(|m| ProtocolError::Unexpected {
+            peer: h.sender,
+            detail: format!("expected FIN (origin, hop) = {:?}, got {:?}", m.want, m.got),
+        })
+    }
+
     fn apply_direct(
         &mut self,
         link: Link,
@@ -768,10 +790,13 @@ impl Collective {
         if matches!(self.status, Status::Failed(_)) {
             return None;
         }
-        if self.direct.is_some() {
-            // Latency-path frames are small and never encoded: nothing to pace.
-            return self.poll_direct(buf);
-        }
+        // Latency-path frames and FINs are small and never encoded: nothing to pace. A FIN
+        // goes only after every data frame, so pacing cannot put one ahead of data.
+        let data = if self.direct.is_some() { self.poll_direct(buf) } else { self.poll_parts(buf, &may_send) };
+        data.or_else(|| self.poll_fin())
+    }
+
+    fn poll_parts(&mut self, buf: &[u8], may_send: &impl Fn(Link) -> bool) -> Option<Transmit> {
         let i =
             (0..self.parts.len()).find(|&i| !self.parts[i].ready.is_empty() && may_send(self.parts[i].send_link))?;
         let cur = self.parts[i].ready.pop_front()?;
@@ -808,6 +833,37 @@ impl Collective {
         Some(t)
     }
 
+    /// The next completion token, once this rank holds the result and sent all its data.
+    fn poll_fin(&mut self) -> Option<Transmit> {
+        if !self.holds_result() || !self.data_sent() {
+            return None;
+        }
+        let fins = self.fins.as_mut()?;
+        fins.send_own();
+        let (link, origin, hop) = fins.next_send()?;
+        let header = self.spec.encode_header(FrameKind::Fin, Phase::AllGather, hop, origin, 0, &[]);
+        self.bytes_sent += HEADER_LEN as u64;
+        let t = Transmit { link, header, payload: 0..0, owned: None };
+        self.update_status_no_time();
+        Some(t)
+    }
+
+    /// True once the caller's buffer holds this rank's whole result (it may still have
+    /// frames to send, and completion tokens to exchange).
+    pub fn holds_result(&self) -> bool {
+        self.direct.as_ref().is_none_or(|d| d.complete()) && self.parts.iter().all(|p| p.expect.is_none())
+    }
+
+    /// True once every data frame of this rank has been handed out.
+    fn data_sent(&self) -> bool {
+        self.direct.as_ref().is_none_or(|d| d.done()) && self.parts.iter().all(|p| p.ready.is_empty())
+    }
+
+    fn data_expects_on(&self, link: Link) -> bool {
+        self.direct.as_ref().is_some_and(|d| d.expects_on(link))
+            || self.parts.iter().any(|p| p.send_link.opposite() == link && p.expect.is_some())
+    }
+
     /// Deadline at which [`Collective::handle_timeout`] must be called, if running.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.status {
@@ -822,19 +878,12 @@ impl Collective {
         if self.status != Status::Running || now < self.last_progress + self.spec.progress_timeout {
             return;
         }
-        let waiting = self.parts.iter().find_map(|p| p.expect.map(|c| (p.send_link.opposite(), c)));
-        let direct = self.direct.as_ref().and_then(|d| {
-            [Link::Prev, Link::Next]
-                .into_iter()
-                .find_map(|l| d.expected(l).map(|(step, _)| (l, Cursor { phase: Phase::Gather, step, segment: 0 })))
-        });
-        let (link, cur) =
-            waiting.or(direct).unwrap_or((Link::Next, Cursor { phase: Phase::AllGather, step: 0, segment: 0 }));
+        let (link, phase, step) = self.waiting_on().unwrap_or((Link::Next, "send", 0));
         self.status = Status::Failed(ProtocolError::Stalled {
             seq: self.spec.seq,
             link,
-            phase: phase_name(cur.phase),
-            step: cur.step,
+            phase,
+            step,
             waited: now - self.last_progress,
         });
     }
@@ -858,13 +907,19 @@ impl Collective {
                 .into_iter()
                 .find_map(|l| d.expected(l).map(|(step, _)| (l, phase_name(Phase::Gather), step)));
         }
-        self.parts.iter().find_map(|p| p.expect.map(|c| (p.send_link.opposite(), phase_name(c.phase), c.step)))
+        let data =
+            self.parts.iter().find_map(|p| p.expect.map(|c| (p.send_link.opposite(), phase_name(c.phase), c.step)));
+        data.or_else(|| self.fin_wait().map(|(l, hop)| (l, "fin", hop)))
+    }
+
+    fn fin_wait(&self) -> Option<(Link, u32)> {
+        let f = self.fins.as_ref()?;
+        [Link::Prev, Link::Next].into_iter().find_map(|l| f.expected(l).map(|(_, hop)| (l, hop)))
     }
 
     /// True while frames are still expected on `link`.
     pub fn expects_on(&self, link: Link) -> bool {
-        self.direct.as_ref().is_some_and(|d| d.expects_on(link))
-            || self.parts.iter().any(|p| p.send_link.opposite() == link && p.expect.is_some())
+        self.data_expects_on(link) || self.fins.as_ref().is_some_and(|f| f.expects_on(link))
     }
 
     /// Bytes (headers included) handed out by `poll_transmit` so far.
@@ -915,11 +970,8 @@ impl Collective {
     }
 
     fn update_status_no_time(&mut self) {
-        let direct_done = self.direct.as_ref().is_none_or(|d| d.done());
-        if self.status == Status::Running
-            && direct_done
-            && self.parts.iter().all(|p| p.expect.is_none() && p.ready.is_empty())
-        {
+        let fins_done = self.fins.as_ref().is_none_or(|f| f.done());
+        if self.status == Status::Running && self.holds_result() && self.data_sent() && fins_done {
             self.status = Status::Done;
         }
     }

@@ -265,7 +265,7 @@ mod tests {
     use super::*;
     use crate::core::collective::{Algorithm, Collective, ProtocolError, Spec, Status};
     use crate::core::schedule::{next_pos, prev_pos};
-    use crate::wire::{Header, Phase};
+    use crate::wire::{FrameKind, Header, Phase};
 
     fn codecs() -> Codecs {
         Codecs::new(1, None).expect("zstd contexts")
@@ -353,6 +353,7 @@ mod tests {
         assert_eq!(theirs, mine);
     }
 
+    /// A call on `world` positions; completion tokens on for the all_reduces of five ranks.
     fn spec(coll: CollKind, codec: CodecChoice, world: usize, pos: usize) -> Spec {
         Spec {
             coll,
@@ -372,6 +373,7 @@ mod tests {
             contributors: world,
             algorithm: Algorithm::Ring,
             progress_timeout: Duration::from_secs(1),
+            fin: world == 5 && coll == CollKind::AllReduce,
         }
     }
 
@@ -464,30 +466,31 @@ mod tests {
             (CollKind::AllReduce, CodecChoice::Fixed(Codec::Bf16Zstd)),
             (CollKind::Broadcast, CodecChoice::Fixed(Codec::Zstd)),
         ] {
-            let world = 4;
-            let (bufs, sent) = run_ring(coll, codec, world);
-            assert!(bufs.iter().all(|b| *b == bufs[0]), "{}: ranks differ", codec.name());
-            let passed_on: Vec<_> = sent
-                .iter()
-                .filter(|(p, h, _)| match h.phase {
-                    Phase::Broadcast => *p != 0, // the root originates, the others pass on
-                    Phase::AllGather => h.step > 0,
-                    _ => false,
-                })
-                .collect();
-            assert!(!passed_on.is_empty());
-            for (p, h, body) in passed_on {
-                assert_ne!(h.codec, Codec::Raw, "{}: these segments compress", codec.name());
-                // What position p received for this segment one step earlier, from its prev.
-                let (_, g, original) = sent
+            for world in [4, 5] {
+                let (bufs, sent) = run_ring(coll, codec, world);
+                assert!(bufs.iter().all(|b| *b == bufs[0]), "{}: ranks differ", codec.name());
+                let passed_on: Vec<_> = sent
                     .iter()
-                    .find(|(q, g, _)| {
-                        *q == prev_pos(*p, world)
-                            && (g.phase, g.chunk, g.segment) == (h.phase, h.chunk, h.segment)
-                            && (g.phase == Phase::Broadcast || g.step + 1 == h.step)
+                    .filter(|(p, h, _)| match (h.kind, h.phase) {
+                        (FrameKind::Data, Phase::Broadcast) => *p != 0, // the root originates, the others pass on
+                        (FrameKind::Data, Phase::AllGather) => h.step > 0,
+                        _ => false,
                     })
-                    .unwrap_or_else(|| panic!("{}: the frame {p} passes on: {h:?}", codec.name()));
-                assert_eq!((g.codec, original), (h.codec, body), "{}: re-encoded on the way", codec.name());
+                    .collect();
+                assert!(!passed_on.is_empty());
+                for (p, h, body) in passed_on {
+                    assert_ne!(h.codec, Codec::Raw, "{}: these segments compress", codec.name());
+                    // What position p received for this segment one step earlier, from its prev.
+                    let (_, g, original) = sent
+                        .iter()
+                        .find(|(q, g, _)| {
+                            *q == prev_pos(*p, world)
+                                && (g.phase, g.chunk, g.segment) == (h.phase, h.chunk, h.segment)
+                                && (g.phase == Phase::Broadcast || g.step + 1 == h.step)
+                        })
+                        .unwrap_or_else(|| panic!("{}: the frame {p} passes on: {h:?}", codec.name()));
+                    assert_eq!((g.codec, original), (h.codec, body), "{}: re-encoded on the way", codec.name());
+                }
             }
         }
     }

@@ -105,6 +105,7 @@ impl Driver {
             codec: config.codec,
             codecs: Some(Box::new(codecs)),
             progress_timeout: config.progress_timeout,
+            exact_retry: config.exact_retry,
             heartbeat_timeout: config.heartbeat_timeout,
             orphan_exit: config.orphan_exit,
             queue: VecDeque::new(),
@@ -190,6 +191,8 @@ struct EventLoop {
     /// Lent to the active collective while it runs.
     codecs: Option<Box<Codecs>>,
     progress_timeout: Duration,
+    /// `Config::exact_retry`: completion tokens and backups, redo after a view change.
+    exact_retry: bool,
     heartbeat_timeout: Duration,
     /// Exit the process when the coordinator (the launcher) is lost: no orphans.
     orphan_exit: bool,
@@ -405,6 +408,7 @@ impl EventLoop {
             contributors: world,
             algorithm: self.algorithm,
             progress_timeout: self.progress_timeout,
+            fin: self.exact_retry,
         };
         let mut codecs = self.codecs.take();
         for (i, l) in self.links.iter_mut().enumerate() {

@@ -301,6 +301,7 @@ impl Sim {
             codec_level: c.codec_level,
             link_bytes_per_sec: c.link.bytes_per_sec,
             progress_timeout: c.progress_timeout,
+            fin: c.fin,
             in_place_percent: c.in_place_percent,
             check_hazards: c.check_send_hazards && c.buffers == BufferMode::PerRank,
             skew_max: c.start_skew_max,

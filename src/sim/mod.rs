@@ -151,6 +151,8 @@ pub struct SimConfig {
     pub batch_deadline: Duration,
     /// A batch that needs more events than this is reported as a hang. Default 100 million.
     pub max_events: u64,
+    /// Completion tokens on every call (as `Config::exact_retry`). Default true.
+    pub fin: bool,
 }
 
 impl SimConfig {
@@ -172,6 +174,7 @@ impl SimConfig {
             buffers: BufferMode::PerRank,
             batch_deadline: Duration::from_secs(3600),
             max_events: 100_000_000,
+            fin: true,
         }
     }
 }

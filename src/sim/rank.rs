@@ -37,6 +37,8 @@ pub(super) struct Ctx<'a> {
     /// The link model's bandwidth (0: unlimited), fed to `auto` as each link's rate.
     pub(super) link_bytes_per_sec: u64,
     pub(super) progress_timeout: Duration,
+    /// Completion tokens on every call (`Spec::fin`).
+    pub(super) fin: bool,
     pub(super) in_place_percent: u64,
     pub(super) check_hazards: bool,
     pub(super) skew_max: Duration,
@@ -281,6 +283,7 @@ impl RankSim {
             contributors: world,
             algorithm: ctx.algorithm,
             progress_timeout: ctx.progress_timeout,
+            fin: ctx.fin,
         }
     }
 

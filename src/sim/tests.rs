@@ -84,12 +84,20 @@ fn unsegmented_ring_matches_the_alpha_beta_model_exactly() {
         jitter: Duration::ZERO,
         shared_egress: false,
     };
-    let mut sim = Sim::new(c);
+    c.fin = false;
+    let mut sim = Sim::new(c.clone());
     let o = check(&mut sim, Call::all_reduce(ReduceOp::Sum, DataType::F32, elems), 1);
     let frame_bytes = (elems * 4 / world + crate::wire::HEADER_LEN) as u64;
     let step = Duration::from_nanos(frame_bytes) + Duration::from_micros(10);
     assert_eq!(o.virtual_elapsed, step * (2 * (world as u32 - 1)));
     assert_eq!(o.frames, (world * 2 * (world - 1)) as u64);
+    // Completion tokens add world / 2 hops of bare headers and one FIN per ordered pair.
+    c.fin = true;
+    let mut sim = Sim::new(c);
+    let f = check(&mut sim, Call::all_reduce(ReduceOp::Sum, DataType::F32, elems), 1);
+    let fin_hop = Duration::from_nanos(crate::wire::HEADER_LEN as u64) + Duration::from_micros(10);
+    assert_eq!(f.virtual_elapsed, o.virtual_elapsed + fin_hop * (world as u32 / 2));
+    assert_eq!(f.frames, o.frames + (world * (world - 1)) as u64);
 }
 
 /// When the call of a fault-free run of `config` is a third done.

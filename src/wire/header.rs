@@ -61,6 +61,9 @@ wire_enum!(
         Data = 1,
         /// The sender abandons collective `seq`; the payload is a UTF-8 reason.
         Abort = 2,
+        /// Completion token (`core::fin`): the position in `chunk` holds the result of
+        /// call `seq`; `step` counts the hops it travelled. No payload.
+        Fin = 3,
     }
 );
 
