@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringcc::codec::Codec;
+use ringcc::codec::CodecChoice;
 use ringcc::core::collective::{Algorithm, Collective, Link, Spec, Status};
 use ringcc::core::schedule::{all_gather_send_chunk, chunk_range, reduce_scatter_send_chunk, segment_count};
 use ringcc::wire::header::verify_crc;
@@ -22,7 +22,7 @@ fn spec(pos: usize, len_elems: usize) -> Spec {
         coll: CollKind::AllReduce,
         op: ReduceOp::Sum,
         dtype: DataType::F32,
-        codec: Codec::Raw,
+        codec: CodecChoice::default(),
         job: 1,
         epoch: 1,
         seq: 1,

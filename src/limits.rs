@@ -62,3 +62,15 @@ pub const REBUILD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Longest abort reason sent or accepted, in bytes (a diagnostic string, not data).
 pub const ABORT_REASON_MAX: usize = 1024;
+
+/// Most payload buffers a communicator's pool keeps between uses. Encoded segments are
+/// written from pooled buffers that return to the pool once written; the pool keeps at
+/// most the number in use at the busiest moment, and never more than this, so memory
+/// held between calls stays bounded even with tiny segments.
+pub const POOL_BUFFERS_MAX: usize = 256;
+
+/// Most encoded frames queued on one link before the driver asks the collective for the
+/// next one. Segments are encoded when the driver takes them, so this keeps encoding just
+/// ahead of the socket: segment k is compressed while k-1 is being written, instead of
+/// every segment of a chunk being compressed before the first byte leaves.
+pub const ENCODED_FRAMES_QUEUED_MAX: usize = 4;

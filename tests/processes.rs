@@ -86,6 +86,22 @@ fn eight_ranks_with_tiny_segments_and_both_ring_algorithms() {
     );
 }
 
+/// Every codec setting over real sockets: lossless codecs exact (and compressing), lossy
+/// ones exact where no rounding can occur and within their bound elsewhere, every rank
+/// bit-identical (ringcheck checks all of it). Small segments make many frames per call.
+#[test]
+fn every_codec_is_exact_or_within_its_bound_on_every_rank() {
+    for codec in ["zstd", "shuffle+zstd", "bf16", "f16", "bf16+zstd", "auto", "auto+bf16"] {
+        let args = ["--codec", codec, "--lengths", "1,7,30011", "--big-mib", "4", "--segment-bytes", "8192"];
+        run_ringcheck(3, &args, Duration::from_secs(60));
+    }
+    run_ringcheck(
+        4,
+        &["--codec", "bf16+zstd", "--lengths", "4099", "--big-mib", "2", "--algo", "bidir"],
+        Duration::from_secs(60),
+    );
+}
+
 fn quickstart_like<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["--lengths", "10", "--big-mib", "0", "--in-flight", "0"];
     v.extend_from_slice(args);

@@ -3,7 +3,7 @@
 //! Written by hand (the crate has no JSON dependency); `scripts/plot` and the peer
 //! comparison read it. Row fields match the printed columns: `size`, `count`, `type`,
 //! `redop`, `root`, `time` (us), `algbw`, `busbw` (GB/s), `wrong` (null without a check),
-//! `p50`, `p99` (us). `stats` holds rank 0's [`crate::Stats`] over the whole run: its links
+//! `p50`, `p99` (us), `ratio` (compression ratio). `stats` holds rank 0's [`crate::Stats`] over the whole run: its links
 //! (bytes, GB/s, waits in seconds), its collectives' phase times (seconds, summed), every
 //! rank's idle and waiting in the run, and the straggler (null if none).
 
@@ -155,7 +155,7 @@ fn number(x: f64) -> String {
 fn row_json(r: &Row) -> String {
     format!(
         "{{\"size\": {}, \"count\": {}, \"type\": {}, \"redop\": {}, \"root\": {}, \"time\": {}, \"algbw\": {}, \
-         \"busbw\": {}, \"wrong\": {}, \"p50\": {}, \"p99\": {}}}",
+         \"busbw\": {}, \"wrong\": {}, \"p50\": {}, \"p99\": {}, \"ratio\": {}}}",
         r.size_bytes,
         r.count_elems,
         quote(r.type_name),
@@ -167,6 +167,7 @@ fn row_json(r: &Row) -> String {
         r.wrong.map_or_else(|| "null".into(), |w| w.to_string()),
         number(r.p50_us),
         number(r.p99_us),
+        number(r.ratio),
     )
 }
 
@@ -358,6 +359,7 @@ mod tests {
             wrong: None,
             p50_us: 69.75,
             p99_us: 75.0,
+            ratio: 1.5,
         };
         let j = render(&info, &[row.clone(), row], 0, 0.25, None);
         assert!(
@@ -365,7 +367,7 @@ mod tests {
             "{j}"
         );
         assert!(j.contains("{\"size\": 4096, \"count\": 1024, \"type\": \"float\", \"redop\": \"sum\", \"root\": -1, \
-                            \"time\": 70.5, \"algbw\": null, \"busbw\": 0.25, \"wrong\": null, \"p50\": 69.75, \"p99\": 75}"), "{j}");
+                            \"time\": 70.5, \"algbw\": null, \"busbw\": 0.25, \"wrong\": null, \"p50\": 69.75, \"p99\": 75, \"ratio\": 1.5}"), "{j}");
         assert_eq!(j.matches("\"size\"").count(), 2);
         assert!(j.contains("\"data\": \"benches/data/grads.f32\","), "{j}");
         assert!(j.ends_with("}\n  ]\n}\n"));

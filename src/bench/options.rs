@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use super::{MAX_BYTES_LIMIT, SIZES_MAX};
-use crate::codec::Codec;
+use crate::codec::CodecChoice;
 use crate::core::collective::Algorithm;
 use crate::{DataType, ReduceOp};
 
@@ -78,9 +78,13 @@ pub struct Options {
     /// Reduction: sum avg prod min max.
     #[arg(long, default_value = "sum", value_parser = parse_op)]
     pub op: ReduceOp,
-    /// Payload codec: raw zstd shuffle+zstd bf16 f16 bf16+zstd.
-    #[arg(long, default_value = "raw", value_parser = parse_codec)]
-    pub codec: Codec,
+    /// Payload codec: raw zstd shuffle+zstd bf16 f16 bf16+zstd auto auto+bf16 (overrides
+    /// RINGCC_CODEC; default: the environment's, else raw).
+    #[arg(long, value_parser = parse_codec)]
+    pub codec: Option<CodecChoice>,
+    /// zstd level of the zstd codecs (overrides RINGCC_CODEC_LEVEL; negative: zstd's fast modes).
+    #[arg(long = "codec-level", allow_negative_numbers = true)]
+    pub codec_level: Option<i32>,
     /// all_reduce algorithm: auto ring bidir.
     #[arg(long, default_value = "auto", value_parser = parse_algo)]
     pub algo: Algorithm,
@@ -203,15 +207,12 @@ pub fn parse_op(s: &str) -> Result<ReduceOp, String> {
         .ok_or_else(|| format!("unknown op {s:?}: use sum avg prod min max"))
 }
 
-/// Parses a codec by the name `Codec::name` gives it.
+/// Parses a codec setting by the name `CodecChoice::name` gives it.
 ///
 /// # Errors
 /// A message listing the accepted names.
-pub fn parse_codec(s: &str) -> Result<Codec, String> {
-    (0..=u8::MAX)
-        .map_while(|id| Codec::from_u8(id).ok())
-        .find(|c| c.name() == s)
-        .ok_or_else(|| format!("unknown codec {s:?}: use raw zstd shuffle+zstd bf16 f16 bf16+zstd"))
+pub fn parse_codec(s: &str) -> Result<CodecChoice, String> {
+    CodecChoice::parse(s)
 }
 
 /// Parses an all_reduce algorithm name.
@@ -267,7 +268,7 @@ mod tests {
         assert_eq!((o.iters, o.warmup_iters, o.check), (20, 5, 1));
         assert_eq!(
             (o.dtype, o.op, o.codec, o.algo, o.coll),
-            (DataType::F32, ReduceOp::Sum, Codec::Raw, Algorithm::Auto, BenchColl::AllReduce)
+            (DataType::F32, ReduceOp::Sum, None, Algorithm::Auto, BenchColl::AllReduce)
         );
     }
 
@@ -285,7 +286,13 @@ mod tests {
             (DataType::Bf16, ReduceOp::Max, Algorithm::Bidir, BenchColl::AllGather)
         );
         let o = opts(&["--codec", "shuffle+zstd", "--segment-bytes", "64K", "--json", "out.json"]);
-        assert_eq!((o.codec, o.segment_bytes), (Codec::ShuffleZstd, Some(65536)));
+        assert_eq!(
+            (o.codec, o.segment_bytes),
+            (Some(CodecChoice::Fixed(crate::codec::Codec::ShuffleZstd)), Some(65536))
+        );
+        let o = opts(&["--codec", "auto+bf16", "--codec-level", "-3"]);
+        assert_eq!((o.codec, o.codec_level), (Some(CodecChoice::Auto { lossy: true }), Some(-3)));
+        assert!(Options::try_parse_from(["ringbench", "--codec", "lz4"]).is_err());
         assert_eq!(o.data, None);
         let o = opts(&["--data", "benches/data/grads.f32", "--dtype", "bf16"]);
         assert_eq!(

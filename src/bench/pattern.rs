@@ -184,9 +184,16 @@ impl Pattern {
     /// Number of elements of `buf` (elements `first_index..` of the whole buffer) that are
     /// not bit-identical to the reduction `table` (from [`Pattern::reduced_table`]).
     pub fn count_wrong_reduced<T: PatternElement>(&self, table: &[T], first_index: usize, buf: &[T]) -> u64 {
+        self.count_wrong_reduced_any(&[table], first_index, buf)
+    }
+
+    /// Like [`Pattern::count_wrong_reduced`], where an element is right if it is
+    /// bit-identical to its entry in any of `tables` (the exact result, and the exact
+    /// result rounded as a lossy codec may have rounded it).
+    pub fn count_wrong_reduced_any<T: PatternElement>(&self, tables: &[&[T]], first_index: usize, buf: &[T]) -> u64 {
         let wrong = buf.iter().enumerate().filter(|&(j, x)| {
-            let want = table.get(mix(first_index + j) % self.period);
-            !matches!(want, Some(w) if bytemuck::bytes_of(w) == bytemuck::bytes_of(x))
+            let m = mix(first_index + j) % self.period;
+            !tables.iter().any(|t| matches!(t.get(m), Some(w) if bytemuck::bytes_of(w) == bytemuck::bytes_of(x)))
         });
         wrong.count() as u64
     }

@@ -12,6 +12,7 @@ use std::time::Instant;
 use super::data::{hash_bytes, DataFile, FileSource};
 use super::pattern::{Pattern, PatternElement};
 use super::{bandwidth_gbs, bus_factor, summarize, BenchColl, Layout, Row};
+use crate::codec::Codec;
 use crate::core::schedule::chunk_range;
 use crate::{bf16, f16, Communicator, DataType, Error, Rank, ReduceOp, Report};
 
@@ -35,6 +36,10 @@ pub struct Settings {
     /// Values to fill the buffers with instead of the check pattern (`--data`); must be of
     /// `dtype`.
     pub data: Option<Arc<DataFile>>,
+    /// With a lossy codec setting, the rounding an all_reduce result may have had (the
+    /// owner of each chunk may round it before sending it): the check then also accepts
+    /// the exact result so rounded. `None` for exact settings.
+    pub rounding: Option<Codec>,
 }
 
 /// A collective failed during the benchmark.
@@ -187,11 +192,14 @@ impl<T: PatternElement> Bench<'_, T> {
         }
         self.comm.barrier().map_err(self.fail("barrier before", size_bytes))?;
         let mut times_us = Vec::with_capacity(self.s.iters);
+        let (mut sent, mut sent_raw) = (0u64, 0u64);
         for _ in 0..self.s.iters {
             self.refill(l);
             let start = Instant::now();
-            self.call(l).map_err(self.fail("timed", size_bytes))?;
+            let report = self.call(l).map_err(self.fail("timed", size_bytes))?;
             times_us.push(start.elapsed().as_secs_f64() * 1e6);
+            sent += report.bytes_sent;
+            sent_raw += report.bytes_sent_raw;
         }
         // An iteration takes as long as its slowest rank.
         self.comm.all_reduce(&mut times_us, ReduceOp::Max).map_err(self.fail("gathering times of", size_bytes))?;
@@ -210,6 +218,7 @@ impl<T: PatternElement> Bench<'_, T> {
             wrong,
             p50_us: t.p50_us,
             p99_us: t.p99_us,
+            ratio: if sent == 0 { 1.0 } else { sent_raw as f64 / sent as f64 },
         })
     }
 
@@ -255,7 +264,13 @@ impl<T: PatternElement> Bench<'_, T> {
         let p = &self.pattern;
         match self.s.coll {
             BenchColl::AllReduce => {
-                p.count_wrong_reduced(&p.reduced_table::<T>(self.s.op, members), 0, &self.bufs.a[..n])
+                let exact = p.reduced_table::<T>(self.s.op, members);
+                let mut rounded = exact.clone();
+                let lossy = self.s.rounding.is_some_and(|codec| {
+                    crate::codec::round_in_place(codec, T::DTYPE, bytemuck::cast_slice_mut(&mut rounded)).is_ok()
+                });
+                let tables: &[&[T]] = if lossy { &[&exact, &rounded] } else { &[&exact] };
+                p.count_wrong_reduced_any(tables, 0, &self.bufs.a[..n])
             }
             BenchColl::ReduceScatter => match members.binary_search(&self.comm.rank()) {
                 Ok(block) => {
@@ -336,6 +351,7 @@ mod tests {
             warmup_iters: 1,
             check: true,
             data: None,
+            rounding: None,
         }
     }
 

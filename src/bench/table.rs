@@ -28,11 +28,15 @@ pub struct Row {
     pub p50_us: f64,
     /// 99th-percentile iteration time in microseconds.
     pub p99_us: f64,
+    /// Compression ratio of the timed iterations on this rank: bytes it would have sent raw
+    /// over bytes it sent, headers included (1.00 without compression). `busbw` counts raw
+    /// bytes, so with a codec it is the goodput.
+    pub ratio: f64,
 }
 
 /// The two column-header lines.
 pub const HEADER: &str = "\
-#       size         count      type   redop    root     time   algbw   busbw  #wrong      p50      p99
+#       size         count      type   redop    root     time   algbw   busbw  #wrong      p50      p99  ratio
 #        (B)    (elements)                               (us)  (GB/s)  (GB/s)              (us)     (us)";
 
 /// The first line: what was run and how.
@@ -65,7 +69,7 @@ fn time_str(us: f64) -> String {
 pub fn format_row(r: &Row) -> String {
     let wrong = r.wrong.map_or_else(|| "N/A".to_string(), |w| w.to_string());
     format!(
-        "{:>12}  {:>12}  {:>8}  {:>6}  {:>6}  {}  {:>6.2}  {:>6.2}  {:>6}  {}  {}",
+        "{:>12}  {:>12}  {:>8}  {:>6}  {:>6}  {}  {:>6.2}  {:>6.2}  {:>6}  {}  {}  {:>5.2}",
         r.size_bytes,
         r.count_elems,
         r.type_name,
@@ -77,6 +81,7 @@ pub fn format_row(r: &Row) -> String {
         wrong,
         time_str(r.p50_us),
         time_str(r.p99_us),
+        r.ratio,
     )
 }
 
@@ -92,9 +97,9 @@ mod tests {
 
     const EXAMPLE: &str = "\
 # ringcc ringbench: all_reduce, 4 ranks, dtype float, op sum, codec raw, algo auto, segment 524288 B
-#       size         count      type   redop    root     time   algbw   busbw  #wrong      p50      p99
+#       size         count      type   redop    root     time   algbw   busbw  #wrong      p50      p99  ratio
 #        (B)    (elements)                               (us)  (GB/s)  (GB/s)              (us)     (us)
-        4096          1024     float     sum      -1    70.12    0.06    0.09       0    69.80    75.10
+        4096          1024     float     sum      -1    70.12    0.06    0.09       0    69.80    75.10   1.00
 # Out of bounds values : 0 OK
 # Avg bus bandwidth    : 1.234";
 
@@ -111,6 +116,7 @@ mod tests {
             wrong: Some(0),
             p50_us: 69.8,
             p99_us: 75.1,
+            ratio: 1.0,
         }
     }
 

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! ringrun -n 4 ringbench -b 4K -e 256M -f 4 -n 20 -w 5 -c 1 [--dtype f32] [--op sum]
-//!     [--codec raw] [--algo auto|ring|bidir] [--coll all_reduce|reduce_scatter|all_gather|broadcast]
+//!     [--codec raw|zstd|shuffle+zstd|bf16|f16|bf16+zstd|auto|auto+bf16] [--codec-level N] [--algo auto|ring|bidir] [--coll all_reduce|reduce_scatter|all_gather|broadcast]
 //!     [--json FILE] [--segment-bytes N] [--data FILE]
 //! ```
 //!
@@ -33,7 +33,12 @@ const EXIT_USAGE: u8 = 2;
 fn configure(opts: &Options) -> Result<Config, String> {
     let mut config = Config::from_env().map_err(|e| e.to_string())?;
     config.algorithm = opts.algo;
-    config.codec = opts.codec;
+    if let Some(codec) = opts.codec {
+        config.codec = codec;
+    }
+    if let Some(level) = opts.codec_level {
+        config.codec_level = level;
+    }
     if let Some(n) = opts.segment_bytes {
         config.segment_bytes =
             usize::try_from(n).map_err(|_| format!("--segment-bytes {n} does not fit this machine"))?;
@@ -66,7 +71,7 @@ fn write_json(
         ranks: config.world_size,
         dtype: opts.dtype.name().into(),
         op: redop.into(),
-        codec: opts.codec.name().into(),
+        codec: config.codec.name().into(),
         algorithm: opts.algo.name().into(),
         segment_bytes: config.segment_bytes,
         iters: opts.iters,
@@ -114,13 +119,15 @@ fn main() -> ExitCode {
         }
     };
     let data = match &opts.data {
-        Some(path) => match DataFile::read(path, opts.dtype, opts.codec) {
-            Ok(d) => Some(Arc::new(d)),
-            Err(e) => {
-                eprintln!("ringbench: {e}");
-                return ExitCode::from(EXIT_USAGE);
+        Some(path) => {
+            match DataFile::read(path, opts.dtype, config.codec.rounding().unwrap_or(ringcc::codec::Codec::Raw)) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    eprintln!("ringbench: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
             }
-        },
+        }
         None => None,
     };
     let rank = config.rank;
@@ -135,7 +142,7 @@ fn main() -> ExitCode {
     if lead {
         let redop = if opts.coll.reduces() { opts.op.name() } else { "none" };
         let (coll, dtype) = (opts.coll.name(), opts.dtype.name());
-        let (codec, algo) = (opts.codec.name(), opts.algo.name());
+        let (codec, algo) = (config.codec.name(), opts.algo.name());
         print_flush(&table::title(coll, comm.world_size(), dtype, redop, codec, algo, config.segment_bytes));
         if let Some(d) = &data {
             print_flush(&format!(
@@ -155,6 +162,7 @@ fn main() -> ExitCode {
         warmup_iters: opts.warmup_iters,
         check: opts.check == 1,
         data,
+        rounding: config.codec.rounding(),
     };
     let rows = match run(&comm, &settings, &mut |row| {
         if lead {

@@ -2,12 +2,20 @@
 //! exactly against a reference and across ranks. Exit status 0 only if all are right.
 //!
 //! Run under a launcher: `ringrun -n 4 ringcheck` (or with RINGCC_* set by hand).
+//!
+//! With a codec (`--codec` or `RINGCC_CODEC`): lossless codecs must give the exact
+//! references bit for bit (what raw gives), and a compressing codec must actually have
+//! compressed the big all-reduce. Lossy codecs must give the exact references too (every
+//! partial result is a small integer, which bf16 and f16 hold), except that an f32 Avg may
+//! hold the exact average rounded as the codec rounds; and on non-integer f32 data every
+//! rank must hold the same bits, within the codec's rounding bound of the exact sum.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use ringcc::{bf16, f16, Communicator, Element, ReduceOp};
+use ringcc::codec::{round_in_place, Codec, CodecChoice};
+use ringcc::{bf16, f16, Communicator, DataType, Element, ReduceOp};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Check every collective on this ring, exactly")]
@@ -37,6 +45,12 @@ struct Args {
     /// Pause between survivor-mode calls, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pause_ms: u64,
+    /// Codec setting (overrides RINGCC_CODEC): raw zstd shuffle+zstd bf16 f16 bf16+zstd auto auto+bf16.
+    #[arg(long, value_parser = CodecChoice::parse)]
+    codec: Option<CodecChoice>,
+    /// zstd level (overrides RINGCC_CODEC_LEVEL).
+    #[arg(long, allow_negative_numbers = true)]
+    codec_level: Option<i32>,
 }
 
 const OPS: [ReduceOp; 5] = [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Prod, ReduceOp::Min, ReduceOp::Max];
@@ -108,8 +122,39 @@ fn digest(bytes: &[u8]) -> i64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)) as i64
 }
 
+/// True if `got` is `want`, or, with a lossy `codec` and an f32 Avg, `want` rounded as the
+/// codec rounds (the owner of each chunk may round its final value before sending it).
+fn accepts<T: Exact>(codec: CodecChoice, op: ReduceOp, got: &T, want: T) -> bool {
+    if *got == want {
+        return true;
+    }
+    let Some(rounding) = codec.rounding() else { return false };
+    let mut rounded = want;
+    op == ReduceOp::Avg
+        && T::DTYPE == DataType::F32
+        && round_in_place(rounding, T::DTYPE, bytemuck::bytes_of_mut(&mut rounded)).is_ok()
+        && *got == rounded
+}
+
+/// Element `i` of `rank`'s non-integer f32 input: |x| < 1.6, no short binary fraction.
+fn inexact_value(rank: usize, i: usize) -> f32 {
+    let h = digest(&(rank as u64).wrapping_mul(1_000_003).wrapping_add(i as u64).to_le_bytes()) as u64;
+    (((h % 200_001) as f64 - 100_000.0) / 65_537.0) as f32
+}
+
+/// Largest relative rounding error of one rounding by `codec`'s wire format (its unit
+/// roundoff), and its absolute error below the format's normal range: zero for exact codecs.
+fn rounding_error(codec: CodecChoice) -> (f64, f64) {
+    match codec.rounding() {
+        Some(Codec::F16) => (2f64.powi(-11), 2f64.powi(-25)),
+        Some(_) => (2f64.powi(-8), 0.0),
+        None => (0.0, 0.0),
+    }
+}
+
 struct Checker {
     comm: Communicator,
+    codec: CodecChoice,
     wrong: usize,
     runs: usize,
 }
@@ -139,9 +184,10 @@ impl Checker {
             let mut v: Vec<T> = (0..len).map(|i| T::from_i64(value(op, rank, i))).collect();
             let report = self.comm.all_reduce(&mut v, op)?;
             self.runs += 1;
-            let bad = (0..len).filter(|&i| v[i] != reference::<T>(op, &report.members, i)).count();
+            let right = |i: usize| accepts(self.codec, op, &v[i], reference::<T>(op, &report.members, i));
+            let bad = (0..len).filter(|&i| !right(i)).count();
             if bad > 0 {
-                let i = (0..len).find(|&i| v[i] != reference::<T>(op, &report.members, i)).unwrap_or(0);
+                let i = (0..len).find(|&i| !right(i)).unwrap_or(0);
                 let want: T = reference(op, &report.members, i);
                 self.fail(format!(
                     "all_reduce {} {} len {len}: {bad} wrong, first at {i}: {:?} != {want:?}",
@@ -154,6 +200,34 @@ impl Checker {
                 &format!("all_reduce {} {} len {len}", T::DTYPE.name(), op.name()),
                 bytemuck::cast_slice(&v),
             )?;
+        }
+        Ok(())
+    }
+
+    /// f32 Sum and Avg of non-integer data: no order sums it exactly, so every rank must
+    /// hold the same bits, within f32's summation error plus the codec's rounding (once per
+    /// hop and once by the chunk's owner) of the exact result.
+    fn inexact(&mut self, len: usize) -> Result<(), ringcc::Error> {
+        let rank = self.comm.rank();
+        let (unit_roundoff, absolute) = rounding_error(self.codec);
+        for op in [ReduceOp::Sum, ReduceOp::Avg] {
+            let mut v: Vec<f32> = (0..len).map(|i| inexact_value(rank, i)).collect();
+            let report = self.comm.all_reduce(&mut v, op)?;
+            self.runs += 1;
+            let n = report.members.len() as f64;
+            let scale = if op == ReduceOp::Avg { 1.0 / n } else { 1.0 };
+            let bad = (0..len)
+                .filter(|&i| {
+                    let xs = report.members.iter().map(|&r| f64::from(inexact_value(r, i)));
+                    let (exact, magnitude) = xs.fold((0.0, 0.0), |(s, m), x| (s + x, m + x.abs()));
+                    let bound = n * ((unit_roundoff + 2f64.powi(-23)) * magnitude + absolute) * scale;
+                    (f64::from(v[i]) - exact * scale).abs() > bound
+                })
+                .count();
+            if bad > 0 {
+                self.fail(format!("all_reduce f32 {} of inexact data len {len}: {bad} beyond the bound", op.name()));
+            }
+            self.same_everywhere(&format!("inexact all_reduce f32 {} len {len}", op.name()), bytemuck::cast_slice(&v))?;
         }
         Ok(())
     }
@@ -202,6 +276,7 @@ impl Checker {
         self.all_reduce::<i32>(len)?;
         self.all_reduce::<i64>(len)?;
         self.all_reduce::<u8>(len)?;
+        self.inexact(len)?;
         let small = len.min(100_003);
         self.others::<f32>(small)?;
         self.others::<bf16>(small)?;
@@ -229,7 +304,7 @@ impl Checker {
         Ok(())
     }
 
-    fn big(&mut self, mib: usize) -> Result<Duration, ringcc::Error> {
+    fn big(&mut self, mib: usize) -> Result<(Duration, f64), ringcc::Error> {
         let len = mib * (1 << 20) / 4;
         let rank = self.comm.rank();
         let mut v: Vec<f32> = (0..len).map(|i| value(ReduceOp::Sum, rank, i) as f32).collect();
@@ -242,7 +317,18 @@ impl Checker {
             self.fail(format!("all_reduce f32 {mib} MiB: {bad} wrong"));
         }
         self.same_everywhere("big all_reduce", bytemuck::cast_slice(&v))?;
-        Ok(took)
+        let ratio = report.bytes_sent_raw as f64 / report.bytes_sent.max(1) as f64;
+        // These values compress: a fixed compressing codec that did not shrink them was not used.
+        let compressing = matches!(self.codec, CodecChoice::Fixed(c) if c != Codec::Raw);
+        if compressing && ratio <= 1.0 {
+            self.fail(format!(
+                "big all_reduce: codec {} sent {} bytes, raw {}",
+                self.codec.name(),
+                report.bytes_sent,
+                report.bytes_sent_raw
+            ));
+        }
+        Ok((took, ratio))
     }
 }
 
@@ -303,8 +389,15 @@ fn run(args: &Args) -> Result<Checker, ringcc::Error> {
             other => return Err(ringcc::Error::Config(format!("--algo {other}: expected auto, ring or bidir"))),
         };
     }
+    if let Some(codec) = args.codec {
+        config.codec = codec;
+    }
+    if let Some(level) = args.codec_level {
+        config.codec_level = level;
+    }
+    let codec = config.codec;
     let comm = Communicator::connect(config)?;
-    let mut c = Checker { comm, wrong: 0, runs: 0 };
+    let mut c = Checker { comm, codec, wrong: 0, runs: 0 };
     if let Some(n) = args.survive {
         survive(&mut c, n, args.survive_len, Duration::from_millis(args.pause_ms))?;
         return Ok(c);
@@ -318,9 +411,14 @@ fn run(args: &Args) -> Result<Checker, ringcc::Error> {
         c.in_flight(args.in_flight, 10_007)?;
     }
     if args.big_mib > 0 {
-        let took = c.big(args.big_mib)?;
+        let (took, ratio) = c.big(args.big_mib)?;
         if c.comm.rank() == 0 {
-            println!("ringcheck: {} MiB f32 all_reduce in {:.1} ms", args.big_mib, took.as_secs_f64() * 1e3);
+            println!(
+                "ringcheck: {} MiB f32 all_reduce in {:.1} ms, codec {} ratio {ratio:.2}",
+                args.big_mib,
+                took.as_secs_f64() * 1e3,
+                codec.name()
+            );
         }
     }
     Ok(c)

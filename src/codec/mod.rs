@@ -35,18 +35,24 @@
 //! standard zstd frame that declares its content size; nothing is allocated from a size
 //! read in the payload, so a decompression bomb is an error, not an allocation.
 
+pub mod auto;
+mod choice;
 mod decoder;
 mod encoder;
 mod feedback;
 mod lossy;
 pub mod planes;
+pub mod pool;
 mod simd;
 #[cfg(test)]
 mod tests;
 
+pub use auto::AutoPolicy;
+pub use choice::CodecChoice;
 pub use decoder::Decoder;
 pub use encoder::Encoder;
 pub use feedback::ErrorFeedback;
+pub use pool::{BufferPool, PooledBytes};
 
 use crate::core::DataType;
 use crate::wire::WireError;
@@ -196,6 +202,12 @@ pub enum CodecError {
         /// zstd's reason.
         reason: &'static str,
     },
+}
+
+/// The zstd levels [`Encoder::new`] accepts (zstd's own range: negative levels are its
+/// fast modes, 0 its default).
+pub fn zstd_levels() -> std::ops::RangeInclusive<i32> {
+    zstd::zstd_safe::min_c_level()..=zstd::zstd_safe::max_c_level()
 }
 
 /// Checks that `codec` can carry `dtype` and that `len_bytes` is whole elements.

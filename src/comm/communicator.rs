@@ -75,6 +75,16 @@ impl CommunicatorBuilder {
         self.config.algorithm = a;
         self
     }
+    /// Payload codec setting (see [`Config::codec`]); every rank passes the same one.
+    pub fn codec(mut self, codec: crate::codec::CodecChoice) -> Self {
+        self.config.codec = codec;
+        self
+    }
+    /// zstd level of the zstd codecs (see [`Config::codec_level`]).
+    pub fn codec_level(mut self, level: i32) -> Self {
+        self.config.codec_level = level;
+        self
+    }
     /// How long to keep trying to reach the coordinator and peers.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.config.connect_timeout = d;

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::codec::Codec;
+use crate::codec::CodecChoice;
 use crate::core::collective::Algorithm;
 use crate::Rank;
 
@@ -37,8 +37,22 @@ pub struct Config {
     pub segment_bytes: usize,
     /// Ring algorithm for all_reduce (*fingerprint*). Default `Auto`.
     pub algorithm: Algorithm,
-    /// Payload codec (*fingerprint*). Default `Raw`.
-    pub codec: Codec,
+    /// Payload codec setting (*fingerprint*). Default `raw`.
+    ///
+    /// - `zstd`, `shuffle+zstd`: lossless; results are bit-identical to `raw`. They pay on
+    ///   links slower than the codec (about 1 Gbit/s and below); on loopback they cost.
+    /// - `bf16`, `f16`, `bf16+zstd`: lossy, for f32 `all_reduce` and `reduce_scatter` only
+    ///   (other calls and types are sent exactly): half the bytes or less, reduction in f32,
+    ///   every rank still ends with the same bits. See [`crate::codec::ErrorFeedback`].
+    /// - `auto`: `raw` or `shuffle+zstd` per segment, whichever measures faster on each
+    ///   link; `auto+bf16` may also round f32 reductions to bf16 where that pays.
+    ///
+    /// Each frame names its codec; a segment that does not compress is sent raw.
+    pub codec: CodecChoice,
+    /// zstd level of the zstd codecs: negative levels are zstd's fast modes (down to
+    /// -131072), 1 to 3 its usual fast levels, up to 22. Only the sender uses it, so ranks
+    /// may differ. Default 1, the fastest of zstd's standard levels.
+    pub codec_level: i32,
     /// How long to keep trying to reach the coordinator and peers. Default 30 s.
     pub connect_timeout: Duration,
     /// How long the coordinator waits for every rank to register. Default 60 s.
@@ -168,7 +182,8 @@ impl Config {
             bind: None,
             segment_bytes: 512 << 10,
             algorithm: Algorithm::Auto,
-            codec: Codec::Raw,
+            codec: CodecChoice::default(),
+            codec_level: 1,
             connect_timeout: Duration::from_secs(30),
             rendezvous_timeout: Duration::from_secs(60),
             progress_timeout: Duration::from_secs(30),
@@ -253,8 +268,14 @@ impl Config {
                 self.segment_bytes
             ));
         }
-        if self.codec != Codec::Raw {
-            return err(format!("codec {} is not available in this build", self.codec.name()));
+        let levels = crate::codec::zstd_levels();
+        if !levels.contains(&self.codec_level) {
+            return err(format!(
+                "codec_level {} is outside zstd's {}..={}",
+                self.codec_level,
+                levels.start(),
+                levels.end()
+            ));
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use super::Config;
-use crate::codec::Codec;
+use crate::codec::CodecChoice;
 use crate::core::collective::Algorithm;
 use crate::limits::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WORLD_MAX};
 use crate::Error;
@@ -221,11 +221,19 @@ fn options(get: Get<'_>, c: &mut Config) -> Result<(), Error> {
         c.algorithm = a;
     }
     if let Some(v) = var(get, "RINGCC_CODEC") {
-        let mut known = (0..=u8::MAX).filter_map(|id| Codec::from_u8(id).ok());
-        c.codec = match known.find(|k| v.text.eq_ignore_ascii_case(k.name())) {
-            Some(Codec::Raw) => Codec::Raw,
-            Some(_) => return v.bad("is not available in this build (accepted: raw)"),
-            None => return v.bad("is not a codec (accepted: raw)"),
+        c.codec = match CodecChoice::parse(&v.text) {
+            Ok(choice) => choice,
+            Err(_) => {
+                let names: Vec<&str> = CodecChoice::ALL.iter().map(|c| c.name()).collect();
+                return v.bad(&format!("is not a codec (accepted: {})", names.join(", ")));
+            }
+        };
+    }
+    if let Some(v) = var(get, "RINGCC_CODEC_LEVEL") {
+        let levels = crate::codec::zstd_levels();
+        c.codec_level = match v.text.parse::<i32>() {
+            Ok(l) if levels.contains(&l) => l,
+            _ => return v.bad(&format!("is not a zstd level in {}..={}", levels.start(), levels.end())),
         };
     }
     let timeouts = [
@@ -386,10 +394,12 @@ mod tests {
     fn options_parse_with_suffixes_and_units() {
         let c = ok(&format!(
             "{RINGRUN} RINGCC_SEGMENT_BYTES=512K RINGCC_JOB_ID=0xFF RINGCC_BIND=[::1] RINGCC_ALGO=bidir \
-             RINGCC_CODEC=raw RINGCC_CONNECT_TIMEOUT=2.5 RINGCC_RENDEZVOUS_TIMEOUT=90 RINGCC_PROGRESS_TIMEOUT=0.25"
+             RINGCC_CODEC=Shuffle+ZSTD RINGCC_CODEC_LEVEL=-5 RINGCC_CONNECT_TIMEOUT=2.5 RINGCC_RENDEZVOUS_TIMEOUT=90 RINGCC_PROGRESS_TIMEOUT=0.25"
         ));
         assert_eq!((c.segment_bytes, c.job_id, c.bind), (512 << 10, 255, Some("::1".parse().unwrap())));
-        assert_eq!((c.algorithm, c.codec), (Algorithm::Bidir, Codec::Raw));
+        assert_eq!((c.algorithm, c.codec), (Algorithm::Bidir, CodecChoice::Fixed(crate::codec::Codec::ShuffleZstd)));
+        assert_eq!(c.codec_level, -5);
+        assert_eq!(ok(&format!("{RINGRUN} RINGCC_CODEC=auto+bf16")).codec, CodecChoice::Auto { lossy: true });
         assert_eq!(c.connect_timeout, Duration::from_millis(2500));
         assert_eq!((c.rendezvous_timeout, c.progress_timeout), (Duration::from_secs(90), Duration::from_millis(250)));
         for (text, bytes) in [("1m", 1 << 20), ("64", 64), ("16M", 16 << 20)] {
@@ -405,7 +415,8 @@ mod tests {
             ("RINGCC_JOB_ID", &["0", "0x", "-1", "0x10000000000000000"]),
             ("RINGCC_BIND", &["0.0.0.0", "host", "[::]"]),
             ("RINGCC_ALGO", &["tree"]),
-            ("RINGCC_CODEC", &["lz4"]),
+            ("RINGCC_CODEC", &["lz4", "auto+f16"]),
+            ("RINGCC_CODEC_LEVEL", &["23", "fast", "1.5"]),
             ("RINGCC_CONNECT_TIMEOUT", &["0", "-1", "nan", "inf", "1e9", "2s"]),
             ("RINGCC_RENDEZVOUS_TIMEOUT", &["x"]),
             ("RINGCC_PROGRESS_TIMEOUT", &["0.0"]),
@@ -415,18 +426,18 @@ mod tests {
                 fails(&format!("{RINGRUN} {name}={value}"), &[name, value]);
             }
         }
-        fails(&format!("{RINGRUN} RINGCC_CODEC=zstd"), &["RINGCC_CODEC=\"zstd\"", "not available", "accepted: raw"]);
+        fails(&format!("{RINGRUN} RINGCC_CODEC=lz4"), &["RINGCC_CODEC=\"lz4\"", "accepted: raw, zstd", "auto+bf16"]);
     }
 
     const NAMES: &str = "RINGCC_RANK RINGCC_WORLD_SIZE RINGCC_LOCAL_RANK RINGCC_LOCAL_SIZE RINGCC_COORDINATOR \
         RINGCC_HOST_COORDINATOR RINGCC_JOB_ID RINGCC_BIND RINGCC_SEGMENT_BYTES RINGCC_ALGO RINGCC_CODEC \
-        RINGCC_CONNECT_TIMEOUT RINGCC_RENDEZVOUS_TIMEOUT RINGCC_PROGRESS_TIMEOUT RANK WORLD_SIZE LOCAL_RANK \
+        RINGCC_CODEC_LEVEL RINGCC_CONNECT_TIMEOUT RINGCC_RENDEZVOUS_TIMEOUT RINGCC_PROGRESS_TIMEOUT RANK WORLD_SIZE LOCAL_RANK \
         LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT OMPI_COMM_WORLD_RANK SLURM_PROCID";
 
     proptest! {
         #[test]
         fn any_value_is_accepted_or_an_error_naming_its_variable(
-            index in 0..22usize,
+            index in 0..23usize,
             value in prop_oneof![any::<String>(), "[0-9a-fxXkKmM.:+-]{0,12}"],
             torchrun in any::<bool>(),
         ) {

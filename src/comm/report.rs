@@ -17,6 +17,9 @@ pub struct Report {
     pub seq: u64,
     /// Bytes this rank wrote for the call, frame headers included.
     pub bytes_sent: u64,
+    /// What `bytes_sent` would have been with every payload sent raw: equal to it without
+    /// compression; `bytes_sent_raw / bytes_sent` is the call's compression ratio.
+    pub bytes_sent_raw: u64,
     /// Time from the start of the call on the event loop to the end of reduce-scatter
     /// (zero for calls without one).
     pub reduce_scatter: Duration,

@@ -384,6 +384,7 @@ mod tests {
             joined: Vec::new(),
             seq: 0,
             bytes_sent: 100,
+            bytes_sent_raw: 100,
             reduce_scatter: Duration::from_micros(total_us / 2),
             all_gather: Duration::from_micros(total_us / 2),
             queued: Duration::from_micros(1),

@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 
 use super::direct::{Direct, DIRECT_MAX_BYTES, DIRECT_STORE_MAX_BYTES};
 use super::fin::Fins;
+use super::payload::{CallCodec, Codecs};
 use super::reduce;
 use super::schedule::{
     all_gather_recv_chunk, all_gather_send_chunk, chunk_range, reduce_scatter_recv_chunk, reduce_scatter_send_chunk,
     segment_count, segment_range,
 };
 use super::{DataType, ReduceOp};
-use crate::codec::Codec;
+use crate::codec::{Codec, CodecChoice, CodecError, PooledBytes};
 use crate::wire::{CollKind, FrameKind, Header, Phase, HEADER_LEN};
 
 /// Smallest all-reduce (bytes) for which `Algorithm::Auto` picks the bidirectional ring.
@@ -89,8 +90,9 @@ pub struct Spec {
     pub op: ReduceOp,
     /// Element type.
     pub dtype: DataType,
-    /// Codec for payloads; this build sends `Raw`.
-    pub codec: Codec,
+    /// Codec setting (`Config::codec`): which codecs this rank may send and accept. The
+    /// codec of each frame is the sender's choice, named in its header.
+    pub codec: CodecChoice,
     /// Job id carried in headers.
     pub job: u64,
     /// Membership epoch of the view this call runs in.
@@ -157,9 +159,23 @@ impl Spec {
         segment: u32,
         payload: &[u8],
     ) -> [u8; HEADER_LEN] {
+        self.encode_coded_header(kind, phase, (step, chunk, segment), Codec::Raw, payload.len(), payload)
+    }
+
+    /// Encodes the header of a frame whose `payload` is the `codec` encoding of `raw_len`
+    /// bytes at `(step, chunk, segment)`.
+    fn encode_coded_header(
+        &self,
+        kind: FrameKind,
+        phase: Phase,
+        (step, chunk, segment): (u32, u32, u32),
+        codec: Codec,
+        raw_len: usize,
+        payload: &[u8],
+    ) -> [u8; HEADER_LEN] {
         Header {
             kind,
-            codec: Codec::Raw,
+            codec,
             phase,
             coll: self.coll,
             op: self.wire_op(),
@@ -172,7 +188,7 @@ impl Spec {
             chunk,
             segment,
             payload_len: payload.len() as u32,
-            raw_len: payload.len() as u32,
+            raw_len: raw_len as u32,
             sender: self.rank,
         }
         .encode(payload)
@@ -204,6 +220,18 @@ pub enum ProtocolError {
         peer: u32,
         /// What was expected and what came.
         detail: String,
+    },
+    /// A payload that the codec its header names cannot decode into the segment the
+    /// schedule expects (corrupt, or of another size).
+    #[error("rank {peer} sent a {codec} payload that does not decode: {source}")]
+    Payload {
+        /// The sender.
+        peer: u32,
+        /// The codec named in the header.
+        codec: &'static str,
+        /// What the decoder found.
+        #[source]
+        source: CodecError,
     },
     /// No frame arrived for longer than the progress timeout.
     #[error(
@@ -246,8 +274,9 @@ pub enum Status {
 }
 
 /// A frame to send: its encoded header and the byte range of the caller's buffer that
-/// follows it as payload. The driver writes `header` then `buf[payload]`, and must not
-/// hand the buffer back to the user before every transmit has been written.
+/// follows it as payload, or the payload's own bytes. The driver writes `header` then
+/// `owned` if present, else `buf[payload]`, and must not hand the buffer back to the user
+/// before every transmit has been written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     /// Link to send on.
@@ -256,9 +285,11 @@ pub struct Transmit {
     pub header: [u8; HEADER_LEN],
     /// Byte range of the caller's buffer to send after the header.
     pub payload: Range<usize>,
-    /// Bytes to send instead of `payload` when they are not in the caller's buffer (the
-    /// latency path forwarding another rank's input; small by construction).
-    pub owned: Option<Vec<u8>>,
+    /// Bytes to send instead of `payload` when they are not in the caller's buffer: an
+    /// encoded segment, a compressed frame forwarded as it came, or the latency path
+    /// forwarding another rank's input. Pooled buffers go back to their pool when dropped,
+    /// so the driver drops each as soon as it is written.
+    pub owned: Option<PooledBytes>,
 }
 
 /// A position in a part's schedule: which frame comes next on a link.
@@ -285,6 +316,9 @@ struct Part {
     expect: Option<Cursor>,
     /// Frames ready to send, in schedule order.
     ready: VecDeque<Cursor>,
+    /// Encoded payloads received to be forwarded as they came (all-gather, broadcast), in
+    /// `ready` order, with their codec.
+    forwards: VecDeque<(Cursor, Codec, PooledBytes)>,
 }
 
 /// One collective on one rank.
@@ -298,6 +332,12 @@ pub struct Collective {
     status: Status,
     last_progress: Instant,
     bytes_sent: u64,
+    /// What `bytes_sent` would have been without compression.
+    bytes_sent_raw: u64,
+    /// Codecs lent by the driver for this call, returned by `take_codecs`.
+    codecs: Option<Box<Codecs>>,
+    /// What this call sends and accepts.
+    plan: CallCodec,
     /// Time the reduce-scatter phase ended (all parts), for the report.
     phase_marks: PhaseMarks,
     /// Completion tokens, when `spec.fin` and the world has more than one member.
@@ -325,6 +365,16 @@ impl Collective {
     /// On an inconsistent spec (caller bug): `pos >= world`, a wrong buffer length, a
     /// `block_of_pos` that is not a permutation of `0..world`.
     pub fn start(spec: Spec, now: Instant, buf: &mut [u8]) -> Collective {
+        Collective::start_with(spec, now, buf, None)
+    }
+
+    /// Like [`Collective::start`], with the driver's codecs lent for the call (take them
+    /// back with [`Collective::take_codecs`]). Without codecs the call sends and accepts
+    /// only raw frames, whatever `spec.codec` says.
+    ///
+    /// # Panics
+    /// As [`Collective::start`].
+    pub fn start_with(spec: Spec, now: Instant, buf: &mut [u8], codecs: Option<Box<Codecs>>) -> Collective {
         assert!(spec.world > 0 && spec.pos < spec.world && spec.root_pos < spec.world);
         assert_eq!(buf.len(), spec.len_elems * spec.dtype.size(), "buffer length");
         assert_eq!(spec.block_of_pos.len(), spec.world);
@@ -355,6 +405,9 @@ impl Collective {
         } else {
             parts.push(Part::new(0..spec.len_elems, Link::Next, spec.pos, spec.block_of_pos.clone(), spec.root_pos));
         }
+        // The latency path carries small inputs raw (compression cannot pay at that size).
+        let lent = codecs.as_deref().filter(|_| !direct);
+        let plan = CallCodec::new(spec.codec, spec.coll, spec.dtype, parts.len(), lent);
         let mut c = Collective {
             seg_elems,
             parts,
@@ -362,6 +415,9 @@ impl Collective {
             status: Status::Running,
             last_progress: now,
             bytes_sent: 0,
+            bytes_sent_raw: 0,
+            codecs,
+            plan,
             phase_marks: PhaseMarks { started: Some(now), ..PhaseMarks::default() },
             fins: (spec.fin && w > 1).then(|| Fins::new(w, spec.pos)),
             spec,
@@ -542,27 +598,33 @@ impl Collective {
         };
         let (block, bytes) = self.expected_bytes(i, cur);
         let chunk_len = self.chunk_elems_range(i, cur.phase, cur.step, false).1.len();
-        let got = (h.phase, h.step, h.chunk as usize, h.segment, h.payload_len as usize);
+        let got = (h.phase, h.step, h.chunk as usize, h.segment, h.raw_len as usize);
         let want = (cur.phase, cur.step, block, cur.segment, bytes.len());
-        if got != want || h.codec != Codec::Raw || h.raw_len as usize != bytes.len() {
+        if got != want {
             return Err(
                 self.unexpected(h, format!("expected (phase, step, chunk, segment, bytes) = {want:?}, got {got:?}"))
             );
+        }
+        if let Err(detail) = self.plan.check_frame(h.codec, h.payload_len as usize, bytes.len()) {
+            return Err(self.unexpected(h, detail));
         }
         let dst = &mut buf[bytes];
         let w = self.spec.world as u32;
         let last_rs = cur.phase == Phase::ReduceScatter && cur.step + 2 == w;
         match (cur.phase, payload) {
             (Phase::ReduceScatter, Some(payload)) => {
-                reduce::reduce_into(self.spec.dtype, self.spec.op, dst, payload);
+                self.take_payload(h, true, payload, dst)?;
                 if last_rs && self.spec.op == ReduceOp::Avg {
                     reduce::divide(self.spec.dtype, dst, self.spec.contributors);
+                }
+                if last_rs {
+                    self.plan.round_final(self.spec.dtype, dst);
                 }
             }
             (Phase::ReduceScatter, None) => {
                 return Err(self.unexpected(h, "reduce-scatter payload delivered in place".into()));
             }
-            (_, Some(payload)) => dst.copy_from_slice(payload),
+            (_, Some(payload)) => self.take_payload(h, false, payload, dst)?,
             (_, None) => {}
         }
         // What this receipt makes sendable, and what comes next on this link.
@@ -581,6 +643,12 @@ impl Collective {
             }
         };
         if let Some(f) = forward {
+            // A frame that is only passed on is forwarded as it came: never re-encoded.
+            if let (Phase::AllGather | Phase::Broadcast, Some(p), Some(c)) = (cur.phase, payload, &self.codecs) {
+                if h.codec != Codec::Raw {
+                    self.parts[i].forwards.push_back((f, h.codec, c.keep(p)));
+                }
+            }
             self.parts[i].ready.push_back(f);
         }
         let nsegs = segment_count(chunk_len, self.seg_elems) as u32;
@@ -598,6 +666,27 @@ impl Collective {
         };
         self.parts[i].expect = next;
         Ok(())
+    }
+
+    /// Reduces (`reduces`) or copies a checked payload into `dst`, the segment the schedule
+    /// expects: raw payloads straight from the frame, encoded ones through the lent codecs.
+    fn take_payload(&mut self, h: &Header, reduces: bool, payload: &[u8], dst: &mut [u8]) -> Result<(), ProtocolError> {
+        let (dtype, op) = (self.spec.dtype, self.spec.op);
+        let decoded = match (h.codec, self.codecs.as_deref_mut()) {
+            (Codec::Raw, _) if reduces => {
+                reduce::reduce_into(dtype, op, dst, payload);
+                Ok(())
+            }
+            (Codec::Raw, _) => {
+                dst.copy_from_slice(payload);
+                Ok(())
+            }
+            (codec, Some(c)) if reduces => c.decode_reduce(codec, dtype, op, payload, dst),
+            (codec, Some(c)) => c.decode(codec, dtype, payload, dst),
+            // `check_frame` accepts only raw frames when no codecs were lent.
+            (codec, None) => Err(CodecError::Unsupported { codec, dtype }),
+        };
+        decoded.map_err(|source| ProtocolError::Payload { peer: h.sender, codec: h.codec.name(), source })
     }
 
     fn apply_fin(&mut self, link: Link, h: &Header) -> Result<(), ProtocolError> {
@@ -649,7 +738,12 @@ impl Collective {
         let bytes: &[u8] = d.payload(origin);
         let header = s.encode_header(FrameKind::Data, Phase::Gather, step, origin as u32, 0, bytes);
         self.bytes_sent += (HEADER_LEN + bytes.len()) as u64;
-        let t = Transmit { link, header, payload: 0..0, owned: Some(bytes.to_vec()) };
+        self.bytes_sent_raw += (HEADER_LEN + bytes.len()) as u64;
+        let owned = match &self.codecs {
+            Some(c) => c.keep(bytes),
+            None => PooledBytes::from(bytes.to_vec()),
+        };
+        let t = Transmit { link, header, payload: 0..0, owned: Some(owned) };
         self.update_status_no_time();
         Some(t)
     }
@@ -682,26 +776,57 @@ impl Collective {
     }
 
     /// Next frame to send, if any. `buf` must be the buffer passed to every other call.
+    ///
+    /// A segment is encoded (with the call's codec) when it is polled, so a driver that
+    /// polls only as its socket drains (see [`Collective::poll_transmit_where`]) encodes
+    /// segment k while segment k-1 is being written.
     pub fn poll_transmit(&mut self, buf: &[u8]) -> Option<Transmit> {
+        self.poll_transmit_where(buf, |_| true)
+    }
+
+    /// Like [`Collective::poll_transmit`], but only a frame for a link `may_send` accepts:
+    /// the driver paces encoding by refusing links whose write queue is already deep.
+    pub fn poll_transmit_where(&mut self, buf: &[u8], may_send: impl Fn(Link) -> bool) -> Option<Transmit> {
         if matches!(self.status, Status::Failed(_)) {
             return None;
         }
-        let data = if self.direct.is_some() { self.poll_direct(buf) } else { self.poll_parts(buf) };
+        // Latency-path frames and FINs are small and never encoded: nothing to pace. A FIN
+        // goes only after every data frame, so pacing cannot put one ahead of data.
+        let data = if self.direct.is_some() { self.poll_direct(buf) } else { self.poll_parts(buf, &may_send) };
         data.or_else(|| self.poll_fin())
     }
 
-    fn poll_parts(&mut self, buf: &[u8]) -> Option<Transmit> {
-        let i = (0..self.parts.len()).find(|&i| !self.parts[i].ready.is_empty())?;
+    fn poll_parts(&mut self, buf: &[u8], may_send: &impl Fn(Link) -> bool) -> Option<Transmit> {
+        let i =
+            (0..self.parts.len()).find(|&i| !self.parts[i].ready.is_empty() && may_send(self.parts[i].send_link))?;
         let cur = self.parts[i].ready.pop_front()?;
         let (block, chunk) = self.chunk_elems_range(i, cur.phase, cur.step, true);
         let seg = segment_range(chunk.len(), self.seg_elems, cur.segment as usize);
         let esize = self.spec.dtype.size();
         let payload = (chunk.start + seg.start) * esize..(chunk.start + seg.end) * esize;
-        let s = &self.spec;
-        let header =
-            s.encode_header(FrameKind::Data, cur.phase, cur.step, block as u32, cur.segment, &buf[payload.clone()]);
-        self.bytes_sent += (HEADER_LEN + payload.len()) as u64;
-        let t = Transmit { link: self.parts[i].send_link, header, payload, owned: None };
+        let link = self.parts[i].send_link;
+        let raw = &buf[payload.clone()];
+        let forwarded = self.parts[i].forwards.front().is_some_and(|(c, ..)| *c == cur);
+        let encoded = if forwarded {
+            self.parts[i].forwards.pop_front().map(|(_, codec, bytes)| (codec, bytes))
+        } else {
+            match self.codecs.as_deref_mut() {
+                Some(c) if self.plan.encodes() => c.encode_segment(&self.plan, link, self.spec.dtype, raw),
+                _ => None,
+            }
+        };
+        let (codec, wire) = match &encoded {
+            Some((codec, bytes)) => (*codec, &bytes[..]),
+            None => (Codec::Raw, raw),
+        };
+        let at = (cur.step, block as u32, cur.segment);
+        let header = self.spec.encode_coded_header(FrameKind::Data, cur.phase, at, codec, raw.len(), wire);
+        self.bytes_sent += (HEADER_LEN + wire.len()) as u64;
+        self.bytes_sent_raw += (HEADER_LEN + raw.len()) as u64;
+        let t = match encoded {
+            Some((_, bytes)) => Transmit { link, header, payload: 0..0, owned: Some(bytes) },
+            None => Transmit { link, header, payload, owned: None },
+        };
         if self.parts.iter().all(|p| p.ready.is_empty()) {
             self.update_status_no_time();
         }
@@ -803,6 +928,25 @@ impl Collective {
         self.bytes_sent
     }
 
+    /// What [`Collective::bytes_sent`] would be had every payload been sent raw (equal to
+    /// it without compression; their ratio is the call's compression ratio).
+    pub fn bytes_sent_raw(&self) -> u64 {
+        self.bytes_sent_raw
+    }
+
+    /// True if this call may encode segments when they are polled (the driver then paces
+    /// its polling to keep encoding just ahead of the socket).
+    pub fn encodes(&self) -> bool {
+        self.plan.encodes()
+    }
+
+    /// The codecs lent at start, to be lent to the next call. `None` if none were lent or
+    /// they were already taken (the call then sends raw from here on).
+    pub fn take_codecs(&mut self) -> Option<Box<Codecs>> {
+        self.plan = CallCodec::RAW;
+        self.codecs.take()
+    }
+
     /// When phases ended, by the caller's clock.
     pub fn phase_marks(&self) -> PhaseMarks {
         self.phase_marks
@@ -836,7 +980,16 @@ impl Collective {
 
 impl Part {
     fn new(elems: Range<usize>, send_link: Link, pos: usize, block_of_pos: Vec<usize>, root_pos: usize) -> Part {
-        Part { elems, send_link, pos, block_of_pos, root_pos, expect: None, ready: VecDeque::new() }
+        Part {
+            elems,
+            send_link,
+            pos,
+            block_of_pos,
+            root_pos,
+            expect: None,
+            ready: VecDeque::new(),
+            forwards: VecDeque::new(),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod collective;
 pub mod direct;
 mod fin;
 pub mod membership;
+pub mod payload;
 pub mod reduce;
 pub mod schedule;
 

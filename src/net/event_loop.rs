@@ -12,14 +12,15 @@ use super::coord_link::{CoordEvent, CoordLink};
 use super::establish::Ring;
 use super::link::{Link as Conn, OutFrame, OutPayload, ReadStep, Rx, Target};
 use super::{Job, JobOutcome};
-use crate::codec::Codec;
+use crate::codec::CodecChoice;
 use crate::comm::stats::Recorder;
 use crate::comm::straggler::WINDOW_SLOTS;
 use crate::comm::{Config, LinkStats, Side};
 use crate::coord::View;
 use crate::core::collective::{Algorithm, Collective, Link, ProtocolError, Spec, Status};
+use crate::core::payload::Codecs;
 use crate::core::ReduceOp;
-use crate::limits::REBUILD_TIMEOUT;
+use crate::limits::{ENCODED_FRAMES_QUEUED_MAX, REBUILD_TIMEOUT};
 use crate::wire::control::Control;
 use crate::wire::header::verify_crc;
 use crate::wire::{CollKind, Header};
@@ -79,6 +80,8 @@ impl Driver {
         shared: Arc<super::Shared>,
     ) -> Result<Driver, Error> {
         let os = |e: std::io::Error| Error::Shutdown(format!("event loop setup: {e}"));
+        let codecs = Codecs::new(config.codec_level, Some(Instant::now))
+            .map_err(|e| Error::Config(format!("codec {}: {e}", config.codec.name())))?;
         let poll = Poll::new().map_err(os)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(os)?);
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -108,6 +111,8 @@ impl Driver {
             rank: config.rank,
             segment_bytes: config.segment_bytes,
             algorithm: config.algorithm,
+            codec: config.codec,
+            codecs: Some(Box::new(codecs)),
             progress_timeout: config.progress_timeout,
             exact_retry: config.exact_retry,
             heartbeat_timeout: config.heartbeat_timeout,
@@ -207,6 +212,9 @@ struct EventLoop {
     rank: Rank,
     segment_bytes: usize,
     algorithm: Algorithm,
+    codec: CodecChoice,
+    /// Lent to the active collective while it runs.
+    codecs: Option<Box<Codecs>>,
     progress_timeout: Duration,
     /// `Config::exact_retry`: completion tokens and backups, redo after a view change.
     exact_retry: bool,
@@ -364,6 +372,7 @@ impl EventLoop {
                 progressed |= self.pump_read(i, now);
             }
             progressed |= self.flush_all();
+            progressed |= self.drain_transmits();
             progressed |= self.check_active(now);
             if !progressed {
                 break;
@@ -422,7 +431,8 @@ impl EventLoop {
             self.backup.clear();
             self.backup.extend_from_slice(job.buf.bytes());
         }
-        let coll = Collective::start(spec, now, job.buf.bytes_mut());
+        let codecs = self.codecs_for_next();
+        let coll = Collective::start_with(spec, now, job.buf.bytes_mut(), codecs);
         let error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq, epoch: self.epoch });
         self.active = Some(Active {
             job,
@@ -473,7 +483,7 @@ impl EventLoop {
                 s.op
             },
             dtype: s.dtype,
-            codec: Codec::Raw,
+            codec: self.codec,
             job: self.job,
             epoch: self.epoch,
             seq,
@@ -491,6 +501,18 @@ impl EventLoop {
         }
     }
 
+    /// The codec state for the next collective, fed with the links' latest drain rates
+    /// (codec `auto` weighs compression against them).
+    fn codecs_for_next(&mut self) -> Option<Box<Codecs>> {
+        let mut codecs = self.codecs.take();
+        for (i, l) in self.links.iter_mut().enumerate() {
+            if let (Some(c), Some(rate)) = (codecs.as_mut(), l.as_mut().and_then(|l| l.rate.take_sample())) {
+                c.observe_link(link_of(i), rate);
+            }
+        }
+        codecs
+    }
+
     /// Frames parked for the active collective can now be read.
     fn unpark(&mut self) {
         for i in 0..2 {
@@ -503,14 +525,23 @@ impl EventLoop {
         }
     }
 
-    /// Moves the active collective's transmits into the links' write queues.
-    fn drain_transmits(&mut self) {
-        let Some(a) = self.active.as_mut() else { return };
-        while let Some(t) = a.coll.poll_transmit(a.job.buf.bytes()) {
+    /// Moves the active collective's transmits into the links' write queues. A call that
+    /// encodes is paced: segments are encoded only while their link's queue is short, so
+    /// compression of one segment overlaps the writing of the previous ones. Returns true
+    /// if it queued anything.
+    fn drain_transmits(&mut self) -> bool {
+        let Some(a) = self.active.as_mut() else { return false };
+        let limit = if a.coll.encodes() { ENCODED_FRAMES_QUEUED_MAX } else { usize::MAX };
+        let mut queued = false;
+        loop {
+            let links = &self.links;
+            let room = |link: Link| links[idx(link)].as_ref().is_none_or(|l| l.closed || l.out.len() < limit);
+            let Some(t) = a.coll.poll_transmit_where(a.job.buf.bytes(), room) else { break };
+            queued = true;
             match self.links[idx(t.link)].as_mut() {
                 Some(l) if !l.closed => {
                     let payload = match t.owned {
-                        Some(bytes) => OutPayload::Owned(bytes),
+                        Some(bytes) => OutPayload::Pooled(bytes),
                         None => OutPayload::Job(t.payload),
                     };
                     l.out.push_back(OutFrame { header: t.header, payload });
@@ -518,6 +549,7 @@ impl EventLoop {
                 _ => {}
             }
         }
+        queued
     }
 
     fn key(&self) -> (u64, u64) {
@@ -743,10 +775,11 @@ impl EventLoop {
             (None, Status::Failed(pe)) => Err(Err(pe.clone())),
             (None, _) => Ok(()),
         };
-        let Some(a) = self.active.take() else { return false };
+        let Some(mut a) = self.active.take() else { return false };
         for l in self.links.iter_mut().flatten() {
             l.release_job(a.job.buf.bytes());
         }
+        self.codecs = a.coll.take_codecs().or(self.codecs.take());
         let outcome = match result {
             Ok(()) => {
                 let report = recovery::report(&a, now);
@@ -896,10 +929,11 @@ impl EventLoop {
     }
 
     fn fail_everything(&mut self, reason: &str) {
-        if let Some(a) = self.active.take() {
+        if let Some(mut a) = self.active.take() {
             for l in self.links.iter_mut().flatten() {
                 l.release_job(a.job.buf.bytes());
             }
+            self.codecs = a.coll.take_codecs().or(self.codecs.take());
             let _ = a.job.reply.send(JobOutcome { result: Err(Error::Shutdown(reason.into())) });
         }
         for j in self.queue.drain(..) {

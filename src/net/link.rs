@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use mio::net::TcpStream;
 
+use super::rate::RateMeter;
+use crate::codec::PooledBytes;
 use crate::limits::IOVECS_MAX;
 use crate::wire::{Header, HEADER_LEN};
 use crate::Rank;
@@ -41,6 +43,9 @@ pub(super) enum OutPayload {
     Job(Range<usize>),
     /// Bytes owned by the frame (aborts, or a job range copied out when the job ended).
     Owned(Vec<u8>),
+    /// Bytes the collective made (an encoded segment, a frame forwarded as it came); the
+    /// buffer goes back to its pool when the frame is written or dropped.
+    Pooled(PooledBytes),
 }
 
 /// A frame waiting to be written.
@@ -84,6 +89,8 @@ pub(super) struct Link {
     last_read: usize,
     /// What the statistics report about this link (see [`crate::comm::LinkStats`]).
     pub(super) counters: Counters,
+    /// Drain rate of the outgoing direction while it is the bottleneck (for codec `auto`).
+    pub(super) rate: RateMeter,
 }
 
 /// Time and frame counters of one link, since it was connected.
@@ -117,6 +124,7 @@ impl Link {
             bytes_out: 0,
             last_read: 0,
             counters: Counters::default(),
+            rate: RateMeter::default(),
         }
     }
 
@@ -232,6 +240,7 @@ impl Link {
                 let payload: &[u8] = match &f.payload {
                     OutPayload::Job(r) => &job.expect("job payload queued without an active job")[r.clone()],
                     OutPayload::Owned(v) => v,
+                    OutPayload::Pooled(p) => p,
                 };
                 for part in [&f.header[..], payload] {
                     if skip >= part.len() {
@@ -247,12 +256,14 @@ impl Link {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.writable = false;
+                    self.rate.blocked(std::time::Instant::now());
                     break;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
             self.bytes_out += n as u64;
+            self.rate.wrote(n);
             self.out_written += n;
             while let Some(f) = self.out.front() {
                 let len = HEADER_LEN + f.payload_len();
@@ -263,6 +274,9 @@ impl Link {
                 self.out.pop_front();
                 done += 1;
             }
+        }
+        if self.out.is_empty() && self.rate.measuring() {
+            self.rate.idle(std::time::Instant::now());
         }
         Ok(done)
     }
@@ -297,6 +311,7 @@ impl OutFrame {
         match &self.payload {
             OutPayload::Job(r) => r.len(),
             OutPayload::Owned(v) => v.len(),
+            OutPayload::Pooled(p) => p.len(),
         }
     }
 }

@@ -11,6 +11,7 @@ mod event_loop;
 mod fault;
 pub(crate) mod handshake;
 mod link;
+mod rate;
 
 use std::any::Any;
 use std::time::Instant;

@@ -34,6 +34,7 @@ pub(super) fn report(a: &Active, now: Instant) -> Report {
         joined: Vec::new(),
         seq: a.seq,
         bytes_sent: a.coll.bytes_sent(),
+        bytes_sent_raw: a.coll.bytes_sent_raw(),
         reduce_scatter: rs_end.saturating_duration_since(a.started),
         all_gather: now.saturating_duration_since(rs_end),
         queued: a.started.saturating_duration_since(a.job.submitted),
@@ -176,6 +177,10 @@ impl EventLoop {
             Some((s, true)) if s == seq && finish => {
                 let Some(mut a) = self.active.take() else { return true };
                 a.error = None;
+                for l in self.links.iter_mut().flatten() {
+                    l.release_job(a.job.buf.bytes());
+                }
+                self.codecs = a.coll.take_codecs().or(self.codecs.take());
                 let report = report(&a, now);
                 self.record_completed(a.coll.spec().coll, a.job.buf.bytes().len(), &report, now - a.started);
                 self.completed += 1;
@@ -207,10 +212,11 @@ impl EventLoop {
                 CollKind::AllGather | CollKind::ReduceScatter => false,
             };
         if !redoable {
-            let Some(a) = self.active.take() else { return };
+            let Some(mut a) = self.active.take() else { return };
             for l in self.links.iter_mut().flatten() {
                 l.release_job(a.job.buf.bytes());
             }
+            self.codecs = a.coll.take_codecs().or(self.codecs.take());
             let err = Error::Interrupted { seq: a.seq, epoch: a.epoch, new_epoch: self.epoch };
             let _ = a.job.reply.send(JobOutcome { result: Err(err) });
             return;
@@ -221,7 +227,8 @@ impl EventLoop {
             a.job.buf.bytes_mut().copy_from_slice(&self.backup);
         }
         tracing::info!(rank = self.rank, seq = a.seq, epoch, "redoing the interrupted call over the survivors");
-        a.coll = Collective::start(spec, now, a.job.buf.bytes_mut());
+        let codecs = a.coll.take_codecs().or(self.codecs.take());
+        a.coll = Collective::start_with(spec, now, a.job.buf.bytes_mut(), codecs);
         a.error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq: a.seq, epoch });
         a.epoch = epoch;
         a.members = members;

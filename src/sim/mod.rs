@@ -66,6 +66,7 @@ pub use buf::AlignedBytes;
 pub use engine::Sim;
 pub use rng::SimRng;
 
+use crate::codec::CodecChoice;
 use crate::core::collective::{Algorithm, ProtocolError};
 use crate::core::{DataType, ReduceOp};
 use crate::wire::CollKind;
@@ -121,6 +122,12 @@ pub struct SimConfig {
     pub segment_bytes: usize,
     /// Ring algorithm for all_reduce (as `Config::algorithm`). Default `Auto`.
     pub algorithm: Algorithm,
+    /// Codec setting (as `Config::codec`). Default `raw`. Encoding takes no virtual time:
+    /// `auto` sees each link's modelled bandwidth as its measured rate and counts codecs
+    /// as free, so it compresses wherever that shrinks a segment on a limited link.
+    pub codec: CodecChoice,
+    /// zstd level (as `Config::codec_level`). Default 1.
+    pub codec_level: i32,
     /// Progress timeout of every call (as `Config::progress_timeout`). Default 30 s.
     pub progress_timeout: Duration,
     /// Each rank's caller makes each call after a gap uniform in `0..=start_skew_max`
@@ -157,6 +164,8 @@ impl SimConfig {
             link: LinkModel::default(),
             segment_bytes: 512 << 10,
             algorithm: Algorithm::Auto,
+            codec: CodecChoice::default(),
+            codec_level: 1,
             progress_timeout: Duration::from_secs(30),
             start_skew_max: Duration::from_micros(200),
             shuffle_ring: true,

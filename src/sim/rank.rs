@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use super::net::{idx, link_of, peer_of, Arrival, EventKind, Net, SimFrame};
 use super::{AlignedBytes, Call, RankStatus, SimError};
-use crate::codec::Codec;
-use crate::core::collective::{Algorithm, Collective, Spec, Status};
+use crate::codec::CodecChoice;
+use crate::core::collective::{Algorithm, Collective, Link, Spec, Status};
+use crate::core::payload::Codecs;
 use crate::core::schedule::chunk_range;
 use crate::core::ReduceOp;
 use crate::wire::header::verify_crc;
@@ -31,6 +32,10 @@ pub(super) struct Ctx<'a> {
     pub(super) epoch: u64,
     pub(super) segment_bytes: usize,
     pub(super) algorithm: Algorithm,
+    pub(super) codec: CodecChoice,
+    pub(super) codec_level: i32,
+    /// The link model's bandwidth (0: unlimited), fed to `auto` as each link's rate.
+    pub(super) link_bytes_per_sec: u64,
     pub(super) progress_timeout: Duration,
     /// Completion tokens on every call (`Spec::fin`).
     pub(super) fin: bool,
@@ -107,6 +112,8 @@ pub(super) struct RankSim {
     /// Frames that arrived for a call this rank had not started yet.
     pub(super) early_frames: u64,
     pub(super) hazards: Vec<String>,
+    /// This rank's codecs, lent to each call as the event loop lends its own.
+    codecs: Option<Box<Codecs>>,
 }
 
 fn job_bytes<'b>(buf: &'b mut JobBuf, shared: &'b mut AlignedBytes, call: &Call) -> &'b mut [u8] {
@@ -135,6 +142,7 @@ impl RankSim {
             stale_frames: 0,
             early_frames: 0,
             hazards: Vec::new(),
+            codecs: None,
         }
     }
 
@@ -225,13 +233,28 @@ impl RankSim {
         debug_assert_eq!(seq, ctx.seq_base + job.call as u64, "every rank runs every call in order");
         let call = &ctx.calls[job.call];
         let spec = self.spec(ctx, call, seq);
-        let coll = Collective::start(spec, net.instant(), job_bytes(&mut job.buf, shared, call));
+        let coll = Collective::start_with(spec, net.instant(), job_bytes(&mut job.buf, shared, call), self.lend(ctx));
         let error =
             self.broken.as_ref().map(|(peer, reason)| SimError::LinkFailed { peer: *peer, reason: reason.clone() });
         let sends = [VecDeque::new(), VecDeque::new()];
         self.active = Some(Active { job, coll, seq, started: net.now, error, sends, last_depart: net.now });
         self.drain(net, ctx, shared);
         true
+    }
+
+    /// Mirrors how `EventLoop::start_next` lends its codecs, with the modelled bandwidth
+    /// standing in for the measured link rates.
+    fn lend(&mut self, ctx: &Ctx) -> Option<Box<Codecs>> {
+        if self.codecs.is_none() {
+            self.codecs = Codecs::new(ctx.codec_level, None).ok().map(Box::new);
+        }
+        let mut codecs = self.codecs.take()?;
+        if ctx.link_bytes_per_sec > 0 {
+            for link in [Link::Prev, Link::Next] {
+                codecs.observe_link(link, ctx.link_bytes_per_sec as f64);
+            }
+        }
+        Some(codecs)
     }
 
     fn spec(&self, ctx: &Ctx, call: &Call, seq: u64) -> Spec {
@@ -246,7 +269,7 @@ impl RankSim {
             coll: call.coll,
             op: if no_op { ReduceOp::Sum } else { call.op },
             dtype: call.dtype,
-            codec: Codec::Raw,
+            codec: ctx.codec,
             job: ctx.job,
             epoch: ctx.epoch,
             seq,
@@ -417,6 +440,7 @@ impl RankSim {
             },
         };
         let Some(mut a) = self.active.take() else { return false };
+        self.codecs = a.coll.take_codecs().or(self.codecs.take());
         let call = &ctx.calls[a.job.call];
         let (status, output) = match result {
             Ok(()) => {

@@ -185,3 +185,111 @@ fn shared_buffers_keep_timing_and_drop_outputs() {
     let own = Sim::new(c).run(call, oracle::inputs(&call, 16, 1)).expect("no hang");
     assert_eq!(shared.finished, own.finished);
 }
+
+/// Gradient-like f32 inputs that no order sums exactly: one in six is zero (a dead unit),
+/// the rest have magnitudes from 2^-10 to 1 with random mantissas and signs (their high
+/// byte planes repeat, their low ones do not).
+fn gradient_inputs(world: usize, elems: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = SimRng::new(seed);
+    (0..world)
+        .map(|_| {
+            (0..elems)
+                .flat_map(|_| {
+                    if rng.below(6) == 0 {
+                        return 0f32.to_le_bytes();
+                    }
+                    let mantissa = 1.0 + rng.below(1 << 23) as f32 / (1u32 << 23) as f32;
+                    let sign = if rng.percent(50) { -1.0 } else { 1.0 };
+                    (sign * mantissa * (2f32).powi(-(rng.below(11) as i32))).to_le_bytes()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn codec_config(world: usize, codec: crate::codec::CodecChoice) -> SimConfig {
+    SimConfig { segment_bytes: 4096, codec, ..SimConfig::new(world, 17) }
+}
+
+#[test]
+fn lossless_codecs_are_bit_identical_to_raw_and_shrink_what_is_sent() {
+    use crate::codec::{Codec, CodecChoice};
+    for (world, algorithm) in [(2, Algorithm::Ring), (4, Algorithm::Bidir), (5, Algorithm::Ring)] {
+        let call = Call::all_reduce(ReduceOp::Sum, DataType::F32, 20_000);
+        let inputs = gradient_inputs(world, call.len_elems, 3);
+        let run = |codec| {
+            let config = SimConfig { algorithm, ..codec_config(world, codec) };
+            let o = Sim::new(config).run(call, inputs.clone()).expect("no hang");
+            assert!(o.all_done(), "{:?}", o.statuses);
+            o
+        };
+        let raw = run(CodecChoice::Fixed(Codec::Raw));
+        for codec in [
+            CodecChoice::Fixed(Codec::Zstd),
+            CodecChoice::Fixed(Codec::ShuffleZstd),
+            CodecChoice::Auto { lossy: false },
+        ] {
+            let o = run(codec);
+            assert_eq!(o.outputs, raw.outputs, "{} on {world} ranks", codec.name());
+            assert!(o.bytes < raw.bytes, "{}: {} bytes, raw {}", codec.name(), o.bytes, raw.bytes);
+        }
+    }
+}
+
+#[test]
+fn lossy_codecs_end_bit_identical_and_within_their_rounding_bound() {
+    use crate::codec::{Codec, CodecChoice};
+    let world = 5;
+    let call = Call::all_reduce(ReduceOp::Avg, DataType::F32, 10_000);
+    let inputs = gradient_inputs(world, call.len_elems, 9);
+    let xs: Vec<Vec<f32>> = inputs.iter().map(|b| f32s(b)).collect();
+    let settings = [
+        (CodecChoice::Fixed(Codec::Bf16), 2f64.powi(-8)),
+        (CodecChoice::Fixed(Codec::F16), 2f64.powi(-11)),
+        (CodecChoice::Fixed(Codec::Bf16Zstd), 2f64.powi(-8)),
+        (CodecChoice::Auto { lossy: true }, 2f64.powi(-8)),
+    ];
+    for (codec, unit_roundoff) in settings {
+        let mut sim = Sim::new(SimConfig { algorithm: Algorithm::Bidir, ..codec_config(world, codec) });
+        // Two calls: auto+bf16 measures in the first and may round from the second on.
+        for call_index in 0..2 {
+            let o = sim.run(call, inputs.clone()).expect("no hang");
+            assert!(o.all_done(), "{:?}", o.statuses);
+            assert!(o.outputs.iter().all(|x| *x == o.outputs[0]), "{}: ranks differ", codec.name());
+            let got = f32s(&o.outputs[0]);
+            let mut rounded = 0;
+            for (i, g) in got.iter().enumerate() {
+                let exact: f64 = xs.iter().map(|x| f64::from(x[i])).sum::<f64>() / world as f64;
+                let magnitude: f64 = xs.iter().map(|x| f64::from(x[i]).abs()).sum::<f64>() / world as f64;
+                // One rounding per hop and one by the owner, each at most half a unit in
+                // the last place of a partial sum no larger than the sum of magnitudes,
+                // plus f16's absolute error below its normal range.
+                let bound = world as f64 * (unit_roundoff * magnitude + 2f64.powi(-25)) * 1.01;
+                assert!((f64::from(*g) - exact).abs() <= bound, "{}: element {i}: {g} vs {exact}", codec.name());
+                // Errors beyond f32's own summation error come from the codec.
+                rounded += usize::from((f64::from(*g) - exact).abs() > 4.0 * world as f64 * 2f64.powi(-24) * magnitude);
+            }
+            let measuring = codec == CodecChoice::Auto { lossy: true } && call_index == 0;
+            assert_eq!(rounded > 0, !measuring, "{} call {call_index}: {rounded} rounded", codec.name());
+        }
+    }
+}
+
+#[test]
+fn auto_compresses_only_where_the_link_is_limited() {
+    use crate::codec::{Codec, CodecChoice};
+    let call = Call::all_reduce(ReduceOp::Sum, DataType::F32, 50_000);
+    let inputs = gradient_inputs(4, call.len_elems, 5);
+    let bytes = |codec, bytes_per_sec| {
+        let mut config = codec_config(4, codec);
+        config.link.bytes_per_sec = bytes_per_sec;
+        Sim::new(config).run(call, inputs.clone()).expect("no hang").bytes
+    };
+    let raw = bytes(CodecChoice::Fixed(Codec::Raw), 0);
+    assert_eq!(bytes(CodecChoice::Auto { lossy: false }, 0), raw, "unlimited links: nothing to gain");
+    assert!(bytes(CodecChoice::Auto { lossy: false }, 125_000_000) < raw);
+}

@@ -1,0 +1,251 @@
+//! `auto`: per segment, the codec the measurements say moves data fastest.
+//!
+//! The policy is pure: it is fed measurements and answers questions, and never reads a
+//! clock. Two kinds of measurement feed it:
+//!
+//! - the **link rate** of each outgoing link, in wire bytes per second, measured by the
+//!   driver only while the link was the bottleneck (the socket refused more bytes), so a
+//!   link that always keeps up reports nothing and is treated as fast;
+//! - **probes**: now and then (first on the first segment, then every 2, 4, ... up to
+//!   [`PROBE_INTERVAL_MAX`] segments) the sender encodes and decodes the first
+//!   [`PROBE_BYTES`] of a segment with each candidate codec and reports the ratio and the
+//!   time both took. Probes are not sent; they cost well under 1% of the segments.
+//!
+//! With a link rate `L`, a codec of ratio `r` (raw bytes per wire byte) whose encode plus
+//! decode costs `c` seconds per raw byte delivers `min(L * r, 1 / (c * links))` raw bytes
+//! per second per link (`links`: outgoing links sharing this rank's core), and raw
+//! delivers `L`. A codec is used only if it promises at least [`GAIN_MIN`] times raw's
+//! goodput; without a link rate, or without a probe yet, the answer is raw. On loopback the
+//! measured rate is the peer's own processing speed, which no codec beats, so `auto` stays
+//! raw and costs only its probes.
+
+use std::time::Duration;
+
+use super::Codec;
+
+/// Bytes of a segment each probe encodes and decodes (its start, whole elements).
+pub const PROBE_BYTES: usize = 64 << 10;
+
+/// Most segments between two probes once the policy has settled.
+pub const PROBE_INTERVAL_MAX: u32 = 64;
+
+/// How much more goodput than raw a codec must promise before it is used: the margin
+/// covers measurement noise, so a codec that barely pays is not switched on and off.
+pub const GAIN_MIN: f64 = 1.05;
+
+/// Weight of a new sample in the running estimates (exponential moving average).
+const WEIGHT_NEW: f64 = 0.25;
+
+/// The codecs auto considers besides raw: lossless, and lossy when allowed.
+const LOSSLESS_CANDIDATES: [Codec; 1] = [Codec::ShuffleZstd];
+const LOSSY_CANDIDATES: [Codec; 3] = [Codec::ShuffleZstd, Codec::Bf16, Codec::Bf16Zstd];
+
+/// What one probe of one codec measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Probe {
+    /// The codec probed.
+    pub codec: Codec,
+    /// Raw bytes encoded.
+    pub raw_bytes: usize,
+    /// Bytes the payload took (after any fallback).
+    pub wire_bytes: usize,
+    /// Time the encode took (zero where no clock is given, as in the simulator).
+    pub encode: Duration,
+    /// Time the decode took.
+    pub decode: Duration,
+}
+
+/// Running estimate for one codec.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Estimate {
+    /// Raw bytes per wire byte.
+    ratio: f64,
+    /// Encode plus decode time per raw byte, in seconds.
+    cpu_secs_per_byte: f64,
+}
+
+/// The state of `auto` on one rank: estimates per candidate codec and per link.
+#[derive(Debug, Clone, Default)]
+pub struct AutoPolicy {
+    /// By position in [`LOSSY_CANDIDATES`].
+    estimates: [Option<Estimate>; 3],
+    /// Wire bytes per second of each outgoing link, by the driver's link index.
+    link_bytes_per_sec: [Option<f64>; 2],
+    /// Segments left before the next probe.
+    until_probe: u32,
+    /// Segments between probes now (doubles up to [`PROBE_INTERVAL_MAX`]).
+    probe_interval: u32,
+}
+
+impl AutoPolicy {
+    /// A policy with no measurements: it answers raw and probes the first segment.
+    pub fn new() -> AutoPolicy {
+        AutoPolicy::default()
+    }
+
+    /// The candidates probed and chosen from, besides raw.
+    pub fn candidates(lossy: bool) -> &'static [Codec] {
+        if lossy {
+            &LOSSY_CANDIDATES
+        } else {
+            &LOSSLESS_CANDIDATES
+        }
+    }
+
+    /// Records the measured rate of outgoing link `link` (0 or 1) in wire bytes per second.
+    /// Rates that are not finite and positive are ignored.
+    pub fn observe_link(&mut self, link: usize, bytes_per_sec: f64) {
+        if let Some(slot) = self.link_bytes_per_sec.get_mut(link) {
+            if bytes_per_sec.is_finite() && bytes_per_sec > 0.0 {
+                *slot = Some(match *slot {
+                    Some(old) => old + WEIGHT_NEW * (bytes_per_sec - old),
+                    None => bytes_per_sec,
+                });
+            }
+        }
+    }
+
+    /// The current rate estimate of link `link`.
+    pub fn link_rate(&self, link: usize) -> Option<f64> {
+        self.link_bytes_per_sec.get(link).copied().flatten()
+    }
+
+    /// Folds in one probe. Probes of codecs auto does not consider, or of nothing, are ignored.
+    pub fn observe_probe(&mut self, probe: &Probe) {
+        let Some(i) = LOSSY_CANDIDATES.iter().position(|c| *c == probe.codec) else { return };
+        if probe.raw_bytes == 0 || probe.wire_bytes == 0 {
+            return;
+        }
+        let sample = Estimate {
+            ratio: probe.raw_bytes as f64 / probe.wire_bytes as f64,
+            cpu_secs_per_byte: (probe.encode + probe.decode).as_secs_f64() / probe.raw_bytes as f64,
+        };
+        self.estimates[i] = Some(match self.estimates[i] {
+            Some(old) => Estimate {
+                ratio: old.ratio + WEIGHT_NEW * (sample.ratio - old.ratio),
+                cpu_secs_per_byte: old.cpu_secs_per_byte
+                    + WEIGHT_NEW * (sample.cpu_secs_per_byte - old.cpu_secs_per_byte),
+            },
+            None => sample,
+        });
+    }
+
+    /// Counts one segment about to be encoded and says whether to probe it first.
+    pub fn probe_due(&mut self) -> bool {
+        if self.until_probe > 0 {
+            self.until_probe -= 1;
+            return false;
+        }
+        self.probe_interval = (self.probe_interval * 2).clamp(1, PROBE_INTERVAL_MAX);
+        self.until_probe = self.probe_interval - 1;
+        true
+    }
+
+    /// The codec for the next segment on outgoing link `link`: the candidate (lossy ones
+    /// only if `lossy`) with the most predicted goodput, if it beats raw by [`GAIN_MIN`];
+    /// raw otherwise. `links` is the number of outgoing links this rank's core feeds at once.
+    pub fn choose(&self, link: usize, lossy: bool, links: usize) -> Codec {
+        let Some(rate) = self.link_rate(link) else { return Codec::Raw };
+        let mut best = (Codec::Raw, rate * GAIN_MIN);
+        for &codec in AutoPolicy::candidates(lossy) {
+            if let Some(g) = self.goodput(codec, rate, links) {
+                if g > best.1 {
+                    best = (codec, g);
+                }
+            }
+        }
+        best.0
+    }
+
+    /// True if, on some link with a known rate, a lossy codec is the best choice: `auto+bf16`
+    /// asks this once per collective to decide whether the call rounds at all.
+    pub fn lossy_pays(&self, links: usize) -> bool {
+        (0..self.link_bytes_per_sec.len()).any(|l| self.choose(l, true, links).is_lossy())
+    }
+
+    /// Predicted raw bytes per second of `codec` on a link of `rate` wire bytes per second.
+    fn goodput(&self, codec: Codec, rate: f64, links: usize) -> Option<f64> {
+        let i = LOSSY_CANDIDATES.iter().position(|c| *c == codec)?;
+        let e = self.estimates[i]?;
+        let cpu_secs = e.cpu_secs_per_byte * links.max(1) as f64;
+        let cpu_rate = if cpu_secs > 0.0 { 1.0 / cpu_secs } else { f64::INFINITY };
+        Some((rate * e.ratio).min(cpu_rate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(codec: Codec, ratio: f64, cpu_mb_per_s: f64) -> Probe {
+        let raw_bytes = 1 << 20;
+        let secs = raw_bytes as f64 / (cpu_mb_per_s * 1e6);
+        Probe {
+            codec,
+            raw_bytes,
+            wire_bytes: (raw_bytes as f64 / ratio) as usize,
+            encode: Duration::from_secs_f64(secs / 2.0),
+            decode: Duration::from_secs_f64(secs / 2.0),
+        }
+    }
+
+    #[test]
+    fn raw_until_both_the_link_and_the_codec_are_measured() {
+        let mut p = AutoPolicy::new();
+        assert_eq!(p.choose(1, false, 1), Codec::Raw);
+        p.observe_probe(&probe(Codec::ShuffleZstd, 1.3, 400.0));
+        assert_eq!(p.choose(1, false, 1), Codec::Raw, "no link rate yet");
+        p.observe_link(1, 117e6);
+        assert_eq!(p.choose(1, false, 1), Codec::ShuffleZstd);
+        assert_eq!(p.choose(0, false, 1), Codec::Raw, "the other link is not known to be slow");
+    }
+
+    #[test]
+    fn a_fast_link_stays_raw_and_a_slow_one_compresses_only_where_it_pays() {
+        let mut p = AutoPolicy::new();
+        p.observe_probe(&probe(Codec::ShuffleZstd, 1.15, 400.0));
+        p.observe_link(0, 3e9); // loopback: the peer reads at memory speed
+        p.observe_link(1, 117e6); // 1 Gbit/s
+        assert_eq!(p.choose(0, false, 1), Codec::Raw);
+        assert_eq!(p.choose(1, false, 1), Codec::ShuffleZstd); // 135 MB/s > 1.05 x 117
+        assert_eq!(p.choose(1, false, 4), Codec::Raw, "four links share 400 MB/s of CPU: 100 < 117");
+        let mut barely = AutoPolicy::new();
+        barely.observe_probe(&probe(Codec::ShuffleZstd, 1.03, 4000.0));
+        barely.observe_link(1, 117e6);
+        assert_eq!(barely.choose(1, false, 1), Codec::Raw, "3% is within the margin");
+    }
+
+    #[test]
+    fn lossy_candidates_only_when_allowed_and_the_best_one_wins() {
+        let mut p = AutoPolicy::new();
+        p.observe_link(1, 117e6);
+        p.observe_probe(&probe(Codec::ShuffleZstd, 1.15, 400.0));
+        p.observe_probe(&probe(Codec::Bf16, 2.0, 3000.0));
+        p.observe_probe(&probe(Codec::Bf16Zstd, 2.8, 350.0));
+        assert_eq!(p.choose(1, false, 1), Codec::ShuffleZstd);
+        assert_eq!(p.choose(1, true, 1), Codec::Bf16Zstd); // min(328, 350) beats min(234, 3000)
+        assert!(p.lossy_pays(1));
+        for _ in 0..20 {
+            p.observe_link(1, 10e9); // faster than any codec's CPU
+        }
+        assert!(!p.lossy_pays(1), "rate now {:?}", p.link_rate(1));
+    }
+
+    #[test]
+    fn probes_thin_out_to_the_maximum_interval() {
+        let mut p = AutoPolicy::new();
+        let at: Vec<u32> = (0..300u32).filter(|_| p.probe_due()).collect();
+        assert_eq!(at, vec![0, 1, 3, 7, 15, 31, 63, 127, 191, 255]);
+    }
+
+    #[test]
+    fn samples_without_bytes_or_of_other_codecs_change_nothing() {
+        let mut p = AutoPolicy::new();
+        p.observe_link(1, 117e6);
+        p.observe_probe(&Probe { wire_bytes: 0, ..probe(Codec::ShuffleZstd, 2.0, 400.0) });
+        p.observe_probe(&probe(Codec::F16, 2.0, 4000.0));
+        p.observe_link(1, f64::NAN);
+        assert_eq!(p.choose(1, true, 1), Codec::Raw);
+        assert_eq!(p.link_rate(1), Some(117e6));
+    }
+}

@@ -1,0 +1,497 @@
+//! The codec side of a collective: encoding segments for the wire, checking and decoding
+//! what arrives, and the rounding that keeps lossy results bit-identical.
+//!
+//! The driver owns one [`Codecs`] per communicator (zstd contexts, scratch, the payload
+//! buffer pool, `auto`'s measurements) and lends it to each collective it starts
+//! ([`super::collective::Collective::start_with`]), taking it back when the call ends, so
+//! nothing here is allocated per call or per segment once buffers have grown.
+//!
+//! Per call, a [`CallCodec`] fixes what this rank may send and accept (from
+//! [`CodecChoice::for_call`]) and whether the owner of each chunk rounds its final value.
+//! Per segment, the sender picks the codec ([`Codecs::encode_segment`]) and names it in
+//! the header; the receiver accepts any codec the call's setting allows
+//! ([`CallCodec::check_frame`]) and decodes into exactly the segment its own schedule
+//! expects, so a payload cannot make it write more or fewer bytes.
+
+use std::time::{Duration, Instant};
+
+use super::collective::Link;
+use super::{DataType, ReduceOp};
+use crate::codec::auto::{Probe, PROBE_BYTES};
+use crate::codec::{
+    round_in_place, AutoPolicy, BufferPool, Codec, CodecChoice, CodecError, Decoder, Encoder, PooledBytes,
+};
+use crate::wire::CollKind;
+
+/// A time source for `auto`'s probes. The TCP driver passes the wall clock; the
+/// simulator passes none (its time is virtual and encoding takes none of it), so probes
+/// measure ratios only and codecs count as free.
+pub type Clock = fn() -> Instant;
+
+/// Encoders, decoders, buffers and measurements a communicator reuses across calls.
+#[derive(Debug)]
+pub struct Codecs {
+    encoder: Encoder,
+    decoder: Decoder,
+    pool: BufferPool,
+    auto: AutoPolicy,
+    clock: Option<Clock>,
+    /// Probe payload and its decoded copy.
+    probe_wire: Vec<u8>,
+    probe_back: Vec<u8>,
+}
+
+impl Codecs {
+    /// Codecs compressing at `zstd_level`, timing `auto`'s probes with `clock`.
+    ///
+    /// # Errors
+    /// [`CodecError::Level`] outside zstd's range; [`CodecError::Zstd`] if zstd cannot
+    /// allocate its contexts.
+    pub fn new(zstd_level: i32, clock: Option<Clock>) -> Result<Codecs, CodecError> {
+        Ok(Codecs {
+            encoder: Encoder::new(zstd_level)?,
+            decoder: Decoder::new()?,
+            pool: BufferPool::new(),
+            auto: AutoPolicy::new(),
+            clock,
+            probe_wire: Vec::new(),
+            probe_back: Vec::new(),
+        })
+    }
+
+    /// Records the measured rate of the outgoing link `link` in wire bytes per second
+    /// (the driver measures it while the link is the bottleneck).
+    pub fn observe_link(&mut self, link: Link, bytes_per_sec: f64) {
+        self.auto.observe_link(link_index(link), bytes_per_sec);
+    }
+
+    /// `auto`'s measurements.
+    pub fn auto(&self) -> &AutoPolicy {
+        &self.auto
+    }
+
+    /// The pool encoded payloads come from (and return to once written).
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    /// Encodes the segment `raw` for `link` as `plan` says: `None` means send `raw` as it
+    /// is (the `raw` codec, a segment that did not compress, or an encoder failure, which
+    /// is always safe to fall back from); otherwise the codec named in the header and the
+    /// payload, in a pooled buffer.
+    pub fn encode_segment(
+        &mut self,
+        plan: &CallCodec,
+        link: Link,
+        dtype: DataType,
+        raw: &[u8],
+    ) -> Option<(Codec, PooledBytes)> {
+        let codec = match plan.choice {
+            CodecChoice::Fixed(c) => c,
+            CodecChoice::Auto { lossy } => {
+                // Probe every candidate the setting allows, also while this call does not
+                // round: that is how a later call learns that rounding pays.
+                if self.auto.probe_due() {
+                    self.probe(lossy, dtype, raw);
+                }
+                self.auto.choose(link_index(link), plan.lossy, plan.links)
+            }
+        };
+        if codec == Codec::Raw {
+            return None;
+        }
+        let mut out = self.pool.take();
+        match self.encoder.encode(codec, dtype, raw, out.vec_mut()) {
+            Ok(Codec::Raw) | Err(_) => None,
+            Ok(sent) => Some((sent, out)),
+        }
+    }
+
+    /// Encodes and decodes the start of `raw` with each candidate codec and feeds the
+    /// ratios and times to `auto`.
+    fn probe(&mut self, lossy: bool, dtype: DataType, raw: &[u8]) {
+        let esize = dtype.size();
+        let sample = &raw[..raw.len().min(PROBE_BYTES) / esize * esize];
+        if sample.is_empty() {
+            return;
+        }
+        for &codec in AutoPolicy::candidates(lossy) {
+            if !codec.supports(dtype) {
+                continue;
+            }
+            let t0 = self.clock.map(|now| now());
+            let Ok(sent) = self.encoder.encode(codec, dtype, sample, &mut self.probe_wire) else { continue };
+            let t1 = self.clock.map(|now| now());
+            self.probe_back.resize(sample.len(), 0);
+            if self.decoder.decode(sent, dtype, &self.probe_wire, &mut self.probe_back).is_err() {
+                continue;
+            }
+            let t2 = self.clock.map(|now| now());
+            let elapsed = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+                (Some(a), Some(b)) => b.saturating_duration_since(a),
+                _ => Duration::ZERO,
+            };
+            self.auto.observe_probe(&Probe {
+                codec,
+                raw_bytes: sample.len(),
+                wire_bytes: self.probe_wire.len(),
+                encode: elapsed(t0, t1),
+                decode: elapsed(t1, t2),
+            });
+        }
+    }
+
+    /// Decodes `payload` (already checked by [`CallCodec::check_frame`]) and reduces it
+    /// into `dst`, the segment the schedule expects.
+    ///
+    /// # Errors
+    /// The codec's error if the payload does not decode to exactly `dst.len()` bytes;
+    /// `dst` is then unchanged.
+    pub fn decode_reduce(
+        &mut self,
+        codec: Codec,
+        dtype: DataType,
+        op: ReduceOp,
+        payload: &[u8],
+        dst: &mut [u8],
+    ) -> Result<(), CodecError> {
+        self.decoder.decode_reduce(codec, dtype, op, payload, dst)
+    }
+
+    /// Decodes `payload` into `dst`, the segment the schedule expects.
+    ///
+    /// # Errors
+    /// The codec's error if the payload does not decode to exactly `dst.len()` bytes.
+    pub fn decode(&mut self, codec: Codec, dtype: DataType, payload: &[u8], dst: &mut [u8]) -> Result<(), CodecError> {
+        self.decoder.decode(codec, dtype, payload, dst)
+    }
+
+    /// A pooled copy of `payload`, kept to forward it unchanged.
+    pub fn keep(&self, payload: &[u8]) -> PooledBytes {
+        let mut kept = self.pool.take();
+        kept.vec_mut().extend_from_slice(payload);
+        kept
+    }
+}
+
+/// What one collective sends and accepts, fixed when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallCodec {
+    /// The setting for this call ([`CodecChoice::for_call`]); `raw` when no codecs were lent.
+    pub choice: CodecChoice,
+    /// Whether this call may round (a fixed lossy codec, or `auto+bf16` when it pays now).
+    pub lossy: bool,
+    /// The rounding the owner of a chunk applies to its final value before all-gather,
+    /// if any: all_reduce with a lossy codec.
+    pub owner_rounds: Option<Codec>,
+    /// Outgoing links the call feeds at once (parts).
+    pub links: usize,
+}
+
+impl CallCodec {
+    /// Raw frames only.
+    pub const RAW: CallCodec =
+        CallCodec { choice: CodecChoice::Fixed(Codec::Raw), lossy: false, owner_rounds: None, links: 1 };
+
+    /// The plan of a call of `coll` over `dtype` configured with `setting`, on `links`
+    /// outgoing links; `codecs` is `None` when the driver lent none (then raw only).
+    pub fn new(
+        setting: CodecChoice,
+        coll: CollKind,
+        dtype: DataType,
+        links: usize,
+        codecs: Option<&Codecs>,
+    ) -> CallCodec {
+        let Some(codecs) = codecs else { return CallCodec::RAW };
+        let choice = setting.for_call(coll, dtype);
+        let lossy = match choice {
+            CodecChoice::Fixed(c) => c.is_lossy(),
+            CodecChoice::Auto { lossy } => lossy && codecs.auto.lossy_pays(links),
+        };
+        let rounding = match choice {
+            CodecChoice::Fixed(c) => c,
+            CodecChoice::Auto { .. } => Codec::Bf16,
+        };
+        let owner_rounds = (lossy && coll == CollKind::AllReduce).then_some(rounding);
+        CallCodec { choice, lossy, owner_rounds, links: links.max(1) }
+    }
+
+    /// True if this call may send anything but raw frames.
+    pub fn encodes(&self) -> bool {
+        self.choice != CodecChoice::Fixed(Codec::Raw)
+    }
+
+    /// Checks a data frame's codec and payload length against the call's setting and the
+    /// segment of `raw_len` bytes the schedule expects; `Err` says what is wrong.
+    pub fn check_frame(&self, codec: Codec, payload_len: usize, raw_len: usize) -> Result<(), String> {
+        // Only the setting, which every rank shares, decides: what `auto` decided on the
+        // sending rank (whether to round at all in this call) is its own business.
+        if !self.choice.accepts(codec) {
+            return Err(format!(
+                "a {} frame, which codec setting {} never sends here",
+                codec.name(),
+                self.choice.name()
+            ));
+        }
+        let max = codec.payload_len_max(raw_len);
+        if payload_len > max || (codec == Codec::Raw && payload_len != raw_len) {
+            return Err(format!(
+                "a {} payload of {payload_len} bytes for a segment of {raw_len} bytes (at most {max})",
+                codec.name()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rounds the owner's final segment `dst` as it will be sent, if this call rounds.
+    pub fn round_final(&self, dtype: DataType, dst: &mut [u8]) {
+        if let Some(codec) = self.owner_rounds {
+            // for_call lets lossy codecs through only for f32, whole elements by construction.
+            let rounded = round_in_place(codec, dtype, dst);
+            debug_assert!(rounded.is_ok(), "{rounded:?}");
+        }
+    }
+}
+
+fn link_index(link: Link) -> usize {
+    match link {
+        Link::Prev => 0,
+        Link::Next => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::collective::{Algorithm, Collective, ProtocolError, Spec, Status};
+    use crate::core::schedule::{next_pos, prev_pos};
+    use crate::wire::{FrameKind, Header, Phase};
+
+    fn codecs() -> Codecs {
+        Codecs::new(1, None).expect("zstd contexts")
+    }
+
+    fn gradient_bytes(elems: usize) -> Vec<u8> {
+        (0..elems).flat_map(|i| ((i % 97) as f32 * 1e-3 - 0.03).to_ne_bytes()).collect()
+    }
+
+    #[test]
+    fn a_plan_without_lent_codecs_is_raw_only() {
+        let plan = CallCodec::new(CodecChoice::Fixed(Codec::Zstd), CollKind::AllReduce, DataType::F32, 2, None);
+        assert_eq!(plan, CallCodec::RAW);
+        assert!(plan.check_frame(Codec::Zstd, 10, 100).is_err());
+        assert!(plan.check_frame(Codec::Raw, 100, 100).is_ok());
+        assert!(plan.check_frame(Codec::Raw, 99, 100).is_err());
+    }
+
+    #[test]
+    fn frames_are_held_to_the_setting_and_the_expected_size() {
+        let c = codecs();
+        let bf16 = CallCodec::new(CodecChoice::Fixed(Codec::Bf16Zstd), CollKind::AllReduce, DataType::F32, 1, Some(&c));
+        assert_eq!(bf16.owner_rounds, Some(Codec::Bf16Zstd));
+        assert!(bf16.check_frame(Codec::Bf16, 50, 100).is_ok());
+        assert!(bf16.check_frame(Codec::Bf16, 51, 100).is_err(), "more than half is no bf16 payload");
+        assert!(bf16.check_frame(Codec::Zstd, 10, 100).is_err(), "not what bf16+zstd sends");
+        let gather = CallCodec::new(CodecChoice::Fixed(Codec::Bf16), CollKind::AllGather, DataType::F32, 1, Some(&c));
+        assert_eq!((gather.choice, gather.owner_rounds), (CodecChoice::Fixed(Codec::Raw), None));
+        assert!(gather.check_frame(Codec::Bf16, 50, 100).is_err(), "all_gather is exact");
+        let scatter =
+            CallCodec::new(CodecChoice::Fixed(Codec::F16), CollKind::ReduceScatter, DataType::F32, 1, Some(&c));
+        assert_eq!((scatter.lossy, scatter.owner_rounds), (true, None), "reduce_scatter has no all-gather");
+        let auto = CallCodec::new(CodecChoice::Auto { lossy: true }, CollKind::AllReduce, DataType::F32, 2, Some(&c));
+        assert!(!auto.lossy, "auto+bf16 rounds only once it has measured that it pays");
+        assert!(auto.check_frame(Codec::Bf16, 50, 100).is_ok(), "a peer that measured otherwise may round");
+        assert!(auto.check_frame(Codec::F16, 50, 100).is_err() && auto.check_frame(Codec::ShuffleZstd, 9, 100).is_ok());
+    }
+
+    #[test]
+    fn fixed_codecs_encode_and_fall_back_to_raw_on_noise() {
+        let mut c = codecs();
+        let plan =
+            CallCodec::new(CodecChoice::Fixed(Codec::ShuffleZstd), CollKind::AllReduce, DataType::F32, 1, Some(&c));
+        let raw = gradient_bytes(4096);
+        let (codec, payload) = c.encode_segment(&plan, Link::Next, DataType::F32, &raw).expect("compresses");
+        assert_eq!(codec, Codec::ShuffleZstd);
+        let mut back = vec![0u8; raw.len()];
+        c.decode(codec, DataType::F32, &payload, &mut back).expect("decodes");
+        assert_eq!(back, raw);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        assert!(c.encode_segment(&plan, Link::Next, DataType::F32, &noise).is_none(), "sent raw from the buffer");
+        drop(payload);
+        assert!(c.pool().idle() >= 1, "payloads go back to the pool");
+    }
+
+    #[test]
+    fn auto_probes_then_compresses_a_slow_link_only() {
+        let mut c = codecs();
+        let plan = CallCodec::new(CodecChoice::Auto { lossy: false }, CollKind::AllReduce, DataType::F32, 2, Some(&c));
+        let raw = gradient_bytes(4096);
+        assert!(c.encode_segment(&plan, Link::Next, DataType::F32, &raw).is_none(), "no link rate yet");
+        c.observe_link(Link::Next, 100e6);
+        let sent = c.encode_segment(&plan, Link::Next, DataType::F32, &raw).map(|(codec, _)| codec);
+        assert_eq!(sent, Some(Codec::ShuffleZstd), "a probe without a clock counts the codec as free");
+        assert!(c.encode_segment(&plan, Link::Prev, DataType::F32, &raw).is_none());
+    }
+
+    #[test]
+    fn the_owner_rounds_exactly_as_receivers_decode() {
+        let mut c = codecs();
+        let plan = CallCodec::new(CodecChoice::Fixed(Codec::Bf16), CollKind::AllReduce, DataType::F32, 1, Some(&c));
+        let mut mine = gradient_bytes(1000);
+        plan.round_final(DataType::F32, &mut mine);
+        let (codec, payload) = c.encode_segment(&plan, Link::Next, DataType::F32, &mine).expect("bf16 always encodes");
+        let mut theirs = vec![0u8; mine.len()];
+        c.decode(codec, DataType::F32, &payload, &mut theirs).expect("decodes");
+        assert_eq!(theirs, mine);
+    }
+
+    /// A call on `world` positions; completion tokens on for the all_reduces of five ranks.
+    fn spec(coll: CollKind, codec: CodecChoice, world: usize, pos: usize) -> Spec {
+        Spec {
+            coll,
+            op: ReduceOp::Sum,
+            dtype: DataType::F32,
+            codec,
+            job: 1,
+            epoch: 1,
+            seq: 0,
+            len_elems: 3000,
+            world,
+            pos,
+            rank: pos as u32,
+            block_of_pos: (0..world).collect(),
+            root_pos: 0,
+            segment_bytes: 4096,
+            contributors: world,
+            algorithm: Algorithm::Ring,
+            progress_timeout: Duration::from_secs(1),
+            fin: world == 5 && coll == CollKind::AllReduce,
+        }
+    }
+
+    /// The first frame rank 1 of two sends rank 0 with `codec`, and a fresh rank 0.
+    fn first_frame(codec: CodecChoice) -> (Header, Vec<u8>, Collective, Vec<u8>) {
+        let now = Instant::now();
+        let mut sender_buf = gradient_bytes(3000);
+        let mut sender = Collective::start_with(
+            spec(CollKind::AllReduce, codec, 2, 1),
+            now,
+            &mut sender_buf,
+            Some(Box::new(codecs())),
+        );
+        let t = sender.poll_transmit(&sender_buf).expect("a frame");
+        let (header, _) = Header::decode(&t.header).expect("valid header");
+        let payload = t.owned.as_deref().map_or_else(|| sender_buf[t.payload.clone()].to_vec(), <[u8]>::to_vec);
+        let mut buf = gradient_bytes(3000);
+        let receiver =
+            Collective::start_with(spec(CollKind::AllReduce, codec, 2, 0), now, &mut buf, Some(Box::new(codecs())));
+        (header, payload, receiver, buf)
+    }
+
+    #[test]
+    fn hostile_payloads_fail_the_call_and_good_ones_are_reduced() {
+        let zstd = CodecChoice::Fixed(Codec::Zstd);
+        let (h, payload, mut rx, mut buf) = first_frame(zstd);
+        assert_eq!(h.codec, Codec::Zstd);
+        assert!((h.payload_len as usize) < h.raw_len as usize);
+        assert_eq!(rx.handle_frame(Instant::now(), Link::Prev, &h, &payload, &mut buf), Ok(()));
+
+        let mut bomb = Vec::new();
+        Encoder::new(1).and_then(|mut e| e.encode(Codec::Zstd, DataType::F32, &vec![0u8; 1 << 20], &mut bomb)).unwrap();
+        let cases: [(Header, Vec<u8>, &str); 4] = [
+            (Header { codec: Codec::Bf16, ..h }, payload.clone(), "never sends"),
+            (Header { payload_len: h.raw_len + 1, ..h }, vec![0; h.raw_len as usize + 1], "at most"),
+            (Header { raw_len: h.raw_len - 4, ..h }, payload.clone(), "expected (phase"),
+            (Header { payload_len: bomb.len() as u32, ..h }, bomb, "decoded is 1048576 bytes"),
+        ];
+        for (header, body, why) in cases {
+            let (_, _, mut rx, mut buf) = first_frame(zstd);
+            let before = buf.clone();
+            let e = rx.handle_frame(Instant::now(), Link::Prev, &header, &body, &mut buf).expect_err(why);
+            assert!(e.to_string().contains(why), "{why}: {e}");
+            assert!(matches!(rx.status(), Status::Failed(_)));
+            if let ProtocolError::Payload { .. } = e {
+                assert_eq!(buf, before, "a payload that does not decode leaves the buffer alone");
+            }
+        }
+    }
+
+    /// A frame as sent: sender position, header, payload.
+    type Sent = (usize, Header, Vec<u8>);
+
+    /// Runs one collective on an in-memory ring of `world` ranks, returning every rank's
+    /// buffer and every frame sent.
+    fn run_ring(coll: CollKind, codec: CodecChoice, world: usize) -> (Vec<Vec<u8>>, Vec<Sent>) {
+        let now = Instant::now();
+        let mut bufs: Vec<Vec<u8>> = (0..world).map(|p| gradient_bytes(3000 + p)[..12_000].to_vec()).collect();
+        let mut ranks: Vec<Collective> = (0..world)
+            .map(|p| Collective::start_with(spec(coll, codec, world, p), now, &mut bufs[p], Some(Box::new(codecs()))))
+            .collect();
+        let mut sent = Vec::new();
+        for _round in 0..10_000 {
+            let mut moved = false;
+            for p in 0..world {
+                while let Some(t) = ranks[p].poll_transmit(&bufs[p]) {
+                    moved = true;
+                    let (h, _) = Header::decode(&t.header).expect("valid header");
+                    let body = t.owned.as_deref().map_or_else(|| bufs[p][t.payload.clone()].to_vec(), <[u8]>::to_vec);
+                    let (to, link) = match t.link {
+                        Link::Next => (next_pos(p, world), Link::Prev),
+                        Link::Prev => (prev_pos(p, world), Link::Next),
+                    };
+                    ranks[to].handle_frame(now, link, &h, &body, &mut bufs[to]).expect("accepted");
+                    sent.push((p, h, body));
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        assert!(ranks.iter().all(|r| *r.status() == Status::Done));
+        (bufs, sent)
+    }
+
+    #[test]
+    fn compressed_frames_are_forwarded_as_they_came() {
+        for (coll, codec) in [
+            (CollKind::AllReduce, CodecChoice::Fixed(Codec::ShuffleZstd)),
+            (CollKind::AllReduce, CodecChoice::Fixed(Codec::Bf16Zstd)),
+            (CollKind::Broadcast, CodecChoice::Fixed(Codec::Zstd)),
+        ] {
+            for world in [4, 5] {
+                let (bufs, sent) = run_ring(coll, codec, world);
+                assert!(bufs.iter().all(|b| *b == bufs[0]), "{}: ranks differ", codec.name());
+                let passed_on: Vec<_> = sent
+                    .iter()
+                    .filter(|(p, h, _)| match (h.kind, h.phase) {
+                        (FrameKind::Data, Phase::Broadcast) => *p != 0, // the root originates, the others pass on
+                        (FrameKind::Data, Phase::AllGather) => h.step > 0,
+                        _ => false,
+                    })
+                    .collect();
+                assert!(!passed_on.is_empty());
+                for (p, h, body) in passed_on {
+                    assert_ne!(h.codec, Codec::Raw, "{}: these segments compress", codec.name());
+                    // What position p received for this segment one step earlier, from its prev.
+                    let (_, g, original) = sent
+                        .iter()
+                        .find(|(q, g, _)| {
+                            *q == prev_pos(*p, world)
+                                && (g.phase, g.chunk, g.segment) == (h.phase, h.chunk, h.segment)
+                                && (g.phase == Phase::Broadcast || g.step + 1 == h.step)
+                        })
+                        .unwrap_or_else(|| panic!("{}: the frame {p} passes on: {h:?}", codec.name()));
+                    assert_eq!((g.codec, original), (h.codec, body), "{}: re-encoded on the way", codec.name());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! A link's drain rate, measured only while the link is the bottleneck.
+//!
+//! A socket that refuses bytes (`WouldBlock`) has a full send buffer: from then until the
+//! write queue runs empty, every byte the socket accepts is a byte the link drained, so
+//! bytes written over that time is the link's rate. A link that never fills its buffer is
+//! faster than this rank feeds it and yields no sample: `auto` then treats it as fast.
+
+use std::time::{Duration, Instant};
+
+/// Shortest busy period that yields a sample: shorter ones are dominated by scheduling.
+const SAMPLE_TIME_MIN: Duration = Duration::from_millis(2);
+
+/// Fewest bytes that yield a sample (a few segments).
+const SAMPLE_BYTES_MIN: u64 = 1 << 20;
+
+/// Drain-rate meter of one outgoing link.
+#[derive(Debug, Default)]
+pub(super) struct RateMeter {
+    /// When the socket first refused bytes in the current busy period.
+    blocked_since: Option<Instant>,
+    /// Bytes the socket accepted since then.
+    bytes_since_blocked: u64,
+    /// The latest sample, in bytes per second, not yet taken.
+    sample: Option<f64>,
+}
+
+impl RateMeter {
+    /// The socket accepted `n` bytes.
+    pub(super) fn wrote(&mut self, n: usize) {
+        if self.blocked_since.is_some() {
+            self.bytes_since_blocked += n as u64;
+        }
+    }
+
+    /// The socket refused bytes at `now`.
+    pub(super) fn blocked(&mut self, now: Instant) {
+        if self.blocked_since.is_none() {
+            self.blocked_since = Some(now);
+            self.bytes_since_blocked = 0;
+        }
+    }
+
+    /// The write queue ran empty at `now`: ends the busy period.
+    pub(super) fn idle(&mut self, now: Instant) {
+        let Some(since) = self.blocked_since.take() else { return };
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= SAMPLE_TIME_MIN && self.bytes_since_blocked >= SAMPLE_BYTES_MIN {
+            self.sample = Some(self.bytes_since_blocked as f64 / elapsed.as_secs_f64());
+        }
+    }
+
+    /// True while a busy period is being measured (the caller then reports `idle`).
+    pub(super) fn measuring(&self) -> bool {
+        self.blocked_since.is_some()
+    }
+
+    /// The latest sample in bytes per second, once.
+    pub(super) fn take_sample(&mut self) -> Option<f64> {
+        self.sample.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bytes_after_a_refusal_count_and_short_periods_yield_nothing() {
+        let t0 = Instant::now();
+        let mut m = RateMeter::default();
+        m.wrote(10 << 20);
+        m.idle(t0 + Duration::from_secs(1));
+        assert_eq!(m.take_sample(), None, "never blocked: the link kept up");
+        m.blocked(t0);
+        m.wrote(4 << 20);
+        m.blocked(t0 + Duration::from_millis(10));
+        m.wrote(4 << 20);
+        m.idle(t0 + Duration::from_millis(80));
+        let rate = m.take_sample().expect("a sample");
+        assert!((rate - (8 << 20) as f64 / 0.08).abs() < 1.0, "{rate}");
+        assert_eq!(m.take_sample(), None, "taken once");
+        m.blocked(t0);
+        m.wrote(1 << 10);
+        m.idle(t0 + Duration::from_millis(50));
+        assert_eq!(m.take_sample(), None, "too few bytes");
+    }
+}
