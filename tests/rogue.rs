@@ -369,7 +369,7 @@ fn ring_forms_while_silent_strangers_wait_on_every_ring_port() {
     for (r, (ok, err)) in exits.iter().enumerate() {
         assert!(ok, "rank {r} failed with strangers on the ring ports: {err}");
     }
-    assert!(took < Duration::from_secs(5), "the ring took {took:?} to form past the strangers");
+    assert!(took < Duration::from_secs(10), "the ring took {took:?} to form past the strangers");
 }
 
 /// Waits for every victim's `ready`, or for one of them to exit; true if all are ready.
