@@ -47,14 +47,6 @@ pub(crate) fn send_hello(stream: &mut TcpStream, hello: &Hello) -> Result<[u8; H
     Ok(bytes)
 }
 
-/// Responder step: read the initiator's hello (fixed size, bounded wait).
-pub(crate) fn read_hello(stream: &mut TcpStream) -> Result<([u8; HELLO_LEN], Hello), HandshakeError> {
-    let mut b = [0u8; HELLO_LEN];
-    read_exact_timed(stream, &mut b)?;
-    let h = Hello::decode(&b).map_err(|e| HandshakeError::Hello(e.to_string()))?;
-    Ok((b, h))
-}
-
 /// Responder step 2: send our hello and our MAC.
 pub(crate) fn answer(
     stream: &mut TcpStream,
