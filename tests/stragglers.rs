@@ -122,3 +122,67 @@ fn ringbench_names_the_rank_slowed_through_the_environment() {
     assert!(record.contains("\"straggler\": {\"rank\": 1, \"cause\": \"rank\""), "{record}");
     assert_eq!(record.matches("\"idle_fraction\"").count(), 3, "{record}");
 }
+
+/// The slow-link rule end to end: three ranks in network namespaces this test creates
+/// (scripts/netns: addresses that exist only inside them), one rank's uplink shaped to
+/// 50 Mbit/s against 1 Gbit/s for the others. Its receivers wait mid-frame; it is named
+/// with a link cause. Skips loudly without root, `ip` or `tc`.
+#[test]
+fn a_rank_behind_a_slow_link_is_named_for_its_link() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let prefix = format!("sg{}", std::process::id() % 100_000);
+    let netns = |args: &[&str]| {
+        std::process::Command::new(format!("{root}/scripts/netns"))
+            .args(args)
+            .env("NETNS_PREFIX", &prefix)
+            .env("NETNS_SUBNET", "10.81.0")
+            .output()
+    };
+    let up = netns(&["up", "3", "1gbit"]);
+    if !matches!(&up, Ok(o) if o.status.success()) {
+        let _ = netns(&["down"]);
+        eprintln!("SKIPPED: cannot create network namespaces (needs root, ip, tc): {up:?}");
+        return;
+    }
+    // Deletes the namespaces however the test ends.
+    struct Down<F: Fn()>(F);
+    impl<F: Fn()> Drop for Down<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let _down = Down(|| {
+        let _ = netns(&["down"]);
+    });
+    let slow_ns = format!("{prefix}1");
+    let shaped = std::process::Command::new("ip")
+        .args(["netns", "exec", &slow_ns, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf"])
+        .args(["rate", "50mbit", "burst", "262144", "latency", "50ms"])
+        .status()
+        .expect("tc");
+    assert!(shaped.success());
+    let hosts = format!("{prefix}0:1,{prefix}1:1,{prefix}2:1");
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &format!("{prefix}0"), env!("CARGO_BIN_EXE_ringrun"), "-n", "3", "-H", &hosts])
+        .args(["--bind", "10.81.0.1", "--rsh", &format!("{root}/scripts/netns-rsh"), "--"])
+        .args([env!("CARGO_BIN_EXE_ringbench"), "-b", "1M", "-e", "1M", "-n", "10", "-w", "1"])
+        .args(["--segment-bytes", "64K"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ringrun");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ringbench over the shaped links still running after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("# Straggler")).unwrap_or_default();
+    assert!(line.starts_with("# Straggler            : rank 1: "), "{stdout}");
+    assert!(line.contains("for frames from rank 1 already under way") && line.contains("links of rank 1"), "{line}");
+}

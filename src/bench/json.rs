@@ -185,7 +185,8 @@ pub fn stats_json(s: &Stats) -> String {
     let links = array(&s.links, |l| {
         format!(
             "{{\"side\": {}, \"peer\": {}, \"bytes_sent\": {}, \"bytes_received\": {}, \"frames_received\": {}, \
-             \"send_gbps\": {}, \"recv_gbps\": {}, \"recv_wait\": {}, \"send_blocked\": {}, \"active\": {}}}",
+             \"send_gbps\": {}, \"recv_gbps\": {}, \"recv_wait\": {}, \"recv_transfer\": {}, \"send_blocked\": {}, \
+             \"active\": {}}}",
             quote(l.side.name()),
             l.peer,
             l.bytes_sent,
@@ -194,6 +195,7 @@ pub fn stats_json(s: &Stats) -> String {
             number(l.send_gbps()),
             number(l.recv_gbps()),
             secs(l.recv_wait),
+            secs(l.recv_transfer),
             secs(l.send_blocked),
             secs(l.active)
         )
@@ -217,7 +219,7 @@ pub fn stats_json(s: &Stats) -> String {
     let ranks = array(&s.ranks, |r| {
         format!(
             "{{\"rank\": {}, \"collectives\": {}, \"active\": {}, \"idle_fraction\": {}, \"peers\": [{}, {}], \
-             \"recv_wait\": [{}, {}], \"send_blocked\": [{}, {}]}}",
+             \"recv_wait\": [{}, {}], \"recv_transfer\": [{}, {}], \"send_blocked\": [{}, {}]}}",
             r.rank,
             r.collectives,
             secs(r.active),
@@ -226,6 +228,8 @@ pub fn stats_json(s: &Stats) -> String {
             peer(r.peers[1]),
             secs(r.recv_wait[0]),
             secs(r.recv_wait[1]),
+            secs(r.recv_transfer[0]),
+            secs(r.recv_transfer[1]),
             secs(r.send_blocked[0]),
             secs(r.send_blocked[1])
         )
@@ -234,7 +238,7 @@ pub fn stats_json(s: &Stats) -> String {
         || "null".into(),
         |g| {
             let cause = match g.cause {
-                StragglerCause::Link { to } => format!("{{\"link_to\": {to}}}"),
+                StragglerCause::Link { from, to } => format!("{{\"link_from\": {from}, \"link_to\": {to}}}"),
                 _ => quote("rank"),
             };
             format!(
@@ -390,6 +394,7 @@ mod tests {
                 bytes_received: 1_000_000,
                 frames_received: 4,
                 recv_wait: ms(250),
+                recv_transfer: ms(125),
                 send_blocked: ms(0),
                 active: ms(1000),
             }],
@@ -413,12 +418,13 @@ mod tests {
                 idle: ms(125),
                 peers: [Some(0), None],
                 recv_wait: [ms(125), ms(0)],
+                recv_transfer: [ms(0), ms(0)],
                 send_blocked: [ms(0), ms(0)],
             }],
             windows: 1,
             straggler: Some(Straggler {
                 rank: 1,
-                cause: StragglerCause::Link { to: 0 },
+                cause: StragglerCause::Link { from: 1, to: 0 },
                 collectives_led: 9,
                 collectives_compared: 9,
                 evidence: "slow \"link\"".into(),
@@ -426,10 +432,13 @@ mod tests {
         };
         let j = stats_json(&s);
         assert!(j.contains("\"side\": \"next\", \"peer\": 1, \"bytes_sent\": 2000000"), "{j}");
-        assert!(j.contains("\"send_gbps\": 0.002, \"recv_gbps\": 0.001, \"recv_wait\": 0.25"), "{j}");
+        assert!(
+            j.contains("\"send_gbps\": 0.002, \"recv_gbps\": 0.001, \"recv_wait\": 0.25, \"recv_transfer\": 0.125"),
+            "{j}"
+        );
         assert!(j.contains("\"reduce_scatter\": 0.5, \"all_gather\": 0.25"), "{j}");
         assert!(j.contains("\"idle_fraction\": 0.125, \"peers\": [0, null]"), "{j}");
-        assert!(j.contains("\"straggler\": {\"rank\": 1, \"cause\": {\"link_to\": 0}"), "{j}");
+        assert!(j.contains("\"straggler\": {\"rank\": 1, \"cause\": {\"link_from\": 1, \"link_to\": 0}"), "{j}");
         assert!(j.contains("\"evidence\": \"slow \\\"link\\\"\"}}"), "{j}");
     }
 }

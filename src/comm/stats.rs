@@ -52,6 +52,10 @@ pub struct LinkStats {
     /// Time this rank waited for the neighbour: its event loop was idle while the running
     /// collective expected a frame on this link.
     pub recv_wait: Duration,
+    /// Of `recv_wait`, the time part of a frame had arrived and the rest had not: the link
+    /// was delivering it. Large when the link itself is slow; small when the neighbour is
+    /// late to send (its frames then arrive whole).
+    pub recv_transfer: Duration,
     /// Time this rank could not send to the neighbour: frames were queued and the socket
     /// was full (the neighbour or the link does not keep up), while the loop was idle.
     pub send_blocked: Duration,
@@ -143,6 +147,8 @@ pub struct RankSummary {
     pub peers: [Option<Rank>; 2],
     /// Time it waited for each neighbour (see [`LinkStats::recv_wait`]).
     pub recv_wait: [Duration; 2],
+    /// Of that, time a frame from it was under way (see [`LinkStats::recv_transfer`]).
+    pub recv_transfer: [Duration; 2],
     /// Time it was blocked sending to each neighbour (see [`LinkStats::send_blocked`]).
     pub send_blocked: [Duration; 2],
 }
@@ -167,8 +173,8 @@ impl Stats {
         for l in &self.links {
             let _ = writeln!(
                 out,
-                "  {} link to rank {}: sent {} B ({:.3} GB/s), received {} B ({:.3} GB/s), waited {:.1} ms for it, \
-                 blocked sending {:.1} ms",
+                "  {} link to rank {}: sent {} B ({:.3} GB/s), received {} B ({:.3} GB/s), waited {:.1} ms for it \
+                 ({:.1} ms mid-frame), blocked sending {:.1} ms",
                 l.side.name(),
                 l.peer,
                 l.bytes_sent,
@@ -176,6 +182,7 @@ impl Stats {
                 l.bytes_received,
                 l.recv_gbps(),
                 l.recv_wait.as_secs_f64() * 1e3,
+                l.recv_transfer.as_secs_f64() * 1e3,
                 l.send_blocked.as_secs_f64() * 1e3
             );
         }
@@ -237,15 +244,15 @@ pub(crate) struct Recorder {
     collectives: [CollectiveStats; 5],
     active: Duration,
     idle: Duration,
-    /// Idle time, and idle time with a send blocked, of the collective running now.
+    /// Idle time, and idle time with a frame under way, of the collective running now.
     running: (Duration, Duration),
     /// Per recent collective (oldest first, at most [`HISTORY_LEN`]): the fractions of its
-    /// time the loop was idle, and idle with a send blocked.
+    /// time the loop was idle, and idle waiting for the rest of a frame.
     history: VecDeque<(f64, f64)>,
     /// Totals at the last window, to report differences: (collectives, active, idle).
     last: (u64, Duration, Duration),
-    /// Per side: the peer and its (recv_wait, send_blocked) at the last window.
-    last_links: [Option<(Rank, Duration, Duration)>; 2],
+    /// Per side: the peer and its [`LinkStats`] at the last window.
+    last_links: [Option<LinkStats>; 2],
 }
 
 impl Default for Recorder {
@@ -274,12 +281,12 @@ impl Default for Recorder {
 }
 
 impl Recorder {
-    /// Idle time of the event loop while a collective ran; `blocked` if some link had
-    /// frames queued that its socket did not take.
-    pub(crate) fn note_idle(&mut self, idle: Duration, blocked: bool) {
+    /// Idle time of the event loop while a collective ran; `transfer` if it waited for the
+    /// rest of a frame already under way.
+    pub(crate) fn note_idle(&mut self, idle: Duration, transfer: bool) {
         self.idle += idle;
         self.running.0 += idle;
-        if blocked {
+        if transfer {
             self.running.1 += idle;
         }
     }
@@ -293,11 +300,11 @@ impl Recorder {
     /// A collective of `buf_bytes` completed with `report` after running `ran` on the loop.
     pub(crate) fn collective_done(&mut self, coll: CollKind, buf_bytes: usize, report: &Report, ran: Duration) {
         self.active += ran;
-        let (idle, blocked) = std::mem::take(&mut self.running);
+        let (idle, transfer) = std::mem::take(&mut self.running);
         if self.history.len() == HISTORY_LEN {
             self.history.pop_front();
         }
-        self.history.push_back((fraction(idle, ran).min(1.0), fraction(blocked, ran).min(1.0)));
+        self.history.push_back((fraction(idle, ran).min(1.0), fraction(transfer, ran).min(1.0)));
         let Some(i) = KINDS.iter().position(|&k| k == coll) else { return };
         let c = &mut self.collectives[i];
         c.calls += 1;
@@ -355,16 +362,18 @@ impl Recorder {
                 continue;
             };
             // A reconnected link counts from zero; so does a link to another peer.
-            let (wait0, blocked0) = match self.last_links[i] {
-                Some((peer, wait, blocked)) if peer == l.peer && wait <= l.recv_wait && blocked <= l.send_blocked => {
-                    (wait, blocked)
-                }
-                _ => (Duration::ZERO, Duration::ZERO),
-            };
+            let before = self.last_links[i].filter(|b| {
+                b.peer == l.peer
+                    && b.recv_wait <= l.recv_wait
+                    && b.recv_transfer <= l.recv_transfer
+                    && b.send_blocked <= l.send_blocked
+            });
+            let zero = Duration::ZERO;
             w.peers[i] = Some(l.peer);
-            w.recv_wait[i] = l.recv_wait - wait0;
-            w.send_blocked[i] = l.send_blocked - blocked0;
-            self.last_links[i] = Some((l.peer, l.recv_wait, l.send_blocked));
+            w.recv_wait[i] = l.recv_wait - before.map_or(zero, |b| b.recv_wait);
+            w.recv_transfer[i] = l.recv_transfer - before.map_or(zero, |b| b.recv_transfer);
+            w.send_blocked[i] = l.send_blocked - before.map_or(zero, |b| b.send_blocked);
+            self.last_links[i] = Some(*l);
         }
         let fresh = usize::try_from(w.collectives).unwrap_or(usize::MAX).min(self.history.len());
         w.history = self.history.iter().skip(self.history.len() - fresh).copied().collect();
@@ -392,7 +401,7 @@ mod tests {
         }
     }
 
-    fn link(side: Side, peer: Rank, wait_ms: u64, blocked_ms: u64) -> LinkStats {
+    fn link(side: Side, peer: Rank, wait_ms: u64, transfer_ms: u64) -> LinkStats {
         LinkStats {
             side,
             peer,
@@ -400,7 +409,8 @@ mod tests {
             bytes_received: 1_000_000,
             frames_received: 3,
             recv_wait: Duration::from_millis(wait_ms),
-            send_blocked: Duration::from_millis(blocked_ms),
+            recv_transfer: Duration::from_millis(transfer_ms),
+            send_blocked: Duration::from_millis(transfer_ms / 2),
             active: Duration::from_millis(2),
         }
     }
@@ -441,7 +451,7 @@ mod tests {
         assert_eq!((w.collectives, w.active, w.idle), (1, Duration::from_millis(20), Duration::from_millis(1)));
         assert_eq!(w.history, vec![(0.0, 0.0)]);
         assert_eq!(w.recv_wait, [Duration::from_millis(4), Duration::from_millis(2)]);
-        assert_eq!(w.send_blocked, [Duration::ZERO, Duration::ZERO]);
+        assert_eq!((w.recv_transfer, w.send_blocked), ([Duration::ZERO; 2], [Duration::ZERO; 2]));
         let w = r.take_window([None, None]);
         assert_eq!((w.collectives, w.peers, w.history.len()), (0, [None, None], 0));
     }

@@ -10,7 +10,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::coord_link::{CoordEvent, CoordLink};
 use super::establish::Ring;
-use super::link::{Link as Conn, OutFrame, OutPayload, ReadStep, Rx, Target};
+use super::link::{Link as Conn, OutFrame, OutPayload, ReadStep, Rx, Target, Waiting};
 use super::{Job, JobOutcome};
 use crate::codec::CodecChoice;
 use crate::comm::stats::Recorder;
@@ -981,22 +981,26 @@ impl EventLoop {
 
 /// Statistics hooks (`comm::stats`): what the loop counts and publishes.
 impl EventLoop {
-    /// Per link, whether the running collective expects a frame on it; `None` between
+    /// Per link, what it waits for, sampled before the loop polls; `None` between
     /// collectives (idle time then is nobody's wait).
-    fn expecting(&self) -> Option<[bool; 2]> {
-        self.active.as_ref().map(|a| [a.coll.expects_on(Link::Prev), a.coll.expects_on(Link::Next)])
+    fn expecting(&self) -> Option<[Waiting; 2]> {
+        let a = self.active.as_ref()?;
+        let at = |i: usize| match self.links[i].as_ref().filter(|l| !l.closed) {
+            Some(l) => l.waiting(a.coll.expects_on(link_of(i))),
+            None => Waiting::default(),
+        };
+        Some([at(0), at(1)])
     }
 
-    /// Accounts `idle` loop time during a collective to the links it was waiting on.
-    fn note_idle(&mut self, expecting: Option<[bool; 2]>, idle: Duration) {
+    /// Accounts `idle` loop time during a collective to what the links were waiting for.
+    fn note_idle(&mut self, expecting: Option<[Waiting; 2]>, idle: Duration) {
         let Some(expecting) = expecting else { return };
-        let mut blocked = false;
-        for (l, expected) in self.links.iter_mut().zip(expecting) {
-            if let Some(l) = l.as_mut().filter(|l| !l.closed) {
-                blocked |= l.note_idle(idle, expected);
+        for (l, waiting) in self.links.iter_mut().zip(expecting) {
+            if let Some(l) = l.as_mut() {
+                l.note_idle(idle, waiting);
             }
         }
-        self.recorder.note_idle(idle, blocked);
+        self.recorder.note_idle(idle, expecting.iter().any(|w| w.rest));
     }
 
     fn link_stats(&self) -> [Option<LinkStats>; 2] {

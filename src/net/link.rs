@@ -93,6 +93,17 @@ pub(super) struct Link {
     pub(super) rate: RateMeter,
 }
 
+/// What a link waited for while the event loop was idle (see [`Link::waiting`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Waiting {
+    /// A frame the running collective expects.
+    pub(super) frame: bool,
+    /// The rest of a frame of which a part has arrived.
+    pub(super) rest: bool,
+    /// Room in a full socket, with frames queued.
+    pub(super) socket: bool,
+}
+
 /// Time and frame counters of one link, since it was connected.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Counters {
@@ -100,6 +111,8 @@ pub(super) struct Counters {
     pub(super) frames_in: u64,
     /// Idle time of the event loop while the running collective expected a frame here.
     pub(super) recv_wait: Duration,
+    /// Of `recv_wait`, the time a frame was partly received: the link was delivering it.
+    pub(super) recv_transfer: Duration,
     /// Idle time of the event loop while frames were queued here and the socket was full.
     pub(super) send_blocked: Duration,
     /// Time collectives ran while this link was up (the denominator of its throughput).
@@ -128,18 +141,25 @@ impl Link {
         }
     }
 
-    /// Accounts `idle` time of the event loop during a collective: waiting for a frame on
-    /// this link if the collective `expected` one, blocked on it if output is queued but
-    /// the socket does not take it. Both can hold at once. Returns whether it was blocked.
-    pub(super) fn note_idle(&mut self, idle: Duration, expected: bool) -> bool {
-        if expected {
+    /// What this link waits for, sampled before the event loop goes idle: a frame if the
+    /// collective `expected` one, the rest of a frame if part of it is in, a full socket.
+    pub(super) fn waiting(&self, expected: bool) -> Waiting {
+        let mid_frame = matches!(self.rx, Rx::Header { filled } if filled > 0) || matches!(self.rx, Rx::Payload { .. });
+        Waiting { frame: expected, rest: expected && mid_frame, socket: !self.out.is_empty() && !self.writable }
+    }
+
+    /// Accounts `idle` time of the event loop during a collective to what the link was
+    /// `waiting` for when the loop went idle (several can hold at once).
+    pub(super) fn note_idle(&mut self, idle: Duration, waiting: Waiting) {
+        if waiting.frame {
             self.counters.recv_wait += idle;
         }
-        let blocked = !self.out.is_empty() && !self.writable;
-        if blocked {
+        if waiting.rest {
+            self.counters.recv_transfer += idle;
+        }
+        if waiting.socket {
             self.counters.send_blocked += idle;
         }
-        blocked
     }
 
     /// The link's statistics, seen from this rank.
@@ -152,6 +172,7 @@ impl Link {
             bytes_received: self.bytes_in,
             frames_received: c.frames_in,
             recv_wait: c.recv_wait,
+            recv_transfer: c.recv_transfer,
             send_blocked: c.send_blocked,
             active: c.active,
         }
