@@ -234,8 +234,9 @@ struct EventLoop {
     /// The epoch whose decision on the interrupted call this rank waits for, and since
     /// when: no call runs meanwhile.
     awaiting: Option<(u64, Instant)>,
-    /// The view whose ring is being built, and when it arrived.
-    rebuild: Option<(View, Instant)>,
+    /// The ring of a new view being built (resumable across attempts), and when the view
+    /// arrived.
+    rebuild: Option<(super::establish::RingBuilder, Instant)>,
     /// A decision from the coordinator: epoch, seq, finish.
     decision: Option<(u64, u64, bool)>,
     /// Copy of the running call's input (exact retry); its capacity is reused.

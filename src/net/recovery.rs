@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::{Active, EventLoop, Terminal};
 use crate::core::collective::{Collective, ProtocolError, Spec, Status};
 use crate::limits::REBUILD_TIMEOUT;
-use crate::net::establish::establish_ring;
+use crate::net::establish::RingBuilder;
 use crate::net::JobOutcome;
 use crate::wire::control::Control;
 use crate::wire::CollKind;
@@ -96,7 +96,11 @@ impl EventLoop {
             c.send(&resync);
         }
         self.awaiting = Some((epoch, Instant::now()));
-        self.rebuild = Some((view, Instant::now()));
+        let counts = (self.completed, self.next_seq);
+        match RingBuilder::new(view, self.rank, 0, counts) {
+            Ok(b) => self.rebuild = Some((b, Instant::now())),
+            Err(e) => self.desync(e.to_string()),
+        }
         true
     }
 
@@ -105,17 +109,16 @@ impl EventLoop {
     /// coordinator is heard and heartbeats flow between attempts, until the heartbeat
     /// timeout has passed since the view arrived; then the neighbour is reported.
     pub(super) fn try_rebuild(&mut self) -> bool {
-        let Some((view, first)) = self.rebuild.take() else { return false };
+        let Some((builder, first)) = self.rebuild.take() else { return false };
         // Several views can arrive in quick succession: connect only in the newest.
         self.read_coordinator(Instant::now());
         if self.pending_view.is_some() {
             return true; // superseded by a newer view
         }
-        let epoch = view.epoch;
-        let counts = (self.completed, self.next_seq);
+        let epoch = self.awaiting.map_or(self.epoch, |(e, _)| e);
         // The loop sends no heartbeats while it connects: stay well inside their timeout.
         let limit = REBUILD_TIMEOUT.min(self.heartbeat_timeout / 4);
-        match establish_ring(view.clone(), self.rank, 0, counts, &self.listener, limit, &self.secret) {
+        match builder.attempt(&self.listener, limit, &self.secret) {
             Ok(ring) => {
                 // Calls are sequential and returned only once all held the result: the
                 // survivors' completed counts differ by at most one.
@@ -128,12 +131,12 @@ impl EventLoop {
                 }
                 tracing::info!(rank = self.rank, epoch, members = ?self.members, "ring rebuilt");
             }
-            Err(e) if first.elapsed() < self.heartbeat_timeout => {
+            Err((builder, e)) if first.elapsed() < self.heartbeat_timeout => {
                 tracing::debug!(rank = self.rank, epoch, "ring rebuild attempt failed, retrying: {e}");
-                self.rebuild = Some((view, first));
+                self.rebuild = Some((builder, first));
                 return false; // let the loop hear the coordinator before the next attempt
             }
-            Err(e) => {
+            Err((_, e)) => {
                 tracing::warn!(rank = self.rank, epoch, "ring rebuild failed: {e}");
                 let peer = match &e {
                     Error::Io { peer, .. } => Some(*peer),
