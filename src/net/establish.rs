@@ -84,7 +84,7 @@ pub(crate) fn establish_ring(
     timeout: Duration,
     secret: &[u8],
 ) -> Result<Ring, Error> {
-    RingBuilder::new(view, rank, incarnation, counts)?.attempt(listener, timeout, secret).map_err(|(_, e)| e)
+    RingBuilder::new(view, rank, incarnation, counts)?.attempt(listener, timeout, secret)
 }
 
 /// The link to the next position, as far as its handshake got.
@@ -172,36 +172,30 @@ impl RingBuilder {
     }
 
     /// Takes the handshakes as far as they go within `timeout`: the ring once both links
-    /// are authenticated, or the builder back (to try again) with what stopped it.
-    pub(crate) fn attempt(
-        mut self,
-        listener: &TcpListener,
-        timeout: Duration,
-        secret: &[u8],
-    ) -> Result<Ring, (RingBuilder, Error)> {
+    /// are authenticated; otherwise what stopped it, and the builder keeps its progress for
+    /// the next attempt.
+    ///
+    /// # Errors
+    /// As [`establish_ring`].
+    pub(crate) fn attempt(&mut self, listener: &TcpListener, timeout: Duration, secret: &[u8]) -> Result<Ring, Error> {
         let w = self.view.members.len();
         if w == 1 {
-            return Ok(Ring { view: self.view, pos: self.pos, counts: [None, None], prev: None, next: None });
+            return Ok(Ring { view: self.view.clone(), pos: self.pos, counts: [None, None], prev: None, next: None });
         }
-        let deadline = Instant::now() + timeout;
-        if let Err(e) = self.advance(listener, deadline, secret) {
-            return Err((self, e));
-        }
+        self.advance(listener, Instant::now() + timeout, secret)?;
         let next_m = self.view.members[(self.pos + 1) % w].clone();
         let prev_m = self.view.members[(self.pos + w - 1) % w].clone();
-        match (self.next, self.prev) {
+        match (std::mem::replace(&mut self.next, NextSide::Idle), std::mem::replace(&mut self.prev, PrevSide::Idle)) {
             (NextSide::Done { stream: n, counts: nc }, PrevSide::Done { stream: p, counts: pc }) => Ok(Ring {
-                view: self.view,
+                view: self.view.clone(),
                 pos: self.pos,
                 counts: [pc, Some(nc)],
                 prev: Some((p, prev_m)),
                 next: Some((n, next_m)),
             }),
             (next, prev) => {
-                self.next = next;
-                self.prev = prev;
-                let e = Error::Rendezvous { reason: "ring handshake incomplete".into() };
-                Err((self, e))
+                (self.next, self.prev) = (next, prev);
+                Err(Error::Rendezvous { reason: "ring handshake incomplete".into() })
             }
         }
     }

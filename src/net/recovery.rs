@@ -109,7 +109,7 @@ impl EventLoop {
     /// coordinator is heard and heartbeats flow between attempts, until the heartbeat
     /// timeout has passed since the view arrived; then the neighbour is reported.
     pub(super) fn try_rebuild(&mut self) -> bool {
-        let Some((builder, first)) = self.rebuild.take() else { return false };
+        let Some((mut builder, first)) = self.rebuild.take() else { return false };
         // Several views can arrive in quick succession: connect only in the newest.
         self.read_coordinator(Instant::now());
         if self.pending_view.is_some() {
@@ -131,12 +131,12 @@ impl EventLoop {
                 }
                 tracing::info!(rank = self.rank, epoch, members = ?self.members, "ring rebuilt");
             }
-            Err((builder, e)) if first.elapsed() < self.heartbeat_timeout => {
+            Err(e) if first.elapsed() < self.heartbeat_timeout => {
                 tracing::debug!(rank = self.rank, epoch, "ring rebuild attempt failed, retrying: {e}");
                 self.rebuild = Some((builder, first));
                 return false; // let the loop hear the coordinator before the next attempt
             }
-            Err((_, e)) => {
+            Err(e) => {
                 tracing::warn!(rank = self.rank, epoch, "ring rebuild failed: {e}");
                 let peer = match &e {
                     Error::Io { peer, .. } => Some(*peer),
