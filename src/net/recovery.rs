@@ -13,15 +13,12 @@ use crate::wire::control::Control;
 use crate::wire::CollKind;
 use crate::{Error, Report};
 
-/// Whether a call's input must be copied before it starts so that it can be redone: the
-/// reductions overwrite it, and a broadcast root's buffer is the only copy of the data.
-/// All-gather and reduce-scatter are not redone (their layout depends on the membership).
+/// Whether a call must save the input it overwrites so that it can be redone (the
+/// collective saves each segment just before its first write). All-gather and
+/// reduce-scatter are not redone (their layout depends on the membership).
 pub(super) fn needs_backup(spec: &Spec) -> bool {
-    match spec.coll {
-        CollKind::AllReduce => true,
-        CollKind::Broadcast => spec.pos == spec.root_pos,
-        CollKind::Barrier | CollKind::AllGather | CollKind::ReduceScatter => false,
-    }
+    // A broadcast root never writes its buffer; other ranks' buffers are overwritten anyway.
+    spec.coll == CollKind::AllReduce
 }
 
 /// The report of a completed attempt: members and epoch are those it ran in.
@@ -184,6 +181,9 @@ impl EventLoop {
                     l.release_job(a.job.buf.bytes());
                 }
                 self.codecs = a.coll.take_codecs().or(self.codecs.take());
+                if let Some(b) = a.coll.take_backup() {
+                    self.backup = b;
+                }
                 let report = report(&a, now);
                 self.record_completed(a.coll.spec().coll, a.job.buf.bytes().len(), &report, now - a.started);
                 self.completed += 1;
@@ -220,18 +220,26 @@ impl EventLoop {
                 l.release_job(a.job.buf.bytes());
             }
             self.codecs = a.coll.take_codecs().or(self.codecs.take());
+            if let Some(b) = a.coll.take_backup() {
+                self.backup = b;
+            }
             let err = Error::Interrupted { seq: a.seq, epoch: a.epoch, new_epoch: self.epoch };
             let _ = a.job.reply.send(JobOutcome { result: Err(err) });
             return;
         }
         let (epoch, members) = (self.epoch, self.sorted.clone());
         let Some(a) = self.active.as_mut() else { return };
-        if a.backed_up {
-            a.job.buf.bytes_mut().copy_from_slice(&self.backup);
+        if a.backed_up && !a.coll.restore_input(a.job.buf.bytes_mut()) {
+            tracing::error!(rank = self.rank, seq = a.seq, "no backup of the input to redo the call from");
         }
+        let backup = a.coll.take_backup();
         tracing::info!(rank = self.rank, seq = a.seq, epoch, "redoing the interrupted call over the survivors");
         let codecs = a.coll.take_codecs().or(self.codecs.take());
         a.coll = Collective::start_with(spec, now, a.job.buf.bytes_mut(), codecs);
+        if let Some(b) = backup {
+            let len = a.job.buf.bytes().len();
+            a.coll.attach_backup(b, len);
+        }
         a.error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq: a.seq, epoch });
         a.epoch = epoch;
         a.members = members;
