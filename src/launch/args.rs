@@ -81,6 +81,17 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) oversubscribe: bool,
 
+    /// Keep the job running when ranks fail, as long as --min-np ranks remain: the
+    /// survivors rebuild the ring and go on (ringcc finishes or redoes the interrupted call).
+    /// Without it, the first failure stops the job (mpirun's policy).
+    #[arg(long)]
+    pub(crate) elastic: bool,
+
+    /// With --elastic: fewest ranks the job goes on with (default 1). Below it, the
+    /// coordinator tells every rank the quorum is lost and ringrun stops the job.
+    #[arg(long, value_name = "K", requires = "elastic")]
+    pub(crate) min_np: Option<usize>,
+
     /// The program every rank runs, and its arguments.
     #[arg(value_name = "PROGRAM", required = true, trailing_var_arg = true)]
     pub(crate) command: Vec<OsString>,

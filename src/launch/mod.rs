@@ -118,6 +118,9 @@ fn host_coordinator(plan: &plan::Plan) -> Result<(Server, u64, SocketAddr), Stri
     let rendezvous_timeout = crate::Config::new(0, plan.world_size()).rendezvous_timeout;
     let mut options = ServerOptions::new(plan.world_size(), job, rendezvous_timeout);
     options.secret = plan.launch.secret.0.clone();
+    if let Some(k) = plan.elastic_min {
+        options.min_world = k;
+    }
     let server = Server::start(listener, options).map_err(|e| format!("cannot start the coordinator: {e}"))?;
     Ok((server, job, addr))
 }

@@ -1,11 +1,10 @@
 //! The failure policy: what the job does when a rank ends, when ringrun is signalled and
 //! when time runs out. Pure decisions over the process table; the supervisor acts on them.
 //!
-//! Today there is one policy, mpirun's: the first rank that fails ends the job. An elastic
-//! policy (`--elastic --min-np K --max-restarts R`) adds a variant here that answers
-//! `Continue` while at least K ranks run and `Restart` for a failed rank with restarts
-//! left; the supervisor then starts the same slot with the next incarnation, and the
-//! restarted process rejoins through the coordinator.
+//! Two policies: mpirun's (the first rank that fails ends the job), and elastic
+//! (`--elastic --min-np K`: failures are survived while at least K ranks run; the job ends
+//! when every remaining rank has ended, successfully if they all did). Restarting failed
+//! ranks (`--max-restarts`) needs ranks to rejoin a running ring, which is not built yet.
 
 use std::time::Duration;
 
@@ -23,6 +22,11 @@ pub(crate) const SPAWN_FAILED_EXIT_CODE: i32 = 1;
 pub(crate) enum Policy {
     /// Any rank that exits non-zero or by a signal ends the job (mpirun's default).
     AbortOnFailure,
+    /// Failures are survived while at least `min_np` ranks run.
+    Elastic {
+        /// `--min-np`.
+        min_np: usize,
+    },
 }
 
 /// What to do after a rank ended.
@@ -85,6 +89,18 @@ impl Policy {
             Policy::AbortOnFailure if !outcome.is_success() => Decision::Stop(StopReason::RankFailed { rank, outcome }),
             Policy::AbortOnFailure if table.all_ended() => Decision::Finished,
             Policy::AbortOnFailure => Decision::Continue,
+            Policy::Elastic { min_np } if !outcome.is_success() && table.running_count() < min_np => {
+                Decision::Stop(StopReason::RankFailed { rank, outcome })
+            }
+            Policy::Elastic { .. } if table.all_ended() => {
+                // The survivors decide: the job succeeded if the last ranks all did.
+                if outcome.is_success() {
+                    Decision::Finished
+                } else {
+                    Decision::Stop(StopReason::RankFailed { rank, outcome })
+                }
+            }
+            Policy::Elastic { .. } => Decision::Continue,
         }
     }
 }

@@ -64,7 +64,7 @@ pub(crate) fn run_job(plan: &Plan, job_id: u64, coordinator: String) -> i32 {
         plan,
         job_id,
         coordinator,
-        policy: Policy::AbortOnFailure,
+        policy: plan.elastic_min.map_or(Policy::AbortOnFailure, |min_np| Policy::Elastic { min_np }),
         table: ProcessTable::new(&plan.placement),
         exits_tx,
         exits_rx,
@@ -171,7 +171,16 @@ impl Supervisor<'_> {
         if !self.table.set_ended(exit.rank, exit.incarnation, outcome) {
             return None;
         }
-        Some(self.policy.on_rank_ended(&self.table, exit.rank))
+        let decision = self.policy.on_rank_ended(&self.table, exit.rank);
+        if decision == Decision::Continue && !outcome.is_success() {
+            let left = self.table.running_count();
+            eprintln!(
+                "ringrun: rank {} {}; the job goes on with {left} rank(s) (--elastic)",
+                exit.rank,
+                outcome.describe()
+            );
+        }
+        Some(decision)
     }
 
     /// Says why the job stops, signals every rank's group, waits the grace period, kills
