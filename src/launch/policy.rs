@@ -126,6 +126,25 @@ mod tests {
     }
 
     #[test]
+    fn elastic_survives_failures_while_min_np_ranks_run() {
+        let mut table = ProcessTable::new(&[(0, 0), (0, 1), (0, 2)]);
+        for rank in 0..3 {
+            let child = Command::new("true").spawn().expect("spawn true");
+            table.set_running(rank, child, Instant::now());
+        }
+        let elastic = Policy::Elastic { min_np: 2 };
+        assert!(table.set_ended(2, 0, Outcome::Signal(libc::SIGKILL)));
+        assert_eq!(elastic.on_rank_ended(&table, 2), Decision::Continue, "two ranks still run");
+        assert!(table.set_ended(1, 0, Outcome::Code(3)));
+        assert_eq!(
+            elastic.on_rank_ended(&table, 1),
+            Decision::Stop(StopReason::RankFailed { rank: 1, outcome: Outcome::Code(3) }),
+            "one rank left, below --min-np"
+        );
+        table.reap_ended();
+    }
+
+    #[test]
     fn successes_continue_until_every_rank_has_ended() {
         let mut table = ProcessTable::new(&[(0, 0), (0, 1)]);
         for rank in 0..2 {
