@@ -64,3 +64,41 @@ fn an_elastic_job_stops_below_min_np_and_min_np_needs_elastic() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--min-np 3"), "{stderr}");
 }
+
+/// The training example keeps training with the survivors after `kill -9` of a rank: every
+/// later epoch reports weights identical on the 3 survivors, and it still learns.
+#[test]
+fn train_mlp_survives_a_killed_rank_under_elastic_ringrun() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ringrun"));
+    let example = bin.parent().expect("target dir").join("examples").join("train_mlp");
+    if !example.exists() {
+        panic!(
+            "{} is missing: cargo test builds the examples; run `cargo build --release --examples`",
+            example.display()
+        );
+    }
+    let (code, stdout, stderr) = ringrun(&[
+        "-n",
+        "4",
+        "--elastic",
+        "--min-np",
+        "2",
+        "--timeout",
+        "120",
+        "--tag-output",
+        "-x",
+        "RINGCC_FAULT=rank=2,seq=60,phase=rs,action=exit",
+        example.to_str().expect("utf-8 path"),
+    ]);
+    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(code, Some(0), "{all}");
+    assert!(stderr.contains("ringrun: rank 2") && stderr.contains("goes on with 3 rank(s)"), "{all}");
+    assert!(stdout.contains("epoch  20/20") && stdout.contains("same on 3 ranks"), "{all}");
+    let acc: f64 = stdout
+        .lines()
+        .filter_map(|l| l.split("done: test accuracy ").nth(1))
+        .filter_map(|r| r.split('%').next()?.trim().parse().ok())
+        .next()
+        .unwrap_or(0.0);
+    assert!(acc > 90.0, "final accuracy {acc}%: {all}");
+}
