@@ -23,6 +23,11 @@ SIGKILL after 3 s, and exits with that rank's status (128+N for signal N). SIGIN
 and SIGHUP sent to ringrun are forwarded to every rank. Exit status 2: wrong usage (nothing
 was started); 124: --timeout expired.
 
+Status of a running job: `ringrun status [PID]` (from another shell) prints, per rank, its
+state, epoch, calls done, the running call with its phase and step, the rank it waits for,
+and a diagnosis naming the rank that holds the others up. SIGUSR1 to ringrun prints the same
+on its stderr, and so does an expiring --timeout, before the ranks are stopped.
+
 Examples:
   ringrun -n 4 ringbench -b 1K -e 64M
   ringrun -np 8 -H node1:4,node2:4 --bind 10.0.0.1 -x OMP_NUM_THREADS=1 --tag-output -- ./train

@@ -29,6 +29,9 @@ use crate::{Error, Rank, Report};
 #[path = "recovery.rs"]
 mod recovery;
 
+#[path = "progress.rs"]
+mod progress;
+
 const PREV: Token = Token(0);
 const NEXT: Token = Token(1);
 const WAKER: Token = Token(2);
@@ -849,7 +852,8 @@ impl EventLoop {
             self.read_coordinator(now);
         }
         let epoch = self.epoch;
-        if let Some(e) = self.coord.as_mut().and_then(|c| c.tick(now, epoch)) {
+        let report = self.coord.as_ref().is_some_and(|c| c.beat_due(now)).then(|| self.progress(now));
+        if let Some(e) = self.coord.as_mut().and_then(|c| c.tick(now, epoch, report)) {
             self.handle_coord_event(e);
         }
     }
