@@ -1,17 +1,15 @@
 //! Opening the ring: connect to the next position, accept the previous one, and check
 //! each side's hello before anything else is read.
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
+use super::accept::Acceptor;
 use super::handshake::{self, HandshakeError};
 use crate::coord::{Member, View};
-use crate::limits::{
-    CONNECT_RETRY_DELAY_MAX, CONNECT_RETRY_DELAY_MIN, HANDSHAKE_TIMEOUT, PENDING_CONNECTIONS_MAX, SOCKET_BUFFER_BYTES,
-};
+use crate::limits::{CONNECT_ATTEMPT_MIN, CONNECT_RETRY_DELAY_MAX, CONNECT_RETRY_DELAY_MIN, SOCKET_BUFFER_BYTES};
 use crate::wire::hello::{Hello, Role, HELLO_LEN};
 use crate::{Error, Rank};
 
@@ -51,19 +49,72 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(s.into())
 }
 
-fn connect_with_retry(addr: SocketAddr, deadline: Instant) -> std::io::Result<TcpStream> {
+/// Connects to `addr` while `acceptor` keeps draining this rank's own listener (see
+/// `net::accept`). Each attempt is a non-blocking connect given [`CONNECT_ATTEMPT_MIN`], then
+/// twice as long as the one before (so links of any round-trip time connect): a SYN dropped
+/// by a full backlog is sent again soon after the backlog empties, not after the kernel's 1 s
+/// retransmission. A refused connect is retried after a growing delay until `deadline`.
+fn connect_next(addr: SocketAddr, deadline: Instant, acceptor: &mut Acceptor<'_>) -> std::io::Result<TcpStream> {
     let mut delay = CONNECT_RETRY_DELAY_MIN;
+    let mut attempt = CONNECT_ATTEMPT_MIN;
     loop {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         s.set_recv_buffer_size(SOCKET_BUFFER_BYTES)?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        match s.connect_timeout(&addr.into(), left.max(Duration::from_millis(1))) {
-            Ok(()) => return Ok(s.into()),
-            Err(e) if Instant::now() + delay >= deadline => return Err(e),
-            Err(_) => {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(CONNECT_RETRY_DELAY_MAX);
+        s.set_nonblocking(true)?;
+        let mut failed = match s.connect(&addr.into()) {
+            Ok(()) => None,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => None,
+            Err(e) => Some(e),
+        };
+        let started = Instant::now();
+        while failed.is_none() {
+            let now = Instant::now();
+            if let Some(e) = s.take_error()? {
+                failed = Some(e);
+            } else if s.peer_addr().is_ok() {
+                s.set_nonblocking(false)?;
+                return Ok(s.into());
+            } else if now >= deadline {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"));
+            } else if now.duration_since(started) >= attempt {
+                break;
+            } else if !acceptor.step(now)? {
+                std::thread::sleep(Duration::from_millis(1));
             }
+        }
+        attempt = attempt.saturating_mul(2);
+        if let Some(e) = failed {
+            let until = Instant::now() + delay;
+            if until >= deadline {
+                return Err(e);
+            }
+            while Instant::now() < until {
+                if !acceptor.step(Instant::now())? {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            delay = (delay * 2).min(CONNECT_RETRY_DELAY_MAX);
+        }
+    }
+}
+
+/// Waits, reading pending hellos side by side, until the previous position has connected.
+fn accept_prev(
+    acceptor: &mut Acceptor<'_>,
+    prev: &Member,
+    deadline: Instant,
+) -> Result<(TcpStream, [u8; HELLO_LEN]), Error> {
+    let fail = io("accept", prev);
+    loop {
+        let moved = acceptor.step(Instant::now()).map_err(&fail)?;
+        if let Some(found) = acceptor.take() {
+            return Ok(found);
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(std::io::Error::new(std::io::ErrorKind::TimedOut, "previous rank never connected")));
+        }
+        if !moved {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
@@ -71,10 +122,11 @@ fn connect_with_retry(addr: SocketAddr, deadline: Instant) -> std::io::Result<Tc
 /// Connects this rank into the ring described by `view`, authenticating both links.
 ///
 /// Order matters to avoid a circular wait: (a) connect to the next position and send our
-/// hello (the kernel's backlog accepts it); (b) accept the previous position, read its hello
-/// and answer with ours and our MAC; (c) read the next position's answer, check its MAC and
-/// send ours; (d) read the previous position's MAC. Each step waits only on steps the
-/// neighbours take before their own blocking step.
+/// hello (the kernel's backlog accepts it, and this rank drains its own backlog meanwhile, so
+/// strangers queued there cannot stall the neighbour connecting to it); (b) accept the
+/// previous position, read its hello and answer with ours and our MAC; (c) read the next
+/// position's answer, check its MAC and send ours; (d) read the previous position's MAC.
+/// Each step waits only on steps the neighbours take before their own blocking step.
 ///
 /// # Errors
 /// [`Error::Io`] naming the neighbour that could not be reached, [`Error::Authentication`]
@@ -111,12 +163,13 @@ pub(crate) fn establish_ring(
         next_seq: counts.1,
     };
 
-    // (a)
-    let mut next_stream = connect_with_retry(next.addr, deadline).map_err(io("connect", &next))?;
+    // (a), draining this rank's own listener meanwhile
+    let mut acceptor = Acceptor::new(listener, &view, rank, &prev).map_err(io("accept", &prev))?;
+    let mut next_stream = connect_next(next.addr, deadline, &mut acceptor).map_err(io("connect", &next))?;
     tune(&next_stream).map_err(io("configure", &next))?;
     let hello_i = handshake::send_hello(&mut next_stream, &hello(Role::RingPrev, next.rank)).map_err(auth(&next))?;
     // (b)
-    let (mut prev_stream, prev_hello_i) = accept_prev(listener, &view, rank, &prev, deadline)?;
+    let (mut prev_stream, prev_hello_i) = accept_prev(&mut acceptor, &prev, deadline)?;
     let prev_counts = Hello::decode(&prev_hello_i).map(|h| (h.completed, h.next_seq)).ok();
     let prev_hello_r = handshake::answer(&mut prev_stream, secret, &prev_hello_i, &hello(Role::RingNext, prev.rank))
         .map_err(auth(&prev))?;
@@ -151,118 +204,5 @@ fn auth(m: &Member) -> impl Fn(HandshakeError) -> Error {
     move |e| match e {
         HandshakeError::Io(source) => Error::Io { op: "handshake", peer, addr, source },
         other => Error::Authentication { peer: Some(peer), addr: addr.to_string(), reason: other.to_string() },
-    }
-}
-
-/// A connection accepted while waiting for the previous position, whose hello is not yet
-/// complete.
-struct Pending {
-    stream: TcpStream,
-    from: SocketAddr,
-    hello: [u8; HELLO_LEN],
-    filled: usize,
-    opened: Instant,
-}
-
-impl Pending {
-    /// Reads what arrived of the hello (never past its fixed size). `Ok(true)` once it is
-    /// complete; an error (to log) if the connection closed, failed or ran out of time.
-    fn poll(&mut self, now: Instant) -> Result<bool, String> {
-        match self.stream.read(&mut self.hello[self.filled..]) {
-            Ok(0) => return Err("closed before its hello".into()),
-            Ok(n) => self.filled += n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        if self.filled == HELLO_LEN {
-            Ok(true)
-        } else if now.duration_since(self.opened) > HANDSHAKE_TIMEOUT {
-            Err(format!("no complete hello within {HANDSHAKE_TIMEOUT:?}"))
-        } else {
-            Ok(false)
-        }
-    }
-}
-
-/// Accepts connections until one carries the previous position's hello; anything else (a
-/// stranger, another job, a garbled, slow or silent client) is closed and logged,
-/// rate-limited.
-///
-/// Hellos are read from every pending connection side by side (non-blocking, fixed size),
-/// so silent strangers cannot hold the real neighbour back: each gets
-/// [`HANDSHAKE_TIMEOUT`], and at most [`PENDING_CONNECTIONS_MAX`] wait at once (the oldest
-/// is dropped for a newcomer; a genuine neighbour sends its hello as soon as it connects).
-fn accept_prev(
-    listener: &TcpListener,
-    view: &View,
-    rank: Rank,
-    prev: &Member,
-    deadline: Instant,
-) -> Result<(TcpStream, [u8; HELLO_LEN]), Error> {
-    let fail = |source: std::io::Error| Error::Io { op: "accept", peer: prev.rank, addr: prev.addr, source };
-    listener.set_nonblocking(true).map_err(fail)?;
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut rejected = 0usize;
-    let mut refuse = |from: SocketAddr, why: &dyn std::fmt::Debug| {
-        rejected += 1;
-        if rejected <= 8 || rejected.is_power_of_two() {
-            tracing::warn!(%from, rejected, "refused a ring connection that is not from rank {}: {why:?}", prev.rank);
-        }
-    };
-    let expected = |h: &Hello| {
-        h.role == Role::RingPrev
-            && h.job == view.job
-            && h.epoch == view.epoch
-            && h.rank == prev.rank as u32
-            && h.target == rank as u32
-    };
-    loop {
-        let mut progressed = false;
-        loop {
-            match listener.accept() {
-                Ok((stream, from)) => {
-                    progressed = true;
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    if pending.len() >= PENDING_CONNECTIONS_MAX {
-                        refuse(pending.remove(0).from, &"too many connections waiting for their hello");
-                    }
-                    pending.push(Pending { stream, from, hello: [0; HELLO_LEN], filled: 0, opened: Instant::now() });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(fail(e)),
-            }
-        }
-        let now = Instant::now();
-        let mut i = 0;
-        while i < pending.len() {
-            let filled = pending[i].filled;
-            match pending[i].poll(now) {
-                Ok(false) => {
-                    progressed |= pending[i].filled > filled;
-                    i += 1;
-                }
-                Ok(true) => {
-                    let p = pending.swap_remove(i);
-                    match Hello::decode(&p.hello) {
-                        Ok(h) if expected(&h) => {
-                            p.stream.set_nonblocking(false).map_err(fail)?;
-                            tune(&p.stream).map_err(fail)?;
-                            return Ok((p.stream, p.hello));
-                        }
-                        other => refuse(p.from, &other),
-                    }
-                }
-                Err(why) => refuse(pending.swap_remove(i).from, &why),
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(fail(std::io::Error::new(std::io::ErrorKind::TimedOut, "previous rank never connected")));
-        }
-        if !progressed {
-            std::thread::sleep(Duration::from_millis(1));
-        }
     }
 }
