@@ -36,6 +36,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`CONNECT_RETRY_DELAY_MAX`] until `Config::connect_timeout` runs out.
 pub const CONNECT_RETRY_DELAY_MIN: Duration = Duration::from_millis(10);
 
+/// Time the first connect attempt to a ring neighbour is given before it is started again
+/// (each later attempt gets twice as long): a SYN dropped by a neighbour's full backlog is
+/// resent soon after the neighbour drains it, instead of after the kernel's 1 s timer.
+pub const CONNECT_ATTEMPT_MIN: Duration = Duration::from_millis(50);
+
 /// Longest delay between attempts to reach the coordinator or a peer.
 pub const CONNECT_RETRY_DELAY_MAX: Duration = Duration::from_millis(500);
 
