@@ -164,7 +164,24 @@ fn drive(args: &Args) -> std::io::Result<bool> {
     let ctx = summary::Context {
         bytes: settings.elems * 4,
         heartbeat_timeout: settings.heartbeat_timeout,
-        command: format!("{} --seed {seed}", std::env::args().collect::<Vec<_>>().join(" ")),
+        command: command_line(args.seed.is_none(), seed),
+        settings: format!(
+            "{} ranks down to {} per round, {} MiB f32 all-reduces (Sum and Avg alternating), heartbeat timeout \
+             {:?} (heartbeats every 500 ms), progress timeout {:?}, one fault at a time {}-{} ms after the \
+             warm-up or the previous recovery{}",
+            args.world,
+            args.min_world,
+            args.mib,
+            settings.heartbeat_timeout,
+            settings.progress_timeout,
+            args.gap_min_ms,
+            args.gap_max_ms,
+            if args.overlap_percent > 0 {
+                format!(" ({}% of kills followed by the next within 10 ms of the eviction)", args.overlap_percent)
+            } else {
+                String::new()
+            }
+        ),
         machine: machine(),
     };
     let (text, ok) = summary::report(&ctx, &rounds);
@@ -232,6 +249,15 @@ fn write_faults_csv(args: &Args, rounds: &[(Plan, Outcome)]) -> std::io::Result<
         }
     }
     Ok(())
+}
+
+/// This run's command line, with the seed it drew if none was given.
+fn command_line(drawn: bool, seed: u64) -> String {
+    let mut words: Vec<String> = std::env::args().collect();
+    if drawn {
+        words.push(format!("--seed {seed}"));
+    }
+    words.join(" ")
 }
 
 /// Cores and load average, for the report header.

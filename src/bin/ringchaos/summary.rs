@@ -88,6 +88,8 @@ pub struct Context {
     pub heartbeat_timeout: Duration,
     /// The command line, for the header.
     pub command: String,
+    /// What the command line means, for the header.
+    pub settings: String,
     /// Machine and load, for the header.
     pub machine: String,
 }
@@ -127,7 +129,7 @@ pub fn report(ctx: &Context, rounds: &[(Plan, Outcome)]) -> (String, bool) {
     let (base, kill, stop) = (of(Mode::Baseline), of(Mode::Kill), of(Mode::Stop));
     let baseline = samples(base.iter().map(|(_, o)| o));
     let mut s = String::new();
-    let _ = writeln!(s, "ringchaos: {}\n{}\n", ctx.command, ctx.machine);
+    let _ = writeln!(s, "ringchaos: {}\n{}\n{}\n", ctx.command, ctx.settings, ctx.machine);
     let c = [counts(&base), counts(&kill), counts(&stop)];
     let _ = writeln!(s, "| | no failures | kill -9 | SIGSTOP |\n|---|---:|---:|---:|");
     let row = |s: &mut String, name: &str, f: &dyn Fn(&Counts) -> String| {
