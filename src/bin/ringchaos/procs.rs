@@ -45,8 +45,6 @@ pub struct Launch<'a> {
 pub struct Ranks {
     children: Vec<Option<Child>>,
     stdins: Vec<Option<std::process::ChildStdin>>,
-    /// Process ids, by rank.
-    pub pids: Vec<u32>,
 }
 
 impl Ranks {
@@ -55,7 +53,7 @@ impl Ranks {
     /// # Errors
     /// Spawn and log-file errors (ranks already started are killed by the drop).
     pub fn spawn(launch: &Launch<'_>, lines: &Sender<Line>) -> io::Result<Ranks> {
-        let mut ranks = Ranks { children: Vec::new(), stdins: Vec::new(), pids: Vec::new() };
+        let mut ranks = Ranks { children: Vec::new(), stdins: Vec::new() };
         for rank in 0..launch.world {
             let path = launch.log_dir.join(format!("rank{rank}.log"));
             let mut log = File::options().create(true).append(true).open(&path)?;
@@ -74,7 +72,6 @@ impl Ranks {
                 .stderr(Stdio::from(log));
             die_with_parent(&mut cmd);
             let mut child = cmd.spawn()?;
-            ranks.pids.push(child.id());
             let out = child.stdout.take().ok_or_else(|| io::Error::other("rank stdout not piped"))?;
             ranks.stdins.push(child.stdin.take());
             ranks.children.push(Some(child));
