@@ -873,7 +873,8 @@ impl EventLoop {
             }
             CoordEvent::QuorumLost { epoch, alive, required } => {
                 tracing::error!(epoch, alive, required, "quorum lost");
-                self.terminal = Some(Terminal::QuorumLost { epoch, alive, required });
+                // A rank already evicted keeps saying so: the quorum is the others' problem.
+                self.terminal.get_or_insert(Terminal::QuorumLost { epoch, alive, required });
             }
             CoordEvent::Lost(reason) => {
                 if self.orphan_exit {
@@ -885,7 +886,13 @@ impl EventLoop {
         }
         if let Some(t) = self.terminal.clone() {
             if let Some(a) = self.active.as_mut() {
-                a.error.get_or_insert(t.error(self.rank));
+                // A terminal error replaces a retryable one (a lost peer waiting for a view
+                // that will never come), so the call fails now with the real reason.
+                let retryable = matches!(a.error, None | Some(Error::PeerClosed { .. } | Error::Interrupted { .. }));
+                if retryable {
+                    a.error = Some(t.error(self.rank));
+                    a.retry_since = None;
+                }
             }
         }
     }
