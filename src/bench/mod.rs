@@ -12,6 +12,7 @@
 //! reduce_scatter and all_gather (whose `size` is the total: all_gather's output,
 //! reduce_scatter's input) and `1` for broadcast.
 
+pub mod data;
 pub mod json;
 pub mod options;
 pub mod pattern;

@@ -100,6 +100,11 @@ pub struct Options {
     /// Label for the JSON file (legend of scripts/plot); default names the run.
     #[arg(long)]
     pub label: Option<String>,
+    /// Fill buffers from this file of raw little-endian --dtype elements (rank r starts
+    /// r/world of the way in, wrapping around) instead of the check pattern, refilled before
+    /// every iteration; results are then not checked (-c is ignored).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
 }
 
 impl Options {

@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use super::data::DataFile;
 use super::pattern::{Pattern, PatternElement};
 use super::{bandwidth_gbs, bus_factor, summarize, BenchColl, Layout, Row};
 use crate::codec::Codec;
@@ -35,6 +36,9 @@ pub struct Settings {
     /// owner of each chunk may round it before sending it): the check then also accepts
     /// the exact result so rounded. `None` for exact settings.
     pub rounding: Option<Codec>,
+    /// Data to fill the inputs with instead of the check pattern (`--data`): refilled
+    /// before every iteration, never checked.
+    pub data: Option<std::sync::Arc<DataFile>>,
 }
 
 /// A collective failed during the benchmark.
@@ -124,6 +128,14 @@ impl<T: PatternElement> Bench<'_, T> {
     fn fill(&mut self, l: Layout) {
         let rank = self.comm.rank();
         let (per, n) = (l.per_rank_elems, l.count_elems);
+        if let Some(data) = &self.s.data {
+            let input = match self.s.coll {
+                BenchColl::AllGather => &mut self.bufs.a[..per],
+                _ => &mut self.bufs.a[..n],
+            };
+            data.fill(rank, self.world, bytemuck::cast_slice_mut(input));
+            return;
+        }
         match self.s.coll {
             BenchColl::AllReduce | BenchColl::Broadcast | BenchColl::ReduceScatter => {
                 self.pattern.fill(rank, 0, &mut self.bufs.a[..n]);
@@ -161,13 +173,22 @@ impl<T: PatternElement> Bench<'_, T> {
         let l = Layout::new(self.s.coll, size, self.s.dtype.size(), self.world);
         let size_bytes = (l.count_elems * self.s.dtype.size()) as u64;
         self.fill(l);
+        // Real data changes as it is reduced in place: refill it so every iteration carries
+        // the file's data (outside the timed region).
+        let refill = self.s.data.is_some();
         for _ in 0..self.s.warmup_iters {
+            if refill {
+                self.fill(l);
+            }
             self.call(l).map_err(self.fail("warm-up", size_bytes))?;
         }
         self.comm.barrier().map_err(self.fail("barrier before", size_bytes))?;
         let mut times_us = Vec::with_capacity(self.s.iters);
         let (mut sent, mut sent_raw) = (0u64, 0u64);
         for _ in 0..self.s.iters {
+            if refill {
+                self.fill(l);
+            }
             let start = Instant::now();
             let report = self.call(l).map_err(self.fail("timed", size_bytes))?;
             times_us.push(start.elapsed().as_secs_f64() * 1e6);
@@ -176,7 +197,7 @@ impl<T: PatternElement> Bench<'_, T> {
         }
         // An iteration takes as long as its slowest rank.
         self.comm.all_reduce(&mut times_us, ReduceOp::Max).map_err(self.fail("gathering times of", size_bytes))?;
-        let wrong = if self.s.check { Some(self.check(l, size_bytes)?) } else { None };
+        let wrong = if self.s.check && !refill { Some(self.check(l, size_bytes)?) } else { None };
         let t = summarize(&times_us);
         let algbw_gbs = bandwidth_gbs(size_bytes, t.mean_us);
         Ok(Row {
@@ -281,6 +302,7 @@ mod tests {
             warmup_iters: 1,
             check: true,
             rounding: None,
+            data: None,
         }
     }
 

@@ -6,7 +6,7 @@
 //! ```text
 //! ringrun -n 4 ringbench -b 4K -e 256M -f 4 -n 20 -w 5 -c 1 [--dtype f32] [--op sum]
 //!     [--codec raw|zstd|shuffle+zstd|bf16|f16|bf16+zstd|auto|auto+bf16] [--codec-level N] [--algo auto|ring|bidir] [--coll all_reduce|reduce_scatter|all_gather|broadcast]
-//!     [--json FILE] [--segment-bytes N]
+//!     [--json FILE] [--segment-bytes N] [--data FILE]
 //! ```
 //!
 //! Rank 0 prints the table (and writes `--json`); the other ranks print only errors. The
@@ -88,6 +88,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let data = match opts.data.as_deref().map(|p| ringcc::bench::data::DataFile::read(p, opts.dtype)).transpose() {
+        Ok(d) => d.map(std::sync::Arc::new),
+        Err(e) => {
+            eprintln!("ringbench: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let rank = config.rank;
     let comm = match Communicator::connect(config.clone()) {
         Ok(c) => c,
@@ -111,8 +118,9 @@ fn main() -> ExitCode {
         sizes,
         iters: opts.iters,
         warmup_iters: opts.warmup_iters,
-        check: opts.check == 1,
+        check: opts.check == 1 && data.is_none(),
         rounding: config.codec.rounding(),
+        data,
     };
     let rows = match run(&comm, &settings, &mut |row| {
         if lead {

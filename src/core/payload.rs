@@ -89,6 +89,8 @@ impl Codecs {
         let codec = match plan.choice {
             CodecChoice::Fixed(c) => c,
             CodecChoice::Auto { lossy } => {
+                // A link not known to be slow is fast: raw, and nothing to measure for it.
+                self.auto.link_rate(link_index(link))?;
                 // Probe every candidate the setting allows, also while this call does not
                 // round: that is how a later call learns that rounding pays.
                 if self.auto.probe_due() {
@@ -186,12 +188,20 @@ pub struct CallCodec {
     pub owner_rounds: Option<Codec>,
     /// Outgoing links the call feeds at once (parts).
     pub links: usize,
+    /// Whether the call may encode at all: a fixed codec other than raw, or `auto` once
+    /// some link is known to be slow.
+    pub encodes: bool,
 }
 
 impl CallCodec {
     /// Raw frames only.
-    pub const RAW: CallCodec =
-        CallCodec { choice: CodecChoice::Fixed(Codec::Raw), lossy: false, owner_rounds: None, links: 1 };
+    pub const RAW: CallCodec = CallCodec {
+        choice: CodecChoice::Fixed(Codec::Raw),
+        lossy: false,
+        owner_rounds: None,
+        links: 1,
+        encodes: false,
+    };
 
     /// The plan of a call of `coll` over `dtype` configured with `setting`, on `links`
     /// outgoing links; `codecs` is `None` when the driver lent none (then raw only).
@@ -213,12 +223,16 @@ impl CallCodec {
             CodecChoice::Auto { .. } => Codec::Bf16,
         };
         let owner_rounds = (lossy && coll == CollKind::AllReduce).then_some(rounding);
-        CallCodec { choice, lossy, owner_rounds, links: links.max(1) }
+        let encodes = match choice {
+            CodecChoice::Fixed(c) => c != Codec::Raw,
+            CodecChoice::Auto { .. } => (0..2).any(|l| codecs.auto.link_rate(l).is_some()),
+        };
+        CallCodec { choice, lossy, owner_rounds, links: links.max(1), encodes }
     }
 
     /// True if this call may send anything but raw frames.
     pub fn encodes(&self) -> bool {
-        self.choice != CodecChoice::Fixed(Codec::Raw)
+        self.encodes
     }
 
     /// Checks a data frame's codec and payload length against the call's setting and the

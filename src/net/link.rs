@@ -92,6 +92,7 @@ pub(super) struct Link {
 
 impl Link {
     pub(super) fn new(stream: TcpStream, peer: Rank, addr: SocketAddr, scratch_bytes: usize) -> Link {
+        let local = stream.local_addr().ok();
         Link {
             stream,
             peer,
@@ -107,7 +108,7 @@ impl Link {
             bytes_in: 0,
             bytes_out: 0,
             last_read: 0,
-            rate: RateMeter::default(),
+            rate: RateMeter::new(local.map(|a| a.ip()), addr.ip()),
         }
     }
 
