@@ -9,7 +9,12 @@
 //! - **probes**: now and then (first on the first segment, then every 2, 4, ... up to
 //!   [`PROBE_INTERVAL_MAX`] segments) the sender encodes and decodes the first
 //!   [`PROBE_BYTES`] of a segment with each candidate codec and reports the ratio and the
-//!   time both took. Probes are not sent; they cost well under 1% of the segments.
+//!   time both took. Probes are not sent; they cost well under 1% of the segments;
+//! - **costs in use**: the time every real encode and decode of a candidate took. A short
+//!   probe runs at a core's full speed; a codec in use shares the core with everything else
+//!   on the host (on an oversubscribed host, with the other ranks compressing too), so once
+//!   a codec has run, its measured costs replace the probe's, and a codec that looked fast
+//!   but is slow in use is turned off and stays off.
 //!
 //! With a link rate `L`, a codec of ratio `r` (raw bytes per wire byte) whose encode plus
 //! decode costs `c` seconds per raw byte delivers `min(L * r, 1 / (c * links))` raw bytes
@@ -55,20 +60,39 @@ pub struct Probe {
     pub decode: Duration,
 }
 
-/// Running estimate for one codec.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Running estimates for one codec; times are seconds per raw byte.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct Estimate {
-    /// Raw bytes per wire byte.
-    ratio: f64,
-    /// Encode plus decode time per raw byte, in seconds.
-    cpu_secs_per_byte: f64,
+    /// Raw bytes per wire byte, from probes.
+    ratio: Option<f64>,
+    /// Encode and decode cost from probes.
+    probe_encode: Option<f64>,
+    probe_decode: Option<f64>,
+    /// Encode and decode cost of segments actually sent or received with the codec.
+    used_encode: Option<f64>,
+    used_decode: Option<f64>,
+}
+
+impl Estimate {
+    /// Encode plus decode seconds per raw byte: costs in use where known, else the probe's.
+    fn cpu_secs_per_byte(&self) -> Option<f64> {
+        Some(self.used_encode.or(self.probe_encode)? + self.used_decode.or(self.probe_decode)?)
+    }
+}
+
+/// Folds `sample` into a running average.
+fn average(old: Option<f64>, sample: f64) -> Option<f64> {
+    Some(match old {
+        Some(old) => old + WEIGHT_NEW * (sample - old),
+        None => sample,
+    })
 }
 
 /// The state of `auto` on one rank: estimates per candidate codec and per link.
 #[derive(Debug, Clone, Default)]
 pub struct AutoPolicy {
     /// By position in [`LOSSY_CANDIDATES`].
-    estimates: [Option<Estimate>; 3],
+    estimates: [Estimate; 3],
     /// Wire bytes per second of each outgoing link, by the driver's link index.
     link_bytes_per_sec: [Option<f64>; 2],
     /// Segments left before the next probe.
@@ -112,22 +136,33 @@ impl AutoPolicy {
 
     /// Folds in one probe. Probes of codecs auto does not consider, or of nothing, are ignored.
     pub fn observe_probe(&mut self, probe: &Probe) {
-        let Some(i) = LOSSY_CANDIDATES.iter().position(|c| *c == probe.codec) else { return };
+        let Some(e) = self.estimate_mut(probe.codec) else { return };
         if probe.raw_bytes == 0 || probe.wire_bytes == 0 {
             return;
         }
-        let sample = Estimate {
-            ratio: probe.raw_bytes as f64 / probe.wire_bytes as f64,
-            cpu_secs_per_byte: (probe.encode + probe.decode).as_secs_f64() / probe.raw_bytes as f64,
-        };
-        self.estimates[i] = Some(match self.estimates[i] {
-            Some(old) => Estimate {
-                ratio: old.ratio + WEIGHT_NEW * (sample.ratio - old.ratio),
-                cpu_secs_per_byte: old.cpu_secs_per_byte
-                    + WEIGHT_NEW * (sample.cpu_secs_per_byte - old.cpu_secs_per_byte),
-            },
-            None => sample,
-        });
+        let per_byte = |d: Duration| d.as_secs_f64() / probe.raw_bytes as f64;
+        e.ratio = average(e.ratio, probe.raw_bytes as f64 / probe.wire_bytes as f64);
+        e.probe_encode = average(e.probe_encode, per_byte(probe.encode));
+        e.probe_decode = average(e.probe_decode, per_byte(probe.decode));
+    }
+
+    /// Records a real encode of `raw_bytes` with `codec` that took `elapsed`.
+    pub fn observe_encode(&mut self, codec: Codec, raw_bytes: usize, elapsed: Duration) {
+        if let Some(e) = self.estimate_mut(codec).filter(|_| raw_bytes > 0) {
+            e.used_encode = average(e.used_encode, elapsed.as_secs_f64() / raw_bytes as f64);
+        }
+    }
+
+    /// Records a real decode (into `raw_bytes`) of a `codec` payload that took `elapsed`.
+    pub fn observe_decode(&mut self, codec: Codec, raw_bytes: usize, elapsed: Duration) {
+        if let Some(e) = self.estimate_mut(codec).filter(|_| raw_bytes > 0) {
+            e.used_decode = average(e.used_decode, elapsed.as_secs_f64() / raw_bytes as f64);
+        }
+    }
+
+    fn estimate_mut(&mut self, codec: Codec) -> Option<&mut Estimate> {
+        let i = LOSSY_CANDIDATES.iter().position(|c| *c == codec)?;
+        self.estimates.get_mut(i)
     }
 
     /// Counts one segment about to be encoded and says whether to probe it first.
@@ -166,10 +201,10 @@ impl AutoPolicy {
     /// Predicted raw bytes per second of `codec` on a link of `rate` wire bytes per second.
     fn goodput(&self, codec: Codec, rate: f64, links: usize) -> Option<f64> {
         let i = LOSSY_CANDIDATES.iter().position(|c| *c == codec)?;
-        let e = self.estimates[i]?;
-        let cpu_secs = e.cpu_secs_per_byte * links.max(1) as f64;
+        let e = self.estimates.get(i)?;
+        let cpu_secs = e.cpu_secs_per_byte()? * links.max(1) as f64;
         let cpu_rate = if cpu_secs > 0.0 { 1.0 / cpu_secs } else { f64::INFINITY };
-        Some((rate * e.ratio).min(cpu_rate))
+        Some((rate * e.ratio?).min(cpu_rate))
     }
 }
 
@@ -229,6 +264,22 @@ mod tests {
             p.observe_link(1, 10e9); // faster than any codec's CPU
         }
         assert!(!p.lossy_pays(1), "rate now {:?}", p.link_rate(1));
+    }
+
+    #[test]
+    fn costs_in_use_replace_the_probes_and_turn_a_slow_codec_off() {
+        let mut p = AutoPolicy::new();
+        p.observe_link(1, 60e6);
+        p.observe_probe(&probe(Codec::ShuffleZstd, 1.2, 220.0)); // a free core: 220 MB/s
+        assert_eq!(p.choose(1, false, 2), Codec::ShuffleZstd, "predicted min(72, 110) > 63");
+        // In use, four ranks share two cores: a third of the speed.
+        for _ in 0..3 {
+            p.observe_encode(Codec::ShuffleZstd, 1 << 19, Duration::from_micros(4500));
+            p.observe_decode(Codec::ShuffleZstd, 1 << 19, Duration::from_micros(2600));
+        }
+        assert_eq!(p.choose(1, false, 2), Codec::Raw, "about 37 MB/s per link in use");
+        p.observe_probe(&probe(Codec::ShuffleZstd, 1.2, 220.0));
+        assert_eq!(p.choose(1, false, 2), Codec::Raw, "a fast probe does not override costs in use");
     }
 
     #[test]

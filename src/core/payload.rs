@@ -103,7 +103,12 @@ impl Codecs {
             return None;
         }
         let mut out = self.pool.take();
-        match self.encoder.encode(codec, dtype, raw, out.vec_mut()) {
+        let started = self.clock.map(|now| now());
+        let encoded = self.encoder.encode(codec, dtype, raw, out.vec_mut());
+        if let (Some(t0), Some(now), CodecChoice::Auto { .. }) = (started, self.clock, plan.choice) {
+            self.auto.observe_encode(codec, raw.len(), now().saturating_duration_since(t0));
+        }
+        match encoded {
             Ok(Codec::Raw) | Err(_) => None,
             Ok(sent) => Some((sent, out)),
         }
@@ -157,7 +162,10 @@ impl Codecs {
         payload: &[u8],
         dst: &mut [u8],
     ) -> Result<(), CodecError> {
-        self.decoder.decode_reduce(codec, dtype, op, payload, dst)
+        let started = self.clock.map(|now| now());
+        let decoded = self.decoder.decode_reduce(codec, dtype, op, payload, dst);
+        self.observe_decode(codec, dst.len(), started);
+        decoded
     }
 
     /// Decodes `payload` into `dst`, the segment the schedule expects.
@@ -165,7 +173,18 @@ impl Codecs {
     /// # Errors
     /// The codec's error if the payload does not decode to exactly `dst.len()` bytes.
     pub fn decode(&mut self, codec: Codec, dtype: DataType, payload: &[u8], dst: &mut [u8]) -> Result<(), CodecError> {
-        self.decoder.decode(codec, dtype, payload, dst)
+        let started = self.clock.map(|now| now());
+        let decoded = self.decoder.decode(codec, dtype, payload, dst);
+        self.observe_decode(codec, dst.len(), started);
+        decoded
+    }
+
+    /// Tells `auto` what a real decode of `raw_bytes` cost (what receiving with that codec
+    /// costs this rank, which the sender's probes can only estimate).
+    fn observe_decode(&mut self, codec: Codec, raw_bytes: usize, started: Option<Instant>) {
+        if let (Some(t0), Some(now)) = (started, self.clock) {
+            self.auto.observe_decode(codec, raw_bytes, now().saturating_duration_since(t0));
+        }
     }
 
     /// A pooled copy of `payload`, kept to forward it unchanged.
