@@ -2,19 +2,24 @@
 //!
 //! Run: `cargo bench --bench codec` (about a minute). Data: the file named by
 //! `RINGCC_BENCH_DATA`, else `benches/data/grads.f32` (raw little-endian f32 gradients from
-//! the training example) when it exists, else a synthetic stand-in, f32 drawn from
-//! N(0, 1e-3) with a fixed seed, labelled as such.
+//! the training example, see `benches/data/README.md`) when it exists, else a synthetic
+//! stand-in, f32 drawn from N(0, 1e-3) with a fixed seed, labelled as such. Buffers are cut
+//! into segments of the default `Config::segment_bytes` (512 KiB) and each segment is
+//! encoded on its own, as the ring sends them.
+//!
+//! Printed before criterion's timings: one summary table with, per codec at zstd level 1,
+//! the ratio (raw bytes / payload bytes; bf16/f16 count against the f32 size) and encode
+//! and decode throughput in GB/s of raw bytes (best of a few timed passes, so it is quick
+//! and rough; criterion's `codec/encode/*` and `codec/decode/*` lines are the careful
+//! figures), then the ratio of the zstd codecs at other levels.
 //!
 //! The `parallel` group encodes the whole buffer segment by segment on one thread and
 //! with rayon (one encoder per worker), for 512 KiB and 4 MiB segments: whether spreading
 //! compression over cores pays depends on having idle cores, which a host running one
 //! rank per core does not.
-//! Buffers are cut into segments of the default `Config::segment_bytes` (512 KiB) and
-//! each segment is encoded on its own, as the ring sends them. The ratio table (raw bytes /
-//! payload bytes) is printed before the timings; bf16/f16 count against the f32 size.
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringcc::codec::{planes, Codec, Decoder, Encoder, ALL_CODECS};
@@ -30,6 +35,8 @@ const FILE_BYTES_MAX: usize = 64 << 20;
 const SYNTHETIC_SIGMA: f64 = 1e-3;
 /// zstd level of the main table (a fast level, as the ring would use).
 const LEVEL: i32 = 1;
+/// Timed passes over the data per codec and direction in the summary table (best kept).
+const SUMMARY_PASSES: usize = 3;
 
 /// The benchmark data and its label.
 fn data() -> (String, Vec<u8>) {
@@ -38,7 +45,10 @@ fn data() -> (String, Vec<u8>) {
     if let Ok(mut bytes) = std::fs::read(&path) {
         bytes.truncate(bytes.len().min(FILE_BYTES_MAX) / 4 * 4);
         if !bytes.is_empty() {
-            return (format!("real gradients from {path} ({} MiB)", bytes.len() >> 20), bytes);
+            return (
+                format!("real gradients from {path} ({:.1} MiB)", bytes.len() as f64 / f64::from(1u32 << 20)),
+                bytes,
+            );
         }
     }
     let mut state = 42u64;
@@ -71,13 +81,63 @@ fn encode_all(encoder: &mut Encoder, codec: Codec, raw: &[u8]) -> Vec<(Codec, Ve
         .collect()
 }
 
-fn print_ratios(label: &str, raw: &[u8]) {
+/// Best time of [`SUMMARY_PASSES`] runs of `f`, in seconds.
+fn best_secs(mut f: impl FnMut()) -> f64 {
+    (0..SUMMARY_PASSES)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Per codec at [`LEVEL`]: ratio, encode and decode GB/s of raw bytes, segments that fell
+/// back to the uncompressed form.
+fn print_summary(label: &str, raw: &[u8]) {
     println!("\ncodec benchmark data: {label}; segments of {} KiB", SEGMENT_BYTES >> 10);
+    println!(
+        "{:<14} {:>6} {:>8} {:>12} {:>12} {:>10}",
+        "codec", "level", "ratio", "encode GB/s", "decode GB/s", "fallbacks"
+    );
+    let mut encoder = Encoder::new(LEVEL).expect("encoder");
+    let mut decoder = Decoder::new().expect("decoder");
+    let mut out = Vec::with_capacity(SEGMENT_BYTES);
+    let mut decoded = vec![0u8; raw.len()];
+    for codec in ALL_CODECS {
+        let segments = encode_all(&mut encoder, codec, raw);
+        let payload: usize = segments.iter().map(|(_, p)| p.len()).sum();
+        let fallbacks = segments.iter().filter(|(sent, _)| *sent != codec).count();
+        let encode = best_secs(|| {
+            for seg in raw.chunks(SEGMENT_BYTES) {
+                encoder.encode(codec, DataType::F32, black_box(seg), &mut out).expect("encode");
+            }
+        });
+        let decode = best_secs(|| {
+            for ((sent, payload), dst) in segments.iter().zip(decoded.chunks_mut(SEGMENT_BYTES)) {
+                decoder.decode(*sent, DataType::F32, black_box(payload), dst).expect("decode");
+            }
+        });
+        let gbs = |secs: f64| raw.len() as f64 / secs / 1e9;
+        println!(
+            "{:<14} {LEVEL:>6} {:>8.3} {:>12.2} {:>12.2} {fallbacks:>4}/{:<5}",
+            codec.name(),
+            raw.len() as f64 / payload as f64,
+            gbs(encode),
+            gbs(decode),
+            segments.len()
+        );
+    }
+}
+
+/// The ratio of the zstd codecs at other levels (negative levels are zstd's fastest).
+fn print_ratios(raw: &[u8]) {
+    println!("\nzstd levels:");
     println!("{:<14} {:>6} {:>8} {:>10}", "codec", "level", "ratio", "fallbacks");
-    for level in [-5, -1, 1, 3] {
+    for level in [-5, -1, 3] {
         let mut encoder = Encoder::new(level).expect("encoder");
         for codec in ALL_CODECS {
-            if level != LEVEL && !codec.uses_zstd() {
+            if !codec.uses_zstd() {
                 continue;
             }
             let segments = encode_all(&mut encoder, codec, raw);
@@ -186,7 +246,8 @@ fn bench_parallel(c: &mut Criterion, raw: &[u8]) {
 
 fn benches(c: &mut Criterion) {
     let (label, raw) = data();
-    print_ratios(&label, &raw);
+    print_summary(&label, &raw);
+    print_ratios(&raw);
     bench_planes(c, &raw);
     bench_codecs(c, &raw);
     bench_parallel(c, &raw);

@@ -12,7 +12,8 @@
 //! Run: cargo build --release --examples && target/release/ringrun -n 4 target/release/examples/train_mlp
 //! Alone (one rank, hosting its own coordinator): cargo run --release --example train_mlp
 //! Flags: --epochs --batch --lr --momentum --hidden --seed --bucket-mib MIB --save-grads FILE
-//! --save-grads-max-mib MIB (see --help). A correct run ends above 90% test accuracy.
+//! --save-grads-max-mib MIB --save-grads-every STEPS --save-grads-local --stats (see --help).
+//! A correct run ends above 90% test accuracy.
 
 #[path = "train_mlp/data.rs"]
 mod data;
@@ -38,6 +39,7 @@ const ALONE_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(10);
 const LAUNCHER_RANK_VARS: [&str; 4] = ["RINGCC_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"];
 
 fn main() -> ExitCode {
+    ringcc::init_logging();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

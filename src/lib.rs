@@ -34,7 +34,7 @@ pub mod net;
 pub mod sim;
 pub mod wire;
 
-pub use crate::comm::{Bucketer, Communicator, CommunicatorBuilder, Config, Error, Report, Work};
+pub use crate::comm::{Bucketer, Communicator, CommunicatorBuilder, Config, Error, Report, Stats, Work};
 pub use crate::core::{DataType, Element, ReduceOp};
 pub use half::{bf16, f16};
 
@@ -42,6 +42,16 @@ pub use half::{bf16, f16};
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// Prints ringcc's log lines (membership changes, evictions, refused connections) on
+/// stderr, filtered by `RINGCC_LOG` (`tracing` filter syntax, e.g. `ringcc=info`; default
+/// `warn`). Does nothing if the program already installed a `tracing` subscriber. The
+/// bundled programs call it; applications may, or install their own subscriber.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGCC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
 
 /// A rank: a process's id in the job, fixed for the life of the job.
 pub type Rank = usize;

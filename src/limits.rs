@@ -56,7 +56,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// coordinator up: ten missed heartbeats, a few seconds, not the 10-30 minutes others use.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest time a rank spends connecting to its new neighbours after a view change.
+/// Longest time a rank spends connecting to its new neighbours after a view change (at
+/// most half the heartbeat timeout: the event loop sends no heartbeats meanwhile).
 pub const REBUILD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Longest abort reason sent or accepted, in bytes (a diagnostic string, not data).

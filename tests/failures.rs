@@ -1,11 +1,15 @@
-//! Peers that die or freeze: the ring is rebuilt over the survivors, interrupted calls
-//! return a typed error, and every later call is exact over the members it reports.
+//! Peers that die or freeze: the ring is rebuilt over the survivors, the interrupted call is
+//! finished or redone (exact retry), and every call returns `Ok`, exact over the members it
+//! reports (`ringcheck --survive` checks each result against a reference over exactly those
+//! members, Sum and Avg alternating). Faults land at exact points through `RINGCC_FAULT`.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ringcc::coord::{Server, ServerOptions};
+
+const HEARTBEAT_SECS: &str = "2";
 
 fn coordinator(world: usize, min_world: usize) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -15,18 +19,21 @@ fn coordinator(world: usize, min_world: usize) -> Server {
     Server::start(listener, options).unwrap()
 }
 
-fn survivor(rank: usize, world: usize, coord: &str, iterations: usize) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ringcheck"))
-        .args(["--survive", &iterations.to_string(), "--pause-ms", "5"])
+fn rank_process(rank: usize, world: usize, coord: &str, iterations: usize, len: usize, fault: Option<&str>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcheck"));
+    cmd.args(["--survive", &iterations.to_string(), "--survive-len", &len.to_string(), "--pause-ms", "2"])
         .env("RINGCC_RANK", rank.to_string())
         .env("RINGCC_WORLD_SIZE", world.to_string())
         .env("RINGCC_COORDINATOR", coord)
-        .env("RINGCC_HEARTBEAT_TIMEOUT", "2")
+        .env("RINGCC_HEARTBEAT_TIMEOUT", HEARTBEAT_SECS)
         .env("RINGCC_PROGRESS_TIMEOUT", "10")
+        .env_remove("RINGCC_FAULT")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    if let Some(f) = fault {
+        cmd.env("RINGCC_FAULT", f);
+    }
+    cmd.spawn().unwrap()
 }
 
 fn finish(mut c: Child, deadline: Instant) -> (bool, String) {
@@ -42,51 +49,161 @@ fn finish(mut c: Child, deadline: Instant) -> (bool, String) {
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
-fn kill_one_and_survive(world: usize, victim: usize, signal: &str) {
+/// Runs `world` ranks for `iterations` calls of `len` elements; `faults` plans a fault per
+/// victim rank. Every survivor must complete every call with `Ok` (no retry), exact, and
+/// end with exactly the survivors as members.
+fn survive(world: usize, len: usize, faults: &[(usize, &str)]) {
+    run(world, len, faults, faults.iter().map(|(r, _)| *r).collect());
+}
+
+/// Like `survive`, but the faulty rank lives on and must stay a member.
+fn survive_all(world: usize, len: usize, fault: (usize, &str)) {
+    run(world, len, &[fault], Vec::new());
+}
+
+fn run(world: usize, len: usize, faults: &[(usize, &str)], victims: Vec<usize>) {
+    let iterations = 24;
     let server = coordinator(world, 2);
     let addr = server.local_addr().to_string();
-    let mut ranks: Vec<Option<Child>> = (0..world).map(|r| Some(survivor(r, world, &addr, 400))).collect();
+    let mut ranks: Vec<Child> = (0..world)
+        .map(|r| {
+            let plan = faults.iter().find(|(v, _)| *v == r).map(|(_, f)| format!("rank={r},{f}"));
+            rank_process(r, world, &addr, iterations, len, plan.as_deref())
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let expected: Vec<usize> = (0..world).filter(|r| !victims.contains(r)).collect();
+    let mut victims_left = Vec::new();
+    for (r, c) in ranks.drain(..).enumerate() {
+        if victims.contains(&r) {
+            victims_left.push(c);
+            continue;
+        }
+        let (ok, text) = finish(c, deadline);
+        let context = format!("world {world}, len {len}, faults {faults:?}, survivor {r}");
+        assert!(ok, "{context} failed: {text}");
+        assert!(!text.contains("wrong"), "{context} computed a wrong result: {text}");
+        let want = format!("survived {iterations} collectives, 0 retries, members {expected:?}");
+        assert!(text.contains(&want), "{context} should print {want:?}: {text}");
+    }
+    for mut c in victims_left {
+        // A stalled victim never ends on its own (it is evicted and frozen).
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn a_rank_killed_in_each_phase_world_3() {
+    for phase in ["start", "rs", "ag", "fin"] {
+        survive(3, 65_536, &[(1, &format!("seq=8,phase={phase},action=exit"))]);
+    }
+}
+
+#[test]
+fn a_rank_killed_in_each_phase_world_4_and_on_the_latency_path() {
+    for phase in ["rs,step=1", "ag,step=1", "fin"] {
+        survive(4, 65_536, &[(2, &format!("seq=8,phase={phase},action=exit"))]);
+    }
+    for phase in ["gather", "fin"] {
+        survive(4, 1024, &[(3, &format!("seq=8,phase={phase},action=exit"))]);
+    }
+}
+
+/// Several failures in one recovery. The contract: every other rank ends with an exact
+/// result or a typed error (never a hang or a wrong sum). Today a race between ring attempts
+/// of views that follow each other closely can also evict a healthy rank (it gets
+/// `Error::Evicted`); at least two ranks must carry on, over none of the victims.
+fn survive_several(world: usize, plans: &[(usize, &str)]) {
+    let iterations = 24;
+    let server = coordinator(world, 2);
+    let addr = server.local_addr().to_string();
+    let ranks: Vec<Child> = (0..world)
+        .map(|r| {
+            let plan = plans.iter().find(|(v, _)| *v == r).map(|(_, p)| format!("rank={r},{p}"));
+            rank_process(r, world, &addr, iterations, 65_536, plan.as_deref())
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut carried_on = 0;
+    for (r, c) in ranks.into_iter().enumerate() {
+        let (ok, text) = finish(c, deadline);
+        if plans.iter().any(|(v, _)| *v == r) {
+            continue;
+        }
+        assert!(!text.contains("wrong"), "rank {r} computed a wrong result: {text}");
+        if ok {
+            assert!(text.contains(&format!("survived {iterations} collectives, 0 retries")), "rank {r}: {text}");
+            let last = text.lines().find(|l| l.contains("survived")).unwrap_or_default();
+            let members = last.split("members ").nth(1).unwrap_or_default();
+            for (v, _) in plans {
+                assert!(!members.contains(&v.to_string()), "rank {r} still counts victim {v}: {text}");
+            }
+            carried_on += 1;
+        } else {
+            assert!(text.contains("was evicted"), "rank {r}: untyped failure: {text}");
+        }
+    }
+    assert!(carried_on >= 2, "only {carried_on} ranks carried on");
+}
+
+#[test]
+fn two_ranks_die_together_world_6() {
+    survive_several(6, &[(1, "seq=8,phase=rs,step=2,action=exit"), (4, "seq=8,phase=rs,step=2,action=exit")]);
+}
+
+/// Rank 3 loses its neighbour 2, then dies itself while the ring is being rebuilt.
+#[test]
+fn a_rank_dies_during_the_recovery_world_6() {
+    survive_several(6, &[(2, "seq=8,phase=ag,action=exit"), (3, "seq=8,phase=recovery,action=exit")]);
+}
+
+#[test]
+fn a_frozen_rank_and_closed_links_world_4() {
+    // Frozen: no frames, no heartbeats; evicted after the heartbeat timeout.
+    survive(4, 65_536, &[(1, "seq=8,phase=ag,action=stall")]);
+    // Links closed by a live process (a transient network fault): the coordinator sees it
+    // alive and re-forms the ring with it; every rank goes on, nobody is evicted.
+    survive_all(4, 65_536, (0, "seq=8,phase=rs,action=close"));
+}
+
+/// A kill at a random moment (not at a planned point), and a real `kill -STOP`.
+fn signal_one_and_survive(world: usize, victim: usize, signal: &str) {
+    let server = coordinator(world, 2);
+    let addr = server.local_addr().to_string();
+    let iterations = 2000;
+    let mut ranks: Vec<Option<Child>> =
+        (0..world).map(|r| Some(rank_process(r, world, &addr, iterations, 65_536, None))).collect();
     std::thread::sleep(Duration::from_millis(1500));
     let pid = ranks[victim].as_ref().unwrap().id().to_string();
     assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(90);
-    let mut survived = 0;
-    let mut expected: Vec<usize> = (0..world).filter(|r| *r != victim).collect();
-    expected.sort_unstable();
+    let expected: Vec<usize> = (0..world).filter(|r| *r != victim).collect();
     for (r, c) in ranks.iter_mut().enumerate() {
         let c = c.take().unwrap();
         if r == victim {
             if signal == "-STOP" {
                 let _ = Command::new("kill").args(["-CONT", &pid]).status();
             }
-            let _ = finish(c, deadline);
+            let (_, text) = finish(c, deadline);
+            if signal == "-STOP" {
+                assert!(text.contains("evicted"), "a resumed frozen rank must learn it was evicted: {text}");
+            }
             continue;
         }
         let (ok, text) = finish(c, deadline);
-        assert!(!text.contains("wrong"), "survivor {r} computed a wrong sum: {text}");
-        if ok {
-            assert!(text.contains("survived 400 collectives"), "survivor {r}: {text}");
-            let want = format!("members {expected:?}");
-            assert!(text.contains(&want), "survivor {r} should end with {want}: {text}");
-            survived += 1;
-        } else {
-            // Until the retry protocol lands, a kill inside the final all-gather can leave
-            // survivors disagreeing on the interrupted call: they must stop with a typed
-            // error rather than go on pairing different calls.
-            let typed = ["disagree", "evicted", "ranks alive"].iter().any(|w| text.contains(w));
-            assert!(typed, "survivor {r}: untyped failure: {text}");
-            eprintln!("survivor {r} stopped with a typed error: {}", text.lines().last().unwrap_or_default());
-        }
+        assert!(ok && !text.contains("wrong"), "survivor {r}: {text}");
+        assert!(text.contains(&format!("survived {iterations} collectives, 0 retries")), "survivor {r}: {text}");
+        assert!(text.contains(&format!("members {expected:?}")), "survivor {r}: {text}");
     }
-    eprintln!("{survived} of {} survivors completed every call", world - 1);
 }
 
 #[test]
 fn survivors_go_on_after_kill_9() {
-    kill_one_and_survive(4, 2, "-KILL");
+    signal_one_and_survive(4, 2, "-KILL");
 }
 
 #[test]
 fn a_frozen_rank_is_evicted_and_survivors_go_on() {
-    kill_one_and_survive(3, 1, "-STOP");
+    signal_one_and_survive(3, 1, "-STOP");
 }

@@ -107,3 +107,34 @@ fn save_grads_writes_whole_steps_up_to_the_cap() {
     let grads: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     assert!(grads.iter().all(|g| g.is_finite()) && grads.iter().any(|&g| g != 0.0));
 }
+
+/// `--save-grads-every` keeps steps 0, k, 2k, ... of the full record, and
+/// `--save-grads-local` saves rank 0's gradients before averaging (different from the
+/// averaged ones with two ranks).
+#[test]
+fn save_grads_samples_steps_and_can_save_local_gradients() {
+    let dir = std::env::temp_dir();
+    let path = |name: &str| dir.join(format!("ringcc-train-{name}-{}.f32", std::process::id()));
+    let run = |name: &str, extra: &[&str]| {
+        let p = path(name);
+        let mut args = vec!["--epochs", "1", "--save-grads", p.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (outcomes, log) = train_on(2, &args);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        (outcomes[0].saved_steps, bytes, log)
+    };
+    let step_bytes = 4 * 4810;
+    // 719 samples per rank in batches of 32: 23 steps.
+    let (all_steps, all, _) = run("all", &[]);
+    assert_eq!((all_steps, all.len()), (23, 23 * step_bytes));
+    let (steps, every5, log) = run("every5", &["--save-grads-every", "5"]);
+    assert_eq!(steps, 5, "{log}");
+    let want: Vec<u8> =
+        [0, 5, 10, 15, 20].iter().flat_map(|&s| all[s * step_bytes..(s + 1) * step_bytes].to_vec()).collect();
+    assert!(every5 == want, "every fifth step differs from the full record");
+    let (steps, local, log) = run("local", &["--save-grads-every", "5", "--save-grads-local"]);
+    assert_eq!((steps, local.len()), (5, every5.len()), "{log}");
+    assert!(log.contains("rank 0's local gradients"), "{log}");
+    assert!(local != every5, "local gradients equal the averaged ones");
+}

@@ -51,6 +51,18 @@ pub struct Options {
     /// Stop writing --save-grads before the file would exceed this many MiB (whole steps only).
     #[arg(long, default_value_t = 8, value_name = "MIB")]
     pub save_grads_max_mib: u64,
+    /// Save only every STEPS-th step (the first, then every STEPS-th after it), so that a
+    /// capped file samples the whole run rather than its first steps.
+    #[arg(long, default_value_t = 1, value_name = "STEPS")]
+    pub save_grads_every: usize,
+    /// Save rank 0's own gradients before they are averaged (the buffer it hands to
+    /// all_reduce, which is what the ring sends) instead of the averaged result.
+    #[arg(long)]
+    pub save_grads_local: bool,
+    /// After every epoch, compare the ranks' statistics (`Communicator::stats`) and print
+    /// each rank's idle share of collective time and the straggler, if one held the ring back.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 impl Options {
@@ -71,6 +83,11 @@ impl Options {
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return Err(format!("--momentum {} must be in [0, 1)", self.momentum));
+        }
+        in_range("save-grads-every", self.save_grads_every, EPOCHS_MAX * WIDTH_MAX)?;
+        if self.save_grads_local && self.bucket_mib.is_some() {
+            // The local gradients are the same either way; capture them without buckets.
+            return Err("--save-grads-local cannot be combined with --bucket-mib".into());
         }
         match self.bucket_mib {
             Some(m) if !(m.is_finite() && m > 0.0) => Err(format!("--bucket-mib {m} must be positive")),
@@ -95,18 +112,45 @@ pub struct Outcome {
     pub saved_steps: usize,
 }
 
-/// Appends each step's averaged gradients to the --save-grads file until its cap.
+/// Appends the gradients of every `every`-th step to the --save-grads file until its cap:
+/// the averaged ones, or with `local` the rank's own before averaging.
 struct GradSaver {
     file: Option<BufWriter<File>>,
     written_bytes: u64,
     max_bytes: u64,
     steps: usize,
+    every: usize,
+    local: bool,
+    /// Steps offered so far (saved or skipped).
+    seen: usize,
 }
 
 impl GradSaver {
-    fn new(path: Option<&PathBuf>, max_mib: u64) -> std::io::Result<GradSaver> {
+    fn new(path: Option<&PathBuf>, opts: &Options) -> std::io::Result<GradSaver> {
         let file = path.map(File::create).transpose()?.map(BufWriter::new);
-        Ok(GradSaver { file, written_bytes: 0, max_bytes: max_mib.saturating_mul(1 << 20), steps: 0 })
+        Ok(GradSaver {
+            file,
+            written_bytes: 0,
+            max_bytes: opts.save_grads_max_mib.saturating_mul(1 << 20),
+            steps: 0,
+            every: opts.save_grads_every.max(1),
+            local: opts.save_grads_local,
+            seen: 0,
+        })
+    }
+
+    /// Offers one step's gradients, `averaged` or not; saves them if this saver wants
+    /// that kind and that step. Call it once per step for each kind.
+    fn offer(&mut self, grads: &[f32], averaged: bool) -> std::io::Result<()> {
+        if averaged == self.local {
+            return Ok(());
+        }
+        let due = self.seen % self.every == 0;
+        self.seen += 1;
+        if due {
+            self.save(grads)?;
+        }
+        Ok(())
     }
 
     fn save(&mut self, grads: &[f32]) -> std::io::Result<()> {
@@ -137,9 +181,10 @@ impl GradSaver {
 /// the ranks: with one all_reduce after the backward pass, or bucket by bucket during it.
 /// Returns the reports and the time this thread spent blocked on communication (all of
 /// the all_reduce; only the final wait with buckets, whose reductions overlap the backward).
+/// Without buckets the local gradients are offered to `saver` before averaging.
 ///
 /// # Errors
-/// The collective's error.
+/// The collective's error, or a --save-grads write error.
 #[allow(clippy::too_many_arguments)]
 fn backward_and_average(
     comm: &Communicator,
@@ -149,16 +194,19 @@ fn backward_and_average(
     scratch: &mut Scratch,
     grads: &mut [f32],
     bucket_bytes: Option<usize>,
-) -> Result<(Vec<Report>, Duration), ringcc::Error> {
+    saver: &mut GradSaver,
+) -> Result<(Vec<Report>, Duration), Box<dyn Error>> {
     match bucket_bytes {
         None => {
             mlp.backward(shard, indices, scratch, grads, |_| {});
+            saver.offer(grads, false)?;
             let waiting = Instant::now();
             let report = comm.all_reduce(grads, ReduceOp::Avg)?;
             Ok((vec![report], waiting.elapsed()))
         }
         Some(bytes) => {
             let mut bucketer = Bucketer::with_bucket_bytes(comm, ReduceOp::Avg, bytes);
+            // `validate` refuses --save-grads-local here: the bucketer borrows the layers.
             mlp.backward(shard, indices, scratch, grads, |g| bucketer.push(g));
             let waiting = Instant::now();
             let reports = bucketer.finish()?;
@@ -216,7 +264,7 @@ pub fn train(
         opts.bucket_bytes().map_or("one all_reduce".into(), |b| format!("a Bucketer of {b}-byte buckets")),
         h = opts.hidden,
     ))?;
-    let mut saver = GradSaver::new(opts.save_grads.as_ref().filter(|_| rank == 0), opts.save_grads_max_mib)?;
+    let mut saver = GradSaver::new(opts.save_grads.as_ref().filter(|_| rank == 0), opts)?;
     let mut scratch = Scratch::default();
     let mut grads = vec![0.0f32; mlp.layout.len()];
     let mut accuracy = Vec::with_capacity(opts.epochs);
@@ -228,11 +276,12 @@ pub fn train(
         let (mut loss_sum, mut comm_wait, mut calls) = (0.0f64, Duration::ZERO, 0usize);
         for indices in order.chunks(batch).take(steps) {
             loss_sum += mlp.forward(&shard, indices, &mut scratch);
+            let bucket_bytes = opts.bucket_bytes();
             let (reports, waited) =
-                backward_and_average(comm, &mlp, &shard, indices, &mut scratch, &mut grads, opts.bucket_bytes())?;
+                backward_and_average(comm, &mlp, &shard, indices, &mut scratch, &mut grads, bucket_bytes, &mut saver)?;
             comm_wait += waited;
             calls += reports.len();
-            saver.save(&grads)?;
+            saver.offer(&grads, true)?;
             mlp.step(&grads, opts.lr, opts.momentum);
         }
         let mut totals = [loss_sum, shard.len() as f64];
@@ -251,12 +300,22 @@ pub fn train(
             comm_wait.as_secs_f64() * 1e3,
             started.elapsed().as_secs_f64(),
         ))?;
+        if opts.stats {
+            // A collective like the others: every rank calls it at the same point.
+            let stats = comm.stats()?;
+            let idle: Vec<String> =
+                stats.ranks.iter().map(|r| format!("{}: {:.0}%", r.rank, 100.0 * r.idle_fraction())).collect();
+            let straggler = stats.straggler.as_ref().map_or_else(|| "none".into(), |s| s.evidence.clone());
+            log(format!("stats: ranks idle (share of collective time) {}; straggler: {straggler}", idle.join(", ")))?;
+        }
     }
     let (saved_steps, saved_bytes) = saver.finish()?;
     if let Some(path) = opts.save_grads.as_ref().filter(|_| rank == 0) {
         log(format!(
-            "saved {saved_steps} steps x {} f32 ({saved_bytes} bytes) of averaged gradients to {}",
+            "saved {saved_steps} steps (every {}) x {} f32 ({saved_bytes} bytes) of {} gradients to {}",
+            opts.save_grads_every,
             grads.len(),
+            if opts.save_grads_local { "rank 0's local" } else { "averaged" },
             path.display()
         ))?;
     }

@@ -3,13 +3,16 @@
 //! Written by hand (the crate has no JSON dependency); `scripts/plot` and the peer
 //! comparison read it. Row fields match the printed columns: `size`, `count`, `type`,
 //! `redop`, `root`, `time` (us), `algbw`, `busbw` (GB/s), `wrong` (null without a check),
-//! `p50`, `p99` (us), `ratio` (compression ratio).
+//! `p50`, `p99` (us), `ratio` (compression ratio). `stats` holds rank 0's [`crate::Stats`] over the whole run: its links
+//! (bytes, GB/s, waits in seconds), its collectives' phase times (seconds, summed), every
+//! rank's idle and waiting in the run, and the straggler (null if none).
 
 use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Row;
+use crate::comm::{Stats, StragglerCause};
 
 /// The machine a run happened on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +112,8 @@ pub struct RunInfo {
     pub warmup_iters: usize,
     /// Whether results were checked.
     pub check: bool,
+    /// The `--data` file the buffers were filled from, if any (else the check pattern).
+    pub data: Option<String>,
     /// Source revision (see [`git_revision`]).
     pub git_rev: String,
     /// When the run ended, UTC ISO 8601.
@@ -166,8 +171,99 @@ fn row_json(r: &Row) -> String {
     )
 }
 
-/// The whole record as pretty-printed JSON.
-pub fn render(info: &RunInfo, rows: &[Row], wrong_total: u64, avg_busbw_gbs: f64) -> String {
+fn secs(d: std::time::Duration) -> String {
+    number(d.as_secs_f64())
+}
+
+/// `items` as a JSON array of the strings `f` renders.
+fn array<T>(items: &[T], f: impl Fn(&T) -> String) -> String {
+    format!("[{}]", items.iter().map(f).collect::<Vec<_>>().join(", "))
+}
+
+/// [`Stats`] as one JSON object (see the module docs).
+pub fn stats_json(s: &Stats) -> String {
+    let links = array(&s.links, |l| {
+        format!(
+            "{{\"side\": {}, \"peer\": {}, \"bytes_sent\": {}, \"bytes_received\": {}, \"frames_received\": {}, \
+             \"send_gbps\": {}, \"recv_gbps\": {}, \"recv_wait\": {}, \"recv_transfer\": {}, \"send_blocked\": {}, \
+             \"active\": {}}}",
+            quote(l.side.name()),
+            l.peer,
+            l.bytes_sent,
+            l.bytes_received,
+            l.frames_received,
+            number(l.send_gbps()),
+            number(l.recv_gbps()),
+            secs(l.recv_wait),
+            secs(l.recv_transfer),
+            secs(l.send_blocked),
+            secs(l.active)
+        )
+    });
+    let collectives = array(&s.collectives, |c| {
+        format!(
+            "{{\"collective\": {}, \"calls\": {}, \"bytes\": {}, \"bytes_sent\": {}, \"reduce_scatter\": {}, \
+             \"all_gather\": {}, \"queued\": {}, \"total\": {}, \"slowest\": {}}}",
+            quote(c.collective),
+            c.calls,
+            c.bytes,
+            c.bytes_sent,
+            secs(c.reduce_scatter),
+            secs(c.all_gather),
+            secs(c.queued),
+            secs(c.total),
+            secs(c.slowest)
+        )
+    });
+    let peer = |p: Option<usize>| p.map_or_else(|| "null".into(), |r| r.to_string());
+    let ranks = array(&s.ranks, |r| {
+        format!(
+            "{{\"rank\": {}, \"collectives\": {}, \"active\": {}, \"idle_fraction\": {}, \"peers\": [{}, {}], \
+             \"recv_wait\": [{}, {}], \"recv_transfer\": [{}, {}], \"send_blocked\": [{}, {}]}}",
+            r.rank,
+            r.collectives,
+            secs(r.active),
+            number(r.idle_fraction()),
+            peer(r.peers[0]),
+            peer(r.peers[1]),
+            secs(r.recv_wait[0]),
+            secs(r.recv_wait[1]),
+            secs(r.recv_transfer[0]),
+            secs(r.recv_transfer[1]),
+            secs(r.send_blocked[0]),
+            secs(r.send_blocked[1])
+        )
+    });
+    let straggler = s.straggler.as_ref().map_or_else(
+        || "null".into(),
+        |g| {
+            let cause = match g.cause {
+                StragglerCause::Link { from, to } => format!("{{\"link_from\": {from}, \"link_to\": {to}}}"),
+                _ => quote("rank"),
+            };
+            format!(
+                "{{\"rank\": {}, \"cause\": {cause}, \"collectives_led\": {}, \"collectives_compared\": {}, \
+                 \"evidence\": {}}}",
+                g.rank,
+                g.collectives_led,
+                g.collectives_compared,
+                quote(&g.evidence)
+            )
+        },
+    );
+    format!(
+        "{{\"rank\": {}, \"epoch\": {}, \"active\": {}, \"idle\": {}, \"links\": {links}, \"collectives\": \
+         {collectives}, \"windows\": {}, \"ranks\": {ranks}, \"straggler\": {straggler}}}",
+        s.rank,
+        s.epoch,
+        secs(s.active),
+        secs(s.idle),
+        s.windows
+    )
+}
+
+/// The whole record as pretty-printed JSON; `stats` (rank 0's, over the run) if gathered.
+pub fn render(info: &RunInfo, rows: &[Row], wrong_total: u64, avg_busbw_gbs: f64, stats: Option<&Stats>) -> String {
     let m = &info.machine;
     let fields = [
         ("tool", quote("ringbench")),
@@ -182,6 +278,7 @@ pub fn render(info: &RunInfo, rows: &[Row], wrong_total: u64, avg_busbw_gbs: f64
         ("iters", info.iters.to_string()),
         ("warmup_iters", info.warmup_iters.to_string()),
         ("check", info.check.to_string()),
+        ("data", info.data.as_deref().map_or_else(|| "null".into(), quote)),
         ("git_rev", quote(&info.git_rev)),
         ("date", quote(&info.date)),
         (
@@ -195,6 +292,7 @@ pub fn render(info: &RunInfo, rows: &[Row], wrong_total: u64, avg_busbw_gbs: f64
         ),
         ("wrong_total", wrong_total.to_string()),
         ("avg_busbw", number(avg_busbw_gbs)),
+        ("stats", stats.map_or_else(|| "null".into(), stats_json)),
     ];
     let mut out = String::from("{\n");
     for (k, v) in fields {
@@ -248,6 +346,7 @@ mod tests {
             iters: 20,
             warmup_iters: 5,
             check: true,
+            data: Some("benches/data/grads.f32".into()),
             git_rev: "abc1234".into(),
             date: iso8601_utc(0),
             machine: Machine { hostname: "h".into(), cpu_model: "cpu \"x\"".into(), cores: 2 },
@@ -266,7 +365,7 @@ mod tests {
             p99_us: 75.0,
             ratio: 1.5,
         };
-        let j = render(&info, &[row.clone(), row], 0, 0.25);
+        let j = render(&info, &[row.clone(), row], 0, 0.25, None);
         assert!(
             j.contains("\"machine\": {\"hostname\": \"h\", \"cpu_model\": \"cpu \\\"x\\\"\", \"cores\": 2}"),
             "{j}"
@@ -274,7 +373,72 @@ mod tests {
         assert!(j.contains("{\"size\": 4096, \"count\": 1024, \"type\": \"float\", \"redop\": \"sum\", \"root\": -1, \
                             \"time\": 70.5, \"algbw\": null, \"busbw\": 0.25, \"wrong\": null, \"p50\": 69.75, \"p99\": 75, \"ratio\": 1.5}"), "{j}");
         assert_eq!(j.matches("\"size\"").count(), 2);
+        assert!(j.contains("\"data\": \"benches/data/grads.f32\","), "{j}");
         assert!(j.ends_with("}\n  ]\n}\n"));
-        assert!(render(&info, &[], 0, 0.0).ends_with("\"rows\": []\n}\n"));
+        assert!(render(&info, &[], 0, 0.0, None).ends_with("\"rows\": []\n}\n"));
+        assert!(j.contains("\"stats\": null,"), "{j}");
+    }
+
+    #[test]
+    fn stats_carry_links_phases_ranks_and_the_straggler() {
+        use crate::comm::{CollectiveStats, LinkStats, RankSummary, Side, Straggler};
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let s = Stats {
+            rank: 0,
+            epoch: 1,
+            links: vec![LinkStats {
+                side: Side::Next,
+                peer: 1,
+                bytes_sent: 2_000_000,
+                bytes_received: 1_000_000,
+                frames_received: 4,
+                recv_wait: ms(250),
+                recv_transfer: ms(125),
+                send_blocked: ms(0),
+                active: ms(1000),
+            }],
+            collectives: vec![CollectiveStats {
+                collective: "all_reduce",
+                calls: 2,
+                bytes: 8,
+                bytes_sent: 300,
+                reduce_scatter: ms(500),
+                all_gather: ms(250),
+                queued: ms(0),
+                total: ms(750),
+                slowest: ms(500),
+            }],
+            active: ms(1000),
+            idle: ms(500),
+            ranks: vec![RankSummary {
+                rank: 1,
+                collectives: 9,
+                active: ms(1000),
+                idle: ms(125),
+                peers: [Some(0), None],
+                recv_wait: [ms(125), ms(0)],
+                recv_transfer: [ms(0), ms(0)],
+                send_blocked: [ms(0), ms(0)],
+            }],
+            windows: 1,
+            straggler: Some(Straggler {
+                rank: 1,
+                cause: StragglerCause::Link { from: 1, to: 0 },
+                collectives_led: 9,
+                collectives_compared: 9,
+                evidence: "slow \"link\"".into(),
+            }),
+        };
+        let j = stats_json(&s);
+        assert!(j.contains("\"side\": \"next\", \"peer\": 1, \"bytes_sent\": 2000000"), "{j}");
+        assert!(
+            j.contains("\"send_gbps\": 0.002, \"recv_gbps\": 0.001, \"recv_wait\": 0.25, \"recv_transfer\": 0.125"),
+            "{j}"
+        );
+        assert!(j.contains("\"reduce_scatter\": 0.5, \"all_gather\": 0.25"), "{j}");
+        assert!(j.contains("\"idle_fraction\": 0.125, \"peers\": [0, null]"), "{j}");
+        assert!(j.contains("\"straggler\": {\"rank\": 1, \"cause\": {\"link_from\": 1, \"link_to\": 0}"), "{j}");
+        assert!(j.contains("\"evidence\": \"slow \\\"link\\\"\"}}"), "{j}");
     }
 }

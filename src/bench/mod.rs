@@ -5,7 +5,10 @@
 //! K/M/G suffixes, powers of 1024). For each size the benchmark runs `-w` untimed
 //! iterations, a barrier, `-n` timed iterations (each timed on every rank; the time of an
 //! iteration is the maximum over ranks), and with `-c 1` one more iteration on fresh
-//! patterned data whose every element is then checked exactly.
+//! patterned data whose every element is then checked exactly. With `--data FILE` the
+//! buffers hold the file's values instead (see [`data`]), refilled before every in-place
+//! iteration so that every iteration sends the file's values, and the check allows the
+//! rounding of a reduction in another order.
 //!
 //! Bandwidths follow nccl-tests: `algbw = size / time` (GB = 1e9 bytes) and
 //! `busbw = algbw x factor`, with the factor `2(n-1)/n` for all_reduce, `(n-1)/n` for

@@ -100,10 +100,11 @@ pub struct Options {
     /// Label for the JSON file (legend of scripts/plot); default names the run.
     #[arg(long)]
     pub label: Option<String>,
-    /// Fill buffers from this file of raw little-endian --dtype elements (rank r starts
-    /// r/world of the way in, wrapping around) instead of the check pattern, refilled before
-    /// every iteration; results are then not checked (-c is ignored).
-    #[arg(long)]
+    /// Fill buffers from this file of raw little-endian values of `--dtype` (f32, f16 or
+    /// bf16; e.g. saved gradients, see benches/data/) instead of the check pattern. Rank r
+    /// reads from element r * len / world on, wrapping round; `-c 1` checks against the
+    /// same values.
+    #[arg(long, value_name = "FILE")]
     pub data: Option<PathBuf>,
 }
 
@@ -292,6 +293,12 @@ mod tests {
         let o = opts(&["--codec", "auto+bf16", "--codec-level", "-3"]);
         assert_eq!((o.codec, o.codec_level), (Some(CodecChoice::Auto { lossy: true }), Some(-3)));
         assert!(Options::try_parse_from(["ringbench", "--codec", "lz4"]).is_err());
+        assert_eq!(o.data, None);
+        let o = opts(&["--data", "benches/data/grads.f32", "--dtype", "bf16"]);
+        assert_eq!(
+            (o.data.as_deref(), o.dtype),
+            (Some(std::path::Path::new("benches/data/grads.f32")), DataType::Bf16)
+        );
         for d in ["f32", "f64", "f16", "bf16", "i32", "i64", "u8"] {
             assert!(parse_dtype(d).is_ok(), "{d}");
         }

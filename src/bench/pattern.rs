@@ -32,6 +32,8 @@ pub trait PatternElement: Element {
     /// library documents it: float division (half types through f32, rounded once), or
     /// integer division truncating toward zero.
     fn avg_of(sum: u32, count: usize) -> Self;
+    /// The value as f64 (exact for every type but the largest 64-bit integers).
+    fn to_f64(self) -> f64;
 }
 
 macro_rules! float_pattern {
@@ -42,6 +44,9 @@ macro_rules! float_pattern {
             }
             fn avg_of(sum: u32, count: usize) -> Self {
                 sum as $t / count.max(1) as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
             }
         }
     };
@@ -58,6 +63,9 @@ macro_rules! half_pattern {
             fn avg_of(sum: u32, count: usize) -> Self {
                 <$t>::from_f32(sum as f32 / count.max(1) as f32)
             }
+            fn to_f64(self) -> f64 {
+                <$t>::to_f64(self)
+            }
         }
     };
 }
@@ -72,6 +80,9 @@ macro_rules! int_pattern {
             }
             fn avg_of(sum: u32, count: usize) -> Self {
                 Self::from_small(sum / u32::try_from(count.max(1)).unwrap_or(u32::MAX))
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
             }
         }
     };

@@ -6,9 +6,10 @@
 //! that is part of what users pay and is measured). Every rank runs the same sequence of
 //! collectives, so all ranks must be given the same settings.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::data::DataFile;
+use super::data::{hash_bytes, DataFile, FileSource};
 use super::pattern::{Pattern, PatternElement};
 use super::{bandwidth_gbs, bus_factor, summarize, BenchColl, Layout, Row};
 use crate::codec::Codec;
@@ -32,13 +33,13 @@ pub struct Settings {
     pub warmup_iters: usize,
     /// Whether to run a checked iteration per size.
     pub check: bool,
+    /// Values to fill the buffers with instead of the check pattern (`--data`); must be of
+    /// `dtype`.
+    pub data: Option<Arc<DataFile>>,
     /// With a lossy codec setting, the rounding an all_reduce result may have had (the
     /// owner of each chunk may round it before sending it): the check then also accepts
     /// the exact result so rounded. `None` for exact settings.
     pub rounding: Option<Codec>,
-    /// Data to fill the inputs with instead of the check pattern (`--data`): refilled
-    /// before every iteration, never checked.
-    pub data: Option<std::sync::Arc<DataFile>>,
 }
 
 /// A collective failed during the benchmark.
@@ -92,11 +93,13 @@ impl<T: PatternElement> Buffers<T> {
     }
 }
 
-/// One benchmark: the communicator, what to run, and the data pattern.
+/// One benchmark: the communicator, what to run, and the data: the pattern, or the file's
+/// values when there is one.
 struct Bench<'a, T> {
     comm: &'a Communicator,
     s: &'a Settings,
     pattern: Pattern,
+    file: Option<FileSource<'a, T>>,
     bufs: Buffers<T>,
     world: usize,
 }
@@ -111,7 +114,9 @@ fn run_typed<T: PatternElement>(
     let max_bytes = s.sizes.iter().copied().max().unwrap_or(0);
     let max = Layout::new(s.coll, max_bytes, esize, world);
     let op = s.coll.reduces().then_some(s.op);
-    let mut bench = Bench { comm, s, pattern: Pattern::new(op, world), bufs: Buffers::<T>::new(s.coll, max), world };
+    let file = s.data.as_deref().map(|d| FileSource::new(d, world));
+    let mut bench =
+        Bench { comm, s, pattern: Pattern::new(op, world), file, bufs: Buffers::<T>::new(s.coll, max), world };
     // Touch every page now so that no measurement pays for first-touch faults.
     bench.fill(max);
     let mut rows = Vec::with_capacity(s.sizes.len());
@@ -124,30 +129,38 @@ fn run_typed<T: PatternElement>(
 }
 
 impl<T: PatternElement> Bench<'_, T> {
-    /// Writes this rank's pattern into the inputs of `l`.
+    /// Writes this rank's elements `first..` (of the pattern or the file) into `buf`.
+    fn fill_from(&self, first: usize, buf: &mut [T]) {
+        match &self.file {
+            Some(f) => f.fill(self.comm.rank(), first, buf),
+            None => self.pattern.fill(self.comm.rank(), first, buf),
+        }
+    }
+
+    /// Writes this rank's inputs of `l`.
     fn fill(&mut self, l: Layout) {
         let rank = self.comm.rank();
         let (per, n) = (l.per_rank_elems, l.count_elems);
-        if let Some(data) = &self.s.data {
-            let input = match self.s.coll {
-                BenchColl::AllGather => &mut self.bufs.a[..per],
-                _ => &mut self.bufs.a[..n],
-            };
-            data.fill(rank, self.world, bytemuck::cast_slice_mut(input));
-            return;
-        }
+        let mut a = std::mem::take(&mut self.bufs.a);
         match self.s.coll {
-            BenchColl::AllReduce | BenchColl::Broadcast | BenchColl::ReduceScatter => {
-                self.pattern.fill(rank, 0, &mut self.bufs.a[..n]);
-            }
+            BenchColl::AllReduce | BenchColl::Broadcast | BenchColl::ReduceScatter => self.fill_from(0, &mut a[..n]),
             BenchColl::AllGather => {
                 // Block r of the output is rank r's while every rank is a member.
                 let first = chunk_range(n, self.world, rank).start;
-                self.pattern.fill(rank, first, &mut self.bufs.a[..per]);
+                self.fill_from(first, &mut a[..per]);
                 // The output is overwritten by the call; zero it so stale results of an
                 // earlier size can never pass the check.
                 self.bufs.b[..n].fill(T::zeroed());
             }
+        }
+        self.bufs.a = a;
+    }
+
+    /// With file data, restores an all_reduce's input (which the previous call replaced
+    /// by its result) so every iteration reduces, and compresses, the file's values.
+    fn refill(&mut self, l: Layout) {
+        if self.file.is_some() && self.s.coll == BenchColl::AllReduce {
+            self.fill(l);
         }
     }
 
@@ -173,22 +186,15 @@ impl<T: PatternElement> Bench<'_, T> {
         let l = Layout::new(self.s.coll, size, self.s.dtype.size(), self.world);
         let size_bytes = (l.count_elems * self.s.dtype.size()) as u64;
         self.fill(l);
-        // Real data changes as it is reduced in place: refill it so every iteration carries
-        // the file's data (outside the timed region).
-        let refill = self.s.data.is_some();
         for _ in 0..self.s.warmup_iters {
-            if refill {
-                self.fill(l);
-            }
+            self.refill(l);
             self.call(l).map_err(self.fail("warm-up", size_bytes))?;
         }
         self.comm.barrier().map_err(self.fail("barrier before", size_bytes))?;
         let mut times_us = Vec::with_capacity(self.s.iters);
         let (mut sent, mut sent_raw) = (0u64, 0u64);
         for _ in 0..self.s.iters {
-            if refill {
-                self.fill(l);
-            }
+            self.refill(l);
             let start = Instant::now();
             let report = self.call(l).map_err(self.fail("timed", size_bytes))?;
             times_us.push(start.elapsed().as_secs_f64() * 1e6);
@@ -197,7 +203,7 @@ impl<T: PatternElement> Bench<'_, T> {
         }
         // An iteration takes as long as its slowest rank.
         self.comm.all_reduce(&mut times_us, ReduceOp::Max).map_err(self.fail("gathering times of", size_bytes))?;
-        let wrong = if self.s.check && !refill { Some(self.check(l, size_bytes)?) } else { None };
+        let wrong = if self.s.check { Some(self.check(l, size_bytes)?) } else { None };
         let t = summarize(&times_us);
         let algbw_gbs = bandwidth_gbs(size_bytes, t.mean_us);
         Ok(Row {
@@ -221,15 +227,40 @@ impl<T: PatternElement> Bench<'_, T> {
     fn check(&mut self, l: Layout, size_bytes: u64) -> Result<u64, RunError> {
         self.fill(l);
         let report = self.call(l).map_err(self.fail("check", size_bytes))?;
-        let wrong = self.count_wrong(l, &report.members);
+        let mut wrong = self.count_wrong(l, &report.members);
+        if self.file.is_some() {
+            wrong += self.count_unequal(l, size_bytes)?;
+        }
         let mut total = [i64::try_from(wrong).unwrap_or(i64::MAX)];
         self.comm.all_reduce(&mut total, ReduceOp::Sum).map_err(self.fail("summing wrong elements of", size_bytes))?;
         Ok(u64::try_from(total[0]).unwrap_or(u64::MAX))
     }
 
+    /// With file data the check allows rounding, so it must also see that every rank
+    /// holds the same bits: the ranks compare a hash of their result. A mismatch counts
+    /// every element once (on rank 0). Not for reduce_scatter, whose ranks hold different
+    /// blocks.
+    fn count_unequal(&self, l: Layout, size_bytes: u64) -> Result<u64, RunError> {
+        let n = l.count_elems;
+        let result: &[T] = match self.s.coll {
+            BenchColl::AllReduce | BenchColl::Broadcast => &self.bufs.a[..n],
+            BenchColl::AllGather => &self.bufs.b[..n],
+            BenchColl::ReduceScatter => return Ok(0),
+        };
+        let h = hash_bytes(bytemuck::cast_slice(result));
+        // The hash travels as i64 bits; the max of h and of !h give the max and min of h.
+        let mut extremes = [h as i64, !h as i64];
+        self.comm.all_reduce(&mut extremes, ReduceOp::Max).map_err(self.fail("comparing results of", size_bytes))?;
+        let same = extremes[0] == !extremes[1];
+        Ok(if same || self.comm.rank() != 0 { 0 } else { n as u64 })
+    }
+
     /// Wrong elements on this rank after a checked call whose report named `members`.
     fn count_wrong(&self, l: Layout, members: &[Rank]) -> u64 {
         let (per, n) = (l.per_rank_elems, l.count_elems);
+        if let Some(f) = &self.file {
+            return self.count_wrong_file(f, l, members);
+        }
         let p = &self.pattern;
         match self.s.coll {
             BenchColl::AllReduce => {
@@ -250,6 +281,24 @@ impl<T: PatternElement> Bench<'_, T> {
             },
             BenchColl::AllGather => p.count_wrong_gathered(members, &self.bufs.b[..n]),
             BenchColl::Broadcast => p.count_wrong_from(0, 0, &self.bufs.a[..n]),
+        }
+    }
+
+    /// [`Bench::count_wrong`] for file data.
+    fn count_wrong_file(&self, f: &FileSource<'_, T>, l: Layout, members: &[Rank]) -> u64 {
+        let (per, n) = (l.per_rank_elems, l.count_elems);
+        let op = self.s.op;
+        match self.s.coll {
+            BenchColl::AllReduce => f.count_wrong_reduced(op, members, 0, &self.bufs.a[..n]),
+            BenchColl::ReduceScatter => match members.binary_search(&self.comm.rank()) {
+                Ok(block) => {
+                    let first = chunk_range(n, members.len(), block).start;
+                    f.count_wrong_reduced(op, members, first, &self.bufs.b[..per])
+                }
+                Err(_) => per as u64,
+            },
+            BenchColl::AllGather => f.count_wrong_gathered(members, &self.bufs.b[..n]),
+            BenchColl::Broadcast => f.count_wrong_from(0, 0, &self.bufs.a[..n]),
         }
     }
 }
@@ -301,8 +350,8 @@ mod tests {
             iters: 2,
             warmup_iters: 1,
             check: true,
-            rounding: None,
             data: None,
+            rounding: None,
         }
     }
 
@@ -336,6 +385,42 @@ mod tests {
         {
             for rows in run_ring(4, settings(BenchColl::AllReduce, dtype, op)) {
                 assert!(rows.iter().all(|r| r.wrong == Some(0) && r.redop == op.name()), "{dtype:?} {op:?} {rows:?}");
+            }
+        }
+    }
+
+    /// A file of gradient-like f32 values (of every sign and several magnitudes, with
+    /// zeros), as `dtype`, shorter than the largest buffer so ranks wrap round it.
+    fn data_file(dtype: DataType) -> Arc<DataFile> {
+        let values = (0..7001u64).map(|i| {
+            let x = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as f32 / (1u32 << 24) as f32 - 0.5;
+            if i % 9 == 0 {
+                0.0
+            } else {
+                x * 10f32.powi(-((i % 4) as i32))
+            }
+        });
+        let bytes: Vec<u8> = match dtype {
+            DataType::F16 => values.flat_map(|x| f16::from_f32(x).to_le_bytes()).collect(),
+            DataType::Bf16 => values.flat_map(|x| bf16::from_f32(x).to_le_bytes()).collect(),
+            _ => values.flat_map(f32::to_le_bytes).collect(),
+        };
+        Arc::new(DataFile::from_bytes("test data".into(), dtype, crate::codec::Codec::Raw, bytes).unwrap())
+    }
+
+    #[test]
+    fn file_data_checks_clean_for_every_collective() {
+        for (coll, dtype, op) in [
+            (BenchColl::AllReduce, DataType::F32, ReduceOp::Sum),
+            (BenchColl::AllReduce, DataType::Bf16, ReduceOp::Avg),
+            (BenchColl::AllReduce, DataType::F16, ReduceOp::Max),
+            (BenchColl::ReduceScatter, DataType::F32, ReduceOp::Sum),
+            (BenchColl::AllGather, DataType::F16, ReduceOp::Sum),
+            (BenchColl::Broadcast, DataType::F32, ReduceOp::Sum),
+        ] {
+            let s = Settings { data: Some(data_file(dtype)), ..settings(coll, dtype, op) };
+            for rows in run_ring(4, s) {
+                assert!(rows.iter().all(|r| r.wrong == Some(0)), "{coll:?} {dtype:?} {op:?} {rows:?}");
             }
         }
     }

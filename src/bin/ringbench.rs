@@ -9,16 +9,22 @@
 //!     [--json FILE] [--segment-bytes N] [--data FILE]
 //! ```
 //!
+//! `--data FILE` fills the buffers from a file of raw little-endian f32 (or f16/bf16 with
+//! `--dtype`) values, such as saved gradients (`benches/data/grads.f32`), so codecs are
+//! measured on real data; each rank starts at its own offset in the file.
+//!
 //! Rank 0 prints the table (and writes `--json`); the other ranks print only errors. The
 //! exit status is non-zero on any failed collective or any wrong element.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use ringcc::bench::data::DataFile;
 use ringcc::bench::json::{self, Machine, RunInfo};
 use ringcc::bench::{run, table, Options, Row, Settings};
-use ringcc::{Communicator, Config};
+use ringcc::{Communicator, Config, Stats};
 
 /// Exit status for bad flags (as clap uses).
 const EXIT_USAGE: u8 = 2;
@@ -47,7 +53,14 @@ fn print_flush(text: &str) {
     let _ = out.flush();
 }
 
-fn write_json(opts: &Options, config: &Config, rows: &[Row], wrong_total: u64, avg_busbw: f64) -> Result<(), String> {
+fn write_json(
+    opts: &Options,
+    config: &Config,
+    rows: &[Row],
+    wrong_total: u64,
+    avg_busbw: f64,
+    stats: Option<&Stats>,
+) -> Result<(), String> {
     let Some(path) = &opts.json else { return Ok(()) };
     let redop = if opts.coll.reduces() { opts.op.name() } else { "none" };
     let info = RunInfo {
@@ -64,15 +77,32 @@ fn write_json(opts: &Options, config: &Config, rows: &[Row], wrong_total: u64, a
         iters: opts.iters,
         warmup_iters: opts.warmup_iters,
         check: opts.check == 1,
+        data: opts.data.as_ref().map(|p| p.display().to_string()),
         git_rev: json::git_revision(),
         date: json::now_utc(),
         machine: Machine::detect(),
     };
-    std::fs::write(path, json::render(&info, rows, wrong_total, avg_busbw))
+    std::fs::write(path, json::render(&info, rows, wrong_total, avg_busbw, stats))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// The comment line after the footer: the straggler, or the spread of idle time.
+fn straggler_line(s: &Stats) -> String {
+    if let Some(g) = &s.straggler {
+        return format!("# Straggler            : rank {}: {}", g.rank, g.evidence);
+    }
+    let idle: Vec<f64> = s.ranks.iter().map(|r| 100.0 * r.idle_fraction()).collect();
+    let lo = idle.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = idle.iter().copied().fold(0.0, f64::max);
+    if idle.is_empty() {
+        "# Straggler            : none".into()
+    } else {
+        format!("# Straggler            : none (ranks idle {lo:.0}-{hi:.0}% of collective time)")
+    }
+}
+
 fn main() -> ExitCode {
+    ringcc::init_logging();
     let opts = Options::parse();
     let sizes = match opts.validate().and_then(|()| opts.sizes()) {
         Ok(s) => s,
@@ -88,12 +118,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let data = match opts.data.as_deref().map(|p| ringcc::bench::data::DataFile::read(p, opts.dtype)).transpose() {
-        Ok(d) => d.map(std::sync::Arc::new),
-        Err(e) => {
-            eprintln!("ringbench: {e}");
-            return ExitCode::from(EXIT_USAGE);
+    let data = match &opts.data {
+        Some(path) => {
+            match DataFile::read(path, opts.dtype, config.codec.rounding().unwrap_or(ringcc::codec::Codec::Raw)) {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) => {
+                    eprintln!("ringbench: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
         }
+        None => None,
     };
     let rank = config.rank;
     let comm = match Communicator::connect(config.clone()) {
@@ -109,6 +144,13 @@ fn main() -> ExitCode {
         let (coll, dtype) = (opts.coll.name(), opts.dtype.name());
         let (codec, algo) = (config.codec.name(), opts.algo.name());
         print_flush(&table::title(coll, comm.world_size(), dtype, redop, codec, algo, config.segment_bytes));
+        if let Some(d) = &data {
+            print_flush(&format!(
+                "# data: {} ({} {dtype} elements; each rank reads from its own offset, wrapping round)",
+                d.name,
+                d.len_elems()
+            ));
+        }
         print_flush(table::HEADER);
     }
     let settings = Settings {
@@ -118,9 +160,9 @@ fn main() -> ExitCode {
         sizes,
         iters: opts.iters,
         warmup_iters: opts.warmup_iters,
-        check: opts.check == 1 && data.is_none(),
-        rounding: config.codec.rounding(),
+        check: opts.check == 1,
         data,
+        rounding: config.codec.rounding(),
     };
     let rows = match run(&comm, &settings, &mut |row| {
         if lead {
@@ -137,10 +179,21 @@ fn main() -> ExitCode {
     let wrong_total: u64 = rows.iter().filter_map(|r| r.wrong).sum();
     let avg_busbw =
         if rows.is_empty() { 0.0 } else { rows.iter().map(|r| r.busbw_gbs).sum::<f64>() / rows.len() as f64 };
+    // Every rank's waiting over the run, and the straggler if one held the ring back.
+    let stats = match comm.stats() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("ringbench: rank {rank}: exchanging statistics: {e}");
+            None
+        }
+    };
     let mut status = ExitCode::SUCCESS;
     if lead {
         print_flush(&table::footer(wrong_total, avg_busbw));
-        if let Err(e) = write_json(&opts, &config, &rows, wrong_total, avg_busbw) {
+        if let Some(s) = &stats {
+            print_flush(&straggler_line(s));
+        }
+        if let Err(e) = write_json(&opts, &config, &rows, wrong_total, avg_busbw, stats.as_ref()) {
             eprintln!("ringbench: rank {rank}: {e}");
             status = ExitCode::FAILURE;
         }

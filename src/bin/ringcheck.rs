@@ -39,6 +39,9 @@ struct Args {
     /// interrupts one, and check each result against the members its report names.
     #[arg(long)]
     survive: Option<usize>,
+    /// Elements of each survivor-mode all-reduce (small ones take the latency path).
+    #[arg(long, default_value_t = 65_536)]
+    survive_len: usize,
     /// Pause between survivor-mode calls, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pause_ms: u64,
@@ -331,22 +334,22 @@ impl Checker {
 
 /// Survivor mode: keeps calling through membership changes; every completed call must be
 /// exact over the members it reports.
-fn survive(c: &mut Checker, iterations: usize, pause: Duration) -> Result<(), ringcc::Error> {
+fn survive(c: &mut Checker, iterations: usize, len: usize, pause: Duration) -> Result<(), ringcc::Error> {
     let rank = c.comm.rank();
-    let len = 65_536;
     let mut members: Vec<usize> = (0..c.comm.world_size()).collect();
     let (mut retries, mut done) = (0usize, 0usize);
     let deadline = Instant::now() + Duration::from_secs(600);
     while done < iterations && Instant::now() < deadline {
-        let mut v: Vec<f32> = (0..len).map(|i| value(ReduceOp::Sum, rank, i + done) as f32).collect();
-        match c.comm.all_reduce(&mut v, ReduceOp::Sum) {
+        // Sum and Avg alternate: Avg must divide by the members the report names.
+        let op = if done % 2 == 0 { ReduceOp::Sum } else { ReduceOp::Avg };
+        let mut v: Vec<f32> = (0..len).map(|i| value(op, rank, i + done) as f32).collect();
+        match c.comm.all_reduce(&mut v, op) {
             Ok(report) => {
                 if report.members != members {
                     println!("ringcheck: rank {rank}: epoch {} members {:?}", report.epoch, report.members);
                     members = report.members.clone();
                 }
-                let bad =
-                    (0..len).filter(|&i| v[i] != reference::<f32>(ReduceOp::Sum, &report.members, i + done)).count();
+                let bad = (0..len).filter(|&i| v[i] != reference::<f32>(op, &report.members, i + done)).count();
                 if bad > 0 {
                     c.fail(format!("survive #{done}: {bad} wrong over members {:?}", report.members));
                 }
@@ -396,7 +399,7 @@ fn run(args: &Args) -> Result<Checker, ringcc::Error> {
     let comm = Communicator::connect(config)?;
     let mut c = Checker { comm, codec, wrong: 0, runs: 0 };
     if let Some(n) = args.survive {
-        survive(&mut c, n, Duration::from_millis(args.pause_ms))?;
+        survive(&mut c, n, args.survive_len, Duration::from_millis(args.pause_ms))?;
         return Ok(c);
     }
     for &len in &args.lengths {
@@ -422,6 +425,7 @@ fn run(args: &Args) -> Result<Checker, ringcc::Error> {
 }
 
 fn main() -> ExitCode {
+    ringcc::init_logging();
     let args = Args::parse();
     match run(&args) {
         Ok(c) if c.wrong == 0 => {

@@ -12,17 +12,22 @@
 //!   time both took. Probes are not sent; they cost well under 1% of the segments;
 //! - **costs in use**: the time every real encode and decode of a candidate took. A short
 //!   probe runs at a core's full speed; a codec in use shares the core with everything else
-//!   on the host (on an oversubscribed host, with the other ranks compressing too), so once
-//!   a codec has run, its measured costs replace the probe's, and a codec that looked fast
-//!   but is slow in use is turned off and stays off.
+//!   on the host (on an oversubscribed host, with the other ranks compressing too).
+//!
+//! A codec's cost is the mean of its last [`COST_SAMPLES`] costs, in use and probed alike,
+//! leaving out the largest one: while a codec is in use its segments dominate, so a codec
+//! that looked fast but is slow in use is turned off; while it is off, its probes refill
+//! the window, so after a few probes it is tried again (a few slow segments every few
+//! hundred), and one segment that happened to be descheduled cannot turn it off.
 //!
 //! With a link rate `L`, a codec of ratio `r` (raw bytes per wire byte) whose encode plus
 //! decode costs `c` seconds per raw byte delivers `min(L * r, 1 / (c * links))` raw bytes
 //! per second per link (`links`: outgoing links sharing this rank's core), and raw
 //! delivers `L`. A codec is used only if it promises at least [`GAIN_MIN`] times raw's
-//! goodput; without a link rate, or without a probe yet, the answer is raw. On loopback the
-//! measured rate is the peer's own processing speed, which no codec beats, so `auto` stays
-//! raw and costs only its probes.
+//! goodput; without a link rate, or without a probe yet, the answer is raw. The driver never
+//! reports a rate for a link to a peer on the same host (there the "link" is memory and the
+//! peer's CPU, which compression only loads further), so on loopback `auto` is raw and
+//! costs nothing.
 
 use std::time::Duration;
 
@@ -38,8 +43,12 @@ pub const PROBE_INTERVAL_MAX: u32 = 64;
 /// covers measurement noise, so a codec that barely pays is not switched on and off.
 pub const GAIN_MIN: f64 = 1.05;
 
-/// Weight of a new sample in the running estimates (exponential moving average).
+/// Weight of a new sample in the running estimates of ratio and link rate (exponential
+/// moving average).
 const WEIGHT_NEW: f64 = 0.25;
+
+/// Recent costs kept per codec and direction (encode, decode).
+pub const COST_SAMPLES: usize = 8;
 
 /// The codecs auto considers besides raw: lossless, and lossy when allowed.
 const LOSSLESS_CANDIDATES: [Codec; 1] = [Codec::ShuffleZstd];
@@ -60,23 +69,44 @@ pub struct Probe {
     pub decode: Duration,
 }
 
-/// Running estimates for one codec; times are seconds per raw byte.
+/// Running estimates for one codec; costs are seconds per raw byte.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct Estimate {
     /// Raw bytes per wire byte, from probes.
     ratio: Option<f64>,
-    /// Encode and decode cost from probes.
-    probe_encode: Option<f64>,
-    probe_decode: Option<f64>,
-    /// Encode and decode cost of segments actually sent or received with the codec.
-    used_encode: Option<f64>,
-    used_decode: Option<f64>,
+    /// Recent encode and decode costs, probed and in use.
+    encode: Recent,
+    decode: Recent,
+}
+
+/// The most recent [`COST_SAMPLES`] costs of one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Recent {
+    samples: [f64; COST_SAMPLES],
+    len: usize,
+    next: usize,
+}
+
+impl Recent {
+    fn push(&mut self, x: f64) {
+        self.samples[self.next] = x;
+        self.next = (self.next + 1) % COST_SAMPLES;
+        self.len = (self.len + 1).min(COST_SAMPLES);
+    }
+
+    /// Mean of the recent samples without the largest (once there are three or more), or
+    /// `None` before the first.
+    fn estimate(&self) -> Option<f64> {
+        let v = self.samples.get(..self.len).filter(|v| !v.is_empty())?;
+        let dropped = if v.len() >= 3 { v.iter().copied().fold(f64::MIN, f64::max) } else { 0.0 };
+        Some((v.iter().sum::<f64>() - dropped) / (v.len() - usize::from(v.len() >= 3)) as f64)
+    }
 }
 
 impl Estimate {
-    /// Encode plus decode seconds per raw byte: costs in use where known, else the probe's.
+    /// Encode plus decode seconds per raw byte.
     fn cpu_secs_per_byte(&self) -> Option<f64> {
-        Some(self.used_encode.or(self.probe_encode)? + self.used_decode.or(self.probe_decode)?)
+        Some(self.encode.estimate()? + self.decode.estimate()?)
     }
 }
 
@@ -142,21 +172,21 @@ impl AutoPolicy {
         }
         let per_byte = |d: Duration| d.as_secs_f64() / probe.raw_bytes as f64;
         e.ratio = average(e.ratio, probe.raw_bytes as f64 / probe.wire_bytes as f64);
-        e.probe_encode = average(e.probe_encode, per_byte(probe.encode));
-        e.probe_decode = average(e.probe_decode, per_byte(probe.decode));
+        e.encode.push(per_byte(probe.encode));
+        e.decode.push(per_byte(probe.decode));
     }
 
     /// Records a real encode of `raw_bytes` with `codec` that took `elapsed`.
     pub fn observe_encode(&mut self, codec: Codec, raw_bytes: usize, elapsed: Duration) {
         if let Some(e) = self.estimate_mut(codec).filter(|_| raw_bytes > 0) {
-            e.used_encode = average(e.used_encode, elapsed.as_secs_f64() / raw_bytes as f64);
+            e.encode.push(elapsed.as_secs_f64() / raw_bytes as f64);
         }
     }
 
     /// Records a real decode (into `raw_bytes`) of a `codec` payload that took `elapsed`.
     pub fn observe_decode(&mut self, codec: Codec, raw_bytes: usize, elapsed: Duration) {
         if let Some(e) = self.estimate_mut(codec).filter(|_| raw_bytes > 0) {
-            e.used_decode = average(e.used_decode, elapsed.as_secs_f64() / raw_bytes as f64);
+            e.decode.push(elapsed.as_secs_f64() / raw_bytes as f64);
         }
     }
 
@@ -267,19 +297,37 @@ mod tests {
     }
 
     #[test]
-    fn costs_in_use_replace_the_probes_and_turn_a_slow_codec_off() {
+    fn a_codec_slow_in_use_is_turned_off_then_tried_again_after_probes() {
         let mut p = AutoPolicy::new();
         p.observe_link(1, 60e6);
         p.observe_probe(&probe(Codec::ShuffleZstd, 1.2, 220.0)); // a free core: 220 MB/s
         assert_eq!(p.choose(1, false, 2), Codec::ShuffleZstd, "predicted min(72, 110) > 63");
         // In use, four ranks share two cores: a third of the speed.
-        for _ in 0..3 {
+        for _ in 0..COST_SAMPLES {
             p.observe_encode(Codec::ShuffleZstd, 1 << 19, Duration::from_micros(4500));
             p.observe_decode(Codec::ShuffleZstd, 1 << 19, Duration::from_micros(2600));
         }
         assert_eq!(p.choose(1, false, 2), Codec::Raw, "about 37 MB/s per link in use");
         p.observe_probe(&probe(Codec::ShuffleZstd, 1.2, 220.0));
-        assert_eq!(p.choose(1, false, 2), Codec::Raw, "a fast probe does not override costs in use");
+        assert_eq!(p.choose(1, false, 2), Codec::Raw, "one fast probe does not outweigh the segments");
+        for _ in 0..COST_SAMPLES {
+            p.observe_probe(&probe(Codec::ShuffleZstd, 1.2, 220.0));
+        }
+        assert_eq!(p.choose(1, false, 2), Codec::ShuffleZstd, "tried again once probes refilled the window");
+    }
+
+    #[test]
+    fn one_descheduled_segment_does_not_turn_a_cheap_codec_off() {
+        let mut p = AutoPolicy::new();
+        p.observe_link(1, 50e6);
+        p.observe_probe(&probe(Codec::Bf16, 2.0, 3000.0));
+        let cheap = Duration::from_micros(150); // 512 KiB at 3.5 GB/s
+        for i in 0..30 {
+            let took = if i % COST_SAMPLES == 3 { Duration::from_millis(40) } else { cheap };
+            p.observe_encode(Codec::Bf16, 1 << 19, took);
+            p.observe_decode(Codec::Bf16, 1 << 19, took);
+            assert_eq!(p.choose(1, true, 2), Codec::Bf16, "after {i} segments");
+        }
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use super::stats::Stats;
+use super::straggler::{read_windows, Detector, WINDOW_SLOTS};
 use super::{Config, Error, Report, Work};
 use crate::coord::{Client, Registration, Server, ServerOptions};
 use crate::core::collective::Algorithm;
@@ -24,6 +26,8 @@ pub struct Communicator {
     /// The current view, kept up to date by the event loop.
     shared: Arc<Shared>,
     driver: Driver,
+    /// Straggler verdict across the windows of [`Communicator::stats`].
+    detector: std::sync::Mutex<Detector>,
     /// The coordinator this process hosts, if any; dropped after the driver.
     _server: Option<Server>,
 }
@@ -253,7 +257,14 @@ impl Communicator {
         let ring = establish_ring(view, config.rank, 0, (0, 0), &listener, config.connect_timeout, &secret)?;
         let shared = Arc::new(Shared::default());
         let driver = Driver::start(ring, &config, Some(client.into_stream()), listener, shared.clone())?;
-        Ok(Communicator { rank: config.rank, world_size: config.world_size, shared, driver, _server: server })
+        Ok(Communicator {
+            rank: config.rank,
+            world_size: config.world_size,
+            shared,
+            driver,
+            detector: std::sync::Mutex::default(),
+            _server: server,
+        })
     }
 
     /// This process's rank.
@@ -287,7 +298,7 @@ impl Communicator {
     }
 
     fn spec(&self, coll: CollKind, op: ReduceOp, dtype: DataType, len_elems: usize, root: Rank) -> JobSpec {
-        JobSpec { coll, op, dtype, len_elems, root, epoch: self.epoch() }
+        JobSpec { coll, op, dtype, len_elems, root, epoch: self.epoch(), stats_exchange: false }
     }
 
     /// Reduces `buf` across all ranks in place; every rank ends with the same bits.
@@ -379,6 +390,59 @@ impl Communicator {
     pub fn barrier(&self) -> Result<Report, Error> {
         let spec = self.spec(CollKind::Barrier, ReduceOp::Sum, DataType::U8, 0, 0);
         self.run_borrowed(spec, &mut [])
+    }
+
+    /// Compares this rank's statistics with every other rank's and returns them, with the
+    /// straggler verdict. A collective: every rank must call it at the same point in its
+    /// sequence of calls, like [`Communicator::barrier`] (for instance once per epoch).
+    ///
+    /// Each call closes a *window*: the collectives since the previous call. Every rank
+    /// contributes what it waited for in that window (a few hundred bytes, on the latency
+    /// path); all ranks then judge the same data and reach the same verdict, logged once as
+    /// a warning when a rank is first named (see `docs/ARCHITECTURE.md`, "Statistics and
+    /// stragglers"). A window needs 8 collectives to be judged; a shorter one keeps the
+    /// previous verdict.
+    ///
+    /// # Errors
+    /// As [`Communicator::barrier`].
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let slots = self.world_size * WINDOW_SLOTS;
+        let mut buf = vec![0.0f64; slots];
+        let mut spec = self.spec(CollKind::AllReduce, ReduceOp::Sum, DataType::F64, slots, 0);
+        spec.stats_exchange = true;
+        let report = self.run_borrowed(spec, bytemuck::cast_slice_mut(&mut buf))?;
+        // Each rank wrote only its own slots and the others sent zeros: the sum is exact.
+        let windows: Vec<_> =
+            read_windows(&buf, self.world_size).into_iter().filter(|(r, _)| report.members.contains(r)).collect();
+        self.lock_detector().observe(&windows);
+        Ok(self.local_stats())
+    }
+
+    /// This rank's statistics without communicating: its links and collectives as of the
+    /// last completed call, and the verdict and summaries of the last
+    /// [`Communicator::stats`] window.
+    pub fn local_stats(&self) -> Stats {
+        let (epoch, _) = self.shared.view();
+        let mut stats = self.shared.stats().unwrap_or_else(|| Stats {
+            rank: self.rank,
+            epoch,
+            links: Vec::new(),
+            collectives: Vec::new(),
+            active: Duration::ZERO,
+            idle: Duration::ZERO,
+            ranks: Vec::new(),
+            windows: 0,
+            straggler: None,
+        });
+        let detector = self.lock_detector();
+        stats.ranks = detector.last();
+        stats.windows = detector.windows();
+        stats.straggler = detector.verdict();
+        stats
+    }
+
+    fn lock_detector(&self) -> std::sync::MutexGuard<'_, Detector> {
+        self.detector.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts an all-reduce of `buf` in the background; [`Work::wait`] returns the buffer

@@ -83,6 +83,25 @@ pub struct Config {
     /// `Error::Interrupted` on every survivor, and calls save the copy and `world / 2`
     /// tiny completion hops. Default true; `RINGCC_EXACT_RETRY=0` turns it off.
     pub exact_retry: bool,
+    /// Test hook: this rank's event loop sleeps this long after every frame it receives,
+    /// making it a straggler (the straggler tests use it). `RINGCC_TEST_SLOW=RANK:MICROS`
+    /// sets it on rank RANK only. Default zero: never set it in production.
+    pub test_frame_delay: Duration,
+}
+
+/// Longest `RINGCC_TEST_SLOW` delay per frame: a second per frame is already a stall.
+const TEST_FRAME_DELAY_MAX: Duration = Duration::from_secs(1);
+
+/// Parses `RINGCC_TEST_SLOW=RANK:MICROS`: the delay for `rank` if it is RANK.
+fn test_slow_for(v: &str, rank: Rank) -> Result<Option<Duration>, crate::Error> {
+    let bad = || crate::Error::Config(format!("RINGCC_TEST_SLOW={v} is not RANK:MICROS (e.g. 2:3000)"));
+    let (r, us) = v.split_once(':').ok_or_else(bad)?;
+    let (r, us): (Rank, u64) = (r.trim().parse().map_err(|_| bad())?, us.trim().parse().map_err(|_| bad())?);
+    let delay = Duration::from_micros(us);
+    if delay > TEST_FRAME_DELAY_MAX {
+        return Err(crate::Error::Config(format!("RINGCC_TEST_SLOW={v}: at most {TEST_FRAME_DELAY_MAX:?} per frame")));
+    }
+    Ok((r == rank).then_some(delay))
 }
 
 /// A job secret; its `Debug` output never shows the bytes.
@@ -176,6 +195,7 @@ impl Config {
             min_world: 1,
             orphan_exit: false,
             exact_retry: true,
+            test_frame_delay: Duration::ZERO,
         }
     }
 
@@ -209,6 +229,11 @@ impl Config {
                 )));
             }
             config.heartbeat_timeout = std::time::Duration::from_secs_f64(secs);
+        }
+        if let Some(v) = get("RINGCC_TEST_SLOW") {
+            if let Some(delay) = test_slow_for(&v, config.rank)? {
+                config.test_frame_delay = delay;
+            }
         }
         Ok(config)
     }
@@ -255,5 +280,20 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_slow_names_one_rank_and_a_bounded_delay() {
+        assert_eq!(test_slow_for("2:3000", 2).unwrap(), Some(Duration::from_millis(3)));
+        assert_eq!(test_slow_for(" 2 : 3000 ", 1).unwrap(), None);
+        assert_eq!(test_slow_for("0:0", 0).unwrap(), Some(Duration::ZERO));
+        for bad in ["2", "x:1", "2:-1", "2:3ms", "2:2000000"] {
+            assert!(test_slow_for(bad, 2).is_err(), "{bad}");
+        }
     }
 }

@@ -147,20 +147,17 @@ pub enum Error {
         /// The new epoch.
         new_epoch: Epoch,
     },
-    /// After a membership change, survivors disagree on whether the interrupted collective
-    /// completed (one finished it, another did not). Going on would pair different calls
-    /// and sum unrelated buffers, so every later call fails with this instead. Exact
-    /// agreement on the interrupted call comes with the retry protocol (docs/FAILURES.md).
-    #[error("ranks disagree after a membership change: this rank completed {completed} collectives (next #{next_seq}), a neighbour {other_completed} (next #{other_next_seq})")]
+    /// After a membership change, this rank's state contradicts the coordinator's decision
+    /// on the interrupted call, or no decision came in time. With `Config::exact_retry` this
+    /// cannot happen while the coordinator lives; without it, survivors may disagree on
+    /// whether the interrupted call completed. Going on would pair different calls and sum
+    /// unrelated buffers, so every later call fails with this instead.
+    #[error("this rank cannot go on after a membership change (it completed {completed} collectives): {detail}")]
     Desynchronized {
         /// Collectives this rank completed.
         completed: u64,
-        /// This rank's next sequence number.
-        next_seq: u64,
-        /// The neighbour's count.
-        other_completed: u64,
-        /// The neighbour's next sequence number.
-        other_next_seq: u64,
+        /// What contradicted what.
+        detail: String,
     },
     /// The communicator is shut down or its event loop ended.
     #[error("communicator is shut down: {0}")]

@@ -1,4 +1,5 @@
-//! The public API: [`Communicator`], [`Work`], [`Report`], [`Config`], [`Error`].
+//! The public API: [`Communicator`], [`Work`], [`Report`], [`Config`], [`Error`], and the
+//! statistics of [`Communicator::stats`].
 
 mod bucket;
 mod communicator;
@@ -6,6 +7,8 @@ mod config;
 mod env;
 mod error;
 mod report;
+pub(crate) mod stats;
+pub(crate) mod straggler;
 mod work;
 pub use bucket::Bucketer;
 
@@ -13,4 +16,6 @@ pub use communicator::{Communicator, CommunicatorBuilder};
 pub use config::{Config, Secret};
 pub use error::Error;
 pub use report::Report;
+pub use stats::{CollectiveStats, LinkStats, RankSummary, Side, Stats};
+pub use straggler::{Straggler, StragglerCause};
 pub use work::Work;

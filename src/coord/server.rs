@@ -18,7 +18,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::{Member, Registration, ServerOptions, View};
-use crate::core::membership::{Membership, MembershipConfig, MembershipEvent};
+use crate::core::membership::{Membership, MembershipConfig, MembershipEvent, ResyncReport};
 use crate::limits::{CONTROL_BYTES_MAX, HANDSHAKE_TIMEOUT, PENDING_CONNECTIONS_MAX};
 use crate::net::handshake;
 use crate::wire::auth::{self, Side, MAC_LEN};
@@ -205,6 +205,12 @@ impl State {
                     };
                     for t in self.member_tokens() {
                         self.send(t, &Control::View(view.clone()));
+                    }
+                }
+                MembershipEvent::Decision { epoch, seq, finish } => {
+                    tracing::info!(epoch, seq, finish, "interrupted call decided");
+                    for t in self.member_tokens() {
+                        self.send(t, &Control::Decision { epoch, seq, finish });
                     }
                 }
                 MembershipEvent::QuorumLost { epoch, alive, required } => {
@@ -398,6 +404,11 @@ impl State {
                 }
             }
             Control::Heartbeat { .. } => {}
+            Control::Resync { rank, epoch, completed, holds, attempt_epoch } => {
+                if let (Phase::Running(m), true) = (&mut self.phase, sender == Some(rank as usize)) {
+                    m.handle_resync(rank as usize, epoch, ResyncReport { completed, holds, attempt_epoch });
+                }
+            }
             Control::Suspect { rank, suspect, epoch, stalled, reason } => {
                 if sender == Some(rank as usize) {
                     tracing::warn!(rank, suspect, epoch, stalled, %reason, "suspicion reported");

@@ -901,13 +901,14 @@ impl Collective {
 
     /// The link and schedule position this rank waits on, for status displays.
     pub fn waiting_on(&self) -> Option<(Link, &'static str, u32)> {
-        if let Some(d) = &self.direct {
-            return [Link::Prev, Link::Next]
+        let direct = self.direct.as_ref().and_then(|d| {
+            [Link::Prev, Link::Next]
                 .into_iter()
-                .find_map(|l| d.expected(l).map(|(step, _)| (l, phase_name(Phase::Gather), step)));
-        }
-        let data =
-            self.parts.iter().find_map(|p| p.expect.map(|c| (p.send_link.opposite(), phase_name(c.phase), c.step)));
+                .find_map(|l| d.expected(l).map(|(step, _)| (l, phase_name(Phase::Gather), step)))
+        });
+        let data = direct.or_else(|| {
+            self.parts.iter().find_map(|p| p.expect.map(|c| (p.send_link.opposite(), phase_name(c.phase), c.step)))
+        });
         data.or_else(|| self.fin_wait().map(|(l, hop)| (l, "fin", hop)))
     }
 

@@ -8,15 +8,26 @@
 //! * A member reported *stalled* by a neighbour (alive but stuck past the progress timeout)
 //!   is evicted at once.
 //! * A member reported for a *closed link* is evicted as soon as the coordinator has its own
-//!   evidence (its connection closed, or heartbeats stale); if it still looks alive after
-//!   `heartbeat_timeout`, the link is broken for good and it is evicted then.
+//!   evidence (its connection closed, or heartbeats stale). If it still looks alive, the ring
+//!   is *re-formed*: a new view with the same members (a link can break in a race while
+//!   views change, or in a transient network fault). If the link is reported broken again in
+//!   the re-formed view, it is broken for good and the member is evicted `heartbeat_timeout`
+//!   after the first report; otherwise the suspicion lapses then.
 //! * Every eviction bumps the epoch and installs a new view of the survivors in ring order,
 //!   unless fewer than `min_world` remain: then the quorum is lost.
+//!
+//! * After each new view, every member reports where it stands ([`ResyncReport`]); once all
+//!   have, the authority decides how the interrupted call ends ([`decide`]) and every member
+//!   gets the same [`MembershipEvent::Decision`].
 //!
 //! After any `handle_*` call, drain [`Membership::poll_event`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// How long a reported closed link to a live member waits for evidence of a crash before
+/// the ring is re-formed (`Membership::handle_suspect`).
+pub const REFORM_GRACE: Duration = Duration::from_millis(200);
 
 /// A rank id.
 pub type Rank = usize;
@@ -49,6 +60,15 @@ pub enum MembershipEvent<M> {
         /// Why.
         reason: String,
     },
+    /// How the interrupted call ends in the view of `epoch` (see [`decide`]).
+    Decision {
+        /// Epoch of the view.
+        epoch: u64,
+        /// The interrupted call.
+        seq: u64,
+        /// Finish it with the held result (true) or redo it over the view (false).
+        finish: bool,
+    },
     /// Too few ranks remain; the job cannot go on.
     QuorumLost {
         /// Epoch at which it happened.
@@ -60,6 +80,33 @@ pub enum MembershipEvent<M> {
     },
 }
 
+/// Where a member stands when a new view is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResyncReport {
+    /// Calls it has completed (returned from).
+    pub completed: u64,
+    /// Whether it holds the whole result of call `completed`.
+    pub holds: bool,
+    /// Epoch in which that result was computed (meaningful when `holds`).
+    pub attempt_epoch: u64,
+}
+
+/// How the call interrupted by a view change ends, from every member's report: returns
+/// `(seq, finish)`. Calls are sequential and a rank returns a call only after every member
+/// held its result (completion tokens, `core::fin`), so completed counts differ by at most
+/// one. Call `seq` is the lowest count: if anyone returned it, or every member at `seq`
+/// holds its result from one same attempt, it is finished with that result; otherwise
+/// nobody returned it and it is redone. A member one call ahead always redoes its current
+/// call (nobody can have returned it).
+pub fn decide(reports: &[ResyncReport]) -> (u64, bool) {
+    let Some(seq) = reports.iter().map(|r| r.completed).min() else { return (0, false) };
+    let returned = reports.iter().any(|r| r.completed > seq);
+    let mut behind = reports.iter().filter(|r| r.completed == seq);
+    let first = behind.clone().next().map(|r| r.attempt_epoch);
+    let all_hold = behind.all(|r| r.holds && Some(r.attempt_epoch) == first);
+    (seq, returned || all_hold)
+}
+
 #[derive(Debug, Clone)]
 struct MemberState {
     last_seen: Instant,
@@ -67,6 +114,8 @@ struct MemberState {
     left: bool,
     /// Deadline of an unconfirmed closed-link suspicion.
     suspected_until: Option<Instant>,
+    /// Epoch of the latest closed-link report against it.
+    suspect_epoch: u64,
 }
 
 /// The membership authority of one job.
@@ -79,6 +128,10 @@ pub struct Membership<M> {
     state: BTreeMap<Rank, MemberState>,
     events: VecDeque<MembershipEvent<M>>,
     lost: bool,
+    /// When to re-form the ring for a live member reported for a closed link.
+    reform_at: Option<Instant>,
+    /// Reports for the current view, when it replaced another (none for the first view).
+    reports: Option<BTreeMap<Rank, ResyncReport>>,
 }
 
 impl<M: Clone> Membership<M> {
@@ -86,9 +139,29 @@ impl<M: Clone> Membership<M> {
     pub fn new(config: MembershipConfig, epoch: u64, members: Vec<(Rank, M)>, now: Instant) -> Membership<M> {
         let state = members
             .iter()
-            .map(|(r, _)| (*r, MemberState { last_seen: now, connected: true, left: false, suspected_until: None }))
+            .map(|(r, _)| {
+                (
+                    *r,
+                    MemberState {
+                        last_seen: now,
+                        connected: true,
+                        left: false,
+                        suspected_until: None,
+                        suspect_epoch: 0,
+                    },
+                )
+            })
             .collect();
-        Membership { config, epoch, members, state, events: VecDeque::new(), lost: false }
+        Membership {
+            config,
+            epoch,
+            members,
+            state,
+            events: VecDeque::new(),
+            lost: false,
+            reform_at: None,
+            reports: None,
+        }
     }
 
     /// The current epoch.
@@ -142,9 +215,39 @@ impl<M: Clone> Membership<M> {
             self.evict(suspect, format!("rank {reporter} saw no progress from it"), now);
         } else if !s.connected || s.left || stale {
             self.evict(suspect, format!("rank {reporter} lost its link to it and it is gone"), now);
-        } else if s.suspected_until.is_none() {
+        } else if s.suspected_until.is_some() {
+            // Broken again in the re-formed view: evicted at the deadline.
+            s.suspect_epoch = s.suspect_epoch.max(epoch);
+        } else {
             s.suspected_until = Some(now + self.config.heartbeat_timeout);
+            s.suspect_epoch = epoch;
+            // A crashed process's sockets all close at once, but its neighbour's report can
+            // beat the coordinator's own read of the end of stream: wait a moment, so a crash
+            // is one eviction rather than a re-formed view and then an eviction.
+            self.reform_at.get_or_insert(now + REFORM_GRACE);
         }
+    }
+
+    /// `rank` reports where it stands in the view of `epoch`. Reports for another view are
+    /// ignored (the rank reports again when it gets the current one).
+    pub fn handle_resync(&mut self, rank: Rank, epoch: u64, report: ResyncReport) {
+        if epoch != self.epoch || !self.state.contains_key(&rank) {
+            return;
+        }
+        let Some(reports) = self.reports.as_mut() else { return };
+        reports.insert(rank, report);
+        self.maybe_decide();
+    }
+
+    fn maybe_decide(&mut self) {
+        let Some(reports) = self.reports.as_ref() else { return };
+        if self.lost || self.members.iter().any(|(r, _)| !reports.contains_key(r)) {
+            return;
+        }
+        let all: Vec<ResyncReport> = reports.values().copied().collect();
+        let (seq, finish) = decide(&all);
+        self.events.push_back(MembershipEvent::Decision { epoch: self.epoch, seq, finish });
+        self.reports = None;
     }
 
     /// Applies deadlines: stale heartbeats and unconfirmed suspicions. Calling it early does
@@ -158,13 +261,28 @@ impl<M: Clone> Membership<M> {
                     Some((*r, format!("no heartbeat for {:?}", now.duration_since(s.last_seen))))
                 } else {
                     s.suspected_until
-                        .filter(|d| now >= *d)
+                        .filter(|d| now >= *d && s.suspect_epoch >= self.epoch)
                         .map(|_| (*r, "its ring link broke and stayed broken".into()))
                 }
             })
             .collect();
+        // Suspicions whose link was not reported broken again since the ring re-formed lapse.
+        let epoch = self.epoch;
+        for s in self.state.values_mut() {
+            if s.suspected_until.is_some_and(|d| now >= d) && s.suspect_epoch < epoch {
+                s.suspected_until = None;
+            }
+        }
+        let evicting = !due.is_empty();
         for (r, why) in due {
             self.evict(r, why, now);
+        }
+        if self.reform_at.is_some_and(|t| now >= t) {
+            self.reform_at = None;
+            if !evicting && !self.lost {
+                self.epoch += 1;
+                self.install_view(false);
+            }
         }
     }
 
@@ -181,6 +299,7 @@ impl<M: Clone> Membership<M> {
                     d.min(s.last_seen + self.config.heartbeat_timeout)
                 })
             })
+            .chain(self.reform_at)
             .min()
     }
 
@@ -195,6 +314,7 @@ impl<M: Clone> Membership<M> {
         }
         self.members.retain(|(r, _)| *r != rank);
         self.epoch += 1;
+        self.reform_at = None;
         self.events.push_back(MembershipEvent::Evicted { rank, epoch: self.epoch, reason });
         if self.members.len() < self.config.min_world {
             self.lost = true;
@@ -204,7 +324,21 @@ impl<M: Clone> Membership<M> {
                 required: self.config.min_world,
             });
         } else {
-            self.events.push_back(MembershipEvent::ViewInstalled { epoch: self.epoch, members: self.members.clone() });
+            self.install_view(true);
+        }
+    }
+
+    /// Announces the current members as the view of the current epoch and starts collecting
+    /// the members' resync reports. `clear_suspicions`: after an eviction the ring is
+    /// rebuilt, so links broken in the old view are gone (one that breaks again is reported
+    /// again); a re-formed view keeps them, to evict a member whose link stays broken.
+    fn install_view(&mut self, clear_suspicions: bool) {
+        self.events.push_back(MembershipEvent::ViewInstalled { epoch: self.epoch, members: self.members.clone() });
+        self.reports = Some(BTreeMap::new());
+        if clear_suspicions {
+            for s in self.state.values_mut() {
+                s.suspected_until = None;
+            }
         }
     }
 }
@@ -252,11 +386,42 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_link_to_a_live_rank_waits_for_evidence() {
+    fn a_closed_link_to_a_live_rank_reforms_the_ring_and_waits_for_evidence() {
         let (mut m, now) = setup(3, 1);
         m.handle_suspect(0, 1, 1, false, now);
-        assert_eq!(m.poll_event(), None);
+        assert_eq!(m.poll_event(), None, "a grace period for evidence of a crash first");
+        m.handle_timeout(now + REFORM_GRACE);
+        assert_eq!(
+            m.poll_event(),
+            Some(MembershipEvent::ViewInstalled { epoch: 2, members: vec![(0, ()), (1, ()), (2, ())] })
+        );
+        m.handle_suspect(1, 0, 1, false, now);
+        assert_eq!(m.poll_event(), None, "the other end's report of the same break is stale");
         m.handle_disconnect(1, now + Duration::from_millis(10));
+        assert!(matches!(m.poll_event(), Some(MembershipEvent::Evicted { rank: 1, .. })));
+    }
+
+    #[test]
+    fn a_link_broken_again_after_reforming_evicts_and_a_healed_one_lapses() {
+        let (mut m, now) = setup(3, 1);
+        let later = now + Duration::from_secs(3);
+        m.handle_suspect(0, 1, 1, false, now);
+        m.handle_timeout(now + REFORM_GRACE);
+        while m.poll_event().is_some() {}
+        for r in 0..3 {
+            m.handle_heartbeat(r, later);
+        }
+        m.handle_timeout(later);
+        assert_eq!(m.poll_event(), None, "healed: not reported again in epoch 2");
+        m.handle_suspect(0, 1, 2, false, later);
+        m.handle_timeout(later + REFORM_GRACE);
+        while m.poll_event().is_some() {}
+        let (later2, later3) = (later + Duration::from_millis(10), later + Duration::from_secs(3));
+        m.handle_suspect(0, 1, 3, false, later2 + REFORM_GRACE);
+        for r in 0..3 {
+            m.handle_heartbeat(r, later3);
+        }
+        m.handle_timeout(later3);
         assert!(matches!(m.poll_event(), Some(MembershipEvent::Evicted { rank: 1, .. })));
     }
 
@@ -267,6 +432,45 @@ mod tests {
         assert!(matches!(m.poll_event(), Some(MembershipEvent::Evicted { rank: 1, .. })));
         assert!(matches!(m.poll_event(), Some(MembershipEvent::QuorumLost { alive: 1, required: 2, .. })));
         assert!(m.is_lost());
+    }
+
+    fn report(completed: u64, holds: bool, attempt_epoch: u64) -> ResyncReport {
+        ResyncReport { completed, holds, attempt_epoch }
+    }
+
+    #[test]
+    fn decide_finishes_only_what_someone_returned_or_everyone_holds() {
+        // Nobody started call 5 yet, or some lack its data: redo.
+        assert_eq!(decide(&[report(5, false, 1), report(5, false, 1)]), (5, false));
+        assert_eq!(decide(&[report(5, true, 1), report(5, false, 1)]), (5, false));
+        // Everyone holds the result of one attempt: finish.
+        assert_eq!(decide(&[report(5, true, 1), report(5, true, 1)]), (5, true));
+        // Held results of different attempts are not the same result: redo.
+        assert_eq!(decide(&[report(5, true, 1), report(5, true, 2)]), (5, false));
+        // Someone returned call 5: the others finish it.
+        assert_eq!(decide(&[report(6, false, 1), report(5, true, 1)]), (5, true));
+        assert_eq!(decide(&[]), (0, false));
+    }
+
+    #[test]
+    fn a_decision_comes_once_every_survivor_reported_for_the_current_view() {
+        let (mut m, now) = setup(3, 1);
+        m.handle_resync(0, 1, report(0, false, 1));
+        m.handle_disconnect(2, now);
+        while m.poll_event().is_some() {}
+        m.handle_resync(0, 1, report(3, true, 1));
+        assert_eq!(m.poll_event(), None, "a report for the old view is ignored");
+        m.handle_resync(0, 2, report(3, true, 1));
+        assert_eq!(m.poll_event(), None, "rank 1 has not reported");
+        m.handle_resync(1, 2, report(4, false, 1));
+        assert_eq!(m.poll_event(), Some(MembershipEvent::Decision { epoch: 2, seq: 3, finish: true }));
+        m.handle_resync(1, 2, report(4, false, 1));
+        assert_eq!(m.poll_event(), None, "one decision per view");
+        // A failure before everyone reported restarts the collection for the next view.
+        m.handle_disconnect(1, now);
+        while m.poll_event().is_some() {}
+        m.handle_resync(0, 3, report(3, false, 2));
+        assert_eq!(m.poll_event(), Some(MembershipEvent::Decision { epoch: 3, seq: 3, finish: false }));
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub(super) enum CoordEvent {
     View(View),
     /// This rank was declared failed.
     Evicted { epoch: u64, reason: String },
+    /// How the call interrupted by the view of `epoch` ends.
+    Decision { epoch: u64, seq: u64, finish: bool },
     /// Too few ranks remain.
     QuorumLost { epoch: u64, alive: usize, required: usize },
     /// The coordinator is gone (closed, silent past the heartbeat timeout, or garbled).
@@ -111,6 +113,9 @@ impl CoordLink {
                     self.inbuf.drain(..used);
                     match msg {
                         Control::View(v) => events.push(CoordEvent::View(v)),
+                        Control::Decision { epoch, seq, finish } => {
+                            events.push(CoordEvent::Decision { epoch, seq, finish })
+                        }
                         Control::Evicted { epoch, reason } => events.push(CoordEvent::Evicted { epoch, reason }),
                         Control::QuorumLost { epoch, alive, required } => events.push(CoordEvent::QuorumLost {
                             epoch,
@@ -148,6 +153,11 @@ impl CoordLink {
             )));
         }
         None
+    }
+
+    /// True once nothing has been heard for the timeout (unread bytes may still wait).
+    pub(super) fn overdue(&self, now: Instant) -> bool {
+        !self.lost && now.duration_since(self.last_heard) > self.timeout
     }
 
     /// When `tick` must next run.

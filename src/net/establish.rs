@@ -1,6 +1,7 @@
 //! Opening the ring: connect to the next position, accept the previous one, and check
 //! each side's hello before anything else is read.
 
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,9 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use super::handshake::{self, HandshakeError};
 use crate::coord::{Member, View};
-use crate::limits::{CONNECT_RETRY_DELAY_MAX, CONNECT_RETRY_DELAY_MIN, SOCKET_BUFFER_BYTES};
+use crate::limits::{
+    CONNECT_RETRY_DELAY_MAX, CONNECT_RETRY_DELAY_MIN, HANDSHAKE_TIMEOUT, PENDING_CONNECTIONS_MAX, SOCKET_BUFFER_BYTES,
+};
 use crate::wire::hello::{Hello, Role, HELLO_LEN};
 use crate::{Error, Rank};
 
@@ -118,6 +121,7 @@ pub(crate) fn establish_ring(
     let prev_hello_r = handshake::answer(&mut prev_stream, secret, &prev_hello_i, &hello(Role::RingNext, prev.rank))
         .map_err(auth(&prev))?;
     // (c)
+    bound(&next_stream, deadline).map_err(io("configure", &next))?;
     let (job, epoch, me, them) = (view.job, view.epoch, rank as u32, next.rank as u32);
     let next_hello = handshake::finish_initiator(&mut next_stream, secret, &hello_i, |h| {
         if h.role == Role::RingNext && h.job == job && h.epoch == epoch && h.rank == them && h.target == me {
@@ -128,6 +132,7 @@ pub(crate) fn establish_ring(
     })
     .map_err(auth(&next))?;
     // (d)
+    bound(&prev_stream, deadline).map_err(io("configure", &prev))?;
     handshake::finish_responder(&mut prev_stream, secret, &prev_hello_i, &prev_hello_r).map_err(auth(&prev))?;
     Ok(Ring {
         view,
@@ -136,6 +141,12 @@ pub(crate) fn establish_ring(
         prev: Some((prev_stream, prev)),
         next: Some((next_stream, next)),
     })
+}
+
+/// Makes the next handshake read on `stream` wait no longer than until `deadline`.
+fn bound(stream: &TcpStream, deadline: Instant) -> std::io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    stream.set_read_timeout(Some(left))
 }
 
 fn io(op: &'static str, m: &Member) -> impl Fn(std::io::Error) -> Error {
@@ -151,8 +162,44 @@ fn auth(m: &Member) -> impl Fn(HandshakeError) -> Error {
     }
 }
 
+/// A connection accepted while waiting for the previous position, whose hello is not yet
+/// complete.
+struct Pending {
+    stream: TcpStream,
+    from: SocketAddr,
+    hello: [u8; HELLO_LEN],
+    filled: usize,
+    opened: Instant,
+}
+
+impl Pending {
+    /// Reads what arrived of the hello (never past its fixed size). `Ok(true)` once it is
+    /// complete; an error (to log) if the connection closed, failed or ran out of time.
+    fn poll(&mut self, now: Instant) -> Result<bool, String> {
+        match self.stream.read(&mut self.hello[self.filled..]) {
+            Ok(0) => return Err("closed before its hello".into()),
+            Ok(n) => self.filled += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if self.filled == HELLO_LEN {
+            Ok(true)
+        } else if now.duration_since(self.opened) > HANDSHAKE_TIMEOUT {
+            Err(format!("no complete hello within {HANDSHAKE_TIMEOUT:?}"))
+        } else {
+            Ok(false)
+        }
+    }
+}
+
 /// Accepts connections until one carries the previous position's hello; anything else (a
-/// stranger, another job, a garbled or silent client) is closed and logged, rate-limited.
+/// stranger, another job, a garbled, slow or silent client) is closed and logged,
+/// rate-limited.
+///
+/// Hellos are read from every pending connection side by side (non-blocking, fixed size),
+/// so silent strangers cannot hold the real neighbour back: each gets
+/// [`HANDSHAKE_TIMEOUT`], and at most [`PENDING_CONNECTIONS_MAX`] wait at once (the oldest
+/// is dropped for a newcomer; a genuine neighbour sends its hello as soon as it connects).
 fn accept_prev(
     listener: &TcpListener,
     view: &View,
@@ -162,40 +209,75 @@ fn accept_prev(
 ) -> Result<(TcpStream, [u8; HELLO_LEN]), Error> {
     let fail = |source: std::io::Error| Error::Io { op: "accept", peer: prev.rank, addr: prev.addr, source };
     listener.set_nonblocking(true).map_err(fail)?;
+    let mut pending: Vec<Pending> = Vec::new();
     let mut rejected = 0usize;
+    let mut refuse = |from: SocketAddr, why: &dyn std::fmt::Debug| {
+        rejected += 1;
+        if rejected <= 8 || rejected.is_power_of_two() {
+            tracing::warn!(%from, rejected, "refused a ring connection that is not from rank {}: {why:?}", prev.rank);
+        }
+    };
+    let expected = |h: &Hello| {
+        h.role == Role::RingPrev
+            && h.job == view.job
+            && h.epoch == view.epoch
+            && h.rank == prev.rank as u32
+            && h.target == rank as u32
+    };
     loop {
-        match listener.accept() {
-            Ok((mut s, from)) => {
-                s.set_nonblocking(false).map_err(fail)?;
-                match handshake::read_hello(&mut s) {
-                    Ok((bytes, h))
-                        if h.role == Role::RingPrev
-                            && h.job == view.job
-                            && h.epoch == view.epoch
-                            && h.rank == prev.rank as u32
-                            && h.target == rank as u32 =>
-                    {
-                        tune(&s).map_err(fail)?;
-                        return Ok((s, bytes));
+        let mut progressed = false;
+        loop {
+            match listener.accept() {
+                Ok((stream, from)) => {
+                    progressed = true;
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
                     }
-                    other => {
-                        rejected += 1;
-                        if rejected <= 8 || rejected.is_power_of_two() {
-                            tracing::warn!(%from, rejected, "refused a ring connection that is not from rank {}: {other:?}", prev.rank);
+                    if pending.len() >= PENDING_CONNECTIONS_MAX {
+                        refuse(pending.remove(0).from, &"too many connections waiting for their hello");
+                    }
+                    pending.push(Pending { stream, from, hello: [0; HELLO_LEN], filled: 0, opened: Instant::now() });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < pending.len() {
+            let filled = pending[i].filled;
+            match pending[i].poll(now) {
+                Ok(false) => {
+                    progressed |= pending[i].filled > filled;
+                    i += 1;
+                }
+                Ok(true) => {
+                    let p = pending.swap_remove(i);
+                    match Hello::decode(&p.hello) {
+                        Ok(h) if expected(&h) => {
+                            p.stream.set_nonblocking(false).map_err(fail)?;
+                            tune(&p.stream).map_err(fail)?;
+                            return Ok((p.stream, p.hello));
                         }
+                        Ok(h) if h.job == view.job && h.epoch > view.epoch => {
+                            // A neighbour already runs a newer view: this one is superseded.
+                            return Err(fail(std::io::Error::other(format!(
+                                "view of epoch {} superseded by epoch {}",
+                                view.epoch, h.epoch
+                            ))));
+                        }
+                        other => refuse(p.from, &other),
                     }
                 }
+                Err(why) => refuse(pending.swap_remove(i).from, &why),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    return Err(fail(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "previous rank never connected",
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err(fail(e)),
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(std::io::Error::new(std::io::ErrorKind::TimedOut, "previous rank never connected")));
+        }
+        if !progressed {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }

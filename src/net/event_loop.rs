@@ -9,11 +9,13 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::coord_link::{CoordEvent, CoordLink};
-use super::establish::{establish_ring, Ring};
-use super::link::{Link as Conn, OutFrame, OutPayload, ReadStep, Rx, Target};
+use super::establish::Ring;
+use super::link::{Link as Conn, OutFrame, OutPayload, ReadStep, Rx, Target, Waiting};
 use super::{Job, JobOutcome};
 use crate::codec::CodecChoice;
-use crate::comm::Config;
+use crate::comm::stats::Recorder;
+use crate::comm::straggler::WINDOW_SLOTS;
+use crate::comm::{Config, LinkStats, Side};
 use crate::coord::View;
 use crate::core::collective::{Algorithm, Collective, Link, ProtocolError, Spec, Status};
 use crate::core::payload::Codecs;
@@ -23,6 +25,9 @@ use crate::wire::control::Control;
 use crate::wire::header::verify_crc;
 use crate::wire::{CollKind, Header};
 use crate::{Error, Rank, Report};
+
+#[path = "recovery.rs"]
+mod recovery;
 
 const PREV: Token = Token(0);
 const NEXT: Token = Token(1);
@@ -43,6 +48,9 @@ const LOOP_SPIN: Duration = Duration::from_micros(200);
 
 /// Largest collective (bytes) during which the loop spins instead of sleeping.
 const SPIN_BYTES_MAX: usize = 256 << 10;
+
+/// Pause between attempts to connect to the neighbours of a new view.
+const REBUILD_RETRY_DELAY: Duration = Duration::from_millis(20);
 
 /// What the caller's thread sends the loop.
 #[derive(Debug)]
@@ -87,6 +95,7 @@ impl Driver {
             }
             None => None,
         };
+        let fault = super::fault::FaultPlan::from_env(config.rank)?;
         let mut ev = EventLoop {
             poll,
             rx,
@@ -114,9 +123,16 @@ impl Driver {
             completed: 0,
             broken: None,
             pending_view: None,
+            awaiting: None,
+            rebuild: None,
+            decision: None,
+            backup: Vec::new(),
+            fault,
             terminal: None,
             stale_frames: 0,
             shared,
+            recorder: Recorder::default(),
+            frame_delay: config.test_frame_delay,
         };
         ev.adopt_ring(ring).map_err(os)?;
         let thread = std::thread::Builder::new()
@@ -156,6 +172,15 @@ struct Active {
     started: Instant,
     /// A failure outside the collective's own logic (a link closed or sent garbage).
     error: Option<Error>,
+    /// Epoch and ascending members of the view this attempt runs in (what its report says).
+    epoch: u64,
+    members: Vec<Rank>,
+    /// The input was copied to the loop's backup before the first attempt.
+    backed_up: bool,
+    /// Since when a retryable failure waits for a new view (exact retry).
+    retry_since: Option<Instant>,
+    /// A stall of this attempt was reported to the coordinator.
+    stall_reported: bool,
 }
 
 /// What to do with the frame whose header was just read.
@@ -204,21 +229,36 @@ struct EventLoop {
     /// Set once a link has failed, with when: later jobs wait for a new view, and fail with
     /// this reason if none comes in time.
     broken: Option<(Rank, String, Instant, bool)>,
-    /// A view from the coordinator, installed at the next collective boundary.
+    /// A view from the coordinator, installed as soon as the loop gets to it.
     pending_view: Option<View>,
+    /// The epoch whose decision on the interrupted call this rank waits for, and since
+    /// when: no call runs meanwhile.
+    awaiting: Option<(u64, Instant)>,
+    /// The view whose ring is being built, and when it arrived.
+    rebuild: Option<(View, Instant)>,
+    /// A decision from the coordinator: epoch, seq, finish.
+    decision: Option<(u64, u64, bool)>,
+    /// Copy of the running call's input (exact retry); its capacity is reused.
+    backup: Vec<u8>,
+    /// A fault to inject (`RINGCC_FAULT`, tests only).
+    fault: Option<super::fault::FaultPlan>,
     /// Set when this rank can no longer take part (evicted, quorum lost, coordinator lost
     /// while the ring is broken): every job fails with it.
     terminal: Option<Terminal>,
     stale_frames: u64,
     /// Where the caller's thread reads the current view.
     shared: Arc<super::Shared>,
+    /// Statistics that do not belong to one link (see `comm::stats`).
+    recorder: Recorder,
+    /// Test hook: sleep after every received frame (`Config::test_frame_delay`).
+    frame_delay: Duration,
 }
 
 /// Why this rank can no longer run collectives.
 #[derive(Debug, Clone)]
 enum Terminal {
     Evicted { epoch: u64, reason: String },
-    Desynchronized { ours: (u64, u64), theirs: (u64, u64) },
+    Desynchronized { completed: u64, detail: String },
     QuorumLost { epoch: u64, alive: usize, required: usize },
 }
 
@@ -227,12 +267,7 @@ impl Terminal {
         match self.clone() {
             Terminal::Evicted { epoch, reason } => Error::Evicted { rank, epoch, reason },
             Terminal::QuorumLost { epoch, alive, required } => Error::QuorumLost { alive, required, epoch },
-            Terminal::Desynchronized { ours, theirs } => Error::Desynchronized {
-                completed: ours.0,
-                next_seq: ours.1,
-                other_completed: theirs.0,
-                other_next_seq: theirs.1,
-            },
+            Terminal::Desynchronized { completed, detail } => Error::Desynchronized { completed, detail },
         }
     }
 }
@@ -263,6 +298,9 @@ impl EventLoop {
                 self.active.as_ref().and_then(|a| a.coll.poll_timeout()),
                 self.coord.as_ref().and_then(|c| c.deadline()),
                 self.broken.as_ref().map(|(_, _, since, _)| *since + self.rebuild_wait()),
+                self.awaiting.map(|(_, since)| since + self.rebuild_wait()),
+                self.rebuild.as_ref().map(|_| now + REBUILD_RETRY_DELAY),
+                self.active.as_ref().and_then(|a| a.retry_since).map(|since| since + self.rebuild_wait()),
             ];
             let mut timeout = deadlines.into_iter().flatten().min().map(|d| d.saturating_duration_since(now));
             // Right after activity, poll without sleeping for a short while: waking a
@@ -274,6 +312,7 @@ impl EventLoop {
             if spinning {
                 timeout = Some(Duration::ZERO);
             }
+            let expecting = self.expecting();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     self.fail_everything(&format!("poll: {e}"));
@@ -302,12 +341,16 @@ impl EventLoop {
                 }
             }
             let busy = !events.is_empty();
+            let polled = now.elapsed();
             self.tick_coordinator(Instant::now());
-            if self.drive(Instant::now()) || busy {
+            let progressed = self.drive(Instant::now()) || busy;
+            if progressed {
                 last_activity = Instant::now();
             } else if spinning {
                 std::thread::yield_now();
             }
+            // Idle: the poll, or the whole turn if it moved nothing.
+            self.note_idle(expecting, if progressed { polled } else { now.elapsed() });
             if closing {
                 self.close();
                 return;
@@ -320,6 +363,8 @@ impl EventLoop {
         let mut any = false;
         loop {
             let mut progressed = self.maybe_install_view();
+            progressed |= self.try_rebuild();
+            progressed |= self.apply_decision(now);
             if self.active.is_none() {
                 progressed |= self.start_next(now);
             }
@@ -341,7 +386,7 @@ impl EventLoop {
     }
 
     fn start_next(&mut self, now: Instant) -> bool {
-        if self.queue.is_empty() {
+        if self.queue.is_empty() || self.awaiting.is_some() {
             return false;
         }
         if let Some(t) = &self.terminal {
@@ -377,8 +422,52 @@ impl EventLoop {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let spec = self.spec_for(&job.spec, seq);
+        if job.spec.stats_exchange {
+            self.write_window(job.buf.bytes_mut());
+        }
+        let backed_up = self.exact_retry && recovery::needs_backup(&spec);
+        if backed_up {
+            self.backup.clear();
+            self.backup.extend_from_slice(job.buf.bytes());
+        }
+        let codecs = self.codecs_for_next();
+        let coll = Collective::start_with(spec, now, job.buf.bytes_mut(), codecs);
+        let error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq, epoch: self.epoch });
+        self.active = Some(Active {
+            job,
+            coll,
+            seq,
+            started: now,
+            error,
+            epoch: self.epoch,
+            members: self.sorted.clone(),
+            backed_up,
+            retry_since: None,
+            stall_reported: false,
+        });
+        self.drain_transmits();
+        self.unpark();
+        self.check_fault(seq, "start", 0);
+        true
+    }
+
+    /// Injects the planned fault if call `seq` is at the planned point.
+    fn check_fault(&mut self, seq: u64, phase: &str, step: u32) {
+        let Some(plan) = self.fault.take_if(|p| p.due(seq, phase, step)) else { return };
+        super::fault::strike(self.rank, &plan);
+        // `close`: neighbours see the links end; this rank lives on until it is evicted.
+        self.drop_links();
+        let now = Instant::now();
+        self.broken = Some((self.rank, "ring links closed by RINGCC_FAULT".into(), now, true));
+        if let Some(a) = self.active.as_mut() {
+            a.error.get_or_insert(Error::PeerClosed { peer: self.rank, seq, epoch: self.epoch });
+        }
+    }
+
+    /// The spec of call `seq` of `s` in the current view.
+    fn spec_for(&self, s: &super::JobSpec, seq: u64) -> Spec {
         let world = self.members.len();
-        let s = job.spec;
         let block_of_pos: Vec<usize> = match s.coll {
             CollKind::AllGather | CollKind::ReduceScatter => {
                 self.members.iter().map(|r| self.sorted.binary_search(r).unwrap_or(0)).collect()
@@ -386,7 +475,7 @@ impl EventLoop {
             _ => (0..world).collect(),
         };
         let root_pos = self.members.iter().position(|&r| r == s.root).unwrap_or(0);
-        let spec = Spec {
+        Spec {
             coll: s.coll,
             op: if matches!(s.coll, CollKind::AllGather | CollKind::Broadcast | CollKind::Barrier) {
                 ReduceOp::Sum
@@ -409,18 +498,23 @@ impl EventLoop {
             algorithm: self.algorithm,
             progress_timeout: self.progress_timeout,
             fin: self.exact_retry,
-        };
+        }
+    }
+
+    /// The codec state for the next collective, fed with the links' latest drain rates
+    /// (codec `auto` weighs compression against them).
+    fn codecs_for_next(&mut self) -> Option<Box<Codecs>> {
         let mut codecs = self.codecs.take();
         for (i, l) in self.links.iter_mut().enumerate() {
             if let (Some(c), Some(rate)) = (codecs.as_mut(), l.as_mut().and_then(|l| l.rate.take_sample())) {
                 c.observe_link(link_of(i), rate);
             }
         }
-        let coll = Collective::start_with(spec, now, job.buf.bytes_mut(), codecs);
-        let error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq, epoch: self.epoch });
-        self.active = Some(Active { job, coll, seq, started: now, error });
-        self.drain_transmits();
-        // Frames parked for this collective can now be read.
+        codecs
+    }
+
+    /// Frames parked for the active collective can now be read.
+    fn unpark(&mut self) {
         for i in 0..2 {
             if let Some(l) = self.links[i].as_mut() {
                 if let Rx::Parked { header, crc } = l.rx {
@@ -429,7 +523,6 @@ impl EventLoop {
                 }
             }
         }
-        true
     }
 
     /// Moves the active collective's transmits into the links' write queues. A call that
@@ -475,6 +568,8 @@ impl EventLoop {
             match (&self.active, theirs.cmp(&here)) {
                 (_, std::cmp::Ordering::Less) => Route::Discard,
                 (None, _) | (_, std::cmp::Ordering::Greater) => Route::Park,
+                // The attempt of an older view waits for the coordinator's decision.
+                (Some(a), std::cmp::Ordering::Equal) if a.epoch != self.epoch || self.awaiting.is_some() => Route::Park,
                 (Some(a), std::cmp::Ordering::Equal) => {
                     Route::Active(a.coll.recv_target(link_of(i), &header).map_or(Target::Scratch, Target::Job))
                 }
@@ -572,7 +667,7 @@ impl EventLoop {
         };
         let len = header.payload_len as usize;
         let (ours, discard) = match &self.active {
-            Some(a) => ((header.epoch, header.seq) == (self.epoch, a.seq), false),
+            Some(a) => ((header.epoch, header.seq) == (a.epoch, a.seq) && a.epoch == self.epoch, false),
             None => (false, true),
         };
         let checked = match &target {
@@ -597,6 +692,14 @@ impl EventLoop {
             Target::Job(_) => a.coll.handle_frame_in_place(now, link, &header, a.job.buf.bytes_mut()),
         };
         self.drain_transmits();
+        if self.fault.is_some() {
+            if let Some((seq, Some((_, phase, step)))) = self.active.as_ref().map(|a| (a.seq, a.coll.waiting_on())) {
+                self.check_fault(seq, phase, step);
+            }
+        }
+        if !self.frame_delay.is_zero() {
+            std::thread::sleep(self.frame_delay);
+        }
     }
 
     fn flush_all(&mut self) -> bool {
@@ -652,20 +755,25 @@ impl EventLoop {
 
     /// Finishes the active collective if it is done or failed. Returns true if it did.
     fn check_active(&mut self, now: Instant) -> bool {
+        if self.awaiting.is_some() {
+            return false;
+        }
         let Some(a) = self.active.as_mut() else { return false };
-        let result: Result<(), Result<Error, ProtocolError>> = if let Some(e) = a.error.take() {
-            Err(Ok(e))
-        } else {
-            match a.coll.status() {
-                Status::Running => return false,
-                Status::Done => {
-                    if self.links.iter().flatten().any(|l| l.holds_job_bytes()) {
-                        return false;
-                    }
-                    Ok(())
-                }
-                Status::Failed(pe) => Err(Err(pe.clone())),
+        let failed = a.error.is_some() || matches!(a.coll.status(), Status::Failed(_));
+        if !failed {
+            let flushing = self.links.iter().flatten().any(|l| l.holds_job_bytes());
+            if *a.coll.status() == Status::Running || flushing {
+                return false;
             }
+        }
+        if failed && self.wait_for_view(now) {
+            return false;
+        }
+        let Some(a) = self.active.as_mut() else { return false };
+        let result: Result<(), Result<Error, ProtocolError>> = match (a.error.take(), a.coll.status()) {
+            (Some(e), _) => Err(Ok(e)),
+            (None, Status::Failed(pe)) => Err(Err(pe.clone())),
+            (None, _) => Ok(()),
         };
         let Some(mut a) = self.active.take() else { return false };
         for l in self.links.iter_mut().flatten() {
@@ -674,24 +782,13 @@ impl EventLoop {
         self.codecs = a.coll.take_codecs().or(self.codecs.take());
         let outcome = match result {
             Ok(()) => {
-                let marks = a.coll.phase_marks();
-                let rs_end = marks.reduce_scatter_done.unwrap_or(a.started);
-                let report = Report {
-                    epoch: self.epoch,
-                    members: self.sorted.clone(),
-                    joined: Vec::new(),
-                    seq: a.seq,
-                    bytes_sent: a.coll.bytes_sent(),
-                    bytes_sent_raw: a.coll.bytes_sent_raw(),
-                    reduce_scatter: rs_end.saturating_duration_since(a.started),
-                    all_gather: now.saturating_duration_since(rs_end),
-                    queued: a.started.saturating_duration_since(a.job.submitted),
-                    total: now.saturating_duration_since(a.job.submitted),
-                };
+                let report = recovery::report(&a, now);
                 self.completed += 1;
+                self.record_completed(a.coll.spec().coll, a.job.buf.bytes().len(), &report, now - a.started);
                 JobOutcome { result: Ok((a.job.buf.into_owner(), report)) }
             }
             Err(e) => {
+                self.recorder.collective_failed();
                 let spec = a.coll.spec().clone();
                 let err = match e {
                     Ok(err) => err,
@@ -738,6 +835,11 @@ impl EventLoop {
     }
 
     fn tick_coordinator(&mut self, now: Instant) {
+        // After a freeze (SIGSTOP), read what arrived before calling the coordinator silent:
+        // it may well have said that this rank was evicted.
+        if self.coord.as_ref().is_some_and(|c| c.overdue(now)) {
+            self.read_coordinator(now);
+        }
         let epoch = self.epoch;
         if let Some(e) = self.coord.as_mut().and_then(|c| c.tick(now, epoch)) {
             self.handle_coord_event(e);
@@ -752,6 +854,7 @@ impl EventLoop {
                 }
             }
             CoordEvent::View(_) => {}
+            CoordEvent::Decision { epoch, seq, finish } => self.decision = Some((epoch, seq, finish)),
             CoordEvent::Evicted { epoch, reason } => {
                 tracing::error!(rank = self.rank, epoch, %reason, "this rank was evicted");
                 self.terminal = Some(Terminal::Evicted { epoch, reason });
@@ -801,11 +904,7 @@ impl EventLoop {
 
     /// Replaces the links with those of `ring` and adopts its view.
     fn adopt_ring(&mut self, ring: Ring) -> std::io::Result<()> {
-        for l in self.links.iter_mut().flatten() {
-            let _ = self.poll.registry().deregister(&mut l.stream);
-            let _ = l.stream.shutdown(std::net::Shutdown::Both);
-        }
-        self.links = [None, None];
+        self.drop_links();
         for (i, (side, token)) in [(ring.prev, PREV), (ring.next, NEXT)].into_iter().enumerate() {
             if let Some((stream, member)) = side {
                 stream.set_nonblocking(true)?;
@@ -827,60 +926,6 @@ impl EventLoop {
         self.broken = None;
         self.shared.set(self.epoch, self.sorted.clone());
         Ok(())
-    }
-
-    /// Installs a pending view at a collective boundary, or now if the running collective
-    /// waits on a neighbour the view no longer contains (it cannot finish).
-    fn maybe_install_view(&mut self) -> bool {
-        let Some(view) = self.pending_view.as_ref() else { return false };
-        if let Some(a) = self.active.as_mut() {
-            let gone =
-                |i: usize| self.links[i].as_ref().is_some_and(|l| !view.members.iter().any(|m| m.rank == l.peer));
-            let stuck = (0..2).any(|i| gone(i) && a.coll.expects_on(link_of(i)));
-            if !stuck && a.error.is_none() {
-                return false;
-            }
-            let first = a.error.is_none();
-            a.error.get_or_insert(Error::Interrupted { seq: a.seq, epoch: self.epoch, new_epoch: view.epoch });
-            return first;
-        }
-        let Some(view) = self.pending_view.take() else { return false };
-        if !view.members.iter().any(|m| m.rank == self.rank) {
-            self.terminal.get_or_insert(Terminal::Evicted { epoch: view.epoch, reason: "not in the new view".into() });
-            return true;
-        }
-        let epoch = view.epoch;
-        // Attempts that failed in the old epoch are abandoned (their frames carry the old
-        // epoch and are dropped): in the new epoch, sequence numbers restart from the count
-        // of completed collectives, which every survivor must agree on.
-        let counts = (self.completed, self.completed);
-        match establish_ring(view, self.rank, 0, counts, &self.listener, REBUILD_TIMEOUT, &self.secret) {
-            Ok(ring) => {
-                self.next_seq = self.completed;
-                if let Some(theirs) = ring.counts.iter().flatten().find(|c| c.0 != counts.0) {
-                    // A neighbour saw a different outcome of the interrupted collective:
-                    // going on would pair different calls. Fail every later call instead.
-                    self.terminal.get_or_insert(Terminal::Desynchronized { ours: counts, theirs: *theirs });
-                }
-                if let Err(e) = self.adopt_ring(ring) {
-                    self.broken = Some((self.rank, format!("registering new links: {e}"), Instant::now(), true));
-                }
-                tracing::info!(rank = self.rank, epoch, members = ?self.members, "ring rebuilt");
-            }
-            Err(e) => {
-                tracing::warn!(rank = self.rank, epoch, "ring rebuild failed: {e}");
-                let peer = match &e {
-                    Error::Io { peer, .. } => Some(*peer),
-                    Error::Authentication { peer, .. } => *peer,
-                    _ => None,
-                };
-                if let Some(p) = peer {
-                    self.suspect(p, false, &e.to_string());
-                }
-                self.broken = Some((peer.unwrap_or(self.rank), e.to_string(), Instant::now(), true));
-            }
-        }
-        true
     }
 
     fn fail_everything(&mut self, reason: &str) {
@@ -930,6 +975,57 @@ impl EventLoop {
                     Err(_) => break,
                 }
             }
+        }
+    }
+}
+
+/// Statistics hooks (`comm::stats`): what the loop counts and publishes.
+impl EventLoop {
+    /// Per link, what it waits for, sampled before the loop polls; `None` between
+    /// collectives (idle time then is nobody's wait).
+    fn expecting(&self) -> Option<[Waiting; 2]> {
+        let a = self.active.as_ref()?;
+        let at = |i: usize| match self.links[i].as_ref().filter(|l| !l.closed) {
+            Some(l) => l.waiting(a.coll.expects_on(link_of(i))),
+            None => Waiting::default(),
+        };
+        Some([at(0), at(1)])
+    }
+
+    /// Accounts `idle` loop time during a collective to what the links were waiting for.
+    fn note_idle(&mut self, expecting: Option<[Waiting; 2]>, idle: Duration) {
+        let Some(expecting) = expecting else { return };
+        for (l, waiting) in self.links.iter_mut().zip(expecting) {
+            if let Some(l) = l.as_mut() {
+                l.note_idle(idle, waiting);
+            }
+        }
+        self.recorder.note_idle(idle, expecting.iter().any(|w| w.rest));
+    }
+
+    fn link_stats(&self) -> [Option<LinkStats>; 2] {
+        let side = [Side::Prev, Side::Next];
+        [0, 1].map(|i| self.links[i].as_ref().map(|l| l.stats(side[i])))
+    }
+
+    /// Counts a completed collective and publishes the statistics for `Communicator::stats`.
+    fn record_completed(&mut self, coll: CollKind, buf_bytes: usize, report: &Report, ran: Duration) {
+        for l in self.links.iter_mut().flatten() {
+            l.counters.active += ran;
+        }
+        self.recorder.collective_done(coll, buf_bytes, report, ran);
+        let links = self.link_stats().into_iter().flatten().collect();
+        self.shared.set_stats(self.recorder.stats(self.rank, self.epoch, links));
+    }
+
+    /// Writes this rank's statistics window into its slot of a stats exchange buffer
+    /// (`f64` slots, [`WINDOW_SLOTS`] per rank, in rank order).
+    fn write_window(&mut self, bytes: &mut [u8]) {
+        let window = self.recorder.take_window(self.link_stats());
+        let at = self.rank * WINDOW_SLOTS;
+        let slot = bytemuck::try_cast_slice_mut::<u8, f64>(bytes).ok().and_then(|s| s.get_mut(at..at + WINDOW_SLOTS));
+        if let Some(slot) = slot {
+            window.write(slot);
         }
     }
 }

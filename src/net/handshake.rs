@@ -23,8 +23,11 @@ pub(crate) enum HandshakeError {
     BadMac,
 }
 
+/// Reads exactly `buf`, waiting at most `HANDSHAKE_TIMEOUT`, or less if the caller already
+/// set a shorter read timeout on the stream (its own deadline).
 fn read_exact_timed(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let limit = stream.read_timeout()?.map_or(HANDSHAKE_TIMEOUT, |t| t.min(HANDSHAKE_TIMEOUT));
+    stream.set_read_timeout(Some(limit))?;
     stream.read_exact(buf)
 }
 
@@ -42,14 +45,6 @@ pub(crate) fn send_hello(stream: &mut TcpStream, hello: &Hello) -> Result<[u8; H
     let bytes = hello.encode();
     stream.write_all(&bytes)?;
     Ok(bytes)
-}
-
-/// Responder step: read the initiator's hello (fixed size, bounded wait).
-pub(crate) fn read_hello(stream: &mut TcpStream) -> Result<([u8; HELLO_LEN], Hello), HandshakeError> {
-    let mut b = [0u8; HELLO_LEN];
-    read_exact_timed(stream, &mut b)?;
-    let h = Hello::decode(&b).map_err(|e| HandshakeError::Hello(e.to_string()))?;
-    Ok((b, h))
 }
 
 /// Responder step 2: send our hello and our MAC.

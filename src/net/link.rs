@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::io::{IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::time::Duration;
 
 use mio::net::TcpStream;
 
@@ -86,8 +87,36 @@ pub(super) struct Link {
     pub(super) bytes_out: u64,
     /// Bytes the last successful read returned.
     last_read: usize,
+    /// What the statistics report about this link (see [`crate::comm::LinkStats`]).
+    pub(super) counters: Counters,
     /// Drain rate of the outgoing direction while it is the bottleneck (for codec `auto`).
     pub(super) rate: RateMeter,
+}
+
+/// What a link waited for while the event loop was idle (see [`Link::waiting`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Waiting {
+    /// A frame the running collective expects.
+    pub(super) frame: bool,
+    /// The rest of a frame of which a part has arrived.
+    pub(super) rest: bool,
+    /// Room in a full socket, with frames queued.
+    pub(super) socket: bool,
+}
+
+/// Time and frame counters of one link, since it was connected.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Counters {
+    /// Frame headers received.
+    pub(super) frames_in: u64,
+    /// Idle time of the event loop while the running collective expected a frame here.
+    pub(super) recv_wait: Duration,
+    /// Of `recv_wait`, the time a frame was partly received: the link was delivering it.
+    pub(super) recv_transfer: Duration,
+    /// Idle time of the event loop while frames were queued here and the socket was full.
+    pub(super) send_blocked: Duration,
+    /// Time collectives ran while this link was up (the denominator of its throughput).
+    pub(super) active: Duration,
 }
 
 impl Link {
@@ -108,7 +137,45 @@ impl Link {
             bytes_in: 0,
             bytes_out: 0,
             last_read: 0,
+            counters: Counters::default(),
             rate: RateMeter::new(local.map(|a| a.ip()), addr.ip()),
+        }
+    }
+
+    /// What this link waits for, sampled before the event loop goes idle: a frame if the
+    /// collective `expected` one, the rest of a frame if part of it is in, a full socket.
+    pub(super) fn waiting(&self, expected: bool) -> Waiting {
+        let mid_frame = matches!(self.rx, Rx::Header { filled } if filled > 0) || matches!(self.rx, Rx::Payload { .. });
+        Waiting { frame: expected, rest: expected && mid_frame, socket: !self.out.is_empty() && !self.writable }
+    }
+
+    /// Accounts `idle` time of the event loop during a collective to what the link was
+    /// `waiting` for when the loop went idle (several can hold at once).
+    pub(super) fn note_idle(&mut self, idle: Duration, waiting: Waiting) {
+        if waiting.frame {
+            self.counters.recv_wait += idle;
+        }
+        if waiting.rest {
+            self.counters.recv_transfer += idle;
+        }
+        if waiting.socket {
+            self.counters.send_blocked += idle;
+        }
+    }
+
+    /// The link's statistics, seen from this rank.
+    pub(super) fn stats(&self, side: crate::comm::Side) -> crate::comm::LinkStats {
+        let c = &self.counters;
+        crate::comm::LinkStats {
+            side,
+            peer: self.peer,
+            bytes_sent: self.bytes_out,
+            bytes_received: self.bytes_in,
+            frames_received: c.frames_in,
+            recv_wait: c.recv_wait,
+            recv_transfer: c.recv_transfer,
+            send_blocked: c.send_blocked,
+            active: c.active,
         }
     }
 
@@ -153,6 +220,9 @@ impl Link {
             let n = self.last_read;
             self.header_bytes[*filled..*filled + n].copy_from_slice(&tmp[..n]);
             *filled += n;
+            if *filled == HEADER_LEN {
+                self.counters.frames_in += 1;
+            }
         }
         Ok(step)
     }

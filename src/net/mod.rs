@@ -8,6 +8,7 @@
 mod coord_link;
 mod establish;
 mod event_loop;
+mod fault;
 pub(crate) mod handshake;
 mod link;
 mod rate;
@@ -34,6 +35,9 @@ pub(crate) struct JobSpec {
     /// Epoch of the membership the caller laid the buffer out for (all_gather and
     /// reduce_scatter sizes depend on it); the call fails if the view changed since.
     pub(crate) epoch: u64,
+    /// The statistics exchange of `Communicator::stats`: when the job starts (every
+    /// earlier call done), the loop writes this rank's window into its slot of the buffer.
+    pub(crate) stats_exchange: bool,
 }
 
 /// Membership state the event loop publishes for the caller's thread.
@@ -41,6 +45,8 @@ pub(crate) struct JobSpec {
 pub(crate) struct Shared {
     /// Members of the current view, ascending, with its epoch.
     pub(crate) view: std::sync::Mutex<(u64, Vec<Rank>)>,
+    /// This rank's statistics as of the last completed collective.
+    stats: std::sync::Mutex<Option<crate::comm::Stats>>,
 }
 
 impl Shared {
@@ -53,6 +59,18 @@ impl Shared {
         match self.view.lock() {
             Ok(mut v) => *v = (epoch, members),
             Err(p) => *p.into_inner() = (epoch, members),
+        }
+    }
+
+    /// The last published statistics, if any collective has completed.
+    pub(crate) fn stats(&self) -> Option<crate::comm::Stats> {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub(crate) fn set_stats(&self, stats: crate::comm::Stats) {
+        match self.stats.lock() {
+            Ok(mut s) => *s = Some(stats),
+            Err(p) => *p.into_inner() = Some(stats),
         }
     }
 }

@@ -46,13 +46,20 @@ fn keyed(secret: &[u8], side: Side, hello_i: &[u8; HELLO_LEN], hello_r: &[u8; HE
     m
 }
 
-/// The MAC `side` sends.
+/// The MAC `side` sends. (A constant in a build with the test-only `unchecked` feature.)
 pub fn mac(secret: &[u8], side: Side, hello_i: &[u8; HELLO_LEN], hello_r: &[u8; HELLO_LEN]) -> [u8; MAC_LEN] {
+    if cfg!(feature = "unchecked") {
+        return [0; MAC_LEN];
+    }
     keyed(secret, side, hello_i, hello_r).finalize().into_bytes().into()
 }
 
 /// Checks in constant time that `tag` is the MAC `side` must send.
 pub fn verify(secret: &[u8], side: Side, hello_i: &[u8; HELLO_LEN], hello_r: &[u8; HELLO_LEN], tag: &[u8]) -> bool {
+    if cfg!(feature = "unchecked") {
+        tracing::warn!("built with the test-only `unchecked` feature: connections are not authenticated");
+        return tag == [0; MAC_LEN];
+    }
     keyed(secret, side, hello_i, hello_r).verify_slice(tag).is_ok()
 }
 

@@ -95,6 +95,31 @@ pub enum Control {
         /// `min_world`.
         required: u32,
     },
+    /// Rank to coordinator, on receiving the view of `epoch`: where this rank stands, so
+    /// the coordinator can decide how the interrupted call ends (`core::membership`).
+    Resync {
+        /// The reporting rank.
+        rank: u32,
+        /// Epoch of the view being installed.
+        epoch: u64,
+        /// Calls this rank has completed (returned from).
+        completed: u64,
+        /// Whether it holds the whole result of call `completed`.
+        holds: bool,
+        /// Epoch in which that result was computed (meaningful when `holds`).
+        attempt_epoch: u64,
+    },
+    /// Coordinator to rank: how call `seq` ends in the view of `epoch`. `finish`: every
+    /// survivor holds its result from the same attempt and returns it; otherwise nobody
+    /// returned it, and it is redone over the new view.
+    Decision {
+        /// Epoch of the view.
+        epoch: u64,
+        /// The interrupted call.
+        seq: u64,
+        /// Finish with the held result (true) or redo (false).
+        finish: bool,
+    },
 }
 
 struct Writer(Vec<u8>);
@@ -157,6 +182,13 @@ impl<'a> Reader<'a> {
         }
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| WireError::Malformed { what: "string is not UTF-8" })
     }
+    fn flag(&mut self, what: &'static str) -> Result<bool, WireError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(WireError::Malformed { what }),
+        }
+    }
     fn addr(&mut self) -> Result<SocketAddr, WireError> {
         self.str()?.parse().map_err(|_| WireError::Malformed { what: "address" })
     }
@@ -187,6 +219,8 @@ impl Control {
             Control::Suspect { .. } => 6,
             Control::Evicted { .. } => 7,
             Control::QuorumLost { .. } => 8,
+            Control::Resync { .. } => 9,
+            Control::Decision { .. } => 10,
         }
     }
 
@@ -249,6 +283,18 @@ impl Control {
                 w.u64(*epoch);
                 w.u32(*alive);
                 w.u32(*required);
+            }
+            Control::Resync { rank, epoch, completed, holds, attempt_epoch } => {
+                w.u32(*rank);
+                w.u64(*epoch);
+                w.u64(*completed);
+                w.u8(u8::from(*holds));
+                w.u64(*attempt_epoch);
+            }
+            Control::Decision { epoch, seq, finish } => {
+                w.u64(*epoch);
+                w.u64(*seq);
+                w.u8(u8::from(*finish));
             }
         }
         let body = w.0;
@@ -341,15 +387,19 @@ impl Control {
                 rank: r.u32()?,
                 suspect: r.u32()?,
                 epoch: r.u64()?,
-                stalled: match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(WireError::Malformed { what: "suspect flag" }),
-                },
+                stalled: r.flag("suspect flag")?,
                 reason: r.str()?,
             },
             7 => Control::Evicted { epoch: r.u64()?, reason: r.str()? },
             8 => Control::QuorumLost { epoch: r.u64()?, alive: r.u32()?, required: r.u32()? },
+            9 => Control::Resync {
+                rank: r.u32()?,
+                epoch: r.u64()?,
+                completed: r.u64()?,
+                holds: r.flag("resync flag")?,
+                attempt_epoch: r.u64()?,
+            },
+            10 => Control::Decision { epoch: r.u64()?, seq: r.u64()?, finish: r.flag("decision flag")? },
             v => return Err(WireError::UnknownId { field: "control type", value: v.into() }),
         };
         if r.pos != len {
@@ -394,6 +444,8 @@ mod tests {
             Control::Suspect { rank: 1, suspect: 2, epoch: 3, stalled: true, reason: "no frame for 30s".into() },
             Control::Evicted { epoch: 4, reason: "heartbeat timeout".into() },
             Control::QuorumLost { epoch: 6, alive: 1, required: 2 },
+            Control::Resync { rank: 2, epoch: 7, completed: 41, holds: true, attempt_epoch: 6 },
+            Control::Decision { epoch: 7, seq: 41, finish: false },
         ]
     }
 
@@ -428,7 +480,7 @@ mod tests {
         }
 
         #[test]
-        fn truncated_bodies_are_errors_not_panics(which in 0usize..9, cut in 0usize..200) {
+        fn truncated_bodies_are_errors_not_panics(which in 0usize..11, cut in 0usize..200) {
             let b = samples()[which].encode();
             let body_len = b.len() - CONTROL_HEAD_LEN;
             let keep = cut.min(body_len);

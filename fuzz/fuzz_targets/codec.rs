@@ -1,0 +1,4 @@
+//! cargo-fuzz target: see `ringcc_fuzz::codec` for the properties checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringcc_fuzz::codec(data));

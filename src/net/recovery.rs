@@ -1,0 +1,261 @@
+//! Recovery after a membership change: suspend the running call, report where this rank
+//! stands, rebuild the ring over the new view, then finish or redo the call as the
+//! coordinator decides (`core::membership::decide`; the contract is in `docs/FAILURES.md`).
+
+use std::time::Instant;
+
+use super::{Active, EventLoop, Terminal};
+use crate::core::collective::{Collective, ProtocolError, Spec, Status};
+use crate::limits::REBUILD_TIMEOUT;
+use crate::net::establish::establish_ring;
+use crate::net::JobOutcome;
+use crate::wire::control::Control;
+use crate::wire::CollKind;
+use crate::{Error, Report};
+
+/// Whether a call's input must be copied before it starts so that it can be redone: the
+/// reductions overwrite it, and a broadcast root's buffer is the only copy of the data.
+/// All-gather and reduce-scatter are not redone (their layout depends on the membership).
+pub(super) fn needs_backup(spec: &Spec) -> bool {
+    match spec.coll {
+        CollKind::AllReduce => true,
+        CollKind::Broadcast => spec.pos == spec.root_pos,
+        CollKind::Barrier | CollKind::AllGather | CollKind::ReduceScatter => false,
+    }
+}
+
+/// The report of a completed attempt: members and epoch are those it ran in.
+pub(super) fn report(a: &Active, now: Instant) -> Report {
+    let marks = a.coll.phase_marks();
+    let rs_end = marks.reduce_scatter_done.unwrap_or(a.started);
+    Report {
+        epoch: a.epoch,
+        members: a.members.clone(),
+        joined: Vec::new(),
+        seq: a.seq,
+        bytes_sent: a.coll.bytes_sent(),
+        bytes_sent_raw: a.coll.bytes_sent_raw(),
+        reduce_scatter: rs_end.saturating_duration_since(a.started),
+        all_gather: now.saturating_duration_since(rs_end),
+        queued: a.started.saturating_duration_since(a.job.submitted),
+        total: now.saturating_duration_since(a.job.submitted),
+    }
+}
+
+impl EventLoop {
+    /// With exact retry, a call failed by a lost peer or a stall is not returned: it waits
+    /// for the coordinator's new view, then is finished or redone. True while it waits
+    /// (at most the rebuild wait; then it fails with its error).
+    pub(super) fn wait_for_view(&mut self, now: Instant) -> bool {
+        if !self.exact_retry {
+            return false;
+        }
+        let Some(a) = self.active.as_mut() else { return false };
+        let stalled = match a.coll.status() {
+            Status::Failed(ProtocolError::Stalled { link, .. }) if a.error.is_none() => Some(*link),
+            _ => None,
+        };
+        let lost_peer = matches!(a.error, Some(Error::PeerClosed { .. } | Error::Interrupted { .. }));
+        if stalled.is_none() && !lost_peer {
+            return false;
+        }
+        let since = *a.retry_since.get_or_insert(now);
+        if let Some(link) = stalled.filter(|_| !a.stall_reported) {
+            a.stall_reported = true;
+            let reason = match a.coll.status() {
+                Status::Failed(pe) => pe.to_string(),
+                _ => String::new(),
+            };
+            if let Some(peer) = self.links[super::idx(link)].as_ref().map(|l| l.peer) {
+                self.suspect(peer, true, &reason);
+            }
+        }
+        now < since + self.rebuild_wait()
+    }
+
+    /// Installs a view from the coordinator as soon as it arrives: the running call (whose
+    /// frames in flight belong to the old view) is suspended, this rank reports where it
+    /// stands, and connects to its new neighbours. The call resumes on the decision.
+    pub(super) fn maybe_install_view(&mut self) -> bool {
+        let Some(view) = self.pending_view.take() else { return false };
+        let started = self.next_seq;
+        if let Some(plan) = self.fault.take_if(|p| started > 0 && p.due_in_recovery(started - 1)) {
+            crate::net::fault::strike(self.rank, &plan);
+        }
+        if !view.members.iter().any(|m| m.rank == self.rank) {
+            self.terminal.get_or_insert(Terminal::Evicted { epoch: view.epoch, reason: "not in the new view".into() });
+            return true;
+        }
+        let epoch = view.epoch;
+        let (holds, attempt_epoch) = match &self.active {
+            Some(a) => (a.coll.holds_result(), a.epoch),
+            None => (false, self.epoch),
+        };
+        let resync = Control::Resync { rank: self.rank as u32, epoch, completed: self.completed, holds, attempt_epoch };
+        if let Some(c) = self.coord.as_mut() {
+            c.send(&resync);
+        }
+        self.awaiting = Some((epoch, Instant::now()));
+        self.rebuild = Some((view, Instant::now()));
+        true
+    }
+
+    /// Connects to the new neighbours of the view being installed. An attempt that fails
+    /// (a neighbour still busy with an older view, say) is retried from the loop, so the
+    /// coordinator is heard and heartbeats flow between attempts, until the heartbeat
+    /// timeout has passed since the view arrived; then the neighbour is reported.
+    pub(super) fn try_rebuild(&mut self) -> bool {
+        let Some((view, first)) = self.rebuild.take() else { return false };
+        // Several views can arrive in quick succession: connect only in the newest.
+        self.read_coordinator(Instant::now());
+        if self.pending_view.is_some() {
+            return true; // superseded by a newer view
+        }
+        let epoch = view.epoch;
+        let counts = (self.completed, self.next_seq);
+        // The loop sends no heartbeats while it connects: stay well inside their timeout.
+        let limit = REBUILD_TIMEOUT.min(self.heartbeat_timeout / 4);
+        match establish_ring(view.clone(), self.rank, 0, counts, &self.listener, limit, &self.secret) {
+            Ok(ring) => {
+                // Calls are sequential and returned only once all held the result: the
+                // survivors' completed counts differ by at most one.
+                let completed = self.completed;
+                if let Some(theirs) = ring.counts.iter().flatten().find(|c| c.0.abs_diff(completed) > 1) {
+                    self.desync(format!("a new neighbour completed {} calls, this rank {completed}", theirs.0));
+                }
+                if let Err(e) = self.adopt_ring(ring) {
+                    self.broken = Some((self.rank, format!("registering new links: {e}"), Instant::now(), true));
+                }
+                tracing::info!(rank = self.rank, epoch, members = ?self.members, "ring rebuilt");
+            }
+            Err(e) if first.elapsed() < self.heartbeat_timeout => {
+                tracing::debug!(rank = self.rank, epoch, "ring rebuild attempt failed, retrying: {e}");
+                self.rebuild = Some((view, first));
+                return false; // let the loop hear the coordinator before the next attempt
+            }
+            Err(e) => {
+                tracing::warn!(rank = self.rank, epoch, "ring rebuild failed: {e}");
+                let peer = match &e {
+                    Error::Io { peer, .. } => Some(*peer),
+                    Error::Authentication { peer, .. } => *peer,
+                    _ => None,
+                };
+                if let Some(p) = peer {
+                    self.suspect(p, false, &e.to_string());
+                }
+                // Links of the old view must not carry anything more.
+                self.drop_links();
+                self.epoch = epoch;
+                self.broken = Some((peer.unwrap_or(self.rank), e.to_string(), Instant::now(), true));
+            }
+        }
+        true
+    }
+
+    /// Applies the coordinator's decision for the view this rank installed, or gives up
+    /// waiting for one after the rebuild wait. Returns true if anything changed.
+    pub(super) fn apply_decision(&mut self, now: Instant) -> bool {
+        let Some((awaited, since)) = self.awaiting else {
+            self.decision = None;
+            return false;
+        };
+        if self.rebuild.is_some() {
+            return false; // the decision applies once the new ring stands
+        }
+        let Some((epoch, seq, finish)) = self.decision.take_if(|d| d.0 == awaited) else {
+            if now >= since + self.rebuild_wait() {
+                self.awaiting = None;
+                let detail = format!("no decision from the coordinator on the view of epoch {awaited}");
+                self.desync(detail);
+                return true;
+            }
+            return false;
+        };
+        self.awaiting = None;
+        let completed = self.completed;
+        match self.active.as_ref().map(|a| (a.seq, a.coll.holds_result())) {
+            Some((s, true)) if s == seq && finish => {
+                let Some(mut a) = self.active.take() else { return true };
+                a.error = None;
+                for l in self.links.iter_mut().flatten() {
+                    l.release_job(a.job.buf.bytes());
+                }
+                self.codecs = a.coll.take_codecs().or(self.codecs.take());
+                let report = report(&a, now);
+                self.record_completed(a.coll.spec().coll, a.job.buf.bytes().len(), &report, now - a.started);
+                self.completed += 1;
+                tracing::info!(rank = self.rank, seq, epoch = a.epoch, "interrupted call finished with its result");
+                let _ = a.job.reply.send(JobOutcome { result: Ok((a.job.buf.into_owner(), report)) });
+            }
+            Some((s, _)) if (s == seq && !finish) || s == seq + 1 => self.redo_active(now),
+            Some((s, holds)) => {
+                self.desync(format!("decision on #{seq} (finish: {finish}) while running #{s} (holds result: {holds})"))
+            }
+            None if (completed == seq && !finish) || completed == seq + 1 => {}
+            None => self.desync(format!("decision on #{seq} (finish: {finish}) with {completed} calls completed")),
+        }
+        self.next_seq = self.completed + u64::from(self.active.is_some());
+        tracing::debug!(rank = self.rank, epoch, seq, finish, "decision applied");
+        true
+    }
+
+    /// Redoes the active call from its backup over the current view, or fails it with
+    /// `Error::Interrupted` if it cannot be redone.
+    fn redo_active(&mut self, now: Instant) {
+        let Some(a) = self.active.as_ref() else { return };
+        let spec = self.spec_for(&a.job.spec, a.seq);
+        let root_alive = self.members.contains(&a.job.spec.root);
+        let redoable = self.exact_retry
+            && match spec.coll {
+                CollKind::AllReduce | CollKind::Barrier => true,
+                CollKind::Broadcast => root_alive,
+                CollKind::AllGather | CollKind::ReduceScatter => false,
+            };
+        if !redoable {
+            let Some(mut a) = self.active.take() else { return };
+            for l in self.links.iter_mut().flatten() {
+                l.release_job(a.job.buf.bytes());
+            }
+            self.codecs = a.coll.take_codecs().or(self.codecs.take());
+            let err = Error::Interrupted { seq: a.seq, epoch: a.epoch, new_epoch: self.epoch };
+            let _ = a.job.reply.send(JobOutcome { result: Err(err) });
+            return;
+        }
+        let (epoch, members) = (self.epoch, self.sorted.clone());
+        let Some(a) = self.active.as_mut() else { return };
+        if a.backed_up {
+            a.job.buf.bytes_mut().copy_from_slice(&self.backup);
+        }
+        tracing::info!(rank = self.rank, seq = a.seq, epoch, "redoing the interrupted call over the survivors");
+        let codecs = a.coll.take_codecs().or(self.codecs.take());
+        a.coll = Collective::start_with(spec, now, a.job.buf.bytes_mut(), codecs);
+        a.error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq: a.seq, epoch });
+        a.epoch = epoch;
+        a.members = members;
+        a.started = now;
+        a.retry_since = None;
+        a.stall_reported = false;
+        self.drain_transmits();
+        self.unpark();
+    }
+
+    /// This rank can no longer pair its calls with the others'.
+    fn desync(&mut self, detail: String) {
+        tracing::error!(rank = self.rank, %detail, "desynchronized");
+        self.terminal.get_or_insert(Terminal::Desynchronized { completed: self.completed, detail });
+        let t = self.terminal.clone();
+        if let (Some(a), Some(t)) = (self.active.as_mut(), t) {
+            // Not a retryable error: check_active returns it at once.
+            a.error = Some(t.error(self.rank));
+        }
+    }
+
+    /// Closes and forgets both ring links.
+    pub(super) fn drop_links(&mut self) {
+        for l in self.links.iter_mut().flatten() {
+            let _ = self.poll.registry().deregister(&mut l.stream);
+            let _ = l.stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.links = [None, None];
+    }
+}
