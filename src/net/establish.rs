@@ -68,13 +68,8 @@ fn connect_with_retry(addr: SocketAddr, deadline: Instant) -> std::io::Result<Tc
     }
 }
 
-/// Connects this rank into the ring described by `view`, authenticating both links.
-///
-/// Order matters to avoid a circular wait: (a) connect to the next position and send our
-/// hello (the kernel's backlog accepts it); (b) accept the previous position, read its hello
-/// and answer with ours and our MAC; (c) read the next position's answer, check its MAC and
-/// send ours; (d) read the previous position's MAC. Each step waits only on steps the
-/// neighbours take before their own blocking step.
+/// Connects this rank into the ring described by `view`, authenticating both links, in one
+/// attempt of at most `timeout` (see [`RingBuilder`] for the steps).
 ///
 /// # Errors
 /// [`Error::Io`] naming the neighbour that could not be reached, [`Error::Authentication`]
@@ -89,58 +84,183 @@ pub(crate) fn establish_ring(
     timeout: Duration,
     secret: &[u8],
 ) -> Result<Ring, Error> {
-    let w = view.members.len();
-    let pos = view.members.iter().position(|m| m.rank == rank).ok_or_else(|| Error::Rendezvous {
-        reason: format!("rank {rank} is not in the view of epoch {}", view.epoch),
-    })?;
-    if w == 1 {
-        return Ok(Ring { view, pos, counts: [None, None], prev: None, next: None });
-    }
-    let deadline = Instant::now() + timeout;
-    let next = view.members[(pos + 1) % w].clone();
-    let prev = view.members[(pos + w - 1) % w].clone();
-    let hello = |role: Role, target: Rank| Hello {
-        role,
-        job: view.job,
-        epoch: view.epoch,
-        rank: rank as u32,
-        target: target as u32,
-        incarnation,
-        nonce: handshake::nonce(),
-        completed: counts.0,
-        next_seq: counts.1,
-    };
+    RingBuilder::new(view, rank, incarnation, counts)?.attempt(listener, timeout, secret)
+}
 
-    // (a)
-    let mut next_stream = connect_with_retry(next.addr, deadline).map_err(io("connect", &next))?;
-    tune(&next_stream).map_err(io("configure", &next))?;
-    let hello_i = handshake::send_hello(&mut next_stream, &hello(Role::RingPrev, next.rank)).map_err(auth(&next))?;
-    // (b)
-    let (mut prev_stream, prev_hello_i) = accept_prev(listener, &view, rank, &prev, deadline)?;
-    let prev_counts = Hello::decode(&prev_hello_i).map(|h| (h.completed, h.next_seq)).ok();
-    let prev_hello_r = handshake::answer(&mut prev_stream, secret, &prev_hello_i, &hello(Role::RingNext, prev.rank))
-        .map_err(auth(&prev))?;
-    // (c)
-    bound(&next_stream, deadline).map_err(io("configure", &next))?;
-    let (job, epoch, me, them) = (view.job, view.epoch, rank as u32, next.rank as u32);
-    let next_hello = handshake::finish_initiator(&mut next_stream, secret, &hello_i, |h| {
-        if h.role == Role::RingNext && h.job == job && h.epoch == epoch && h.rank == them && h.target == me {
-            Ok(())
-        } else {
-            Err(format!("expected rank {them} of job {job:#x} epoch {epoch}, got {h:?}"))
+/// The link to the next position, as far as its handshake got.
+#[derive(Debug)]
+enum NextSide {
+    Idle,
+    /// Connected and our hello sent.
+    Sent {
+        stream: TcpStream,
+        hello_i: [u8; HELLO_LEN],
+    },
+    /// Authenticated; the neighbour's (completed, next_seq).
+    Done {
+        stream: TcpStream,
+        counts: (u64, u64),
+    },
+}
+
+/// The link from the previous position, as far as its handshake got.
+#[derive(Debug)]
+enum PrevSide {
+    Idle,
+    /// Its hello read, ours and our MAC sent.
+    Answered {
+        stream: TcpStream,
+        hello_i: [u8; HELLO_LEN],
+        hello_r: [u8; HELLO_LEN],
+    },
+    /// Authenticated; the neighbour's (completed, next_seq).
+    Done {
+        stream: TcpStream,
+        counts: Option<(u64, u64)>,
+    },
+}
+
+/// A ring being built, resumable across attempts. Each link's half-done handshake survives
+/// an attempt that failed elsewhere, so a neighbour that completed its end of a link is not
+/// left holding a link this end dropped; a link whose peer hung up starts over.
+///
+/// Order matters to avoid a circular wait: (a) connect to the next position and send our
+/// hello (the kernel's backlog accepts it); (b) accept the previous position, read its hello
+/// and answer with ours and our MAC; (c) read the next position's answer, check its MAC and
+/// send ours; (d) read the previous position's MAC. Each step waits only on steps the
+/// neighbours take before their own blocking step.
+#[derive(Debug)]
+pub(crate) struct RingBuilder {
+    view: View,
+    rank: Rank,
+    pos: usize,
+    incarnation: u64,
+    counts: (u64, u64),
+    next: NextSide,
+    prev: PrevSide,
+}
+
+/// A handshake read that ran out of time (the peer may still answer in a later attempt).
+fn timed_out(e: &HandshakeError) -> bool {
+    matches!(e, HandshakeError::Io(io) if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+}
+
+impl RingBuilder {
+    /// Starts building the ring of `view` for `rank`.
+    ///
+    /// # Errors
+    /// [`Error::Rendezvous`] if the view does not contain `rank`.
+    pub(crate) fn new(view: View, rank: Rank, incarnation: u64, counts: (u64, u64)) -> Result<RingBuilder, Error> {
+        let pos = view.members.iter().position(|m| m.rank == rank).ok_or_else(|| Error::Rendezvous {
+            reason: format!("rank {rank} is not in the view of epoch {}", view.epoch),
+        })?;
+        Ok(RingBuilder { view, rank, pos, incarnation, counts, next: NextSide::Idle, prev: PrevSide::Idle })
+    }
+
+    fn hello(&self, role: Role, target: Rank) -> Hello {
+        Hello {
+            role,
+            job: self.view.job,
+            epoch: self.view.epoch,
+            rank: self.rank as u32,
+            target: target as u32,
+            incarnation: self.incarnation,
+            nonce: handshake::nonce(),
+            completed: self.counts.0,
+            next_seq: self.counts.1,
         }
-    })
-    .map_err(auth(&next))?;
-    // (d)
-    bound(&prev_stream, deadline).map_err(io("configure", &prev))?;
-    handshake::finish_responder(&mut prev_stream, secret, &prev_hello_i, &prev_hello_r).map_err(auth(&prev))?;
-    Ok(Ring {
-        view,
-        pos,
-        counts: [prev_counts, Some((next_hello.completed, next_hello.next_seq))],
-        prev: Some((prev_stream, prev)),
-        next: Some((next_stream, next)),
-    })
+    }
+
+    /// Takes the handshakes as far as they go within `timeout`: the ring once both links
+    /// are authenticated; otherwise what stopped it, and the builder keeps its progress for
+    /// the next attempt.
+    ///
+    /// # Errors
+    /// As [`establish_ring`].
+    pub(crate) fn attempt(&mut self, listener: &TcpListener, timeout: Duration, secret: &[u8]) -> Result<Ring, Error> {
+        let w = self.view.members.len();
+        if w == 1 {
+            return Ok(Ring { view: self.view.clone(), pos: self.pos, counts: [None, None], prev: None, next: None });
+        }
+        self.advance(listener, Instant::now() + timeout, secret)?;
+        let next_m = self.view.members[(self.pos + 1) % w].clone();
+        let prev_m = self.view.members[(self.pos + w - 1) % w].clone();
+        match (std::mem::replace(&mut self.next, NextSide::Idle), std::mem::replace(&mut self.prev, PrevSide::Idle)) {
+            (NextSide::Done { stream: n, counts: nc }, PrevSide::Done { stream: p, counts: pc }) => Ok(Ring {
+                view: self.view.clone(),
+                pos: self.pos,
+                counts: [pc, Some(nc)],
+                prev: Some((p, prev_m)),
+                next: Some((n, next_m)),
+            }),
+            (next, prev) => {
+                (self.next, self.prev) = (next, prev);
+                Err(Error::Rendezvous { reason: "ring handshake incomplete".into() })
+            }
+        }
+    }
+
+    /// Steps (a) to (d), each only if its link is not past it yet.
+    fn advance(&mut self, listener: &TcpListener, deadline: Instant, secret: &[u8]) -> Result<(), Error> {
+        let w = self.view.members.len();
+        let next = self.view.members[(self.pos + 1) % w].clone();
+        let prev = self.view.members[(self.pos + w - 1) % w].clone();
+        // (a)
+        if matches!(self.next, NextSide::Idle) {
+            let mut stream = connect_with_retry(next.addr, deadline).map_err(io("connect", &next))?;
+            tune(&stream).map_err(io("configure", &next))?;
+            let hello_i =
+                handshake::send_hello(&mut stream, &self.hello(Role::RingPrev, next.rank)).map_err(auth(&next))?;
+            self.next = NextSide::Sent { stream, hello_i };
+        }
+        // (b)
+        if matches!(self.prev, PrevSide::Idle) {
+            let (mut stream, hello_i) = accept_prev(listener, &self.view, self.rank, &prev, deadline)?;
+            let hello_r = handshake::answer(&mut stream, secret, &hello_i, &self.hello(Role::RingNext, prev.rank))
+                .map_err(auth(&prev))?;
+            self.prev = PrevSide::Answered { stream, hello_i, hello_r };
+        }
+        // (c)
+        if let NextSide::Sent { mut stream, hello_i } = std::mem::replace(&mut self.next, NextSide::Idle) {
+            bound(&stream, deadline).map_err(io("configure", &next))?;
+            let (job, epoch, me, them) = (self.view.job, self.view.epoch, self.rank as u32, next.rank as u32);
+            let r = handshake::finish_initiator(&mut stream, secret, &hello_i, |h| {
+                if h.role == Role::RingNext && h.job == job && h.epoch == epoch && h.rank == them && h.target == me {
+                    Ok(())
+                } else {
+                    Err(format!("expected rank {them} of job {job:#x} epoch {epoch}, got {h:?}"))
+                }
+            });
+            match r {
+                Ok(h) => self.next = NextSide::Done { stream, counts: (h.completed, h.next_seq) },
+                Err(e) => {
+                    // Out of time: the answer may come in a later attempt. Otherwise the peer
+                    // hung up or failed, and the link starts over (Idle).
+                    if timed_out(&e) {
+                        self.next = NextSide::Sent { stream, hello_i };
+                    }
+                    return Err(auth(&next)(e));
+                }
+            }
+        }
+        // (d)
+        if let PrevSide::Answered { mut stream, hello_i, hello_r } = std::mem::replace(&mut self.prev, PrevSide::Idle) {
+            bound(&stream, deadline).map_err(io("configure", &prev))?;
+            match handshake::finish_responder(&mut stream, secret, &hello_i, &hello_r) {
+                Ok(()) => {
+                    let counts = Hello::decode(&hello_i).map(|h| (h.completed, h.next_seq)).ok();
+                    self.prev = PrevSide::Done { stream, counts };
+                }
+                Err(e) => {
+                    if timed_out(&e) {
+                        self.prev = PrevSide::Answered { stream, hello_i, hello_r };
+                    }
+                    return Err(auth(&prev)(e));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Makes the next handshake read on `stream` wait no longer than until `deadline`.

@@ -175,7 +175,7 @@ struct Active {
     /// Epoch and ascending members of the view this attempt runs in (what its report says).
     epoch: u64,
     members: Vec<Rank>,
-    /// The input was copied to the loop's backup before the first attempt.
+    /// The collective saves the input bytes it overwrites (exact retry).
     backed_up: bool,
     /// Since when a retryable failure waits for a new view (exact retry).
     retry_since: Option<Instant>,
@@ -234,11 +234,13 @@ struct EventLoop {
     /// The epoch whose decision on the interrupted call this rank waits for, and since
     /// when: no call runs meanwhile.
     awaiting: Option<(u64, Instant)>,
-    /// The view whose ring is being built, and when it arrived.
-    rebuild: Option<(View, Instant)>,
+    /// The ring of a new view being built (resumable across attempts), and when the view
+    /// arrived.
+    rebuild: Option<(super::establish::RingBuilder, Instant)>,
     /// A decision from the coordinator: epoch, seq, finish.
     decision: Option<(u64, u64, bool)>,
-    /// Copy of the running call's input (exact retry); its capacity is reused.
+    /// Buffer lent to each collective to save the input it overwrites (exact retry); its
+    /// capacity is reused from call to call.
     backup: Vec<u8>,
     /// A fault to inject (`RINGCC_FAULT`, tests only).
     fault: Option<super::fault::FaultPlan>,
@@ -427,12 +429,11 @@ impl EventLoop {
             self.write_window(job.buf.bytes_mut());
         }
         let backed_up = self.exact_retry && recovery::needs_backup(&spec);
-        if backed_up {
-            self.backup.clear();
-            self.backup.extend_from_slice(job.buf.bytes());
-        }
         let codecs = self.codecs_for_next();
-        let coll = Collective::start_with(spec, now, job.buf.bytes_mut(), codecs);
+        let mut coll = Collective::start_with(spec, now, job.buf.bytes_mut(), codecs);
+        if backed_up {
+            coll.attach_backup(std::mem::take(&mut self.backup), job.buf.bytes().len());
+        }
         let error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq, epoch: self.epoch });
         self.active = Some(Active {
             job,
@@ -575,6 +576,10 @@ impl EventLoop {
                 }
             }
         };
+        if let (Route::Active(Target::Job(_)), Some(a)) = (&route, self.active.as_mut()) {
+            // The payload overwrites the buffer: the input there is saved first (exact retry).
+            a.coll.before_in_place(link_of(i), &header, a.job.buf.bytes());
+        }
         let Some(l) = self.links[i].as_mut() else { return };
         l.rx = match route {
             Route::Park => Rx::Parked { header, crc },
@@ -780,6 +785,9 @@ impl EventLoop {
             l.release_job(a.job.buf.bytes());
         }
         self.codecs = a.coll.take_codecs().or(self.codecs.take());
+        if let Some(b) = a.coll.take_backup() {
+            self.backup = b;
+        }
         let outcome = match result {
             Ok(()) => {
                 let report = recovery::report(&a, now);
@@ -934,6 +942,9 @@ impl EventLoop {
                 l.release_job(a.job.buf.bytes());
             }
             self.codecs = a.coll.take_codecs().or(self.codecs.take());
+            if let Some(b) = a.coll.take_backup() {
+                self.backup = b;
+            }
             let _ = a.job.reply.send(JobOutcome { result: Err(Error::Shutdown(reason.into())) });
         }
         for j in self.queue.drain(..) {

@@ -7,21 +7,18 @@ use std::time::Instant;
 use super::{Active, EventLoop, Terminal};
 use crate::core::collective::{Collective, ProtocolError, Spec, Status};
 use crate::limits::REBUILD_TIMEOUT;
-use crate::net::establish::establish_ring;
+use crate::net::establish::RingBuilder;
 use crate::net::JobOutcome;
 use crate::wire::control::Control;
 use crate::wire::CollKind;
 use crate::{Error, Report};
 
-/// Whether a call's input must be copied before it starts so that it can be redone: the
-/// reductions overwrite it, and a broadcast root's buffer is the only copy of the data.
-/// All-gather and reduce-scatter are not redone (their layout depends on the membership).
+/// Whether a call must save the input it overwrites so that it can be redone (the
+/// collective saves each segment just before its first write). All-gather and
+/// reduce-scatter are not redone (their layout depends on the membership).
 pub(super) fn needs_backup(spec: &Spec) -> bool {
-    match spec.coll {
-        CollKind::AllReduce => true,
-        CollKind::Broadcast => spec.pos == spec.root_pos,
-        CollKind::Barrier | CollKind::AllGather | CollKind::ReduceScatter => false,
-    }
+    // A broadcast root never writes its buffer; other ranks' buffers are overwritten anyway.
+    spec.coll == CollKind::AllReduce
 }
 
 /// The report of a completed attempt: members and epoch are those it ran in.
@@ -96,7 +93,11 @@ impl EventLoop {
             c.send(&resync);
         }
         self.awaiting = Some((epoch, Instant::now()));
-        self.rebuild = Some((view, Instant::now()));
+        let counts = (self.completed, self.next_seq);
+        match RingBuilder::new(view, self.rank, 0, counts) {
+            Ok(b) => self.rebuild = Some((b, Instant::now())),
+            Err(e) => self.desync(e.to_string()),
+        }
         true
     }
 
@@ -105,17 +106,16 @@ impl EventLoop {
     /// coordinator is heard and heartbeats flow between attempts, until the heartbeat
     /// timeout has passed since the view arrived; then the neighbour is reported.
     pub(super) fn try_rebuild(&mut self) -> bool {
-        let Some((view, first)) = self.rebuild.take() else { return false };
+        let Some((mut builder, first)) = self.rebuild.take() else { return false };
         // Several views can arrive in quick succession: connect only in the newest.
         self.read_coordinator(Instant::now());
         if self.pending_view.is_some() {
             return true; // superseded by a newer view
         }
-        let epoch = view.epoch;
-        let counts = (self.completed, self.next_seq);
+        let epoch = self.awaiting.map_or(self.epoch, |(e, _)| e);
         // The loop sends no heartbeats while it connects: stay well inside their timeout.
         let limit = REBUILD_TIMEOUT.min(self.heartbeat_timeout / 4);
-        match establish_ring(view.clone(), self.rank, 0, counts, &self.listener, limit, &self.secret) {
+        match builder.attempt(&self.listener, limit, &self.secret) {
             Ok(ring) => {
                 // Calls are sequential and returned only once all held the result: the
                 // survivors' completed counts differ by at most one.
@@ -130,7 +130,7 @@ impl EventLoop {
             }
             Err(e) if first.elapsed() < self.heartbeat_timeout => {
                 tracing::debug!(rank = self.rank, epoch, "ring rebuild attempt failed, retrying: {e}");
-                self.rebuild = Some((view, first));
+                self.rebuild = Some((builder, first));
                 return false; // let the loop hear the coordinator before the next attempt
             }
             Err(e) => {
@@ -181,6 +181,9 @@ impl EventLoop {
                     l.release_job(a.job.buf.bytes());
                 }
                 self.codecs = a.coll.take_codecs().or(self.codecs.take());
+                if let Some(b) = a.coll.take_backup() {
+                    self.backup = b;
+                }
                 let report = report(&a, now);
                 self.record_completed(a.coll.spec().coll, a.job.buf.bytes().len(), &report, now - a.started);
                 self.completed += 1;
@@ -217,18 +220,26 @@ impl EventLoop {
                 l.release_job(a.job.buf.bytes());
             }
             self.codecs = a.coll.take_codecs().or(self.codecs.take());
+            if let Some(b) = a.coll.take_backup() {
+                self.backup = b;
+            }
             let err = Error::Interrupted { seq: a.seq, epoch: a.epoch, new_epoch: self.epoch };
             let _ = a.job.reply.send(JobOutcome { result: Err(err) });
             return;
         }
         let (epoch, members) = (self.epoch, self.sorted.clone());
         let Some(a) = self.active.as_mut() else { return };
-        if a.backed_up {
-            a.job.buf.bytes_mut().copy_from_slice(&self.backup);
+        if a.backed_up && !a.coll.restore_input(a.job.buf.bytes_mut()) {
+            tracing::error!(rank = self.rank, seq = a.seq, "no backup of the input to redo the call from");
         }
+        let backup = a.coll.take_backup();
         tracing::info!(rank = self.rank, seq = a.seq, epoch, "redoing the interrupted call over the survivors");
         let codecs = a.coll.take_codecs().or(self.codecs.take());
         a.coll = Collective::start_with(spec, now, a.job.buf.bytes_mut(), codecs);
+        if let Some(b) = backup {
+            let len = a.job.buf.bytes().len();
+            a.coll.attach_backup(b, len);
+        }
         a.error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq: a.seq, epoch });
         a.epoch = epoch;
         a.members = members;
