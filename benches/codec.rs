@@ -1,16 +1,22 @@
 //! Codec throughput (GB/s of raw f32 bytes) and compression ratio, per codec.
 //!
-//! Run: `cargo bench --bench codec` (about a minute). Data: `benches/data/grads.f32` (raw
-//! little-endian f32 gradients from the training example, see `benches/data/README.md`)
-//! when it exists, else a synthetic stand-in, f32 drawn from N(0, 1e-3) with a fixed seed,
-//! labelled as such. Buffers are cut into segments of the default `Config::segment_bytes`
-//! (512 KiB) and each segment is encoded on its own, as the ring sends them.
+//! Run: `cargo bench --bench codec` (about a minute). Data: the file named by
+//! `RINGCC_BENCH_DATA`, else `benches/data/grads.f32` (raw little-endian f32 gradients from
+//! the training example, see `benches/data/README.md`) when it exists, else a synthetic
+//! stand-in, f32 drawn from N(0, 1e-3) with a fixed seed, labelled as such. Buffers are cut
+//! into segments of the default `Config::segment_bytes` (512 KiB) and each segment is
+//! encoded on its own, as the ring sends them.
 //!
 //! Printed before criterion's timings: one summary table with, per codec at zstd level 1,
 //! the ratio (raw bytes / payload bytes; bf16/f16 count against the f32 size) and encode
 //! and decode throughput in GB/s of raw bytes (best of a few timed passes, so it is quick
 //! and rough; criterion's `codec/encode/*` and `codec/decode/*` lines are the careful
 //! figures), then the ratio of the zstd codecs at other levels.
+//!
+//! The `parallel` group encodes the whole buffer segment by segment on one thread and
+//! with rayon (one encoder per worker), for 512 KiB and 4 MiB segments: whether spreading
+//! compression over cores pays depends on having idle cores, which a host running one
+//! rank per core does not.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -34,8 +40,9 @@ const SUMMARY_PASSES: usize = 3;
 
 /// The benchmark data and its label.
 fn data() -> (String, Vec<u8>) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/data/grads.f32");
-    if let Ok(mut bytes) = std::fs::read(path) {
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/data/grads.f32");
+    let path = std::env::var("RINGCC_BENCH_DATA").unwrap_or_else(|_| default.to_string());
+    if let Ok(mut bytes) = std::fs::read(&path) {
         bytes.truncate(bytes.len().min(FILE_BYTES_MAX) / 4 * 4);
         if !bytes.is_empty() {
             return (
@@ -206,12 +213,44 @@ fn bench_codecs(c: &mut Criterion, raw: &[u8]) {
     group.finish();
 }
 
+fn bench_parallel(c: &mut Criterion, raw: &[u8]) {
+    use rayon::prelude::*;
+    let mut group = c.benchmark_group("parallel");
+    group.throughput(Throughput::BytesDecimal(raw.len() as u64));
+    for codec in [Codec::ShuffleZstd, Codec::Bf16Zstd] {
+        for segment_bytes in [SEGMENT_BYTES, 8 * SEGMENT_BYTES] {
+            let name = format!("{}/{}KiB", codec.name(), segment_bytes >> 10);
+            let mut encoder = Encoder::new(LEVEL).expect("encoder");
+            let mut out = Vec::new();
+            group.bench_function(format!("sequential/{name}"), |b| {
+                b.iter(|| {
+                    for seg in raw.chunks(segment_bytes) {
+                        encoder.encode(codec, DataType::F32, black_box(seg), &mut out).expect("encode");
+                    }
+                })
+            });
+            group.bench_function(format!("rayon{}/{name}", rayon::current_num_threads()), |b| {
+                b.iter(|| {
+                    raw.par_chunks(segment_bytes).for_each_init(
+                        || (Encoder::new(LEVEL).expect("encoder"), Vec::new()),
+                        |(encoder, out), seg| {
+                            encoder.encode(codec, DataType::F32, black_box(seg), out).expect("encode");
+                        },
+                    )
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let (label, raw) = data();
     print_summary(&label, &raw);
     print_ratios(&raw);
     bench_planes(c, &raw);
     bench_codecs(c, &raw);
+    bench_parallel(c, &raw);
 }
 
 criterion_group! {

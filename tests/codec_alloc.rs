@@ -1,6 +1,7 @@
 //! The codecs allocate nothing in steady state: after one call per segment size, encode,
 //! decode, decode_reduce, round_in_place and ErrorFeedback::apply make no heap allocation,
-//! zstd's own included.
+//! zstd's own included. And a collective that encodes its segments allocates per call, not
+//! per segment, once its driver's codecs have warmed up.
 //!
 //! This test binary interposes the C allocator entry points (`malloc` and friends), which
 //! both Rust's global allocator and zstd's C code call, forwards them to glibc, and counts
@@ -10,7 +11,12 @@
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
 
-use ringcc::codec::{round_in_place, Codec, Decoder, Encoder, ErrorFeedback, ALL_CODECS};
+use std::time::{Duration, Instant};
+
+use ringcc::codec::{round_in_place, Codec, CodecChoice, Decoder, Encoder, ErrorFeedback, ALL_CODECS};
+use ringcc::core::collective::{Algorithm, Collective, Link, Spec, Status};
+use ringcc::core::payload::Codecs;
+use ringcc::wire::{CollKind, Header};
 use ringcc::{DataType, ReduceOp};
 
 thread_local! {
@@ -145,4 +151,83 @@ fn error_feedback_allocates_only_on_the_first_call() {
     let mut values = vec![1.0f32 + 1.0 / 512.0; 100_000];
     assert!(allocations_in(|| ef.apply(&mut values)) >= 1);
     assert_eq!(allocations_in(|| (0..5).for_each(|_| ef.apply(&mut values))), 0);
+}
+
+/// Segment size of the collective test, in bytes.
+const SEGMENT_BYTES: usize = 16 << 10;
+
+fn spec(pos: usize, len_elems: usize, codec: CodecChoice) -> Spec {
+    Spec {
+        coll: CollKind::AllReduce,
+        op: ReduceOp::Sum,
+        dtype: DataType::F32,
+        codec,
+        job: 1,
+        epoch: 1,
+        seq: 0,
+        len_elems,
+        world: 2,
+        pos,
+        rank: pos as u32,
+        block_of_pos: vec![0, 1],
+        root_pos: 0,
+        segment_bytes: SEGMENT_BYTES,
+        contributors: 2,
+        algorithm: Algorithm::Ring,
+        progress_timeout: Duration::from_secs(10),
+        fin: false,
+    }
+}
+
+/// One all_reduce over `bufs` on two in-memory ranks (frames handed straight across),
+/// lending each rank its codecs and taking them back.
+fn all_reduce_pair(codec: CodecChoice, codecs: &mut [Option<Box<Codecs>>; 2], bufs: &mut [Vec<u8>; 2]) {
+    let now = Instant::now();
+    let len_elems = bufs[0].len() / 4;
+    let [b0, b1] = bufs;
+    let mut c0 = Collective::start_with(spec(0, len_elems, codec), now, b0, codecs[0].take());
+    let mut c1 = Collective::start_with(spec(1, len_elems, codec), now, b1, codecs[1].take());
+    loop {
+        let mut moved = false;
+        while let Some(t) = c0.poll_transmit(b0) {
+            let (h, _) = Header::decode(&t.header).expect("header");
+            let payload: &[u8] = t.owned.as_deref().unwrap_or(&b0[t.payload.clone()]);
+            c1.handle_frame(now, Link::Prev, &h, payload, b1).expect("accepted");
+            moved = true;
+        }
+        while let Some(t) = c1.poll_transmit(b1) {
+            let (h, _) = Header::decode(&t.header).expect("header");
+            let payload: &[u8] = t.owned.as_deref().unwrap_or(&b1[t.payload.clone()]);
+            c0.handle_frame(now, Link::Prev, &h, payload, b0).expect("accepted");
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(*c0.status() == Status::Done && *c1.status() == Status::Done);
+    codecs[0] = c0.take_codecs();
+    codecs[1] = c1.take_codecs();
+}
+
+#[test]
+fn a_collective_that_encodes_allocates_per_call_not_per_segment() {
+    for codec in [Codec::Raw, Codec::ShuffleZstd, Codec::Bf16Zstd] {
+        let choice = CodecChoice::Fixed(codec);
+        let mut codecs = [0, 1].map(|_| Codecs::new(1, None).ok().map(Box::new));
+        let mut small = [gradients(32 * SEGMENT_BYTES), gradients(32 * SEGMENT_BYTES)];
+        let mut large = [gradients(128 * SEGMENT_BYTES), gradients(128 * SEGMENT_BYTES)];
+        // Warm-up: pools and zstd workspaces grow to the largest call's needs.
+        all_reduce_pair(choice, &mut codecs, &mut large);
+        all_reduce_pair(choice, &mut codecs, &mut small);
+        let per_call = allocations_in(|| all_reduce_pair(choice, &mut codecs, &mut small));
+        let four_times_the_segments = allocations_in(|| all_reduce_pair(choice, &mut codecs, &mut large));
+        // 16 more segments per chunk per step may grow a queue's capacity a few times; one
+        // allocation per segment would be hundreds.
+        assert!(
+            four_times_the_segments <= per_call + 8,
+            "{}: {per_call} allocations for 32 segments, {four_times_the_segments} for 128",
+            codec.name()
+        );
+    }
 }

@@ -9,15 +9,25 @@
 //! - **probes**: now and then (first on the first segment, then every 2, 4, ... up to
 //!   [`PROBE_INTERVAL_MAX`] segments) the sender encodes and decodes the first
 //!   [`PROBE_BYTES`] of a segment with each candidate codec and reports the ratio and the
-//!   time both took. Probes are not sent; they cost well under 1% of the segments.
+//!   time both took. Probes are not sent; they cost well under 1% of the segments;
+//! - **costs in use**: the time every real encode and decode of a candidate took. A short
+//!   probe runs at a core's full speed; a codec in use shares the core with everything else
+//!   on the host (on an oversubscribed host, with the other ranks compressing too).
+//!
+//! A codec's cost is the mean of its last [`COST_SAMPLES`] costs, in use and probed alike,
+//! leaving out the largest one: while a codec is in use its segments dominate, so a codec
+//! that looked fast but is slow in use is turned off; while it is off, its probes refill
+//! the window, so after a few probes it is tried again (a few slow segments every few
+//! hundred), and one segment that happened to be descheduled cannot turn it off.
 //!
 //! With a link rate `L`, a codec of ratio `r` (raw bytes per wire byte) whose encode plus
 //! decode costs `c` seconds per raw byte delivers `min(L * r, 1 / (c * links))` raw bytes
 //! per second per link (`links`: outgoing links sharing this rank's core), and raw
 //! delivers `L`. A codec is used only if it promises at least [`GAIN_MIN`] times raw's
-//! goodput; without a link rate, or without a probe yet, the answer is raw. On loopback the
-//! measured rate is the peer's own processing speed, which no codec beats, so `auto` stays
-//! raw and costs only its probes.
+//! goodput; without a link rate, or without a probe yet, the answer is raw. The driver never
+//! reports a rate for a link to a peer on the same host (there the "link" is memory and the
+//! peer's CPU, which compression only loads further), so on loopback `auto` is raw and
+//! costs nothing.
 
 use std::time::Duration;
 
@@ -33,8 +43,12 @@ pub const PROBE_INTERVAL_MAX: u32 = 64;
 /// covers measurement noise, so a codec that barely pays is not switched on and off.
 pub const GAIN_MIN: f64 = 1.05;
 
-/// Weight of a new sample in the running estimates (exponential moving average).
+/// Weight of a new sample in the running estimates of ratio and link rate (exponential
+/// moving average).
 const WEIGHT_NEW: f64 = 0.25;
+
+/// Recent costs kept per codec and direction (encode, decode).
+pub const COST_SAMPLES: usize = 8;
 
 /// The codecs auto considers besides raw: lossless, and lossy when allowed.
 const LOSSLESS_CANDIDATES: [Codec; 1] = [Codec::ShuffleZstd];
@@ -55,20 +69,60 @@ pub struct Probe {
     pub decode: Duration,
 }
 
-/// Running estimate for one codec.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Running estimates for one codec; costs are seconds per raw byte.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct Estimate {
-    /// Raw bytes per wire byte.
-    ratio: f64,
-    /// Encode plus decode time per raw byte, in seconds.
-    cpu_secs_per_byte: f64,
+    /// Raw bytes per wire byte, from probes.
+    ratio: Option<f64>,
+    /// Recent encode and decode costs, probed and in use.
+    encode: Recent,
+    decode: Recent,
+}
+
+/// The most recent [`COST_SAMPLES`] costs of one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Recent {
+    samples: [f64; COST_SAMPLES],
+    len: usize,
+    next: usize,
+}
+
+impl Recent {
+    fn push(&mut self, x: f64) {
+        self.samples[self.next] = x;
+        self.next = (self.next + 1) % COST_SAMPLES;
+        self.len = (self.len + 1).min(COST_SAMPLES);
+    }
+
+    /// Mean of the recent samples without the largest (once there are three or more), or
+    /// `None` before the first.
+    fn estimate(&self) -> Option<f64> {
+        let v = self.samples.get(..self.len).filter(|v| !v.is_empty())?;
+        let dropped = if v.len() >= 3 { v.iter().copied().fold(f64::MIN, f64::max) } else { 0.0 };
+        Some((v.iter().sum::<f64>() - dropped) / (v.len() - usize::from(v.len() >= 3)) as f64)
+    }
+}
+
+impl Estimate {
+    /// Encode plus decode seconds per raw byte.
+    fn cpu_secs_per_byte(&self) -> Option<f64> {
+        Some(self.encode.estimate()? + self.decode.estimate()?)
+    }
+}
+
+/// Folds `sample` into a running average.
+fn average(old: Option<f64>, sample: f64) -> Option<f64> {
+    Some(match old {
+        Some(old) => old + WEIGHT_NEW * (sample - old),
+        None => sample,
+    })
 }
 
 /// The state of `auto` on one rank: estimates per candidate codec and per link.
 #[derive(Debug, Clone, Default)]
 pub struct AutoPolicy {
     /// By position in [`LOSSY_CANDIDATES`].
-    estimates: [Option<Estimate>; 3],
+    estimates: [Estimate; 3],
     /// Wire bytes per second of each outgoing link, by the driver's link index.
     link_bytes_per_sec: [Option<f64>; 2],
     /// Segments left before the next probe.
@@ -112,22 +166,33 @@ impl AutoPolicy {
 
     /// Folds in one probe. Probes of codecs auto does not consider, or of nothing, are ignored.
     pub fn observe_probe(&mut self, probe: &Probe) {
-        let Some(i) = LOSSY_CANDIDATES.iter().position(|c| *c == probe.codec) else { return };
+        let Some(e) = self.estimate_mut(probe.codec) else { return };
         if probe.raw_bytes == 0 || probe.wire_bytes == 0 {
             return;
         }
-        let sample = Estimate {
-            ratio: probe.raw_bytes as f64 / probe.wire_bytes as f64,
-            cpu_secs_per_byte: (probe.encode + probe.decode).as_secs_f64() / probe.raw_bytes as f64,
-        };
-        self.estimates[i] = Some(match self.estimates[i] {
-            Some(old) => Estimate {
-                ratio: old.ratio + WEIGHT_NEW * (sample.ratio - old.ratio),
-                cpu_secs_per_byte: old.cpu_secs_per_byte
-                    + WEIGHT_NEW * (sample.cpu_secs_per_byte - old.cpu_secs_per_byte),
-            },
-            None => sample,
-        });
+        let per_byte = |d: Duration| d.as_secs_f64() / probe.raw_bytes as f64;
+        e.ratio = average(e.ratio, probe.raw_bytes as f64 / probe.wire_bytes as f64);
+        e.encode.push(per_byte(probe.encode));
+        e.decode.push(per_byte(probe.decode));
+    }
+
+    /// Records a real encode of `raw_bytes` with `codec` that took `elapsed`.
+    pub fn observe_encode(&mut self, codec: Codec, raw_bytes: usize, elapsed: Duration) {
+        if let Some(e) = self.estimate_mut(codec).filter(|_| raw_bytes > 0) {
+            e.encode.push(elapsed.as_secs_f64() / raw_bytes as f64);
+        }
+    }
+
+    /// Records a real decode (into `raw_bytes`) of a `codec` payload that took `elapsed`.
+    pub fn observe_decode(&mut self, codec: Codec, raw_bytes: usize, elapsed: Duration) {
+        if let Some(e) = self.estimate_mut(codec).filter(|_| raw_bytes > 0) {
+            e.decode.push(elapsed.as_secs_f64() / raw_bytes as f64);
+        }
+    }
+
+    fn estimate_mut(&mut self, codec: Codec) -> Option<&mut Estimate> {
+        let i = LOSSY_CANDIDATES.iter().position(|c| *c == codec)?;
+        self.estimates.get_mut(i)
     }
 
     /// Counts one segment about to be encoded and says whether to probe it first.
@@ -166,10 +231,10 @@ impl AutoPolicy {
     /// Predicted raw bytes per second of `codec` on a link of `rate` wire bytes per second.
     fn goodput(&self, codec: Codec, rate: f64, links: usize) -> Option<f64> {
         let i = LOSSY_CANDIDATES.iter().position(|c| *c == codec)?;
-        let e = self.estimates[i]?;
-        let cpu_secs = e.cpu_secs_per_byte * links.max(1) as f64;
+        let e = self.estimates.get(i)?;
+        let cpu_secs = e.cpu_secs_per_byte()? * links.max(1) as f64;
         let cpu_rate = if cpu_secs > 0.0 { 1.0 / cpu_secs } else { f64::INFINITY };
-        Some((rate * e.ratio).min(cpu_rate))
+        Some((rate * e.ratio?).min(cpu_rate))
     }
 }
 
@@ -229,6 +294,40 @@ mod tests {
             p.observe_link(1, 10e9); // faster than any codec's CPU
         }
         assert!(!p.lossy_pays(1), "rate now {:?}", p.link_rate(1));
+    }
+
+    #[test]
+    fn a_codec_slow_in_use_is_turned_off_then_tried_again_after_probes() {
+        let mut p = AutoPolicy::new();
+        p.observe_link(1, 60e6);
+        p.observe_probe(&probe(Codec::ShuffleZstd, 1.2, 220.0)); // a free core: 220 MB/s
+        assert_eq!(p.choose(1, false, 2), Codec::ShuffleZstd, "predicted min(72, 110) > 63");
+        // In use, four ranks share two cores: a third of the speed.
+        for _ in 0..COST_SAMPLES {
+            p.observe_encode(Codec::ShuffleZstd, 1 << 19, Duration::from_micros(4500));
+            p.observe_decode(Codec::ShuffleZstd, 1 << 19, Duration::from_micros(2600));
+        }
+        assert_eq!(p.choose(1, false, 2), Codec::Raw, "about 37 MB/s per link in use");
+        p.observe_probe(&probe(Codec::ShuffleZstd, 1.2, 220.0));
+        assert_eq!(p.choose(1, false, 2), Codec::Raw, "one fast probe does not outweigh the segments");
+        for _ in 0..COST_SAMPLES {
+            p.observe_probe(&probe(Codec::ShuffleZstd, 1.2, 220.0));
+        }
+        assert_eq!(p.choose(1, false, 2), Codec::ShuffleZstd, "tried again once probes refilled the window");
+    }
+
+    #[test]
+    fn one_descheduled_segment_does_not_turn_a_cheap_codec_off() {
+        let mut p = AutoPolicy::new();
+        p.observe_link(1, 50e6);
+        p.observe_probe(&probe(Codec::Bf16, 2.0, 3000.0));
+        let cheap = Duration::from_micros(150); // 512 KiB at 3.5 GB/s
+        for i in 0..30 {
+            let took = if i % COST_SAMPLES == 3 { Duration::from_millis(40) } else { cheap };
+            p.observe_encode(Codec::Bf16, 1 << 19, took);
+            p.observe_decode(Codec::Bf16, 1 << 19, took);
+            assert_eq!(p.choose(1, true, 2), Codec::Bf16, "after {i} segments");
+        }
     }
 
     #[test]

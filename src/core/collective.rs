@@ -332,8 +332,8 @@ pub struct Collective {
     status: Status,
     last_progress: Instant,
     bytes_sent: u64,
-    /// What `bytes_sent` would have been without compression.
-    bytes_sent_raw: u64,
+    /// Bytes compression kept off the wire: `bytes_sent` plus this is what raw would send.
+    bytes_saved: u64,
     /// Codecs lent by the driver for this call, returned by `take_codecs`.
     codecs: Option<Box<Codecs>>,
     /// What this call sends and accepts.
@@ -429,7 +429,7 @@ impl Collective {
             status: Status::Running,
             last_progress: now,
             bytes_sent: 0,
-            bytes_sent_raw: 0,
+            bytes_saved: 0,
             codecs,
             plan,
             phase_marks: PhaseMarks { started: Some(now), ..PhaseMarks::default() },
@@ -822,7 +822,6 @@ impl Collective {
         let bytes: &[u8] = d.payload(origin);
         let header = s.encode_header(FrameKind::Data, Phase::Gather, step, origin as u32, 0, bytes);
         self.bytes_sent += (HEADER_LEN + bytes.len()) as u64;
-        self.bytes_sent_raw += (HEADER_LEN + bytes.len()) as u64;
         let owned = match &self.codecs {
             Some(c) => c.keep(bytes),
             None => PooledBytes::from(bytes.to_vec()),
@@ -906,7 +905,7 @@ impl Collective {
         let at = (cur.step, block as u32, cur.segment);
         let header = self.spec.encode_coded_header(FrameKind::Data, cur.phase, at, codec, raw.len(), wire);
         self.bytes_sent += (HEADER_LEN + wire.len()) as u64;
-        self.bytes_sent_raw += (HEADER_LEN + raw.len()) as u64;
+        self.bytes_saved += raw.len().saturating_sub(wire.len()) as u64;
         let t = match encoded {
             Some((_, bytes)) => Transmit { link, header, payload: 0..0, owned: Some(bytes) },
             None => Transmit { link, header, payload, owned: None },
@@ -1015,7 +1014,7 @@ impl Collective {
     /// What [`Collective::bytes_sent`] would be had every payload been sent raw (equal to
     /// it without compression; their ratio is the call's compression ratio).
     pub fn bytes_sent_raw(&self) -> u64 {
-        self.bytes_sent_raw
+        self.bytes_sent + self.bytes_saved
     }
 
     /// True if this call may encode segments when they are polled (the driver then paces

@@ -89,6 +89,8 @@ impl Codecs {
         let codec = match plan.choice {
             CodecChoice::Fixed(c) => c,
             CodecChoice::Auto { lossy } => {
+                // A link not known to be slow is fast: raw, and nothing to measure for it.
+                self.auto.link_rate(link_index(link))?;
                 // Probe every candidate the setting allows, also while this call does not
                 // round: that is how a later call learns that rounding pays.
                 if self.auto.probe_due() {
@@ -101,7 +103,12 @@ impl Codecs {
             return None;
         }
         let mut out = self.pool.take();
-        match self.encoder.encode(codec, dtype, raw, out.vec_mut()) {
+        let started = self.clock.map(|now| now());
+        let encoded = self.encoder.encode(codec, dtype, raw, out.vec_mut());
+        if let (Some(t0), Some(now), CodecChoice::Auto { .. }) = (started, self.clock, plan.choice) {
+            self.auto.observe_encode(codec, raw.len(), now().saturating_duration_since(t0));
+        }
+        match encoded {
             Ok(Codec::Raw) | Err(_) => None,
             Ok(sent) => Some((sent, out)),
         }
@@ -155,7 +162,10 @@ impl Codecs {
         payload: &[u8],
         dst: &mut [u8],
     ) -> Result<(), CodecError> {
-        self.decoder.decode_reduce(codec, dtype, op, payload, dst)
+        let started = self.clock.map(|now| now());
+        let decoded = self.decoder.decode_reduce(codec, dtype, op, payload, dst);
+        self.observe_decode(codec, dst.len(), started);
+        decoded
     }
 
     /// Decodes `payload` into `dst`, the segment the schedule expects.
@@ -163,7 +173,18 @@ impl Codecs {
     /// # Errors
     /// The codec's error if the payload does not decode to exactly `dst.len()` bytes.
     pub fn decode(&mut self, codec: Codec, dtype: DataType, payload: &[u8], dst: &mut [u8]) -> Result<(), CodecError> {
-        self.decoder.decode(codec, dtype, payload, dst)
+        let started = self.clock.map(|now| now());
+        let decoded = self.decoder.decode(codec, dtype, payload, dst);
+        self.observe_decode(codec, dst.len(), started);
+        decoded
+    }
+
+    /// Tells `auto` what a real decode of `raw_bytes` cost (what receiving with that codec
+    /// costs this rank, which the sender's probes can only estimate).
+    fn observe_decode(&mut self, codec: Codec, raw_bytes: usize, started: Option<Instant>) {
+        if let (Some(t0), Some(now)) = (started, self.clock) {
+            self.auto.observe_decode(codec, raw_bytes, now().saturating_duration_since(t0));
+        }
     }
 
     /// A pooled copy of `payload`, kept to forward it unchanged.
@@ -186,12 +207,20 @@ pub struct CallCodec {
     pub owner_rounds: Option<Codec>,
     /// Outgoing links the call feeds at once (parts).
     pub links: usize,
+    /// Whether the call may encode at all: a fixed codec other than raw, or `auto` once
+    /// some link is known to be slow.
+    pub encodes: bool,
 }
 
 impl CallCodec {
     /// Raw frames only.
-    pub const RAW: CallCodec =
-        CallCodec { choice: CodecChoice::Fixed(Codec::Raw), lossy: false, owner_rounds: None, links: 1 };
+    pub const RAW: CallCodec = CallCodec {
+        choice: CodecChoice::Fixed(Codec::Raw),
+        lossy: false,
+        owner_rounds: None,
+        links: 1,
+        encodes: false,
+    };
 
     /// The plan of a call of `coll` over `dtype` configured with `setting`, on `links`
     /// outgoing links; `codecs` is `None` when the driver lent none (then raw only).
@@ -213,12 +242,16 @@ impl CallCodec {
             CodecChoice::Auto { .. } => Codec::Bf16,
         };
         let owner_rounds = (lossy && coll == CollKind::AllReduce).then_some(rounding);
-        CallCodec { choice, lossy, owner_rounds, links: links.max(1) }
+        let encodes = match choice {
+            CodecChoice::Fixed(c) => c != Codec::Raw,
+            CodecChoice::Auto { .. } => (0..2).any(|l| codecs.auto.link_rate(l).is_some()),
+        };
+        CallCodec { choice, lossy, owner_rounds, links: links.max(1), encodes }
     }
 
     /// True if this call may send anything but raw frames.
     pub fn encodes(&self) -> bool {
-        self.choice != CodecChoice::Fixed(Codec::Raw)
+        self.encodes
     }
 
     /// Checks a data frame's codec and payload length against the call's setting and the

@@ -121,6 +121,7 @@ pub(super) struct Counters {
 
 impl Link {
     pub(super) fn new(stream: TcpStream, peer: Rank, addr: SocketAddr, scratch_bytes: usize) -> Link {
+        let local = stream.local_addr().ok();
         Link {
             stream,
             peer,
@@ -137,7 +138,7 @@ impl Link {
             bytes_out: 0,
             last_read: 0,
             counters: Counters::default(),
-            rate: RateMeter::default(),
+            rate: RateMeter::new(local.map(|a| a.ip()), addr.ip()),
         }
     }
 

@@ -4,6 +4,10 @@
 //! write queue runs empty, every byte the socket accepts is a byte the link drained, so
 //! bytes written over that time is the link's rate. A link that never fills its buffer is
 //! faster than this rank feeds it and yields no sample: `auto` then treats it as fast.
+//!
+//! A link to a peer on the same host yields no sample either: there the "link" is the
+//! kernel copying memory and the peer's CPU, which compression can only slow down (it adds
+//! CPU work to both ends to save a copy that costs less), however slow the peer is.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +20,8 @@ const SAMPLE_BYTES_MIN: u64 = 1 << 20;
 /// Drain-rate meter of one outgoing link.
 #[derive(Debug, Default)]
 pub(super) struct RateMeter {
+    /// The peer is on this host: never sample.
+    same_host: bool,
     /// When the socket first refused bytes in the current busy period.
     blocked_since: Option<Instant>,
     /// Bytes the socket accepted since then.
@@ -25,6 +31,13 @@ pub(super) struct RateMeter {
 }
 
 impl RateMeter {
+    /// A meter for a link between `local` and `peer`: links between addresses of one host
+    /// (loopback, or the same address) are never sampled.
+    pub(super) fn new(local: Option<std::net::IpAddr>, peer: std::net::IpAddr) -> RateMeter {
+        let same_host = peer.is_loopback() || local == Some(peer);
+        RateMeter { same_host, ..RateMeter::default() }
+    }
+
     /// The socket accepted `n` bytes.
     pub(super) fn wrote(&mut self, n: usize) {
         if self.blocked_since.is_some() {
@@ -34,7 +47,7 @@ impl RateMeter {
 
     /// The socket refused bytes at `now`.
     pub(super) fn blocked(&mut self, now: Instant) {
-        if self.blocked_since.is_none() {
+        if self.blocked_since.is_none() && !self.same_host {
             self.blocked_since = Some(now);
             self.bytes_since_blocked = 0;
         }
@@ -64,10 +77,14 @@ impl RateMeter {
 mod tests {
     use super::*;
 
+    fn remote() -> RateMeter {
+        RateMeter::new(Some([10, 0, 0, 1].into()), [10, 0, 0, 2].into())
+    }
+
     #[test]
     fn only_bytes_after_a_refusal_count_and_short_periods_yield_nothing() {
         let t0 = Instant::now();
-        let mut m = RateMeter::default();
+        let mut m = remote();
         m.wrote(10 << 20);
         m.idle(t0 + Duration::from_secs(1));
         assert_eq!(m.take_sample(), None, "never blocked: the link kept up");
@@ -83,5 +100,25 @@ mod tests {
         m.wrote(1 << 10);
         m.idle(t0 + Duration::from_millis(50));
         assert_eq!(m.take_sample(), None, "too few bytes");
+    }
+
+    #[test]
+    fn links_within_one_host_are_never_sampled() {
+        let t0 = Instant::now();
+        for mut m in [
+            RateMeter::new(Some([127, 0, 0, 1].into()), [127, 0, 0, 1].into()),
+            RateMeter::new(Some([10, 0, 0, 1].into()), [10, 0, 0, 1].into()),
+            RateMeter::new(None, std::net::Ipv6Addr::LOCALHOST.into()),
+        ] {
+            m.blocked(t0);
+            m.wrote(8 << 20);
+            m.idle(t0 + Duration::from_millis(80));
+            assert_eq!(m.take_sample(), None);
+        }
+        let mut m = remote();
+        m.blocked(t0);
+        m.wrote(8 << 20);
+        m.idle(t0 + Duration::from_millis(80));
+        assert!(m.take_sample().is_some());
     }
 }
