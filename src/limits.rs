@@ -61,6 +61,12 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// coordinator up: ten missed heartbeats, a few seconds, not the 10-30 minutes others use.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most epochs a neighbour's frame may be ahead of this rank's view. Views come from one
+/// coordinator over one connection per rank, so an honest neighbour is at most a few views
+/// ahead; a frame further ahead (a corrupted epoch) fails the link at once instead of
+/// waiting parked for the progress timeout.
+pub const FRAME_EPOCH_AHEAD_MAX: u64 = 1024;
+
 /// Longest time a rank spends connecting to its new neighbours after a view change (at
 /// most half the heartbeat timeout: the event loop sends no heartbeats meanwhile).
 pub const REBUILD_TIMEOUT: Duration = Duration::from_secs(3);

@@ -569,6 +569,19 @@ impl EventLoop {
         } else {
             let here = self.key();
             let theirs = (header.epoch, header.seq);
+            // Calls are sequential and a rank starts call k + 2 only after every member held
+            // the result of k + 1, so an honest neighbour is at most one call ahead.
+            if header.seq > here.1.saturating_add(1)
+                || header.epoch > self.epoch.saturating_add(crate::limits::FRAME_EPOCH_AHEAD_MAX)
+            {
+                let peer = self.links[i].as_ref().map_or(0, |l| l.peer);
+                let why = format!(
+                    "frame of call #{} epoch {} while this rank is at call #{} epoch {}: further ahead than a neighbour can be",
+                    header.seq, header.epoch, here.1, self.epoch
+                );
+                self.fail_link(i, why, peer);
+                return;
+            }
             match (&self.active, theirs.cmp(&here)) {
                 (_, std::cmp::Ordering::Less) => Route::Discard,
                 (None, _) | (_, std::cmp::Ordering::Greater) => Route::Park,
