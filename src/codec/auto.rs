@@ -15,10 +15,11 @@
 //!   on the host (on an oversubscribed host, with the other ranks compressing too).
 //!
 //! And a check of the outcome: each call's **goodput** (raw bytes sent per second) is kept
-//! for calls sent raw and for calls sent mostly with one codec; a codec whose calls turn
-//! out slower than raw ones, whatever the model predicted (it cannot see, say, that the
-//! host's cores are shared by more ranks than it has), is vetoed for 2 calls, then 4, ...
-//! up to [`VETO_CALLS_MAX`], and tried again after each veto.
+//! for calls sent mostly raw and, for calls sent mostly encoded, for the codec that carried
+//! most of it; a codec whose calls turn out slower than raw ones, whatever the model
+//! predicted (it cannot see, say, that the host's cores are shared by more ranks than it
+//! has), is vetoed for 2 calls, then 4, ... up to [`VETO_CALLS_MAX`], and tried again after
+//! each veto; meanwhile the next best codec, if any, gets its chance.
 //!
 //! A codec's cost is the mean of its last [`COST_SAMPLES`] costs, in use and probed alike,
 //! leaving out the largest one: while a codec is in use its segments dominate, so a codec
@@ -62,8 +63,9 @@ pub const CALL_BYTES_MIN: u64 = 4 << 20;
 /// Longest veto of a codec whose calls were slower than raw ones, in calls.
 pub const VETO_CALLS_MAX: u32 = 64;
 
-/// Fraction of a call's raw bytes a codec must have carried for the call to count as
-/// that codec's (and at most this fraction encoded, for it to count as raw: 1 - this).
+/// Fraction of a call's raw bytes that must have been encoded for the call to count as a
+/// coded call (answered for by the codec that carried most of them); below, it counts as
+/// a raw call.
 const CALL_SHARE_MIN: f64 = 0.5;
 
 /// The codecs auto considers besides raw: lossless, and lossy when allowed.
@@ -224,11 +226,12 @@ impl AutoPolicy {
         }
         let goodput = raw_bytes as f64 / secs;
         let share = |bytes: u64| bytes as f64 / raw_bytes as f64;
-        if share(encoded.iter().sum()) <= 1.0 - CALL_SHARE_MIN {
+        if share(encoded.iter().sum()) < CALL_SHARE_MIN {
             self.raw_goodput = average(self.raw_goodput, goodput);
             return;
         }
-        let Some(i) = (0..encoded.len()).find(|&i| share(encoded[i]) >= CALL_SHARE_MIN) else { return };
+        // The codec that carried the most of it answers for the call.
+        let Some(i) = (0..encoded.len()).max_by_key(|&i| encoded[i]) else { return };
         self.coded_goodput[i] = average(self.coded_goodput[i], goodput);
         match (self.coded_goodput[i], self.raw_goodput) {
             (Some(coded), Some(raw)) if coded < raw => {
@@ -425,6 +428,24 @@ mod tests {
         p.end_call(1 << 20, secs(10.0));
         p.end_call(call, None);
         assert!(!p.vetoed(Codec::ShuffleZstd));
+    }
+
+    #[test]
+    fn when_the_best_codec_is_vetoed_the_next_best_gets_its_chance() {
+        let mut p = AutoPolicy::new();
+        p.observe_link(1, 50e6);
+        p.observe_probe(&probe(Codec::Bf16, 2.0, 3000.0));
+        p.observe_probe(&probe(Codec::Bf16Zstd, 3.2, 430.0));
+        let call = 64u64 << 20;
+        p.end_call(call, Some(Duration::from_secs(1)));
+        assert_eq!(p.choose(1, true, 2), Codec::Bf16Zstd, "predicted 160 MB/s against bf16's 100");
+        // In use the call is mixed and slower than raw: the codec that carried most answers.
+        p.observe_encode(Codec::Bf16Zstd, (call / 2) as usize, Duration::from_millis(80));
+        p.observe_encode(Codec::Bf16, (call / 4) as usize, Duration::from_millis(10));
+        p.end_call(call, Some(Duration::from_millis(1200)));
+        assert!(p.vetoed(Codec::Bf16Zstd) && !p.vetoed(Codec::Bf16));
+        assert_eq!(p.choose(1, true, 2), Codec::Bf16);
+        assert!(p.lossy_pays(2));
     }
 
     #[test]
