@@ -14,6 +14,13 @@
 //!   probe runs at a core's full speed; a codec in use shares the core with everything else
 //!   on the host (on an oversubscribed host, with the other ranks compressing too).
 //!
+//! And a check of the outcome: each call's **goodput** (raw bytes sent per second) is kept
+//! for calls sent mostly raw and, for calls sent mostly encoded, for the codec that carried
+//! most of it; a codec whose calls turn out slower than raw ones, whatever the model
+//! predicted (it cannot see, say, that the host's cores are shared by more ranks than it
+//! has), is vetoed for 2 calls, then 4, ... up to [`VETO_CALLS_MAX`], and tried again after
+//! each veto; meanwhile the next best codec, if any, gets its chance.
+//!
 //! A codec's cost is the mean of its last [`COST_SAMPLES`] costs, in use and probed alike,
 //! leaving out the largest one: while a codec is in use its segments dominate, so a codec
 //! that looked fast but is slow in use is turned off; while it is off, its probes refill
@@ -49,6 +56,17 @@ const WEIGHT_NEW: f64 = 0.25;
 
 /// Recent costs kept per codec and direction (encode, decode).
 pub const COST_SAMPLES: usize = 8;
+
+/// Calls smaller than this (raw bytes sent) say nothing about goodput: latency dominates.
+pub const CALL_BYTES_MIN: u64 = 4 << 20;
+
+/// Longest veto of a codec whose calls were slower than raw ones, in calls.
+pub const VETO_CALLS_MAX: u32 = 64;
+
+/// Fraction of a call's raw bytes that must have been encoded for the call to count as a
+/// coded call (answered for by the codec that carried most of them); below, it counts as
+/// a raw call.
+const CALL_SHARE_MIN: f64 = 0.5;
 
 /// The codecs auto considers besides raw: lossless, and lossy when allowed.
 const LOSSLESS_CANDIDATES: [Codec; 1] = [Codec::ShuffleZstd];
@@ -129,6 +147,14 @@ pub struct AutoPolicy {
     until_probe: u32,
     /// Segments between probes now (doubles up to [`PROBE_INTERVAL_MAX`]).
     probe_interval: u32,
+    /// Raw bytes this rank encoded in the running call, per candidate.
+    call_encoded: [u64; 3],
+    /// Goodput (raw bytes per second) of recent calls sent raw.
+    raw_goodput: Option<f64>,
+    /// Goodput of recent calls sent mostly with each candidate.
+    coded_goodput: [Option<f64>; 3],
+    /// Per candidate: calls left in its veto, and the length of its last veto.
+    vetoes: [(u32, u32); 3],
 }
 
 impl AutoPolicy {
@@ -181,6 +207,45 @@ impl AutoPolicy {
         if let Some(e) = self.estimate_mut(codec).filter(|_| raw_bytes > 0) {
             e.encode.push(elapsed.as_secs_f64() / raw_bytes as f64);
         }
+        if let Some(i) = LOSSY_CANDIDATES.iter().position(|c| *c == codec) {
+            self.call_encoded[i] += raw_bytes as u64;
+        }
+    }
+
+    /// Ends a call that sent `raw_bytes` (what it would have sent raw) and took `elapsed`
+    /// (`None` if it failed): its goodput is compared with that of earlier calls, and a
+    /// codec that carried most of it and made it slower than raw calls is vetoed.
+    pub fn end_call(&mut self, raw_bytes: u64, elapsed: Option<Duration>) {
+        let encoded = std::mem::take(&mut self.call_encoded);
+        for v in &mut self.vetoes {
+            v.0 = v.0.saturating_sub(1);
+        }
+        let Some(secs) = elapsed.map(|d| d.as_secs_f64()).filter(|s| *s > 0.0) else { return };
+        if raw_bytes < CALL_BYTES_MIN {
+            return;
+        }
+        let goodput = raw_bytes as f64 / secs;
+        let share = |bytes: u64| bytes as f64 / raw_bytes as f64;
+        if share(encoded.iter().sum()) < CALL_SHARE_MIN {
+            self.raw_goodput = average(self.raw_goodput, goodput);
+            return;
+        }
+        // The codec that carried the most of it answers for the call.
+        let Some(i) = (0..encoded.len()).max_by_key(|&i| encoded[i]) else { return };
+        self.coded_goodput[i] = average(self.coded_goodput[i], goodput);
+        match (self.coded_goodput[i], self.raw_goodput) {
+            (Some(coded), Some(raw)) if coded < raw => {
+                let len = (self.vetoes[i].1 * 2).clamp(2, VETO_CALLS_MAX);
+                self.vetoes[i] = (len, len);
+                self.coded_goodput[i] = None;
+            }
+            _ => self.vetoes[i].1 = 0,
+        }
+    }
+
+    /// True while `codec` is vetoed (its calls were slower than raw ones).
+    pub fn vetoed(&self, codec: Codec) -> bool {
+        LOSSY_CANDIDATES.iter().position(|c| *c == codec).is_some_and(|i| self.vetoes[i].0 > 0)
     }
 
     /// Records a real decode (into `raw_bytes`) of a `codec` payload that took `elapsed`.
@@ -212,7 +277,7 @@ impl AutoPolicy {
     pub fn choose(&self, link: usize, lossy: bool, links: usize) -> Codec {
         let Some(rate) = self.link_rate(link) else { return Codec::Raw };
         let mut best = (Codec::Raw, rate * GAIN_MIN);
-        for &codec in AutoPolicy::candidates(lossy) {
+        for &codec in AutoPolicy::candidates(lossy).iter().filter(|c| !self.vetoed(**c)) {
             if let Some(g) = self.goodput(codec, rate, links) {
                 if g > best.1 {
                     best = (codec, g);
@@ -328,6 +393,59 @@ mod tests {
             p.observe_decode(Codec::Bf16, 1 << 19, took);
             assert_eq!(p.choose(1, true, 2), Codec::Bf16, "after {i} segments");
         }
+    }
+
+    #[test]
+    fn a_codec_whose_calls_are_slower_than_raw_is_vetoed_with_growing_backoff() {
+        let mut p = AutoPolicy::new();
+        p.observe_link(1, 60e6);
+        p.observe_probe(&probe(Codec::ShuffleZstd, 1.3, 1000.0));
+        let call = 64u64 << 20;
+        let secs = |s: f64| Some(Duration::from_secs_f64(s));
+        p.end_call(call, secs(1.0)); // a raw call: 67 MB/s
+        assert_eq!(p.choose(1, false, 2), Codec::ShuffleZstd, "the model says it pays");
+        // The codec carries the next call, which turns out slower.
+        p.observe_encode(Codec::ShuffleZstd, call as usize, Duration::from_millis(100));
+        p.end_call(call, secs(1.3));
+        assert!(p.vetoed(Codec::ShuffleZstd));
+        assert_eq!(p.choose(1, false, 2), Codec::Raw);
+        p.end_call(call, secs(1.0));
+        p.end_call(call, secs(1.0));
+        assert_eq!(p.choose(1, false, 2), Codec::ShuffleZstd, "tried again after 2 calls");
+        p.observe_encode(Codec::ShuffleZstd, call as usize, Duration::from_millis(100));
+        p.end_call(call, secs(1.3));
+        let vetoed_for = (0..10).take_while(|_| {
+            let v = p.vetoed(Codec::ShuffleZstd);
+            p.end_call(call, secs(1.0));
+            v
+        });
+        assert_eq!(vetoed_for.count(), 4, "then for 4 calls");
+        // A codec that pays is not vetoed; small and failed calls count for nothing.
+        p.observe_encode(Codec::ShuffleZstd, call as usize, Duration::from_millis(100));
+        p.end_call(call, secs(0.8));
+        assert!(!p.vetoed(Codec::ShuffleZstd));
+        p.observe_encode(Codec::ShuffleZstd, 1 << 20, Duration::from_millis(1));
+        p.end_call(1 << 20, secs(10.0));
+        p.end_call(call, None);
+        assert!(!p.vetoed(Codec::ShuffleZstd));
+    }
+
+    #[test]
+    fn when_the_best_codec_is_vetoed_the_next_best_gets_its_chance() {
+        let mut p = AutoPolicy::new();
+        p.observe_link(1, 50e6);
+        p.observe_probe(&probe(Codec::Bf16, 2.0, 3000.0));
+        p.observe_probe(&probe(Codec::Bf16Zstd, 3.2, 430.0));
+        let call = 64u64 << 20;
+        p.end_call(call, Some(Duration::from_secs(1)));
+        assert_eq!(p.choose(1, true, 2), Codec::Bf16Zstd, "predicted 160 MB/s against bf16's 100");
+        // In use the call is mixed and slower than raw: the codec that carried most answers.
+        p.observe_encode(Codec::Bf16Zstd, (call / 2) as usize, Duration::from_millis(80));
+        p.observe_encode(Codec::Bf16, (call / 4) as usize, Duration::from_millis(10));
+        p.end_call(call, Some(Duration::from_millis(1200)));
+        assert!(p.vetoed(Codec::Bf16Zstd) && !p.vetoed(Codec::Bf16));
+        assert_eq!(p.choose(1, true, 2), Codec::Bf16);
+        assert!(p.lossy_pays(2));
     }
 
     #[test]

@@ -889,9 +889,12 @@ impl Collective {
         let payload = (chunk.start + seg.start) * esize..(chunk.start + seg.end) * esize;
         let link = self.parts[i].send_link;
         let raw = &buf[payload.clone()];
-        let forwarded = self.parts[i].forwards.front().is_some_and(|(c, ..)| *c == cur);
-        let encoded = if forwarded {
-            self.parts[i].forwards.pop_front().map(|(_, codec, bytes)| (codec, bytes))
+        let encoded = if self.parts[i].passes_on(cur) {
+            // Forwarded exactly as it came: its kept payload if it came encoded, else raw
+            // from the buffer. Encoding it again could round what this rank already holds
+            // (a lossy codec where the owner sent raw) and its copies would then differ.
+            let kept = self.parts[i].forwards.front().is_some_and(|(c, ..)| *c == cur);
+            kept.then(|| self.parts[i].forwards.pop_front().map(|(_, codec, bytes)| (codec, bytes))).flatten()
         } else {
             match self.codecs.as_deref_mut() {
                 Some(c) if self.plan.encodes() => c.encode_segment(&self.plan, link, self.spec.dtype, raw),
@@ -1026,6 +1029,15 @@ impl Collective {
     /// The codecs lent at start, to be lent to the next call. `None` if none were lent or
     /// they were already taken (the call then sends raw from here on).
     pub fn take_codecs(&mut self) -> Option<Box<Codecs>> {
+        if let (Some(c), CodecChoice::Auto { .. }) = (self.codecs.as_deref_mut(), self.plan.choice) {
+            // `auto` checks its choices against the goodput they gave.
+            let marks = self.phase_marks;
+            let elapsed = match (&self.status, marks.started, marks.finished) {
+                (Status::Done, Some(start), Some(end)) => Some(end.saturating_duration_since(start)),
+                _ => None,
+            };
+            c.end_call(self.bytes_sent + self.bytes_saved, elapsed);
+        }
         self.plan = CallCodec::RAW;
         self.codecs.take()
     }
@@ -1062,6 +1074,16 @@ impl Collective {
 }
 
 impl Part {
+    /// True if the frame at `cur` passes on what this rank received (all-gather after its
+    /// first step, broadcast off the root) rather than data of its own.
+    fn passes_on(&self, cur: Cursor) -> bool {
+        match cur.phase {
+            Phase::AllGather => cur.step > 0,
+            Phase::Broadcast => self.pos != self.root_pos,
+            Phase::ReduceScatter | Phase::Gather => false,
+        }
+    }
+
     fn new(elems: Range<usize>, send_link: Link, pos: usize, block_of_pos: Vec<usize>, root_pos: usize) -> Part {
         Part {
             elems,

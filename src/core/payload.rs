@@ -187,6 +187,12 @@ impl Codecs {
         }
     }
 
+    /// Tells `auto` a call ended: it sent `raw_bytes` (what it would have sent raw) in
+    /// `elapsed`, or failed (`None`).
+    pub fn end_call(&mut self, raw_bytes: u64, elapsed: Option<Duration>) {
+        self.auto.end_call(raw_bytes, elapsed);
+    }
+
     /// A pooled copy of `payload`, kept to forward it unchanged.
     pub fn keep(&self, payload: &[u8]) -> PooledBytes {
         let mut kept = self.pool.take();
@@ -463,10 +469,22 @@ mod tests {
     /// Runs one collective on an in-memory ring of `world` ranks, returning every rank's
     /// buffer and every frame sent.
     fn run_ring(coll: CollKind, codec: CodecChoice, world: usize) -> (Vec<Vec<u8>>, Vec<Sent>) {
+        run_ring_with(coll, codec, world, |_| codecs())
+    }
+
+    /// As [`run_ring`], with each position's codecs from `codecs_of`.
+    fn run_ring_with(
+        coll: CollKind,
+        codec: CodecChoice,
+        world: usize,
+        codecs_of: impl Fn(usize) -> Codecs,
+    ) -> (Vec<Vec<u8>>, Vec<Sent>) {
         let now = Instant::now();
         let mut bufs: Vec<Vec<u8>> = (0..world).map(|p| gradient_bytes(3000 + p)[..12_000].to_vec()).collect();
         let mut ranks: Vec<Collective> = (0..world)
-            .map(|p| Collective::start_with(spec(coll, codec, world, p), now, &mut bufs[p], Some(Box::new(codecs()))))
+            .map(|p| {
+                Collective::start_with(spec(coll, codec, world, p), now, &mut bufs[p], Some(Box::new(codecs_of(p))))
+            })
             .collect();
         let mut sent = Vec::new();
         for _round in 0..10_000 {
@@ -525,6 +543,31 @@ mod tests {
                     assert_eq!((g.codec, original), (h.codec, body), "{}: re-encoded on the way", codec.name());
                 }
             }
+        }
+    }
+
+    /// Codecs whose `auto` has measured a slow link both ways and probed every candidate
+    /// (without a clock, so codecs count as free): `auto+bf16` then rounds.
+    fn measured() -> Codecs {
+        let mut c = codecs();
+        c.observe_link(Link::Next, 100e6);
+        c.observe_link(Link::Prev, 100e6);
+        let plan = CallCodec::new(CodecChoice::Auto { lossy: true }, CollKind::AllReduce, DataType::F32, 1, Some(&c));
+        let _ = c.encode_segment(&plan, Link::Next, DataType::F32, &gradient_bytes(4096));
+        c
+    }
+
+    #[test]
+    fn ranks_that_decide_differently_still_end_bit_identical() {
+        let auto = CodecChoice::Auto { lossy: true };
+        assert!(CallCodec::new(auto, CollKind::AllReduce, DataType::F32, 1, Some(&measured())).lossy);
+        for world in [3, 4, 5] {
+            // Position 0 knows no slow link (sends raw, does not round); the others round.
+            let (bufs, sent) =
+                run_ring_with(CollKind::AllReduce, auto, world, |p| if p == 0 { codecs() } else { measured() });
+            assert!(bufs.iter().all(|b| *b == bufs[0]), "{world} ranks: results differ");
+            assert!(sent.iter().any(|(p, h, _)| *p == 0 && h.phase == Phase::AllGather && h.codec == Codec::Raw));
+            assert!(sent.iter().any(|(_, h, _)| h.codec.is_lossy()), "the others sent rounded frames");
         }
     }
 }
