@@ -65,7 +65,7 @@ mod policy;
 mod spawn;
 mod status;
 mod supervise;
-mod sys;
+pub mod sys;
 mod table;
 
 use std::ffi::OsString;

@@ -22,7 +22,7 @@ static STATUS_REQUESTED: AtomicBool = AtomicBool::new(false);
 ///
 /// Contract: the death signal is tied to the spawning *thread*, so ranks must be spawned
 /// from the thread that lives for the whole job (the supervisor's, i.e. the main thread).
-pub(crate) fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: getpid is async-signal-safe and this runs before fork.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and only calls prctl and getppid,

@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -70,7 +69,7 @@ impl Ranks {
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::from(log));
-            die_with_parent(&mut cmd);
+            ringcc::launch::sys::die_with_parent(&mut cmd);
             let mut child = cmd.spawn()?;
             let out = child.stdout.take().ok_or_else(|| io::Error::other("rank stdout not piped"))?;
             ranks.stdins.push(child.stdin.take());
@@ -170,27 +169,5 @@ fn send_signal(pid: u32, signal: Signal) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
-    }
-}
-
-/// Makes the child of `cmd` die with SIGKILL when the spawning thread exits, so no rank
-/// outlives the driver (SIGKILL also ends a stopped process). Ranks are spawned from the
-/// main thread, which lives for the whole run.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: getpid is async-signal-safe and this runs before fork.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure runs between fork and exec and only calls prctl and getppid,
-    // both async-signal-safe; it allocates nothing and touches no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The driver died between fork and prctl: the signal will never come.
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
     }
 }
