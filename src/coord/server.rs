@@ -342,12 +342,15 @@ impl State {
                 }
             }
         }
+        // Messages that arrived before the end of stream still count: a rank's last words
+        // are often its Leave, read in the same pass as the close.
+        let eof = closed;
         if !closed && !self.authenticate(token) {
             closed = true;
         }
         loop {
             let Some(c) = self.conns.get_mut(&token) else { return };
-            if !matches!(c.auth, Auth::Done) || closed {
+            if !matches!(c.auth, Auth::Done) || (closed && !eof) {
                 break;
             }
             match Control::decode(&c.inbuf) {
@@ -655,4 +658,57 @@ fn mismatch(first: &Registration, first_rank: usize, reg: &Registration) -> Opti
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::coord::status::Presence;
+    use crate::coord::{Client, Registration};
+
+    #[test]
+    fn a_leave_read_together_with_the_close_is_a_clean_leave() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = Server::start(listener, ServerOptions::new(2, 7, Duration::from_secs(20))).unwrap();
+        let addr = server.local_addr().to_string();
+        let clients: Vec<_> = (0..2)
+            .map(|rank| {
+                let addr = addr.clone();
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(&addr, Duration::from_secs(5), &[], rank).unwrap();
+                    let reg = Registration {
+                        rank,
+                        world_size: 2,
+                        incarnation: 0,
+                        listen: "127.0.0.1:9".parse().unwrap(),
+                        host: "h".into(),
+                        fingerprint: Vec::new(),
+                    };
+                    c.register(&reg, Duration::from_secs(10)).unwrap();
+                    c.into_stream()
+                })
+            })
+            .collect();
+        let mut streams: Vec<_> = clients.into_iter().map(|h| h.join().unwrap()).collect();
+        // Rank 0's last words and its end of stream leave in one go, as a dropped
+        // communicator sends them.
+        let mut last = streams.remove(0);
+        last.write_all(&Control::Leave { rank: 0 }.encode()).unwrap();
+        drop(last);
+        let handle = server.status_handle();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let presence = loop {
+            let status = handle.query(Duration::from_secs(5)).expect("status");
+            let p = status.ranks[0].presence.clone();
+            if !matches!(p, Presence::Member) || Instant::now() > deadline {
+                break p;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(presence, Presence::Left);
+        drop(streams);
+    }
 }

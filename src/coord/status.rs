@@ -313,9 +313,9 @@ impl Board {
         let presence = match view {
             None if registered => Presence::Registered,
             None => Presence::Unregistered,
-            Some((true, true)) => Presence::Member,
-            Some((true, false)) => Presence::Disconnected,
-            Some((false, _)) if self.left.contains_key(&rank) => Presence::Left,
+            Some((true, true)) if !self.left.contains_key(&rank) => Presence::Member,
+            Some((_, _)) if self.left.contains_key(&rank) => Presence::Left,
+            Some((true, _)) => Presence::Disconnected,
             Some((false, _)) => Presence::Evicted { reason: self.evicted.get(&rank).cloned().unwrap_or_default() },
         };
         let entry = self.entries.get(&rank);

@@ -280,6 +280,7 @@ impl<M: Clone> Membership<M> {
         if self.reform_at.is_some_and(|t| now >= t) {
             self.reform_at = None;
             if !evicting && !self.lost {
+                self.drop_left();
                 self.epoch += 1;
                 self.install_view(false);
             }
@@ -313,6 +314,7 @@ impl<M: Clone> Membership<M> {
             return;
         }
         self.members.retain(|(r, _)| *r != rank);
+        self.drop_left();
         self.epoch += 1;
         self.reform_at = None;
         self.events.push_back(MembershipEvent::Evicted { rank, epoch: self.epoch, reason });
@@ -326,6 +328,14 @@ impl<M: Clone> Membership<M> {
         } else {
             self.install_view(true);
         }
+    }
+
+    /// Takes the members that left cleanly out of the next view: they returned their last
+    /// call (so every member holds its result) and will never report or link again.
+    fn drop_left(&mut self) {
+        let state = &self.state;
+        self.members.retain(|(r, _)| !state.get(r).is_some_and(|s| s.left));
+        self.state.retain(|_, s| !s.left);
     }
 
     /// Announces the current members as the view of the current epoch and starts collecting
@@ -487,5 +497,24 @@ mod tests {
             }
         }
         assert!(!evicted.contains(&2), "{evicted:?}");
+    }
+
+    #[test]
+    fn a_view_after_a_failure_leaves_out_the_ranks_that_left() {
+        let (mut m, now) = setup(4, 1);
+        m.handle_leave(3);
+        m.handle_disconnect(0, now);
+        let mut views = Vec::new();
+        while let Some(e) = m.poll_event() {
+            if let MembershipEvent::ViewInstalled { members, .. } = e {
+                views.push(members.iter().map(|(r, _)| *r).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(views, vec![vec![1, 2]]);
+        // Only the two that are still in the ring have to report for a decision.
+        m.handle_resync(1, 2, report(0, true, 1));
+        assert_eq!(m.poll_event(), None);
+        m.handle_resync(2, 2, report(0, true, 1));
+        assert_eq!(m.poll_event(), Some(MembershipEvent::Decision { epoch: 2, seq: 0, finish: true }));
     }
 }

@@ -14,6 +14,7 @@ pub fn thread_ring<R: Send + 'static>(
     tune: impl Fn(&mut Config) + Send + Sync + Clone + 'static,
     f: impl Fn(Communicator) -> R + Send + Clone + 'static,
 ) -> Vec<R> {
+    ringcc::init_logging();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     let server = Server::start(listener, ServerOptions::new(world, 42, Duration::from_secs(20))).expect("coordinator");
     let addr = server.local_addr().to_string();
