@@ -36,6 +36,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`CONNECT_RETRY_DELAY_MAX`] until `Config::connect_timeout` runs out.
 pub const CONNECT_RETRY_DELAY_MIN: Duration = Duration::from_millis(10);
 
+/// Time the first connect attempt to a ring neighbour is given before it is started again
+/// (each later attempt gets twice as long): a SYN dropped by a neighbour's full backlog is
+/// resent soon after the neighbour drains it, instead of after the kernel's 1 s timer.
+pub const CONNECT_ATTEMPT_MIN: Duration = Duration::from_millis(50);
+
 /// Longest delay between attempts to reach the coordinator or a peer.
 pub const CONNECT_RETRY_DELAY_MAX: Duration = Duration::from_millis(500);
 
@@ -55,6 +60,12 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// Default silence after which the coordinator evicts a rank, or a rank gives its
 /// coordinator up: ten missed heartbeats, a few seconds, not the 10-30 minutes others use.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most epochs a neighbour's frame may be ahead of this rank's view. Views come from one
+/// coordinator over one connection per rank, so an honest neighbour is at most a few views
+/// ahead; a frame further ahead (a corrupted epoch) fails the link at once instead of
+/// waiting parked for the progress timeout.
+pub const FRAME_EPOCH_AHEAD_MAX: u64 = 1024;
 
 /// Longest time a rank spends connecting to its new neighbours after a view change (at
 /// most half the heartbeat timeout: the event loop sends no heartbeats meanwhile).

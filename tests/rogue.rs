@@ -388,3 +388,77 @@ fn rx_ready(rx: &Receiver<(usize, String)>, limit: Duration, victims: &mut [Chil
     }
     true
 }
+
+/// Fills a listener's backlog: connects until three connects in a row time out (the kernel
+/// drops SYNs once the accept queue is full), then closes them all. Closed connections keep
+/// their places in the queue until the listener accepts them. Returns the number opened.
+fn fill_backlog(port: u16) -> usize {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut open = Vec::new();
+    let mut failed = 0;
+    while failed < 3 && open.len() < 1024 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => {
+                failed = 0;
+                open.push(s);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    open.len()
+}
+
+/// Strangers that filled every rank's ring backlog while the ring ran must not keep the
+/// survivors of a crash from rebuilding their ring.
+#[test]
+fn survivors_rebuild_after_strangers_filled_every_ring_backlog() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut options = ServerOptions::new(WORLD, 7, Duration::from_secs(30));
+    options.secret = SECRET.as_bytes().to_vec();
+    options.heartbeat_timeout = Duration::from_secs(2);
+    options.min_world = 2;
+    let server = Server::start(listener, options).expect("coordinator");
+    let coord = server.local_addr().to_string();
+    let calls = 600;
+    let mut ranks: Vec<Child> = (0..WORLD)
+        .map(|r| {
+            Command::new(env!("CARGO_BIN_EXE_ringcheck"))
+                .args(["--survive", &calls.to_string(), "--pause-ms", "5"])
+                .env("RINGCC_RANK", r.to_string())
+                .env("RINGCC_WORLD_SIZE", WORLD.to_string())
+                .env("RINGCC_COORDINATOR", &coord)
+                .env("RINGCC_JOB_ID", "7")
+                .env("RINGCC_SECRET", SECRET)
+                .env("RINGCC_HEARTBEAT_TIMEOUT", "2")
+                .env("RINGCC_PROGRESS_TIMEOUT", "10")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn a rank")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    for r in &ranks {
+        let ports = listening_ports(r.id());
+        assert_eq!(ports.len(), 1, "rank pid {} ports {ports:?}", r.id());
+        println!("filled the backlog of pid {} with {} connections", r.id(), fill_backlog(ports[0]));
+    }
+    let killed = ranks.pop().expect("a rank");
+    assert!(Command::new("kill").args(["-9", &killed.id().to_string()]).status().expect("kill").success());
+    let _ = finish(killed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (r, mut c) in ranks.into_iter().enumerate() {
+        while c.try_wait().expect("try_wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = c.kill();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = c.wait_with_output().expect("output");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "survivor {r} failed: {text}");
+        assert!(text.contains(&format!("survived {calls} collectives")), "survivor {r}: {text}");
+        assert!(text.contains("members [0, 1, 2]"), "survivor {r} should end with members [0, 1, 2]: {text}");
+    }
+}

@@ -4,6 +4,7 @@
 
 mod client;
 mod server;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use crate::Rank;
 
 pub use client::Client;
 pub use server::Server;
+pub use status::{Activity, CallProgress, JobStatus, Progress, StatusHandle};
 
 /// One member of a view.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! wrong world size, a duplicate or out-of-range rank, a rank missing at the deadline) is
 //! sent to every registered rank, and to any that registers later, as a [`Refusal`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +17,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::status::{Board, JobStatus, Stage, StatusHandle, StatusRequests};
 use super::{Member, Registration, ServerOptions, View};
 use crate::core::membership::{Membership, MembershipConfig, MembershipEvent, ResyncReport};
 use crate::limits::{CONTROL_BYTES_MAX, HANDSHAKE_TIMEOUT, PENDING_CONNECTIONS_MAX};
@@ -36,6 +37,7 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
+    status: StatusHandle,
 }
 
 impl Server {
@@ -51,6 +53,7 @@ impl Server {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
+        let (status, status_rx) = StatusHandle::new(waker.clone());
         let state = State {
             poll,
             listener,
@@ -63,14 +66,22 @@ impl Server {
             stop: stop.clone(),
             refused: 0,
             last_beat: Instant::now(),
+            board: Board::default(),
+            status_rx,
         };
         let thread = std::thread::Builder::new().name("ringcc-coord".into()).spawn(move || state.run())?;
-        Ok(Server { addr, stop, waker, thread: Some(thread) })
+        Ok(Server { addr, stop, waker, thread: Some(thread), status })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A handle that asks this coordinator for the job's status (see
+    /// [`crate::coord::status`]); it answers `None` once the server is dropped.
+    pub fn status_handle(&self) -> StatusHandle {
+        self.status.clone()
     }
 }
 
@@ -125,6 +136,9 @@ struct State {
     refused: u64,
     /// When the coordinator last sent heartbeats.
     last_beat: Instant,
+    /// Latest progress report of each rank, for status requests.
+    board: Board,
+    status_rx: StatusRequests,
 }
 
 impl State {
@@ -162,6 +176,37 @@ impl State {
                 self.last_beat = now;
                 self.beat();
             }
+            while let Ok(reply) = self.status_rx.try_recv() {
+                let _ = reply.try_send(self.status(now));
+            }
+        }
+    }
+
+    /// A snapshot of the job for status requests.
+    fn status(&self, now: Instant) -> JobStatus {
+        let connected: BTreeSet<usize> = self.conns.values().filter_map(|c| c.rank).collect();
+        let (stage, members) = match &self.phase {
+            Phase::Rendezvous => {
+                (Stage::Rendezvous { deadline_in: self.deadline.saturating_duration_since(now) }, None)
+            }
+            Phase::Running(m) => (
+                Stage::Running { epoch: m.epoch(), quorum_lost: m.is_lost() },
+                Some(m.members().iter().map(|(r, _)| *r).collect::<BTreeSet<usize>>()),
+            ),
+            Phase::Refused(r) => (Stage::Refused { reason: format!("{r:?}") }, None),
+        };
+        let ranks = (0..self.options.world_size)
+            .map(|rank| {
+                let view = members.as_ref().map(|m| (m.contains(&rank), connected.contains(&rank)));
+                self.board.rank_status(rank, view, self.registered.contains_key(&rank), now)
+            })
+            .collect();
+        JobStatus {
+            job: self.options.job,
+            world_size: self.options.world_size,
+            stage,
+            heartbeat_timeout: self.options.heartbeat_timeout,
+            ranks,
         }
     }
 
@@ -191,6 +236,7 @@ impl State {
             match event {
                 MembershipEvent::Evicted { rank, epoch, reason } => {
                     tracing::warn!(rank, epoch, %reason, "rank evicted");
+                    self.board.evicted(rank, &reason);
                     if let Some(t) = self.token_of(rank) {
                         self.send(t, &Control::Evicted { epoch, reason });
                     }
@@ -397,6 +443,7 @@ impl State {
                 if let Some(c) = self.conns.get_mut(&token) {
                     if c.rank == Some(rank as usize) {
                         c.left = true;
+                        self.board.left(rank as usize);
                         if let Phase::Running(m) = &mut self.phase {
                             m.handle_leave(rank as usize);
                         }
@@ -404,6 +451,11 @@ impl State {
                 }
             }
             Control::Heartbeat { .. } => {}
+            Control::Progress(p) => {
+                if sender == Some(p.rank) {
+                    self.board.record(p, now);
+                }
+            }
             Control::Resync { rank, epoch, completed, holds, attempt_epoch } => {
                 if let (Phase::Running(m), true) = (&mut self.phase, sender == Some(rank as usize)) {
                     m.handle_resync(rank as usize, epoch, ResyncReport { completed, holds, attempt_epoch });

@@ -23,6 +23,11 @@ SIGKILL after 3 s, and exits with that rank's status (128+N for signal N). SIGIN
 and SIGHUP sent to ringrun are forwarded to every rank. Exit status 2: wrong usage (nothing
 was started); 124: --timeout expired.
 
+Status of a running job: `ringrun status [PID]` (from another shell) prints, per rank, its
+state, epoch, calls done, the running call with its phase and step, the rank it waits for,
+and a diagnosis naming the rank that holds the others up. SIGUSR1 to ringrun prints the same
+on its stderr, and so does an expiring --timeout, before the ranks are stopped.
+
 Examples:
   ringrun -n 4 ringbench -b 1K -e 64M
   ringrun -np 8 -H node1:4,node2:4 --bind 10.0.0.1 -x OMP_NUM_THREADS=1 --tag-output -- ./train
@@ -80,6 +85,17 @@ pub(crate) struct Args {
     /// Allow more ranks than slots (extra ranks are spread over the hosts).
     #[arg(long)]
     pub(crate) oversubscribe: bool,
+
+    /// Keep the job running when ranks fail, as long as --min-np ranks remain: the
+    /// survivors rebuild the ring and go on (ringcc finishes or redoes the interrupted call).
+    /// Without it, the first failure stops the job (mpirun's policy).
+    #[arg(long)]
+    pub(crate) elastic: bool,
+
+    /// With --elastic: fewest ranks the job goes on with (default 1). Below it, the
+    /// coordinator tells every rank the quorum is lost and ringrun stops the job.
+    #[arg(long, value_name = "K", requires = "elastic")]
+    pub(crate) min_np: Option<usize>,
 
     /// The program every rank runs, and its arguments.
     #[arg(value_name = "PROGRAM", required = true, trailing_var_arg = true)]

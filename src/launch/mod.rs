@@ -25,6 +25,15 @@
 //!    (exit 128+N); `--timeout` stops the job the same way (exit 124).
 //! 5. At the end, whatever the ranks left in their process groups is killed.
 //!
+//! # Status of a running job
+//! Ranks send the coordinator a progress report with every heartbeat (see
+//! [`crate::coord::status`]). `ringrun status [PID]`, run from another shell, reads the
+//! job's table from a Unix socket in a private per-user directory; SIGUSR1 to ringrun
+//! prints it on stderr; an expiring `--timeout` prints it before stopping the ranks
+//! (`status.rs`). ringrun's coordinator evicts a silent rank after the
+//! `RINGCC_HEARTBEAT_TIMEOUT` its ranks see (`-x`, else ringrun's environment), so both
+//! sides of the heartbeat use one timeout.
+//!
 //! # Remote ranks and network namespaces
 //! `--rsh` is called as `RSH... HOST COMMAND` and must run COMMAND with a POSIX shell on
 //! HOST, as ssh does, and pass its stdin on (so not `ssh -n`). The command carries the
@@ -54,6 +63,7 @@ mod output;
 mod plan;
 mod policy;
 mod spawn;
+mod status;
 mod supervise;
 mod sys;
 mod table;
@@ -79,6 +89,9 @@ pub const GRACE_PERIOD: Duration = supervise::GRACE;
 /// Contract: call once, from the main thread (it installs signal handlers for SIGINT,
 /// SIGTERM and SIGHUP, and local ranks die when the calling thread ends).
 pub fn run(args: Vec<OsString>) -> i32 {
+    if args.first().is_some_and(|a| a == "status") {
+        return status::client(&args[1..]);
+    }
     let parsed = match args::parse(args) {
         args::Parsed::Run(a) => a,
         args::Parsed::Print(text) => {
@@ -98,7 +111,11 @@ pub fn run(args: Vec<OsString>) -> i32 {
     if let Err(e) = sys::install_signal_handlers() {
         return usage_error(&format!("cannot install signal handlers: {e}"));
     }
-    let code = supervise::run_job(&plan, job_id, coordinator.to_string());
+    let program = plan.launch.program.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let status = status::StatusService::start(server.status_handle(), program);
+    let on_timeout = || eprint!("{}", status.table());
+    let code = supervise::run_job(&plan, job_id, coordinator.to_string(), &on_timeout);
+    drop(status);
     drop(server);
     code
 }
@@ -118,8 +135,31 @@ fn host_coordinator(plan: &plan::Plan) -> Result<(Server, u64, SocketAddr), Stri
     let rendezvous_timeout = crate::Config::new(0, plan.world_size()).rendezvous_timeout;
     let mut options = ServerOptions::new(plan.world_size(), job, rendezvous_timeout);
     options.secret = plan.launch.secret.0.clone();
+    if let Some(k) = plan.elastic_min {
+        options.min_world = k;
+    }
+    if let Some(timeout) = heartbeat_timeout(&plan.launch.exports)? {
+        options.heartbeat_timeout = timeout;
+    }
     let server = Server::start(listener, options).map_err(|e| format!("cannot start the coordinator: {e}"))?;
     Ok((server, job, addr))
+}
+
+/// The `RINGCC_HEARTBEAT_TIMEOUT` ranks will see (`-x` first, then ringrun's own
+/// environment), so that the coordinator evicts a silent rank after the same time as the
+/// ranks give up a silent coordinator. Same format as the library's: seconds in 0.1..=3600.
+fn heartbeat_timeout(exports: &[(String, OsString)]) -> Result<Option<Duration>, String> {
+    const VAR: &str = "RINGCC_HEARTBEAT_TIMEOUT";
+    let value = match exports.iter().rev().find(|(k, _)| k == VAR) {
+        Some((_, v)) => Some(v.clone()),
+        None => std::env::var_os(VAR),
+    };
+    let Some(value) = value.filter(|v| !v.is_empty()) else { return Ok(None) };
+    let text = value.to_string_lossy();
+    match text.trim().parse::<f64>() {
+        Ok(secs) if (0.1..=3600.0).contains(&secs) => Ok(Some(Duration::from_secs_f64(secs))),
+        _ => Err(format!("{VAR}={text} is not a number of seconds in 0.1..=3600")),
+    }
 }
 
 /// A random non-zero job id (0 means "derive one" to the library).

@@ -41,6 +41,8 @@ pub(crate) struct Plan {
     pub(crate) port: u16,
     /// `--timeout`.
     pub(crate) timeout: Option<Duration>,
+    /// `--elastic --min-np K`: the job goes on while K ranks run.
+    pub(crate) elastic_min: Option<usize>,
 }
 
 impl Plan {
@@ -84,8 +86,15 @@ pub(crate) fn plan(args: Args) -> Result<Plan, String> {
         (None, true) => OutputMode::Tagged,
         (None, false) => OutputMode::Inherit,
     };
+    let elastic_min = match (args.elastic, args.min_np) {
+        (false, _) => None,
+        (true, Some(k)) if k == 0 || k > world => {
+            return Err(format!("--min-np {k}: must be between 1 and the number of ranks ({world})"))
+        }
+        (true, k) => Some(k.unwrap_or(1)),
+    };
     output.prepare()?;
-    Ok(Plan { hosts, placement, launch, output, coordinator_ip, port: args.port, timeout: args.timeout })
+    Ok(Plan { hosts, placement, launch, output, coordinator_ip, port: args.port, timeout: args.timeout, elastic_min })
 }
 
 fn host_slots(args: &Args) -> Result<Option<Vec<HostSlots>>, String> {

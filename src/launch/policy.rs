@@ -1,11 +1,10 @@
 //! The failure policy: what the job does when a rank ends, when ringrun is signalled and
 //! when time runs out. Pure decisions over the process table; the supervisor acts on them.
 //!
-//! Today there is one policy, mpirun's: the first rank that fails ends the job. An elastic
-//! policy (`--elastic --min-np K --max-restarts R`) adds a variant here that answers
-//! `Continue` while at least K ranks run and `Restart` for a failed rank with restarts
-//! left; the supervisor then starts the same slot with the next incarnation, and the
-//! restarted process rejoins through the coordinator.
+//! Two policies: mpirun's (the first rank that fails ends the job), and elastic
+//! (`--elastic --min-np K`: failures are survived while at least K ranks run; the job ends
+//! when every remaining rank has ended, successfully if they all did). Restarting failed
+//! ranks (`--max-restarts`) needs ranks to rejoin a running ring, which is not built yet.
 
 use std::time::Duration;
 
@@ -23,6 +22,11 @@ pub(crate) const SPAWN_FAILED_EXIT_CODE: i32 = 1;
 pub(crate) enum Policy {
     /// Any rank that exits non-zero or by a signal ends the job (mpirun's default).
     AbortOnFailure,
+    /// Failures are survived while at least `min_np` ranks run.
+    Elastic {
+        /// `--min-np`.
+        min_np: usize,
+    },
 }
 
 /// What to do after a rank ended.
@@ -85,6 +89,18 @@ impl Policy {
             Policy::AbortOnFailure if !outcome.is_success() => Decision::Stop(StopReason::RankFailed { rank, outcome }),
             Policy::AbortOnFailure if table.all_ended() => Decision::Finished,
             Policy::AbortOnFailure => Decision::Continue,
+            Policy::Elastic { min_np } if !outcome.is_success() && table.running_count() < min_np => {
+                Decision::Stop(StopReason::RankFailed { rank, outcome })
+            }
+            Policy::Elastic { .. } if table.all_ended() => {
+                // The survivors decide: the job succeeded if the last ranks all did.
+                if outcome.is_success() {
+                    Decision::Finished
+                } else {
+                    Decision::Stop(StopReason::RankFailed { rank, outcome })
+                }
+            }
+            Policy::Elastic { .. } => Decision::Continue,
         }
     }
 }
@@ -107,6 +123,25 @@ mod tests {
         assert_eq!(reason, StopReason::RankFailed { rank: 1, outcome: Outcome::Signal(libc::SIGKILL) });
         assert_eq!(reason.exit_code(), 137);
         assert_eq!(reason.first_signal(), libc::SIGTERM);
+    }
+
+    #[test]
+    fn elastic_survives_failures_while_min_np_ranks_run() {
+        let mut table = ProcessTable::new(&[(0, 0), (0, 1), (0, 2)]);
+        for rank in 0..3 {
+            let child = Command::new("true").spawn().expect("spawn true");
+            table.set_running(rank, child, Instant::now());
+        }
+        let elastic = Policy::Elastic { min_np: 2 };
+        assert!(table.set_ended(2, 0, Outcome::Signal(libc::SIGKILL)));
+        assert_eq!(elastic.on_rank_ended(&table, 2), Decision::Continue, "two ranks still run");
+        assert!(table.set_ended(1, 0, Outcome::Code(3)));
+        assert_eq!(
+            elastic.on_rank_ended(&table, 1),
+            Decision::Stop(StopReason::RankFailed { rank: 1, outcome: Outcome::Code(3) }),
+            "one rank left, below --min-np"
+        );
+        table.reap_ended();
     }
 
     #[test]

@@ -56,15 +56,17 @@ struct Supervisor<'a> {
 
 /// Runs the job to its end and returns ringrun's exit status. `coordinator` is the
 /// `host:port` ranks are told; the coordinator itself is hosted by the caller.
+/// `on_timeout` runs when `--timeout` expires, before any rank is signalled (ringrun
+/// prints the job's status then, to show where it hung).
 ///
 /// Contract: call from the main thread, after [`sys::install_signal_handlers`].
-pub(crate) fn run_job(plan: &Plan, job_id: u64, coordinator: String) -> i32 {
+pub(crate) fn run_job(plan: &Plan, job_id: u64, coordinator: String, on_timeout: &dyn Fn()) -> i32 {
     let (exits_tx, exits_rx) = crossbeam_channel::unbounded();
     let mut sup = Supervisor {
         plan,
         job_id,
         coordinator,
-        policy: Policy::AbortOnFailure,
+        policy: plan.elastic_min.map_or(Policy::AbortOnFailure, |min_np| Policy::Elastic { min_np }),
         table: ProcessTable::new(&plan.placement),
         exits_tx,
         exits_rx,
@@ -73,7 +75,7 @@ pub(crate) fn run_job(plan: &Plan, job_id: u64, coordinator: String) -> i32 {
     let started = Instant::now();
     let code = match sup.start_all() {
         Some(reason) => sup.stop(reason),
-        None => sup.supervise(plan.timeout.map(|t| started + t)),
+        None => sup.supervise(plan.timeout.map(|t| started + t), on_timeout),
     };
     sup.finish();
     code
@@ -138,14 +140,17 @@ impl Supervisor<'_> {
     }
 
     /// Waits for exits, signals and the deadline until the job finishes or must stop.
-    fn supervise(&mut self, deadline: Option<Instant>) -> i32 {
+    fn supervise(&mut self, deadline: Option<Instant>, on_timeout: &dyn Fn()) -> i32 {
         loop {
             if let Some(signal) = sys::take_signal() {
                 return self.stop(StopReason::Signalled(signal));
             }
             let now = Instant::now();
             let wait = match deadline {
-                Some(d) if d <= now => return self.stop(StopReason::TimedOut(self.plan.timeout.unwrap_or_default())),
+                Some(d) if d <= now => {
+                    on_timeout();
+                    return self.stop(StopReason::TimedOut(self.plan.timeout.unwrap_or_default()));
+                }
                 Some(d) => TICK.min(d - now),
                 None => TICK,
             };
@@ -171,7 +176,16 @@ impl Supervisor<'_> {
         if !self.table.set_ended(exit.rank, exit.incarnation, outcome) {
             return None;
         }
-        Some(self.policy.on_rank_ended(&self.table, exit.rank))
+        let decision = self.policy.on_rank_ended(&self.table, exit.rank);
+        if decision == Decision::Continue && !outcome.is_success() {
+            let left = self.table.running_count();
+            eprintln!(
+                "ringrun: rank {} {}; the job goes on with {left} rank(s) (--elastic)",
+                exit.rank,
+                outcome.describe()
+            );
+        }
+        Some(decision)
     }
 
     /// Says why the job stops, signals every rank's group, waits the grace period, kills

@@ -5,13 +5,17 @@
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use super::table::Outcome;
 
 /// Last terminating signal (SIGINT, SIGTERM, SIGHUP) ringrun received, 0 for none. Written
 /// only by [`on_signal`]; the supervisor polls it with [`take_signal`].
 static RECEIVED_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// Set by SIGUSR1 (print the job's status); the status thread polls it with
+/// [`take_status_request`].
+static STATUS_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// Makes the child of `cmd` die with SIGKILL when the thread that spawns it exits
 /// (`PR_SET_PDEATHSIG`), and if ringrun is already gone by the time the child runs.
@@ -95,20 +99,29 @@ extern "C" fn on_signal(signal: libc::c_int) {
     RECEIVED_SIGNAL.store(signal, Ordering::SeqCst);
 }
 
+extern "C" fn on_status_signal(_signal: libc::c_int) {
+    STATUS_REQUESTED.store(true, Ordering::SeqCst);
+}
+
 /// Installs handlers that record SIGINT, SIGTERM and SIGHUP for [`take_signal`] instead
-/// of ending ringrun, so they can be forwarded to the ranks.
+/// of ending ringrun, so they can be forwarded to the ranks, and SIGUSR1 for
+/// [`take_status_request`] (it is not forwarded).
 ///
 /// # Errors
 /// The OS error of `sigaction`.
 pub(crate) fn install_signal_handlers() -> io::Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    let stop = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    let status = on_status_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for (signal, handler) in
+        [(libc::SIGINT, stop), (libc::SIGTERM, stop), (libc::SIGHUP, stop), (libc::SIGUSR1, status)]
+    {
         // SAFETY: sigaction is plain data for which all-zero bytes is a valid value.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_sigaction = handler;
         action.sa_flags = libc::SA_RESTART;
         // SAFETY: `action.sa_mask` is a valid sigset_t owned by this frame.
         unsafe { libc::sigemptyset(&mut action.sa_mask) };
-        // SAFETY: `action` is fully initialised; the handler only stores to an atomic,
+        // SAFETY: `action` is fully initialised; each handler only stores to an atomic,
         // which is async-signal-safe.
         if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
             return Err(io::Error::last_os_error());
@@ -123,6 +136,11 @@ pub(crate) fn take_signal() -> Option<i32> {
         0 => None,
         s => Some(s),
     }
+}
+
+/// Whether SIGUSR1 arrived since the last call.
+pub(crate) fn take_status_request() -> bool {
+    STATUS_REQUESTED.swap(false, Ordering::SeqCst)
 }
 
 /// `SIGKILL`-style name of a signal number, or `signal N` for one without a name here.

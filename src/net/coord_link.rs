@@ -1,12 +1,13 @@
 //! The rank's connection to the coordinator, owned by the event loop: heartbeats both
-//! ways, views pushed by the coordinator, suspicions reported to it.
+//! ways (each of this rank's carries a progress report for `ringrun status`), views pushed
+//! by the coordinator, suspicions reported to it.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-use crate::coord::View;
+use crate::coord::{Progress, View};
 use crate::limits::{CONTROL_BYTES_MAX, HEARTBEAT_INTERVAL};
 use crate::wire::control::{Control, CONTROL_HEAD_LEN};
 
@@ -136,14 +137,24 @@ impl CoordLink {
         events
     }
 
-    /// Sends a heartbeat when one is due and notices a silent coordinator.
-    pub(super) fn tick(&mut self, now: Instant, epoch: u64) -> Option<CoordEvent> {
+    /// True when [`CoordLink::tick`] at `now` sends a heartbeat (so the caller knows when
+    /// to build a progress report).
+    pub(super) fn beat_due(&self, now: Instant) -> bool {
+        !self.lost && now >= self.next_beat
+    }
+
+    /// Sends a heartbeat, followed by `progress`, when one is due, and notices a silent
+    /// coordinator.
+    pub(super) fn tick(&mut self, now: Instant, epoch: u64, progress: Option<Progress>) -> Option<CoordEvent> {
         if self.lost {
             return None;
         }
         if now >= self.next_beat {
             self.next_beat = now + HEARTBEAT_INTERVAL;
             self.send(&Control::Heartbeat { rank: self.rank, epoch });
+            if let Some(p) = progress {
+                self.send(&Control::Progress(p));
+            }
         }
         if now.duration_since(self.last_heard) > self.timeout {
             self.lost = true;

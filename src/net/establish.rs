@@ -1,17 +1,15 @@
 //! Opening the ring: connect to the next position, accept the previous one, and check
 //! each side's hello before anything else is read.
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
+use super::accept::Acceptor;
 use super::handshake::{self, HandshakeError};
 use crate::coord::{Member, View};
-use crate::limits::{
-    CONNECT_RETRY_DELAY_MAX, CONNECT_RETRY_DELAY_MIN, HANDSHAKE_TIMEOUT, PENDING_CONNECTIONS_MAX, SOCKET_BUFFER_BYTES,
-};
+use crate::limits::{CONNECT_ATTEMPT_MIN, CONNECT_RETRY_DELAY_MAX, CONNECT_RETRY_DELAY_MIN, SOCKET_BUFFER_BYTES};
 use crate::wire::hello::{Hello, Role, HELLO_LEN};
 use crate::{Error, Rank};
 
@@ -51,19 +49,75 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(s.into())
 }
 
-fn connect_with_retry(addr: SocketAddr, deadline: Instant) -> std::io::Result<TcpStream> {
+/// Connects to `addr` while `acceptor` keeps draining this rank's own listener (see
+/// `net::accept`). Each attempt is a non-blocking connect given [`CONNECT_ATTEMPT_MIN`], then
+/// twice as long as the one before (so links of any round-trip time connect): a SYN dropped
+/// by a full backlog is sent again soon after the backlog empties, not after the kernel's 1 s
+/// retransmission. A refused connect is retried after a growing delay until `deadline`.
+fn connect_next(addr: SocketAddr, deadline: Instant, acceptor: &mut Acceptor<'_>) -> std::io::Result<TcpStream> {
     let mut delay = CONNECT_RETRY_DELAY_MIN;
+    let mut attempt = CONNECT_ATTEMPT_MIN;
     loop {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         s.set_recv_buffer_size(SOCKET_BUFFER_BYTES)?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        match s.connect_timeout(&addr.into(), left.max(Duration::from_millis(1))) {
-            Ok(()) => return Ok(s.into()),
-            Err(e) if Instant::now() + delay >= deadline => return Err(e),
-            Err(_) => {
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(CONNECT_RETRY_DELAY_MAX);
+        s.set_nonblocking(true)?;
+        let mut failed = match s.connect(&addr.into()) {
+            Ok(()) => None,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => None,
+            Err(e) => Some(e),
+        };
+        let started = Instant::now();
+        while failed.is_none() {
+            let now = Instant::now();
+            if let Some(e) = s.take_error()? {
+                failed = Some(e);
+            } else if s.peer_addr().is_ok() {
+                s.set_nonblocking(false)?;
+                return Ok(s.into());
+            } else if now >= deadline {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"));
+            } else if now.duration_since(started) >= attempt {
+                break;
+            } else if !acceptor.step(now)? {
+                std::thread::sleep(Duration::from_millis(1));
             }
+        }
+        attempt = attempt.saturating_mul(2);
+        if let Some(e) = failed {
+            let until = Instant::now() + delay;
+            if until >= deadline {
+                return Err(e);
+            }
+            while Instant::now() < until {
+                if !acceptor.step(Instant::now())? {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            delay = (delay * 2).min(CONNECT_RETRY_DELAY_MAX);
+        }
+    }
+}
+
+/// Waits, reading pending hellos side by side, until the previous position has connected.
+fn accept_prev(
+    acceptor: &mut Acceptor<'_>,
+    prev: &Member,
+    deadline: Instant,
+) -> Result<(TcpStream, [u8; HELLO_LEN]), Error> {
+    let fail = io("accept", prev);
+    loop {
+        let moved = acceptor.step(Instant::now()).map_err(&fail)?;
+        if let Some(found) = acceptor.take() {
+            return Ok(found);
+        }
+        if let Some(epoch) = acceptor.superseded() {
+            return Err(fail(std::io::Error::other(format!("superseded by the view of epoch {epoch}"))));
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(std::io::Error::new(std::io::ErrorKind::TimedOut, "previous rank never connected")));
+        }
+        if !moved {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
@@ -205,9 +259,11 @@ impl RingBuilder {
         let w = self.view.members.len();
         let next = self.view.members[(self.pos + 1) % w].clone();
         let prev = self.view.members[(self.pos + w - 1) % w].clone();
-        // (a)
+        // (a), draining this rank's own listener meanwhile (strangers queued there must not
+        // stall the neighbour connecting to it)
+        let mut acceptor = Acceptor::new(listener, &self.view, self.rank, &prev).map_err(io("accept", &prev))?;
         if matches!(self.next, NextSide::Idle) {
-            let mut stream = connect_with_retry(next.addr, deadline).map_err(io("connect", &next))?;
+            let mut stream = connect_next(next.addr, deadline, &mut acceptor).map_err(io("connect", &next))?;
             tune(&stream).map_err(io("configure", &next))?;
             let hello_i =
                 handshake::send_hello(&mut stream, &self.hello(Role::RingPrev, next.rank)).map_err(auth(&next))?;
@@ -215,7 +271,7 @@ impl RingBuilder {
         }
         // (b)
         if matches!(self.prev, PrevSide::Idle) {
-            let (mut stream, hello_i) = accept_prev(listener, &self.view, self.rank, &prev, deadline)?;
+            let (mut stream, hello_i) = accept_prev(&mut acceptor, &prev, deadline)?;
             let hello_r = handshake::answer(&mut stream, secret, &hello_i, &self.hello(Role::RingNext, prev.rank))
                 .map_err(auth(&prev))?;
             self.prev = PrevSide::Answered { stream, hello_i, hello_r };
@@ -279,125 +335,5 @@ fn auth(m: &Member) -> impl Fn(HandshakeError) -> Error {
     move |e| match e {
         HandshakeError::Io(source) => Error::Io { op: "handshake", peer, addr, source },
         other => Error::Authentication { peer: Some(peer), addr: addr.to_string(), reason: other.to_string() },
-    }
-}
-
-/// A connection accepted while waiting for the previous position, whose hello is not yet
-/// complete.
-struct Pending {
-    stream: TcpStream,
-    from: SocketAddr,
-    hello: [u8; HELLO_LEN],
-    filled: usize,
-    opened: Instant,
-}
-
-impl Pending {
-    /// Reads what arrived of the hello (never past its fixed size). `Ok(true)` once it is
-    /// complete; an error (to log) if the connection closed, failed or ran out of time.
-    fn poll(&mut self, now: Instant) -> Result<bool, String> {
-        match self.stream.read(&mut self.hello[self.filled..]) {
-            Ok(0) => return Err("closed before its hello".into()),
-            Ok(n) => self.filled += n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        if self.filled == HELLO_LEN {
-            Ok(true)
-        } else if now.duration_since(self.opened) > HANDSHAKE_TIMEOUT {
-            Err(format!("no complete hello within {HANDSHAKE_TIMEOUT:?}"))
-        } else {
-            Ok(false)
-        }
-    }
-}
-
-/// Accepts connections until one carries the previous position's hello; anything else (a
-/// stranger, another job, a garbled, slow or silent client) is closed and logged,
-/// rate-limited.
-///
-/// Hellos are read from every pending connection side by side (non-blocking, fixed size),
-/// so silent strangers cannot hold the real neighbour back: each gets
-/// [`HANDSHAKE_TIMEOUT`], and at most [`PENDING_CONNECTIONS_MAX`] wait at once (the oldest
-/// is dropped for a newcomer; a genuine neighbour sends its hello as soon as it connects).
-fn accept_prev(
-    listener: &TcpListener,
-    view: &View,
-    rank: Rank,
-    prev: &Member,
-    deadline: Instant,
-) -> Result<(TcpStream, [u8; HELLO_LEN]), Error> {
-    let fail = |source: std::io::Error| Error::Io { op: "accept", peer: prev.rank, addr: prev.addr, source };
-    listener.set_nonblocking(true).map_err(fail)?;
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut rejected = 0usize;
-    let mut refuse = |from: SocketAddr, why: &dyn std::fmt::Debug| {
-        rejected += 1;
-        if rejected <= 8 || rejected.is_power_of_two() {
-            tracing::warn!(%from, rejected, "refused a ring connection that is not from rank {}: {why:?}", prev.rank);
-        }
-    };
-    let expected = |h: &Hello| {
-        h.role == Role::RingPrev
-            && h.job == view.job
-            && h.epoch == view.epoch
-            && h.rank == prev.rank as u32
-            && h.target == rank as u32
-    };
-    loop {
-        let mut progressed = false;
-        loop {
-            match listener.accept() {
-                Ok((stream, from)) => {
-                    progressed = true;
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    if pending.len() >= PENDING_CONNECTIONS_MAX {
-                        refuse(pending.remove(0).from, &"too many connections waiting for their hello");
-                    }
-                    pending.push(Pending { stream, from, hello: [0; HELLO_LEN], filled: 0, opened: Instant::now() });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(fail(e)),
-            }
-        }
-        let now = Instant::now();
-        let mut i = 0;
-        while i < pending.len() {
-            let filled = pending[i].filled;
-            match pending[i].poll(now) {
-                Ok(false) => {
-                    progressed |= pending[i].filled > filled;
-                    i += 1;
-                }
-                Ok(true) => {
-                    let p = pending.swap_remove(i);
-                    match Hello::decode(&p.hello) {
-                        Ok(h) if expected(&h) => {
-                            p.stream.set_nonblocking(false).map_err(fail)?;
-                            tune(&p.stream).map_err(fail)?;
-                            return Ok((p.stream, p.hello));
-                        }
-                        Ok(h) if h.job == view.job && h.epoch > view.epoch => {
-                            // A neighbour already runs a newer view: this one is superseded.
-                            return Err(fail(std::io::Error::other(format!(
-                                "view of epoch {} superseded by epoch {}",
-                                view.epoch, h.epoch
-                            ))));
-                        }
-                        other => refuse(p.from, &other),
-                    }
-                }
-                Err(why) => refuse(pending.swap_remove(i).from, &why),
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(fail(std::io::Error::new(std::io::ErrorKind::TimedOut, "previous rank never connected")));
-        }
-        if !progressed {
-            std::thread::sleep(Duration::from_millis(1));
-        }
     }
 }

@@ -29,6 +29,9 @@ use crate::{Error, Rank, Report};
 #[path = "recovery.rs"]
 mod recovery;
 
+#[path = "progress.rs"]
+mod progress;
+
 const PREV: Token = Token(0);
 const NEXT: Token = Token(1);
 const WAKER: Token = Token(2);
@@ -569,6 +572,19 @@ impl EventLoop {
         } else {
             let here = self.key();
             let theirs = (header.epoch, header.seq);
+            // Calls are sequential and a rank starts call k + 2 only after every member held
+            // the result of k + 1, so an honest neighbour is at most one call ahead.
+            if header.seq > here.1.saturating_add(1)
+                || header.epoch > self.epoch.saturating_add(crate::limits::FRAME_EPOCH_AHEAD_MAX)
+            {
+                let peer = self.links[i].as_ref().map_or(0, |l| l.peer);
+                let why = format!(
+                    "frame of call #{} epoch {} while this rank is at call #{} epoch {}: further ahead than a neighbour can be",
+                    header.seq, header.epoch, here.1, self.epoch
+                );
+                self.fail_link(i, why, peer);
+                return;
+            }
             match (&self.active, theirs.cmp(&here)) {
                 (_, std::cmp::Ordering::Less) => Route::Discard,
                 (None, _) | (_, std::cmp::Ordering::Greater) => Route::Park,
@@ -852,7 +868,8 @@ impl EventLoop {
             self.read_coordinator(now);
         }
         let epoch = self.epoch;
-        if let Some(e) = self.coord.as_mut().and_then(|c| c.tick(now, epoch)) {
+        let report = self.coord.as_ref().is_some_and(|c| c.beat_due(now)).then(|| self.progress(now));
+        if let Some(e) = self.coord.as_mut().and_then(|c| c.tick(now, epoch, report)) {
             self.handle_coord_event(e);
         }
     }
@@ -872,7 +889,8 @@ impl EventLoop {
             }
             CoordEvent::QuorumLost { epoch, alive, required } => {
                 tracing::error!(epoch, alive, required, "quorum lost");
-                self.terminal = Some(Terminal::QuorumLost { epoch, alive, required });
+                // A rank already evicted keeps saying so: the quorum is the others' problem.
+                self.terminal.get_or_insert(Terminal::QuorumLost { epoch, alive, required });
             }
             CoordEvent::Lost(reason) => {
                 if self.orphan_exit {
@@ -884,7 +902,13 @@ impl EventLoop {
         }
         if let Some(t) = self.terminal.clone() {
             if let Some(a) = self.active.as_mut() {
-                a.error.get_or_insert(t.error(self.rank));
+                // A terminal error replaces a retryable one (a lost peer waiting for a view
+                // that will never come), so the call fails now with the real reason.
+                let retryable = matches!(a.error, None | Some(Error::PeerClosed { .. } | Error::Interrupted { .. }));
+                if retryable {
+                    a.error = Some(t.error(self.rank));
+                    a.retry_since = None;
+                }
             }
         }
     }

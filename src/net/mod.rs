@@ -5,6 +5,7 @@
 //! received frames to the sans-IO [`crate::core::collective::Collective`], and writes what
 //! it asks to send with vectored writes. The loop only reads the clock and moves bytes.
 
+mod accept;
 mod coord_link;
 mod establish;
 mod event_loop;

@@ -6,8 +6,10 @@
 //! little-endian; strings are a u16 length then UTF-8; addresses are strings `ip:port`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use super::{WireError, PROTOCOL_VERSION};
+use super::{CollKind, WireError, PROTOCOL_VERSION};
+use crate::coord::status::{is_phase_name, Activity, CallProgress, Progress};
 use crate::coord::{Member, Registration, View};
 use crate::limits::{CONTROL_BYTES_MAX, CONTROL_STRING_MAX, WORLD_MAX};
 
@@ -120,6 +122,10 @@ pub enum Control {
         /// Finish with the held result (true) or redo (false).
         finish: bool,
     },
+    /// Rank to coordinator, with each heartbeat: where this rank stands (for `ringrun
+    /// status`; see [`crate::coord::status`]). A phase name that is not
+    /// [`is_phase_name`] is sent as `unknown`, and refused when received.
+    Progress(Progress),
 }
 
 struct Writer(Vec<u8>);
@@ -141,6 +147,28 @@ impl Writer {
         }
         self.0.extend_from_slice(&(end as u16).to_le_bytes());
         self.0.extend_from_slice(&s.as_bytes()[..end]);
+    }
+    fn progress(&mut self, p: &Progress) {
+        self.u32(p.rank as u32);
+        self.u64(p.epoch);
+        self.u64(p.completed);
+        self.u8(p.activity as u8);
+        self.u32(p.queued);
+        self.u64(p.received_bytes);
+        let Some(c) = &p.call else { return self.u8(0) };
+        self.u8(1);
+        self.u64(c.seq);
+        self.u8(c.coll as u8);
+        self.str(if is_phase_name(&c.phase) { &c.phase } else { "unknown" });
+        self.u32(c.step);
+        match c.waits_for {
+            None => self.u8(0),
+            Some(r) => {
+                self.u8(1);
+                self.u32(r as u32);
+            }
+        }
+        self.u64(u64::try_from(c.running.as_millis()).unwrap_or(u64::MAX));
     }
 }
 
@@ -206,6 +234,29 @@ impl<'a> Reader<'a> {
         }
         Ok(r)
     }
+    fn progress(&mut self) -> Result<Progress, WireError> {
+        let rank = self.rank()?;
+        let epoch = self.u64()?;
+        let completed = self.u64()?;
+        let activity = Activity::from_u8(self.u8()?)?;
+        let queued = self.u32()?;
+        let received_bytes = self.u64()?;
+        let call = if self.flag("progress call flag")? {
+            let seq = self.u64()?;
+            let coll = CollKind::from_u8(self.u8()?)?;
+            let phase = self.str()?;
+            if !is_phase_name(&phase) {
+                return Err(WireError::Malformed { what: "phase name" });
+            }
+            let step = self.u32()?;
+            let waits_for = if self.flag("progress wait flag")? { Some(self.rank()?) } else { None };
+            let running = Duration::from_millis(self.u64()?);
+            Some(CallProgress { seq, coll, phase, step, waits_for, running })
+        } else {
+            None
+        };
+        Ok(Progress { rank, epoch, completed, activity, queued, received_bytes, call })
+    }
 }
 
 impl Control {
@@ -221,6 +272,7 @@ impl Control {
             Control::QuorumLost { .. } => 8,
             Control::Resync { .. } => 9,
             Control::Decision { .. } => 10,
+            Control::Progress(_) => 11,
         }
     }
 
@@ -296,6 +348,7 @@ impl Control {
                 w.u64(*seq);
                 w.u8(u8::from(*finish));
             }
+            Control::Progress(p) => w.progress(p),
         }
         let body = w.0;
         let mut out = Vec::with_capacity(CONTROL_HEAD_LEN + body.len());
@@ -400,6 +453,7 @@ impl Control {
                 attempt_epoch: r.u64()?,
             },
             10 => Control::Decision { epoch: r.u64()?, seq: r.u64()?, finish: r.flag("decision flag")? },
+            11 => Control::Progress(r.progress()?),
             v => return Err(WireError::UnknownId { field: "control type", value: v.into() }),
         };
         if r.pos != len {
@@ -446,6 +500,31 @@ mod tests {
             Control::QuorumLost { epoch: 6, alive: 1, required: 2 },
             Control::Resync { rank: 2, epoch: 7, completed: 41, holds: true, attempt_epoch: 6 },
             Control::Decision { epoch: 7, seq: 41, finish: false },
+            Control::Progress(Progress {
+                rank: 2,
+                epoch: 3,
+                completed: 17,
+                activity: Activity::Running,
+                queued: 2,
+                received_bytes: 1 << 40,
+                call: Some(CallProgress {
+                    seq: 17,
+                    coll: CollKind::AllReduce,
+                    phase: "reduce-scatter".into(),
+                    step: 4,
+                    waits_for: Some(1),
+                    running: Duration::from_millis(2500),
+                }),
+            }),
+            Control::Progress(Progress {
+                rank: 0,
+                epoch: 1,
+                completed: 0,
+                activity: Activity::Idle,
+                queued: 0,
+                received_bytes: 0,
+                call: None,
+            }),
         ]
     }
 
@@ -467,6 +546,45 @@ mod tests {
         assert!(matches!(Control::decode(&b), Err(WireError::TooLong { .. })));
     }
 
+    /// The encoded progress report with a call. Body offsets: rank 0..4, epoch 4..12,
+    /// completed 12..20, activity 20, queued 21..25, received 25..33, call flag 33, seq
+    /// 34..42, collective 42, phase length 43..45, phase from 45, then step, wait flag,
+    /// waited-for rank and running time (the last 8 bytes).
+    fn progress_message() -> Vec<u8> {
+        samples()[11].encode()
+    }
+
+    #[test]
+    fn progress_reports_refuse_bad_ids_phases_and_ranks_and_never_send_them() {
+        let activity = CONTROL_HEAD_LEN + 20;
+        let mut b = progress_message();
+        b[activity] = 6;
+        assert!(matches!(Control::decode(&b), Err(WireError::UnknownId { field: "activity", .. })));
+        let (coll, phase) = (CONTROL_HEAD_LEN + 42, CONTROL_HEAD_LEN + 45);
+        let mut b = progress_message();
+        b[coll] = 0;
+        assert!(matches!(Control::decode(&b), Err(WireError::UnknownId { field: "collective", .. })));
+        let mut b = progress_message();
+        b[phase] = b'\x1b';
+        assert_eq!(Control::decode(&b), Err(WireError::Malformed { what: "phase name" }));
+        let mut b = progress_message();
+        b[CONTROL_HEAD_LEN..CONTROL_HEAD_LEN + 4].copy_from_slice(&(WORLD_MAX as u32).to_le_bytes());
+        assert!(matches!(Control::decode(&b), Err(WireError::Malformed { .. })));
+        // A waited-for rank beyond the world limit.
+        let mut b = progress_message();
+        let at = b.len() - 8 - 4;
+        b[at..at + 4].copy_from_slice(&(WORLD_MAX as u32).to_le_bytes());
+        assert!(matches!(Control::decode(&b), Err(WireError::Malformed { .. })));
+        // A bad name on the sending side goes out as "unknown", which decodes.
+        let Control::Progress(mut p) = samples()[11].clone() else { panic!("sample 11 is a progress report") };
+        if let Some(c) = p.call.as_mut() {
+            c.phase = "Bad Phase\n".into();
+        }
+        let (decoded, _) = Control::decode(&Control::Progress(p).encode()).unwrap().unwrap();
+        let Control::Progress(d) = decoded else { panic!("decoded {decoded:?}") };
+        assert_eq!(d.call.map(|c| c.phase), Some("unknown".to_string()));
+    }
+
     proptest! {
         #[test]
         fn any_bytes_give_message_need_more_or_error(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
@@ -480,7 +598,7 @@ mod tests {
         }
 
         #[test]
-        fn truncated_bodies_are_errors_not_panics(which in 0usize..11, cut in 0usize..200) {
+        fn truncated_bodies_are_errors_not_panics(which in 0usize..13, cut in 0usize..200) {
             let b = samples()[which].encode();
             let body_len = b.len() - CONTROL_HEAD_LEN;
             let keep = cut.min(body_len);

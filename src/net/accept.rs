@@ -1,0 +1,189 @@
+//! The ring listener's side of building a ring: connections are accepted as they come and
+//! their hellos read side by side, so strangers cannot hold the real neighbour back.
+//!
+//! Between rebuilds nobody accepts on the listener, so whatever strangers sent meanwhile (a
+//! full backlog of dead or silent connections) is waiting here when a rebuild starts. An
+//! [`Acceptor`] drains it while this rank is still connecting to its own next neighbour, so
+//! no rank waits on a backlog that its neighbour only empties after its own connect: every
+//! rank's connect would otherwise wait on a SYN dropped by a full queue.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Instant;
+
+use super::establish::tune;
+use crate::coord::{Member, View};
+use crate::limits::{HANDSHAKE_TIMEOUT, PENDING_CONNECTIONS_MAX};
+use crate::wire::hello::{Hello, Role, HELLO_LEN};
+use crate::Rank;
+
+/// A connection accepted while waiting for the previous position, whose hello is not yet
+/// complete.
+struct Pending {
+    stream: TcpStream,
+    from: SocketAddr,
+    hello: [u8; HELLO_LEN],
+    filled: usize,
+    opened: Instant,
+}
+
+impl Pending {
+    /// Reads what arrived of the hello (never past its fixed size). `Ok(true)` once it is
+    /// complete; an error (to log) if the connection closed, failed or ran out of time.
+    fn poll(&mut self, now: Instant) -> Result<bool, String> {
+        match self.stream.read(&mut self.hello[self.filled..]) {
+            Ok(0) => return Err("closed before its hello".into()),
+            Ok(n) => self.filled += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if self.filled == HELLO_LEN {
+            Ok(true)
+        } else if now.duration_since(self.opened) > HANDSHAKE_TIMEOUT {
+            Err(format!("no complete hello within {HANDSHAKE_TIMEOUT:?}"))
+        } else {
+            Ok(false)
+        }
+    }
+}
+
+/// Waits for the previous position's connection on the ring listener.
+///
+/// Anything else (a stranger, another job, a garbled, slow or silent client) is closed and
+/// logged, rate-limited. Each pending connection gets [`HANDSHAKE_TIMEOUT`] for its hello, and
+/// at most [`PENDING_CONNECTIONS_MAX`] wait at once: the oldest is dropped for a newcomer (a
+/// genuine neighbour sends its hello as soon as it connects, so it is never the oldest for
+/// long).
+pub(super) struct Acceptor<'a> {
+    listener: &'a TcpListener,
+    pending: Vec<Pending>,
+    rejected: usize,
+    job: u64,
+    epoch: u64,
+    rank: u32,
+    prev: u32,
+    /// The previous position's connection and hello, once found.
+    found: Option<(TcpStream, [u8; HELLO_LEN])>,
+    /// A newer epoch a neighbour of this job already connects in: this view is superseded.
+    newer: Option<u64>,
+}
+
+impl<'a> Acceptor<'a> {
+    /// Starts accepting for `rank` in `view`, whose previous position is `prev`.
+    ///
+    /// # Errors
+    /// The OS error if the listener cannot be made non-blocking.
+    pub(super) fn new(listener: &'a TcpListener, view: &View, rank: Rank, prev: &Member) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Acceptor {
+            listener,
+            pending: Vec::new(),
+            rejected: 0,
+            job: view.job,
+            epoch: view.epoch,
+            rank: rank as u32,
+            prev: prev.rank as u32,
+            found: None,
+            newer: None,
+        })
+    }
+
+    /// A newer epoch a neighbour already connects in, if one was seen: the view being built
+    /// is superseded, and its coordinator message is on its way.
+    pub(super) fn superseded(&self) -> Option<u64> {
+        self.newer
+    }
+
+    /// The previous position's connection (blocking again, tuned) and its hello, if found.
+    pub(super) fn take(&mut self) -> Option<(TcpStream, [u8; HELLO_LEN])> {
+        self.found.take()
+    }
+
+    /// Accepts what the listener holds and reads what arrived of each pending hello, without
+    /// blocking. Returns true if anything moved (so the caller need not sleep).
+    ///
+    /// # Errors
+    /// The OS error if accepting fails for another reason than an empty queue, or the found
+    /// connection cannot be made blocking again.
+    pub(super) fn step(&mut self, now: Instant) -> std::io::Result<bool> {
+        if self.found.is_some() {
+            return Ok(false);
+        }
+        let mut moved = self.accept_all()?;
+        let mut i = 0;
+        while i < self.pending.len() {
+            let filled = self.pending[i].filled;
+            match self.pending[i].poll(now) {
+                Ok(false) => {
+                    moved |= self.pending[i].filled > filled;
+                    i += 1;
+                }
+                Ok(true) => {
+                    moved = true;
+                    let p = self.pending.swap_remove(i);
+                    match Hello::decode(&p.hello) {
+                        Ok(h) if self.expected(&h) => {
+                            p.stream.set_nonblocking(false)?;
+                            tune(&p.stream)?;
+                            self.found = Some((p.stream, p.hello));
+                            return Ok(true);
+                        }
+                        Ok(h) if h.job == self.job && h.epoch > self.epoch => {
+                            self.newer = self.newer.max(Some(h.epoch));
+                            self.refuse(p.from, &format!("a hello of the newer epoch {}", h.epoch));
+                        }
+                        other => self.refuse(p.from, &other),
+                    }
+                }
+                Err(why) => {
+                    let p = self.pending.swap_remove(i);
+                    self.refuse(p.from, &why);
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    fn accept_all(&mut self) -> std::io::Result<bool> {
+        let mut moved = false;
+        loop {
+            match self.listener.accept() {
+                Ok((stream, from)) => {
+                    moved = true;
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if self.pending.len() >= PENDING_CONNECTIONS_MAX {
+                        let oldest = self.pending.remove(0);
+                        self.refuse(oldest.from, &"too many connections waiting for their hello");
+                    }
+                    self.pending.push(Pending {
+                        stream,
+                        from,
+                        hello: [0; HELLO_LEN],
+                        filled: 0,
+                        opened: Instant::now(),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(moved),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn expected(&self, h: &Hello) -> bool {
+        h.role == Role::RingPrev
+            && h.job == self.job
+            && h.epoch == self.epoch
+            && h.rank == self.prev
+            && h.target == self.rank
+    }
+
+    fn refuse(&mut self, from: SocketAddr, why: &dyn std::fmt::Debug) {
+        self.rejected += 1;
+        if self.rejected <= 8 || self.rejected.is_power_of_two() {
+            tracing::warn!(%from, rejected = self.rejected, "refused a ring connection that is not from rank {}: {why:?}", self.prev);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! `ringrun --elastic --min-np K`: a rank that dies does not end the job; the survivors
+//! finish every call exactly, over the survivors, and ringrun reports the event. Without
+//! `--elastic`, mpirun's policy stays (covered in tests/launcher.rs).
+
+use std::process::Command;
+
+fn ringrun(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringrun")).args(args).output().expect("run ringrun");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_killed_rank_does_not_end_an_elastic_job() {
+    let (code, stdout, stderr) = ringrun(&[
+        "-n",
+        "4",
+        "--elastic",
+        "--min-np",
+        "2",
+        "--timeout",
+        "60",
+        "--tag-output",
+        "-x",
+        "RINGCC_FAULT=rank=2,seq=8,phase=rs,action=exit",
+        env!("CARGO_BIN_EXE_ringcheck"),
+        "--survive",
+        "30",
+        "--pause-ms",
+        "2",
+    ]);
+    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(code, Some(0), "{all}");
+    assert!(stderr.contains("ringrun: rank 2") && stderr.contains("goes on with 3 rank(s)"), "{all}");
+    for r in [0, 1, 3] {
+        let want = format!("ringcheck: rank {r}: survived 30 collectives, 0 retries, members [0, 1, 3]");
+        assert!(stdout.contains(&want), "rank {r} missing {want:?}: {all}");
+    }
+}
+
+#[test]
+fn an_elastic_job_stops_below_min_np_and_min_np_needs_elastic() {
+    let (code, _, stderr) = ringrun(&[
+        "-n",
+        "2",
+        "--elastic",
+        "--min-np",
+        "2",
+        "--timeout",
+        "60",
+        "-x",
+        "RINGCC_FAULT=rank=1,seq=3,action=exit",
+        env!("CARGO_BIN_EXE_ringcheck"),
+        "--survive",
+        "30",
+    ]);
+    assert_eq!(code, Some(137), "{stderr}");
+    let (code, _, stderr) = ringrun(&["-n", "2", "--min-np", "1", "true"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let (code, _, stderr) = ringrun(&["-n", "2", "--elastic", "--min-np", "3", "true"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--min-np 3"), "{stderr}");
+}
+
+/// The training example keeps training with the survivors after `kill -9` of a rank: every
+/// later epoch reports weights identical on the 3 survivors, and it still learns.
+#[test]
+fn train_mlp_survives_a_killed_rank_under_elastic_ringrun() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ringrun"));
+    let example = bin.parent().expect("target dir").join("examples").join("train_mlp");
+    if !example.exists() {
+        panic!(
+            "{} is missing: cargo test builds the examples; run `cargo build --release --examples`",
+            example.display()
+        );
+    }
+    let (code, stdout, stderr) = ringrun(&[
+        "-n",
+        "4",
+        "--elastic",
+        "--min-np",
+        "2",
+        "--timeout",
+        "120",
+        "--tag-output",
+        "-x",
+        "RINGCC_FAULT=rank=2,seq=60,phase=rs,action=exit",
+        example.to_str().expect("utf-8 path"),
+    ]);
+    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(code, Some(0), "{all}");
+    assert!(stderr.contains("ringrun: rank 2") && stderr.contains("goes on with 3 rank(s)"), "{all}");
+    assert!(stdout.contains("epoch  20/20") && stdout.contains("same on 3 ranks"), "{all}");
+    let acc: f64 = stdout
+        .lines()
+        .filter_map(|l| l.split("done: test accuracy ").nth(1))
+        .filter_map(|r| r.split('%').next()?.trim().parse().ok())
+        .next()
+        .unwrap_or(0.0);
+    assert!(acc > 90.0, "final accuracy {acc}%: {all}");
+}
