@@ -31,10 +31,10 @@
 //! decode costs `c` seconds per raw byte delivers `min(L * r, 1 / (c * links))` raw bytes
 //! per second per link (`links`: outgoing links sharing this rank's core), and raw
 //! delivers `L`. A codec is used only if it promises at least [`GAIN_MIN`] times raw's
-//! goodput; without a link rate, or without a probe yet, the answer is raw. The driver never
-//! reports a rate for a link to a peer on the same host (there the "link" is memory and the
-//! peer's CPU, which compression only loads further), so on loopback `auto` is raw and
-//! costs nothing.
+//! goodput; without a link rate, or without a probe yet, the answer is raw. A link to a peer
+//! on the same host has no rate: there the "link" is memory and the peer's CPU, which zstd
+//! only loads further, so `auto` sends raw there and costs nothing; `auto+bf16` sends bf16
+//! there (casting costs less than the copying it halves), unless its calls turn out slower.
 
 use std::time::Duration;
 
@@ -143,6 +143,8 @@ pub struct AutoPolicy {
     estimates: [Estimate; 3],
     /// Wire bytes per second of each outgoing link, by the driver's link index.
     link_bytes_per_sec: [Option<f64>; 2],
+    /// Outgoing links to a peer on the same host.
+    local: [bool; 2],
     /// Segments left before the next probe.
     until_probe: u32,
     /// Segments between probes now (doubles up to [`PROBE_INTERVAL_MAX`]).
@@ -183,6 +185,26 @@ impl AutoPolicy {
                 });
             }
         }
+    }
+
+    /// Records whether outgoing link `link` leads to a peer on the same host (the driver
+    /// says so before each call: neighbours change with the view).
+    pub fn set_local(&mut self, link: usize, local: bool) {
+        if let Some(l) = self.local.get_mut(link) {
+            *l = local;
+        }
+    }
+
+    /// True if `link` is known to be slow (has a rate) or local: only then may a segment
+    /// on it be anything but raw, and only then is probing worth its cost (slow links).
+    pub fn knows(&self, link: usize) -> bool {
+        self.link_rate(link).is_some() || self.local.get(link).copied().unwrap_or(false)
+    }
+
+    /// True if a call may encode anything: some link is known to be slow, or is local and
+    /// the call may round.
+    pub fn may_encode(&self, lossy: bool) -> bool {
+        (0..self.local.len()).any(|l| self.link_rate(l).is_some() || (lossy && self.local[l]))
     }
 
     /// The current rate estimate of link `link`.
@@ -275,6 +297,9 @@ impl AutoPolicy {
     /// only if `lossy`) with the most predicted goodput, if it beats raw by [`GAIN_MIN`];
     /// raw otherwise. `links` is the number of outgoing links this rank's core feeds at once.
     pub fn choose(&self, link: usize, lossy: bool, links: usize) -> Codec {
+        if self.local.get(link).copied().unwrap_or(false) {
+            return if lossy && !self.vetoed(Codec::Bf16) { Codec::Bf16 } else { Codec::Raw };
+        }
         let Some(rate) = self.link_rate(link) else { return Codec::Raw };
         let mut best = (Codec::Raw, rate * GAIN_MIN);
         for &codec in AutoPolicy::candidates(lossy).iter().filter(|c| !self.vetoed(**c)) {
@@ -446,6 +471,23 @@ mod tests {
         assert!(p.vetoed(Codec::Bf16Zstd) && !p.vetoed(Codec::Bf16));
         assert_eq!(p.choose(1, true, 2), Codec::Bf16);
         assert!(p.lossy_pays(2));
+    }
+
+    #[test]
+    fn local_links_carry_bf16_when_rounding_is_allowed_and_raw_otherwise() {
+        let mut p = AutoPolicy::new();
+        assert!(!p.knows(0) && !p.may_encode(true));
+        p.set_local(0, true);
+        p.observe_probe(&probe(Codec::ShuffleZstd, 5.0, 1e6)); // free and very effective
+        assert_eq!(p.choose(0, false, 1), Codec::Raw, "zstd never pays between processes of one host");
+        assert_eq!(p.choose(0, true, 1), Codec::Bf16);
+        assert!(p.lossy_pays(1) && p.may_encode(true) && !p.may_encode(false));
+        // bf16 calls slower than raw ones veto it there too.
+        let call = 64u64 << 20;
+        p.end_call(call, Some(Duration::from_millis(150)));
+        p.observe_encode(Codec::Bf16, call as usize, Duration::from_millis(10));
+        p.end_call(call, Some(Duration::from_millis(200)));
+        assert_eq!(p.choose(0, true, 1), Codec::Raw);
     }
 
     #[test]

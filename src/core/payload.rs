@@ -65,6 +65,11 @@ impl Codecs {
         self.auto.observe_link(link_index(link), bytes_per_sec);
     }
 
+    /// Records whether the outgoing link `link` leads to a peer on the same host.
+    pub fn set_local(&mut self, link: Link, local: bool) {
+        self.auto.set_local(link_index(link), local);
+    }
+
     /// `auto`'s measurements.
     pub fn auto(&self) -> &AutoPolicy {
         &self.auto
@@ -89,11 +94,14 @@ impl Codecs {
         let codec = match plan.choice {
             CodecChoice::Fixed(c) => c,
             CodecChoice::Auto { lossy } => {
-                // A link not known to be slow is fast: raw, and nothing to measure for it.
-                self.auto.link_rate(link_index(link))?;
-                // Probe every candidate the setting allows, also while this call does not
-                // round: that is how a later call learns that rounding pays.
-                if self.auto.probe_due() {
+                // A link neither known to be slow nor local is fast: raw, nothing to measure.
+                let l = link_index(link);
+                if !self.auto.knows(l) {
+                    return None;
+                }
+                // Probe every candidate the setting allows on slow links, also while this
+                // call does not round: that is how a later call learns that rounding pays.
+                if self.auto.link_rate(l).is_some() && self.auto.probe_due() {
                     self.probe(lossy, dtype, raw);
                 }
                 self.auto.choose(link_index(link), plan.lossy, plan.links)
@@ -250,7 +258,7 @@ impl CallCodec {
         let owner_rounds = (lossy && coll == CollKind::AllReduce).then_some(rounding);
         let encodes = match choice {
             CodecChoice::Fixed(c) => c != Codec::Raw,
-            CodecChoice::Auto { .. } => (0..2).any(|l| codecs.auto.link_rate(l).is_some()),
+            CodecChoice::Auto { .. } => codecs.auto.may_encode(lossy),
         };
         CallCodec { choice, lossy, owner_rounds, links: links.max(1), encodes }
     }

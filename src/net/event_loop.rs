@@ -506,10 +506,13 @@ impl EventLoop {
     }
 
     /// The codec state for the next collective, fed with the links' latest drain rates
-    /// (codec `auto` weighs compression against them).
+    /// and whether they stay on this host (codec `auto` weighs compression against them).
     fn codecs_for_next(&mut self) -> Option<Box<Codecs>> {
         let mut codecs = self.codecs.take();
         for (i, l) in self.links.iter_mut().enumerate() {
+            if let Some(c) = codecs.as_mut() {
+                c.set_local(link_of(i), l.as_ref().is_some_and(|l| l.rate.same_host()));
+            }
             if let (Some(c), Some(rate)) = (codecs.as_mut(), l.as_mut().and_then(|l| l.rate.take_sample())) {
                 c.observe_link(link_of(i), rate);
             }

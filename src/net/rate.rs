@@ -6,8 +6,9 @@
 //! faster than this rank feeds it and yields no sample: `auto` then treats it as fast.
 //!
 //! A link to a peer on the same host yields no sample either: there the "link" is the
-//! kernel copying memory and the peer's CPU, which compression can only slow down (it adds
-//! CPU work to both ends to save a copy that costs less), however slow the peer is.
+//! kernel copying memory and the peer's CPU, however slow the peer is, and zstd can only
+//! slow it down (it adds more CPU work to both ends than the copy it saves costs). The
+//! driver tells `auto` such links are local instead ([`RateMeter::same_host`]).
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,11 @@ impl RateMeter {
         if elapsed >= SAMPLE_TIME_MIN && self.bytes_since_blocked >= SAMPLE_BYTES_MIN {
             self.sample = Some(self.bytes_since_blocked as f64 / elapsed.as_secs_f64());
         }
+    }
+
+    /// True if the peer is on this host (loopback, or this host's own address).
+    pub(super) fn same_host(&self) -> bool {
+        self.same_host
     }
 
     /// True while a busy period is being measured (the caller then reports `idle`).
