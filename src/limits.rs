@@ -71,6 +71,13 @@ pub const FRAME_EPOCH_AHEAD_MAX: u64 = 1024;
 /// most half the heartbeat timeout: the event loop sends no heartbeats meanwhile).
 pub const REBUILD_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Backoff before a rank evicted twice is admitted again; it doubles with every further
+/// eviction (a rank that keeps failing is held back; see `core::joins`).
+pub const JOIN_BACKOFF_BASE: Duration = Duration::from_secs(1);
+
+/// Longest backoff before a rank that keeps failing is admitted again.
+pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
 /// Longest abort reason sent or accepted, in bytes (a diagnostic string, not data).
 pub const ABORT_REASON_MAX: usize = 1024;
 

@@ -41,6 +41,39 @@ fn a_killed_rank_does_not_end_an_elastic_job() {
     }
 }
 
+/// `--max-restarts`: the killed rank is started again, rejoins at a call boundary, and
+/// from then on every sum includes it again; each rank reports the admission.
+#[test]
+fn a_restarted_rank_rejoins_and_is_summed_again() {
+    let (code, stdout, stderr) = ringrun(&[
+        "-n",
+        "4",
+        "--elastic",
+        "--max-restarts",
+        "1",
+        "--timeout",
+        "90",
+        "--tag-output",
+        "-x",
+        "RINGCC_FAULT=rank=2,seq=8,phase=ag,action=exit",
+        env!("CARGO_BIN_EXE_ringcheck"),
+        "--survive",
+        "60",
+        "--pause-ms",
+        "20",
+    ]);
+    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(code, Some(0), "{all}");
+    assert!(stderr.contains("ringrun: restarting rank 2 (restart 1 of 1)"), "{all}");
+    assert!(stdout.contains("ringcheck: rank 2: joined the running job at call #"), "{all}");
+    for r in [0, 1, 2, 3] {
+        let want = format!("ringcheck: rank {r}: survived 60 collectives, 0 retries, members [0, 1, 2, 3]");
+        assert!(stdout.contains(&want), "rank {r} missing {want:?}: {all}");
+        assert!(stdout.contains(&format!("ringcheck: rank {r}: call #")), "rank {r} saw no admission: {all}");
+    }
+    assert!(!stdout.contains("wrong"), "{all}");
+}
+
 #[test]
 fn an_elastic_job_stops_below_min_np_and_min_np_needs_elastic() {
     let (code, _, stderr) = ringrun(&[

@@ -269,6 +269,8 @@ fn control_samples() -> Vec<Control> {
             epoch: 2,
             world_size: 3,
             members: vec![Member { rank: 0, addr, host: "a".into() }, Member { rank: 2, addr, host: "b".into() }],
+            start_seq: Some(41),
+            joined: vec![2],
         }),
         Control::Refused(Refusal::ConfigMismatch {
             field: "segment_bytes".into(),
@@ -283,5 +285,10 @@ fn control_samples() -> Vec<Control> {
         Control::Suspect { rank: 1, suspect: 2, epoch: 3, stalled: true, reason: "no frame for 30s".into() },
         Control::Evicted { epoch: 4, reason: "heartbeat timeout".into() },
         Control::QuorumLost { epoch: 6, alive: 1, required: 2 },
+        Control::Resync { rank: 2, epoch: 7, completed: 41, holds: true, attempt_epoch: 6 },
+        Control::Decision { epoch: 7, seq: 41, finish: false },
+        Control::JoinPrepare { epoch: 8 },
+        Control::JoinAck { rank: 1, epoch: 8, next_seq: 120 },
+        Control::JoinCancel { epoch: 8 },
     ]
 }

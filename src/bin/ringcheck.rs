@@ -337,7 +337,12 @@ impl Checker {
 fn survive(c: &mut Checker, iterations: usize, len: usize, pause: Duration) -> Result<(), ringcc::Error> {
     let rank = c.comm.rank();
     let mut members: Vec<usize> = (0..c.comm.world_size()).collect();
-    let (mut retries, mut done) = (0usize, 0usize);
+    // A restarted rank joins at a later call: it skips the calls it was not part of.
+    let joined_at = c.comm.joined_at();
+    let (mut retries, mut done) = (0usize, joined_at.unwrap_or(0) as usize);
+    if let Some(k) = joined_at {
+        println!("ringcheck: rank {rank}: joined the running job at call #{k}");
+    }
     let deadline = Instant::now() + Duration::from_secs(600);
     while done < iterations && Instant::now() < deadline {
         // Sum and Avg alternate: Avg must divide by the members the report names.
@@ -345,6 +350,9 @@ fn survive(c: &mut Checker, iterations: usize, len: usize, pause: Duration) -> R
         let mut v: Vec<f32> = (0..len).map(|i| value(op, rank, i + done) as f32).collect();
         match c.comm.all_reduce(&mut v, op) {
             Ok(report) => {
+                if !report.joined.is_empty() {
+                    println!("ringcheck: rank {rank}: call #{done} admitted {:?}", report.joined);
+                }
                 if report.members != members {
                     println!("ringcheck: rank {rank}: epoch {} members {:?}", report.epoch, report.members);
                     members = report.members.clone();

@@ -28,6 +28,8 @@ pub struct Communicator {
     driver: Driver,
     /// Straggler verdict across the windows of [`Communicator::stats`].
     detector: std::sync::Mutex<Detector>,
+    /// First call of a process admitted into a running job.
+    joined_at: Option<u64>,
     /// The coordinator this process hosts, if any; dropped after the driver.
     _server: Option<Server>,
 }
@@ -240,7 +242,7 @@ impl Communicator {
         let registration = Registration {
             rank: config.rank,
             world_size: config.world_size,
-            incarnation: 0,
+            incarnation: config.incarnation,
             listen,
             host: host_name(),
             fingerprint: config.fingerprint(),
@@ -254,7 +256,18 @@ impl Communicator {
                 ),
             });
         }
-        let ring = establish_ring(view, config.rank, 0, (0, 0), &listener, config.connect_timeout, &secret)?;
+        // A rank admitted into a running job starts at the call its view names.
+        let joined_at = view.start_seq;
+        let start = joined_at.unwrap_or(0);
+        let ring = establish_ring(
+            view,
+            config.rank,
+            config.incarnation,
+            (start, start),
+            &listener,
+            config.connect_timeout,
+            &secret,
+        )?;
         let shared = Arc::new(Shared::default());
         let driver = Driver::start(ring, &config, Some(client.into_stream()), listener, shared.clone())?;
         Ok(Communicator {
@@ -263,8 +276,18 @@ impl Communicator {
             shared,
             driver,
             detector: std::sync::Mutex::default(),
+            joined_at,
             _server: server,
         })
+    }
+
+    /// For a process that joined a running job (a restarted rank): the number of the first
+    /// call it takes part in. `None` for a rank that started with the job. A joiner's first
+    /// call must match the others' next call (same collective and length); its report lists
+    /// the joiner in [`Report::joined`], the moment to send it the model (see
+    /// `examples/train_mlp.rs`).
+    pub fn joined_at(&self) -> Option<u64> {
+        self.joined_at
     }
 
     /// This process's rank.

@@ -83,6 +83,11 @@ pub struct Config {
     /// `Error::Interrupted` on every survivor, and calls save the copy and `world / 2`
     /// tiny completion hops. Default true; `RINGCC_EXACT_RETRY=0` turns it off.
     pub exact_retry: bool,
+    /// Incarnation of this process of its rank: 0 for the first, one more for each restart
+    /// (`ringrun --max-restarts` sets `RINGCC_INCARNATION`). A process registering while the
+    /// job runs joins it, and the coordinator refuses an incarnation not newer than the one
+    /// it knows. Default 0.
+    pub incarnation: u64,
     /// Test hook: this rank's event loop sleeps this long after every frame it receives,
     /// making it a straggler (the straggler tests use it). `RINGCC_TEST_SLOW=RANK:MICROS`
     /// sets it on rank RANK only. Default zero: never set it in production.
@@ -195,6 +200,7 @@ impl Config {
             min_world: 1,
             orphan_exit: false,
             exact_retry: true,
+            incarnation: 0,
             test_frame_delay: Duration::ZERO,
         }
     }
@@ -219,6 +225,10 @@ impl Config {
         if let Some(v) = get("RINGCC_MIN_WORLD") {
             config.min_world =
                 v.parse().map_err(|_| crate::Error::Config(format!("RINGCC_MIN_WORLD={v} is not a number")))?;
+        }
+        if let Some(v) = get("RINGCC_INCARNATION") {
+            config.incarnation =
+                v.parse().map_err(|_| crate::Error::Config(format!("RINGCC_INCARNATION={v} is not a number")))?;
         }
         if let Some(v) = get("RINGCC_HEARTBEAT_TIMEOUT") {
             let secs: f64 =

@@ -37,6 +37,13 @@ pub struct View {
     pub world_size: usize,
     /// Members in ring order.
     pub members: Vec<Member>,
+    /// For a view that admits ranks into a running job: the first call it applies to.
+    /// Members finish every call before it in the previous view and switch at that
+    /// boundary, without interrupting anything. `None`: a view that replaces a failed one,
+    /// installed at once (the running call is suspended, then finished or redone).
+    pub start_seq: Option<u64>,
+    /// Ranks this view admits (restarted or new); their first call's report lists them.
+    pub joined: Vec<Rank>,
 }
 
 /// What a rank tells the coordinator at rendezvous.

@@ -248,6 +248,37 @@ impl State {
                         epoch,
                         world_size: self.options.world_size,
                         members: members.into_iter().map(|(_, m)| m).collect(),
+                        start_seq: None,
+                        joined: Vec::new(),
+                    };
+                    for t in self.member_tokens() {
+                        self.send(t, &Control::View(view.clone()));
+                    }
+                }
+                MembershipEvent::JoinPrepare { epoch } => {
+                    tracing::info!(epoch, "a rank asks to join: members hold at their next call");
+                    for t in self.member_tokens() {
+                        self.send(t, &Control::JoinPrepare { epoch });
+                    }
+                }
+                MembershipEvent::JoinCancel { epoch } => {
+                    tracing::warn!(epoch, "join cancelled: the joining rank went away");
+                    for t in self.member_tokens() {
+                        self.send(t, &Control::JoinCancel { epoch });
+                    }
+                }
+                MembershipEvent::Admitted { epoch, members, joined, start_seq } => {
+                    tracing::warn!(epoch, start_seq, ?joined, members = ?members.iter().map(|(r, _)| *r).collect::<Vec<_>>(), "ranks admitted");
+                    for r in &joined {
+                        self.board.joined(*r);
+                    }
+                    let view = View {
+                        job: self.options.job,
+                        epoch,
+                        world_size: self.options.world_size,
+                        members: members.into_iter().map(|(_, m)| m).collect(),
+                        start_seq: Some(start_seq),
+                        joined,
                     };
                     for t in self.member_tokens() {
                         self.send(t, &Control::View(view.clone()));
@@ -461,7 +492,12 @@ impl State {
             }
             Control::Resync { rank, epoch, completed, holds, attempt_epoch } => {
                 if let (Phase::Running(m), true) = (&mut self.phase, sender == Some(rank as usize)) {
-                    m.handle_resync(rank as usize, epoch, ResyncReport { completed, holds, attempt_epoch });
+                    m.handle_resync(rank as usize, epoch, ResyncReport { completed, holds, attempt_epoch }, now);
+                }
+            }
+            Control::JoinAck { rank, epoch, next_seq } => {
+                if let (Phase::Running(m), true) = (&mut self.phase, sender == Some(rank as usize)) {
+                    m.handle_join_ack(rank as usize, epoch, next_seq, now);
                 }
             }
             Control::Suspect { rank, suspect, epoch, stalled, reason } => {
@@ -494,17 +530,7 @@ impl State {
                 self.send(token, &Control::Refused(r));
                 return;
             }
-            Phase::Running(_) => {
-                self.send(
-                    token,
-                    &Control::Refused(Refusal::Rendezvous {
-                        reason: format!(
-                            "rank {rank} registered after the job started (joins come with fault tolerance)"
-                        ),
-                    }),
-                );
-                return;
-            }
+            Phase::Running(_) => return self.register_join(token, reg),
             Phase::Rendezvous => {}
         }
         let world = self.options.world_size;
@@ -546,6 +572,54 @@ impl State {
         }
     }
 
+    /// A rank registering while the job runs: a restarted process (a later incarnation of a
+    /// rank) or one that was evicted and comes back. It must match the job's configuration;
+    /// an earlier incarnation still in the ring is evicted (its process was replaced). It is
+    /// admitted later, at a call boundary, with the view sent to every member.
+    fn register_join(&mut self, token: Token, reg: Registration) {
+        let rank = reg.rank;
+        let refuse = |reason: String| Control::Refused(Refusal::Rendezvous { reason });
+        if reg.world_size != self.options.world_size || rank >= self.options.world_size {
+            let reason = format!(
+                "rank {rank} of world {} cannot join a job of world {}",
+                reg.world_size, self.options.world_size
+            );
+            return self.send(token, &refuse(reason));
+        }
+        let previous = self.registered.get(&rank).map(|(t, r)| (*t, r.incarnation));
+        if let Some((_, inc)) = previous.filter(|(_, inc)| reg.incarnation <= *inc) {
+            let reason = format!(
+                "rank {rank} incarnation {} cannot join: incarnation {inc} was already registered",
+                reg.incarnation
+            );
+            return self.send(token, &refuse(reason));
+        }
+        if let Some(m) = self.registered.values().find(|(t, _)| *t != token).and_then(|(_, first)| {
+            let first_rank = first.rank;
+            mismatch(first, first_rank, &reg)
+        }) {
+            return self.send(token, &Control::Refused(m));
+        }
+        // The earlier incarnation's connection, if still open, belongs to a replaced process.
+        if let Some((old, _)) = previous.filter(|(t, _)| *t != token) {
+            self.close(old);
+        }
+        if let Phase::Running(m) = &mut self.phase {
+            m.handle_replaced(rank, Instant::now());
+        }
+        let member = Member { rank, addr: reg.listen, host: reg.host.clone() };
+        let incarnation = reg.incarnation;
+        self.registered.insert(rank, (token, reg));
+        let result = match &mut self.phase {
+            Phase::Running(m) => m.handle_join(rank, member, Instant::now()),
+            _ => Err("the job is not running".into()),
+        };
+        match result {
+            Ok(()) => tracing::warn!(rank, incarnation, "rank asks to join the running job"),
+            Err(reason) => self.send(token, &refuse(format!("rank {rank} cannot join: {reason}"))),
+        }
+    }
+
     /// Ring order: hosts in order of their lowest rank, ranks ascending within a host, so
     /// each direction of the ring crosses each host boundary once.
     fn first_view(&self) -> View {
@@ -562,6 +636,8 @@ impl State {
             epoch: 1,
             world_size: self.options.world_size,
             members: hosts.into_iter().flat_map(|(_, v)| v).collect(),
+            start_seq: None,
+            joined: Vec::new(),
         }
     }
 
@@ -629,6 +705,8 @@ impl State {
                     if self.registered.get(&rank).is_some_and(|(t, _)| *t == token) {
                         self.registered.remove(&rank);
                     }
+                } else if self.registered.get(&rank).is_some_and(|(t, _)| *t != token) {
+                    // A replaced incarnation: the rank's current process is another one.
                 } else if let Phase::Running(m) = &mut self.phase {
                     if !c.left {
                         tracing::warn!(rank, peer = %c.peer, "rank disconnected from the coordinator");

@@ -296,6 +296,12 @@ impl Board {
         self.left.insert(rank, ());
     }
 
+    /// `rank` was admitted again (a restarted process): it no longer counts as gone.
+    pub(super) fn joined(&mut self, rank: Rank) {
+        self.left.remove(&rank);
+        self.evicted.remove(&rank);
+    }
+
     /// `rank` was evicted for `reason`.
     pub(super) fn evicted(&mut self, rank: Rank, reason: &str) {
         self.evicted.insert(rank, reason.to_string());

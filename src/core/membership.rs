@@ -20,10 +20,17 @@
 //!   have, the authority decides how the interrupted call ends ([`decide`]) and every member
 //!   gets the same [`MembershipEvent::Decision`].
 //!
+//! * A rank that (re)starts while the job runs asks to join ([`Membership::handle_join`]);
+//!   it is admitted at a call boundary without interrupting anything (`core::joins`), one
+//!   join at a time and never while a view change is being resolved. The admitting view
+//!   keeps the ring order of the first view.
+//!
 //! After any `handle_*` call, drain [`Membership::poll_event`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
+
+use super::joins::Joins;
 
 /// How long a reported closed link to a live member waits for evidence of a crash before
 /// the ring is re-formed (`Membership::handle_suspect`).
@@ -77,6 +84,29 @@ pub enum MembershipEvent<M> {
         alive: usize,
         /// `min_world`.
         required: usize,
+    },
+    /// Members of the view of `epoch` must hold before their next call and report it: a
+    /// rank asks to join.
+    JoinPrepare {
+        /// Epoch of the current view.
+        epoch: u64,
+    },
+    /// The join prepared in `epoch` is off (the joiner went away): members stop holding.
+    JoinCancel {
+        /// Epoch of the `JoinPrepare`.
+        epoch: u64,
+    },
+    /// A view that admits `joined` from call `start_seq` on (members switch at that
+    /// boundary; nothing is interrupted, no reports are collected).
+    Admitted {
+        /// The new epoch.
+        epoch: u64,
+        /// Members in ring order, the joiner included.
+        members: Vec<(Rank, M)>,
+        /// The admitted ranks.
+        joined: Vec<Rank>,
+        /// First call of the new view.
+        start_seq: u64,
     },
 }
 
@@ -132,6 +162,10 @@ pub struct Membership<M> {
     reform_at: Option<Instant>,
     /// Reports for the current view, when it replaced another (none for the first view).
     reports: Option<BTreeMap<Rank, ResyncReport>>,
+    /// Ranks waiting to join, and the join being prepared.
+    joins: Joins<M>,
+    /// Ring order of the first view: a rank that comes back takes its old place.
+    ring_order: Vec<Rank>,
 }
 
 impl<M: Clone> Membership<M> {
@@ -155,12 +189,14 @@ impl<M: Clone> Membership<M> {
         Membership {
             config,
             epoch,
-            members,
             state,
             events: VecDeque::new(),
             lost: false,
             reform_at: None,
             reports: None,
+            joins: Joins::default(),
+            ring_order: members.iter().map(|(r, _)| *r).collect(),
+            members,
         }
     }
 
@@ -195,12 +231,22 @@ impl<M: Clone> Membership<M> {
 
     /// The coordinator connection of `rank` closed.
     pub fn handle_disconnect(&mut self, rank: Rank, now: Instant) {
+        if let Some(epoch) = self.joins.withdraw(rank) {
+            self.events.push_back(MembershipEvent::JoinCancel { epoch });
+        }
         let Some(s) = self.state.get_mut(&rank) else { return };
         s.connected = false;
         if !s.left {
             self.evict(rank, "its coordinator connection closed (process died or host lost)".into(), now);
         } else if s.suspected_until.is_some() {
             self.evict(rank, "it left while its neighbours still needed it".into(), now);
+        }
+    }
+
+    /// A new process registered as `rank` (a restart): the one in the ring, if any, is gone.
+    pub fn handle_replaced(&mut self, rank: Rank, now: Instant) {
+        if self.state.contains_key(&rank) {
+            self.evict(rank, "a new process registered as this rank (restarted)".into(), now);
         }
     }
 
@@ -230,13 +276,70 @@ impl<M: Clone> Membership<M> {
 
     /// `rank` reports where it stands in the view of `epoch`. Reports for another view are
     /// ignored (the rank reports again when it gets the current one).
-    pub fn handle_resync(&mut self, rank: Rank, epoch: u64, report: ResyncReport) {
+    pub fn handle_resync(&mut self, rank: Rank, epoch: u64, report: ResyncReport, now: Instant) {
         if epoch != self.epoch || !self.state.contains_key(&rank) {
             return;
         }
         let Some(reports) = self.reports.as_mut() else { return };
         reports.insert(rank, report);
         self.maybe_decide();
+        self.try_start_join(now);
+    }
+
+    /// `rank` asks to join the running job (`member`: what the coordinator hands out about
+    /// it). It is admitted later, at a call boundary ([`MembershipEvent::Admitted`]).
+    ///
+    /// # Errors
+    /// Why it cannot join: the quorum is lost, or it is still a member (evict it first).
+    pub fn handle_join(&mut self, rank: Rank, member: M, now: Instant) -> Result<(), String> {
+        if self.lost {
+            return Err("the job lost its quorum".into());
+        }
+        if self.state.contains_key(&rank) {
+            return Err(format!("rank {rank} is still a member"));
+        }
+        self.joins.request(rank, member, now);
+        self.try_start_join(now);
+        Ok(())
+    }
+
+    /// Member `rank` holds before call `next_seq` in the view of `epoch`.
+    pub fn handle_join_ack(&mut self, rank: Rank, epoch: u64, next_seq: u64, now: Instant) {
+        if epoch != self.epoch || self.lost {
+            return;
+        }
+        let ranks: Vec<Rank> = self.members.iter().map(|(r, _)| *r).collect();
+        let Some(a) = self.joins.ack(rank, epoch, next_seq, &ranks) else { return };
+        self.epoch += 1;
+        self.members.push((a.rank, a.member));
+        let order = &self.ring_order;
+        self.members.sort_by_key(|(r, _)| order.iter().position(|o| o == r).unwrap_or(usize::MAX));
+        self.state.insert(
+            a.rank,
+            MemberState { last_seen: now, connected: true, left: false, suspected_until: None, suspect_epoch: 0 },
+        );
+        self.events.push_back(MembershipEvent::Admitted {
+            epoch: self.epoch,
+            members: self.members.clone(),
+            joined: vec![a.rank],
+            start_seq: a.start_seq,
+        });
+        self.try_start_join(now);
+    }
+
+    /// Whether `rank` waits to be admitted.
+    pub fn is_joining(&self, rank: Rank) -> bool {
+        self.joins.is_waiting(rank)
+    }
+
+    /// Starts preparing the next join if nothing else is being resolved.
+    fn try_start_join(&mut self, now: Instant) {
+        if self.lost || self.reports.is_some() || self.reform_at.is_some() {
+            return;
+        }
+        if self.joins.start(self.epoch, now) {
+            self.events.push_back(MembershipEvent::JoinPrepare { epoch: self.epoch });
+        }
     }
 
     fn maybe_decide(&mut self) {
@@ -285,6 +388,7 @@ impl<M: Clone> Membership<M> {
                 self.install_view(false);
             }
         }
+        self.try_start_join(now);
     }
 
     /// Earliest deadline at which [`Membership::handle_timeout`] may act.
@@ -301,6 +405,7 @@ impl<M: Clone> Membership<M> {
                 })
             })
             .chain(self.reform_at)
+            .chain(self.reports.is_none().then(|| self.joins.next_start()).flatten())
             .min()
     }
 
@@ -314,6 +419,7 @@ impl<M: Clone> Membership<M> {
             return;
         }
         self.members.retain(|(r, _)| *r != rank);
+        self.joins.note_failure(rank);
         self.drop_left();
         self.epoch += 1;
         self.reform_at = None;
@@ -343,6 +449,9 @@ impl<M: Clone> Membership<M> {
     /// rebuilt, so links broken in the old view are gone (one that breaks again is reported
     /// again); a re-formed view keeps them, to evict a member whose link stays broken.
     fn install_view(&mut self, clear_suspicions: bool) {
+        // A join being prepared is retried once this change is resolved; the new view
+        // releases the members' hold.
+        self.joins.abort();
         self.events.push_back(MembershipEvent::ViewInstalled { epoch: self.epoch, members: self.members.clone() });
         self.reports = Some(BTreeMap::new());
         if clear_suspicions {
@@ -465,21 +574,21 @@ mod tests {
     #[test]
     fn a_decision_comes_once_every_survivor_reported_for_the_current_view() {
         let (mut m, now) = setup(3, 1);
-        m.handle_resync(0, 1, report(0, false, 1));
+        m.handle_resync(0, 1, report(0, false, 1), now);
         m.handle_disconnect(2, now);
         while m.poll_event().is_some() {}
-        m.handle_resync(0, 1, report(3, true, 1));
+        m.handle_resync(0, 1, report(3, true, 1), now);
         assert_eq!(m.poll_event(), None, "a report for the old view is ignored");
-        m.handle_resync(0, 2, report(3, true, 1));
+        m.handle_resync(0, 2, report(3, true, 1), now);
         assert_eq!(m.poll_event(), None, "rank 1 has not reported");
-        m.handle_resync(1, 2, report(4, false, 1));
+        m.handle_resync(1, 2, report(4, false, 1), now);
         assert_eq!(m.poll_event(), Some(MembershipEvent::Decision { epoch: 2, seq: 3, finish: true }));
-        m.handle_resync(1, 2, report(4, false, 1));
+        m.handle_resync(1, 2, report(4, false, 1), now);
         assert_eq!(m.poll_event(), None, "one decision per view");
         // A failure before everyone reported restarts the collection for the next view.
         m.handle_disconnect(1, now);
         while m.poll_event().is_some() {}
-        m.handle_resync(0, 3, report(3, false, 2));
+        m.handle_resync(0, 3, report(3, false, 2), now);
         assert_eq!(m.poll_event(), Some(MembershipEvent::Decision { epoch: 3, seq: 3, finish: false }));
     }
 
@@ -499,6 +608,59 @@ mod tests {
         assert!(!evicted.contains(&2), "{evicted:?}");
     }
 
+    fn drain(m: &mut Membership<()>) -> Vec<MembershipEvent<()>> {
+        std::iter::from_fn(|| m.poll_event()).collect()
+    }
+
+    #[test]
+    fn a_restarted_rank_is_admitted_at_a_boundary_in_its_old_place() {
+        let (mut m, now) = setup(4, 1);
+        m.handle_disconnect(1, now);
+        drain(&mut m);
+        // No join while the failure is being resolved.
+        m.handle_join(1, (), now).unwrap();
+        assert_eq!(drain(&mut m), vec![]);
+        for r in [0, 2, 3] {
+            m.handle_resync(r, 2, report(10, false, 1), now);
+        }
+        let events = drain(&mut m);
+        assert_eq!(events[0], MembershipEvent::Decision { epoch: 2, seq: 10, finish: false });
+        assert_eq!(events[1], MembershipEvent::JoinPrepare { epoch: 2 });
+        m.handle_join_ack(0, 2, 11, now);
+        m.handle_join_ack(2, 2, 11, now);
+        assert_eq!(drain(&mut m), vec![]);
+        m.handle_join_ack(3, 2, 10, now);
+        let events = drain(&mut m);
+        let MembershipEvent::Admitted { epoch, members, joined, start_seq } = &events[0] else { panic!("{events:?}") };
+        assert_eq!((*epoch, joined.as_slice(), *start_seq), (3, &[1][..], 11));
+        assert_eq!(members.iter().map(|(r, _)| *r).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert!(!m.is_joining(1));
+        assert!(m.handle_join(1, (), now).is_err(), "a member cannot join again");
+    }
+
+    #[test]
+    fn a_failure_during_a_join_puts_it_off_and_a_vanished_joiner_releases_the_members() {
+        let (mut m, now) = setup(4, 1);
+        m.handle_disconnect(3, now);
+        for r in [0, 1, 2] {
+            m.handle_resync(r, 2, report(0, false, 1), now);
+        }
+        m.handle_join(3, (), now).unwrap();
+        assert_eq!(drain(&mut m).last(), Some(&MembershipEvent::JoinPrepare { epoch: 2 }));
+        m.handle_join_ack(0, 2, 5, now);
+        m.handle_disconnect(2, now);
+        assert!(m.is_joining(3), "put off, not forgotten");
+        drain(&mut m);
+        for r in [0, 1] {
+            m.handle_resync(r, 3, report(5, false, 2), now);
+        }
+        assert_eq!(drain(&mut m).last(), Some(&MembershipEvent::JoinPrepare { epoch: 3 }));
+        m.handle_disconnect(3, now);
+        assert_eq!(drain(&mut m), vec![MembershipEvent::JoinCancel { epoch: 3 }]);
+        assert!(!m.is_joining(3));
+        assert_eq!(ranks(&m), vec![0, 1]);
+    }
+
     #[test]
     fn a_view_after_a_failure_leaves_out_the_ranks_that_left() {
         let (mut m, now) = setup(4, 1);
@@ -512,9 +674,9 @@ mod tests {
         }
         assert_eq!(views, vec![vec![1, 2]]);
         // Only the two that are still in the ring have to report for a decision.
-        m.handle_resync(1, 2, report(0, true, 1));
+        m.handle_resync(1, 2, report(0, true, 1), now);
         assert_eq!(m.poll_event(), None);
-        m.handle_resync(2, 2, report(0, true, 1));
+        m.handle_resync(2, 2, report(0, true, 1), now);
         assert_eq!(m.poll_event(), Some(MembershipEvent::Decision { epoch: 2, seq: 0, finish: true }));
     }
 }

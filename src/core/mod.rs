@@ -6,6 +6,7 @@
 pub mod collective;
 pub mod direct;
 mod fin;
+pub mod joins;
 pub mod membership;
 pub mod payload;
 pub mod reduce;

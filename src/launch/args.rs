@@ -97,6 +97,12 @@ pub(crate) struct Args {
     #[arg(long, value_name = "K", requires = "elastic")]
     pub(crate) min_np: Option<usize>,
 
+    /// With --elastic: restart a failed rank up to R times (default 0). The new process
+    /// (same rank, next incarnation) rejoins the running ring at a call boundary; the
+    /// coordinator holds back a rank that keeps failing with a growing backoff.
+    #[arg(long, value_name = "R", requires = "elastic")]
+    pub(crate) max_restarts: Option<u32>,
+
     /// The program every rank runs, and its arguments.
     #[arg(value_name = "PROGRAM", required = true, trailing_var_arg = true)]
     pub(crate) command: Vec<OsString>,

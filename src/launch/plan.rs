@@ -43,6 +43,8 @@ pub(crate) struct Plan {
     pub(crate) timeout: Option<Duration>,
     /// `--elastic --min-np K`: the job goes on while K ranks run.
     pub(crate) elastic_min: Option<usize>,
+    /// `--max-restarts R`: restarts allowed per rank (elastic jobs only).
+    pub(crate) max_restarts: u32,
 }
 
 impl Plan {
@@ -94,7 +96,17 @@ pub(crate) fn plan(args: Args) -> Result<Plan, String> {
         (true, k) => Some(k.unwrap_or(1)),
     };
     output.prepare()?;
-    Ok(Plan { hosts, placement, launch, output, coordinator_ip, port: args.port, timeout: args.timeout, elastic_min })
+    Ok(Plan {
+        hosts,
+        placement,
+        launch,
+        output,
+        coordinator_ip,
+        port: args.port,
+        timeout: args.timeout,
+        elastic_min,
+        max_restarts: args.max_restarts.unwrap_or(0),
+    })
 }
 
 fn host_slots(args: &Args) -> Result<Option<Vec<HostSlots>>, String> {

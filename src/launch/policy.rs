@@ -2,9 +2,10 @@
 //! when time runs out. Pure decisions over the process table; the supervisor acts on them.
 //!
 //! Two policies: mpirun's (the first rank that fails ends the job), and elastic
-//! (`--elastic --min-np K`: failures are survived while at least K ranks run; the job ends
-//! when every remaining rank has ended, successfully if they all did). Restarting failed
-//! ranks (`--max-restarts`) needs ranks to rejoin a running ring, which is not built yet.
+//! (`--elastic --min-np K --max-restarts R`: a failed rank is restarted while it has
+//! restarts left (the new process rejoins the running ring); otherwise failures are
+//! survived while at least K ranks run; the job ends when every remaining rank has ended,
+//! successfully if they all did).
 
 use std::time::Duration;
 
@@ -22,10 +23,13 @@ pub(crate) const SPAWN_FAILED_EXIT_CODE: i32 = 1;
 pub(crate) enum Policy {
     /// Any rank that exits non-zero or by a signal ends the job (mpirun's default).
     AbortOnFailure,
-    /// Failures are survived while at least `min_np` ranks run.
+    /// Failed ranks are restarted up to `max_restarts` times each; failures are survived
+    /// while at least `min_np` ranks run.
     Elastic {
         /// `--min-np`.
         min_np: usize,
+        /// `--max-restarts`.
+        max_restarts: u32,
     },
 }
 
@@ -36,6 +40,8 @@ pub(crate) enum Decision {
     Continue,
     /// Every rank ended successfully.
     Finished,
+    /// Start the rank again (its next incarnation).
+    Restart(Rank),
     /// Stop the job for this reason.
     Stop(StopReason),
 }
@@ -89,7 +95,12 @@ impl Policy {
             Policy::AbortOnFailure if !outcome.is_success() => Decision::Stop(StopReason::RankFailed { rank, outcome }),
             Policy::AbortOnFailure if table.all_ended() => Decision::Finished,
             Policy::AbortOnFailure => Decision::Continue,
-            Policy::Elastic { min_np } if !outcome.is_success() && table.running_count() < min_np => {
+            Policy::Elastic { max_restarts, .. }
+                if !outcome.is_success() && table.slot(rank).is_some_and(|s| s.restarts < max_restarts) =>
+            {
+                Decision::Restart(rank)
+            }
+            Policy::Elastic { min_np, .. } if !outcome.is_success() && table.running_count() < min_np => {
                 Decision::Stop(StopReason::RankFailed { rank, outcome })
             }
             Policy::Elastic { .. } if table.all_ended() => {
@@ -132,7 +143,7 @@ mod tests {
             let child = Command::new("true").spawn().expect("spawn true");
             table.set_running(rank, child, Instant::now());
         }
-        let elastic = Policy::Elastic { min_np: 2 };
+        let elastic = Policy::Elastic { min_np: 2, max_restarts: 0 };
         assert!(table.set_ended(2, 0, Outcome::Signal(libc::SIGKILL)));
         assert_eq!(elastic.on_rank_ended(&table, 2), Decision::Continue, "two ranks still run");
         assert!(table.set_ended(1, 0, Outcome::Code(3)));
@@ -141,6 +152,31 @@ mod tests {
             Decision::Stop(StopReason::RankFailed { rank: 1, outcome: Outcome::Code(3) }),
             "one rank left, below --min-np"
         );
+        table.reap_ended();
+    }
+
+    #[test]
+    fn a_failed_rank_is_restarted_while_it_has_restarts_left() {
+        let mut table = ProcessTable::new(&[(0, 0), (0, 1)]);
+        for rank in 0..2 {
+            let child = Command::new("true").spawn().expect("spawn true");
+            table.set_running(rank, child, Instant::now());
+        }
+        let elastic = Policy::Elastic { min_np: 2, max_restarts: 1 };
+        assert!(table.set_ended(1, 0, Outcome::Signal(libc::SIGKILL)));
+        assert_eq!(elastic.on_rank_ended(&table, 1), Decision::Restart(1), "below --min-np, but restarted");
+        table.restart(1);
+        let child = Command::new("true").spawn().expect("spawn true");
+        table.set_running(1, child, Instant::now());
+        assert_eq!(table.slot(1).map(|s| (s.incarnation, s.restarts)), Some((1, 1)));
+        assert!(!table.set_ended(1, 0, Outcome::Code(0)), "the old incarnation's report is stale");
+        assert!(table.set_ended(1, 1, Outcome::Code(2)));
+        assert_eq!(
+            elastic.on_rank_ended(&table, 1),
+            Decision::Stop(StopReason::RankFailed { rank: 1, outcome: Outcome::Code(2) }),
+            "no restarts left"
+        );
+        assert_eq!(table.groups().len(), 3, "the first incarnation's group stays pinned");
         table.reap_ended();
     }
 

@@ -66,7 +66,9 @@ pub(crate) fn run_job(plan: &Plan, job_id: u64, coordinator: String, on_timeout:
         plan,
         job_id,
         coordinator,
-        policy: plan.elastic_min.map_or(Policy::AbortOnFailure, |min_np| Policy::Elastic { min_np }),
+        policy: plan
+            .elastic_min
+            .map_or(Policy::AbortOnFailure, |min_np| Policy::Elastic { min_np, max_restarts: plan.max_restarts }),
         table: ProcessTable::new(&plan.placement),
         exits_tx,
         exits_rx,
@@ -157,6 +159,11 @@ impl Supervisor<'_> {
             match self.exits_rx.recv_timeout(wait) {
                 Ok(exit) => match self.record(exit) {
                     Some(Decision::Finished) => return 0,
+                    Some(Decision::Restart(rank)) => {
+                        if let Some(reason) = self.restart(rank) {
+                            return self.stop(reason);
+                        }
+                    }
                     Some(Decision::Stop(reason)) => return self.stop(reason),
                     Some(Decision::Continue) | None => {}
                 },
@@ -177,6 +184,10 @@ impl Supervisor<'_> {
             return None;
         }
         let decision = self.policy.on_rank_ended(&self.table, exit.rank);
+        if matches!(decision, Decision::Restart(_)) {
+            let label = self.table.slot(exit.rank).map_or_else(|| format!("rank {}", exit.rank), |s| s.label());
+            eprintln!("ringrun: {label} {}", outcome.describe());
+        }
         if decision == Decision::Continue && !outcome.is_success() {
             let left = self.table.running_count();
             eprintln!(
@@ -186,6 +197,21 @@ impl Supervisor<'_> {
             );
         }
         Some(decision)
+    }
+
+    /// Starts the next incarnation of a failed rank; returns why the job must stop if it
+    /// cannot be started.
+    fn restart(&mut self, rank: Rank) -> Option<StopReason> {
+        self.table.restart(rank);
+        let (n, max) = (self.table.slot(rank).map_or(0, |s| s.restarts), self.plan.max_restarts);
+        eprintln!("ringrun: restarting rank {rank} (restart {n} of {max}); it rejoins the running ring");
+        match self.start(rank) {
+            Ok(()) => None,
+            Err(e) => {
+                eprintln!("ringrun: cannot restart rank {rank}: {e}");
+                Some(StopReason::SpawnFailed { rank })
+            }
+        }
     }
 
     /// Says why the job stops, signals every rank's group, waits the grace period, kills

@@ -128,6 +128,8 @@ impl RankSlot {
 #[derive(Debug)]
 pub(crate) struct ProcessTable {
     slots: Vec<RankSlot>,
+    /// Ended incarnations of restarted ranks, unreaped (their pids pin their groups).
+    retired: Vec<(Child, u32)>,
 }
 
 impl ProcessTable {
@@ -145,7 +147,7 @@ impl ProcessTable {
                 state: RankState::Pending,
             })
             .collect();
-        ProcessTable { slots }
+        ProcessTable { slots, retired: Vec::new() }
     }
 
     /// The slot of `rank`, if it is in the job.
@@ -178,6 +180,17 @@ impl ProcessTable {
         true
     }
 
+    /// Makes `rank`'s ended incarnation retired and its slot pending again for the next
+    /// incarnation (one more restart).
+    pub(crate) fn restart(&mut self, rank: Rank) {
+        let Some(slot) = self.slots.get_mut(rank) else { return };
+        if let RankState::Ended { child, pid, .. } = std::mem::replace(&mut slot.state, RankState::Pending) {
+            self.retired.push((child, pid));
+        }
+        slot.incarnation += 1;
+        slot.restarts += 1;
+    }
+
     /// How many ranks are running.
     pub(crate) fn running_count(&self) -> usize {
         self.slots.iter().filter(|s| s.is_running()).count()
@@ -191,7 +204,7 @@ impl ProcessTable {
     /// Process groups of every started rank, running or ended (an ended rank's group may
     /// still hold processes it left behind).
     pub(crate) fn groups(&self) -> Vec<u32> {
-        self.slots.iter().filter_map(RankSlot::pid).collect()
+        self.slots.iter().filter_map(RankSlot::pid).chain(self.retired.iter().map(|(_, pid)| *pid)).collect()
     }
 
     /// Reaps every ended process (their zombies were kept to pin the group ids). Call only
@@ -202,6 +215,9 @@ impl ProcessTable {
                 // The process has ended, so this returns at once.
                 let _ = child.wait();
             }
+        }
+        for (child, _) in &mut self.retired {
+            let _ = child.wait();
         }
     }
 }

@@ -22,6 +22,10 @@ pub(super) enum CoordEvent {
     Decision { epoch: u64, seq: u64, finish: bool },
     /// Too few ranks remain.
     QuorumLost { epoch: u64, alive: usize, required: usize },
+    /// A rank asks to join: hold before the next call and say which it is.
+    JoinPrepare { epoch: u64 },
+    /// The join prepared in `epoch` is off.
+    JoinCancel { epoch: u64 },
     /// The coordinator is gone (closed, silent past the heartbeat timeout, or garbled).
     Lost(String),
 }
@@ -124,6 +128,8 @@ impl CoordLink {
                             required: required as usize,
                         }),
                         Control::Heartbeat { .. } => {}
+                        Control::JoinPrepare { epoch } => events.push(CoordEvent::JoinPrepare { epoch }),
+                        Control::JoinCancel { epoch } => events.push(CoordEvent::JoinCancel { epoch }),
                         other => tracing::debug!("coordinator sent an unexpected {other:?}"),
                     }
                 }

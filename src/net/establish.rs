@@ -211,6 +211,11 @@ impl RingBuilder {
         Ok(RingBuilder { view, rank, pos, incarnation, counts, next: NextSide::Idle, prev: PrevSide::Idle })
     }
 
+    /// Epoch of the view being built.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.view.epoch
+    }
+
     fn hello(&self, role: Role, target: Rank) -> Hello {
         Hello {
             role,

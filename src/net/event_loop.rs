@@ -32,6 +32,9 @@ mod recovery;
 #[path = "progress.rs"]
 mod progress;
 
+#[path = "joining.rs"]
+mod joining;
+
 const PREV: Token = Token(0);
 const NEXT: Token = Token(1);
 const WAKER: Token = Token(2);
@@ -98,7 +101,7 @@ impl Driver {
             }
             None => None,
         };
-        let fault = super::fault::FaultPlan::from_env(config.rank)?;
+        let fault = if config.incarnation == 0 { super::fault::FaultPlan::from_env(config.rank)? } else { None };
         let mut ev = EventLoop {
             poll,
             rx,
@@ -122,8 +125,12 @@ impl Driver {
             orphan_exit: config.orphan_exit,
             queue: VecDeque::new(),
             active: None,
-            next_seq: 0,
-            completed: 0,
+            next_seq: ring.view.start_seq.unwrap_or(0),
+            completed: ring.view.start_seq.unwrap_or(0),
+            hold: None,
+            switches: VecDeque::new(),
+            joined: if ring.view.start_seq.is_some() { ring.view.joined.clone() } else { Vec::new() },
+            incarnation: config.incarnation,
             broken: None,
             pending_view: None,
             awaiting: None,
@@ -184,6 +191,8 @@ struct Active {
     retry_since: Option<Instant>,
     /// A stall of this attempt was reported to the coordinator.
     stall_reported: bool,
+    /// Ranks admitted into the ring at this call (its report lists them).
+    joined: Vec<Rank>,
 }
 
 /// What to do with the frame whose header was just read.
@@ -229,6 +238,14 @@ struct EventLoop {
     next_seq: u64,
     /// Collectives completed successfully (compared with neighbours after a rebuild).
     completed: u64,
+    /// Held before the next call for the join the coordinator prepares in this epoch.
+    hold: Option<u64>,
+    /// Views admitting ranks, each with the first call it applies to (`net::joining`).
+    switches: VecDeque<(View, u64)>,
+    /// Ranks admitted at the next call.
+    joined: Vec<Rank>,
+    /// `Config::incarnation`, sent in every ring hello.
+    incarnation: u64,
     /// Set once a link has failed, with when: later jobs wait for a new view, and fail with
     /// this reason if none comes in time.
     broken: Option<(Rank, String, Instant, bool)>,
@@ -370,6 +387,7 @@ impl EventLoop {
             let mut progressed = self.maybe_install_view();
             progressed |= self.try_rebuild();
             progressed |= self.apply_decision(now);
+            progressed |= self.maybe_switch();
             if self.active.is_none() {
                 progressed |= self.start_next(now);
             }
@@ -400,6 +418,9 @@ impl EventLoop {
                 let _ = job.reply.send(JobOutcome { result: Err(err) });
             }
             return true;
+        }
+        if self.join_blocks_start() {
+            return false;
         }
         if let Some((peer, reason, since, reported)) = self.broken.clone() {
             if !reported {
@@ -449,6 +470,12 @@ impl EventLoop {
             backed_up,
             retry_since: None,
             stall_reported: false,
+            joined: {
+                let members = &self.sorted;
+                let mut j = std::mem::take(&mut self.joined);
+                j.retain(|r| members.contains(r));
+                j
+            },
         });
         self.drain_transmits();
         self.unpark();
@@ -876,6 +903,10 @@ impl EventLoop {
 
     fn handle_coord_event(&mut self, e: CoordEvent) {
         match e {
+            CoordEvent::View(v) if v.epoch > self.epoch && v.start_seq.is_some() => {
+                let start_seq = v.start_seq.unwrap_or(0);
+                self.on_admit(v, start_seq);
+            }
             CoordEvent::View(v) if v.epoch > self.epoch => {
                 if self.pending_view.as_ref().is_none_or(|p| p.epoch < v.epoch) {
                     self.pending_view = Some(v);
@@ -892,7 +923,10 @@ impl EventLoop {
                 // A rank already evicted keeps saying so: the quorum is the others' problem.
                 self.terminal.get_or_insert(Terminal::QuorumLost { epoch, alive, required });
             }
+            CoordEvent::JoinPrepare { epoch } => self.on_join_prepare(epoch),
+            CoordEvent::JoinCancel { epoch } => self.on_join_cancel(epoch),
             CoordEvent::Lost(reason) => {
+                self.hold = None;
                 if self.orphan_exit {
                     eprintln!("ringcc: rank {}: lost the launcher's coordinator ({reason}); exiting", self.rank);
                     std::process::exit(1);

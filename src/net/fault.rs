@@ -11,6 +11,9 @@
 //! * `action`: `exit` (the process ends at once, as with `kill -9`: the kernel closes its
 //!   sockets), `stall` (the event loop freezes: no frames, no heartbeats, as with
 //!   `kill -STOP`), or `close` (both ring links are closed, the process lives on).
+//!
+//! Only a rank's first incarnation applies it: a restarted rank (`RINGCC_INCARNATION` above
+//! 0) runs without faults, so a test can kill a rank once and watch it rejoin.
 
 use crate::{Error, Rank};
 

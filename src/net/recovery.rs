@@ -28,7 +28,7 @@ pub(super) fn report(a: &Active, now: Instant) -> Report {
     Report {
         epoch: a.epoch,
         members: a.members.clone(),
-        joined: Vec::new(),
+        joined: a.joined.clone(),
         seq: a.seq,
         bytes_sent: a.coll.bytes_sent(),
         bytes_sent_raw: a.coll.bytes_sent_raw(),
@@ -75,6 +75,7 @@ impl EventLoop {
     /// stands, and connects to its new neighbours. The call resumes on the decision.
     pub(super) fn maybe_install_view(&mut self) -> bool {
         let Some(view) = self.pending_view.take() else { return false };
+        self.forget_joins();
         let started = self.next_seq;
         if let Some(plan) = self.fault.take_if(|p| started > 0 && p.due_in_recovery(started - 1)) {
             crate::net::fault::strike(self.rank, &plan);
@@ -94,7 +95,7 @@ impl EventLoop {
         }
         self.awaiting = Some((epoch, Instant::now()));
         let counts = (self.completed, self.next_seq);
-        match RingBuilder::new(view, self.rank, 0, counts) {
+        match RingBuilder::new(view, self.rank, self.incarnation, counts) {
             Ok(b) => self.rebuild = Some((b, Instant::now())),
             Err(e) => self.desync(e.to_string()),
         }
@@ -112,7 +113,7 @@ impl EventLoop {
         if self.pending_view.is_some() {
             return true; // superseded by a newer view
         }
-        let epoch = self.awaiting.map_or(self.epoch, |(e, _)| e);
+        let epoch = builder.epoch();
         // The loop sends no heartbeats while it connects: stay well inside their timeout.
         let limit = REBUILD_TIMEOUT.min(self.heartbeat_timeout / 4);
         match builder.attempt(&self.listener, limit, &self.secret) {
@@ -251,7 +252,7 @@ impl EventLoop {
     }
 
     /// This rank can no longer pair its calls with the others'.
-    fn desync(&mut self, detail: String) {
+    pub(super) fn desync(&mut self, detail: String) {
         tracing::error!(rank = self.rank, %detail, "desynchronized");
         self.terminal.get_or_insert(Terminal::Desynchronized { completed: self.completed, detail });
         let t = self.terminal.clone();

@@ -126,6 +126,29 @@ pub enum Control {
     /// status`; see [`crate::coord::status`]). A phase name that is not
     /// [`is_phase_name`] is sent as `unknown`, and refused when received.
     Progress(Progress),
+    /// Coordinator to every member of the view of `epoch`: a rank asks to join. Start no
+    /// call beyond the one running and answer with [`Control::JoinAck`]; the admitting
+    /// view (or [`Control::JoinCancel`], or a newer view) releases the hold.
+    JoinPrepare {
+        /// Epoch of the current view.
+        epoch: u64,
+    },
+    /// Rank to coordinator: holding at the boundary before call `next_seq` (calls started
+    /// so far, the running one included).
+    JoinAck {
+        /// The answering rank.
+        rank: u32,
+        /// Epoch of the `JoinPrepare` answered.
+        epoch: u64,
+        /// First call this rank has not started.
+        next_seq: u64,
+    },
+    /// Coordinator to every member: the join prepared in `epoch` is off (the joiner went
+    /// away); release the hold.
+    JoinCancel {
+        /// Epoch of the `JoinPrepare` cancelled.
+        epoch: u64,
+    },
 }
 
 struct Writer(Vec<u8>);
@@ -273,6 +296,9 @@ impl Control {
             Control::Resync { .. } => 9,
             Control::Decision { .. } => 10,
             Control::Progress(_) => 11,
+            Control::JoinPrepare { .. } => 12,
+            Control::JoinAck { .. } => 13,
+            Control::JoinCancel { .. } => 14,
         }
     }
 
@@ -301,6 +327,17 @@ impl Control {
                     w.u32(m.rank as u32);
                     w.str(&m.addr.to_string());
                     w.str(&m.host);
+                }
+                match v.start_seq {
+                    None => w.u8(0),
+                    Some(seq) => {
+                        w.u8(1);
+                        w.u64(seq);
+                    }
+                }
+                w.u32(v.joined.len() as u32);
+                for r in &v.joined {
+                    w.u32(*r as u32);
                 }
             }
             Control::Refused(Refusal::ConfigMismatch { field, rank, value, other_rank, other_value }) => {
@@ -349,6 +386,12 @@ impl Control {
                 w.u8(u8::from(*finish));
             }
             Control::Progress(p) => w.progress(p),
+            Control::JoinPrepare { epoch } | Control::JoinCancel { epoch } => w.u64(*epoch),
+            Control::JoinAck { rank, epoch, next_seq } => {
+                w.u32(*rank);
+                w.u64(*epoch);
+                w.u64(*next_seq);
+            }
         }
         let body = w.0;
         let mut out = Vec::with_capacity(CONTROL_HEAD_LEN + body.len());
@@ -421,7 +464,13 @@ impl Control {
                 for _ in 0..n {
                     members.push(Member { rank: r.rank()?, addr: r.addr()?, host: r.str()? });
                 }
-                Control::View(View { job, epoch, world_size, members })
+                let start_seq = if r.flag("view start flag")? { Some(r.u64()?) } else { None };
+                let n = r.count(WORLD_MAX, "joined")?;
+                let mut joined = Vec::with_capacity(n);
+                for _ in 0..n {
+                    joined.push(r.rank()?);
+                }
+                Control::View(View { job, epoch, world_size, members, start_seq, joined })
             }
             3 => match r.u8()? {
                 1 => Control::Refused(Refusal::ConfigMismatch {
@@ -454,6 +503,9 @@ impl Control {
             },
             10 => Control::Decision { epoch: r.u64()?, seq: r.u64()?, finish: r.flag("decision flag")? },
             11 => Control::Progress(r.progress()?),
+            12 => Control::JoinPrepare { epoch: r.u64()? },
+            13 => Control::JoinAck { rank: r.u32()?, epoch: r.u64()?, next_seq: r.u64()? },
+            14 => Control::JoinCancel { epoch: r.u64()? },
             v => return Err(WireError::UnknownId { field: "control type", value: v.into() }),
         };
         if r.pos != len {
@@ -484,6 +536,8 @@ mod tests {
                 epoch: 1,
                 world_size: 2,
                 members: vec![Member { rank: 0, addr, host: "a".into() }, Member { rank: 1, addr, host: "b".into() }],
+                start_seq: None,
+                joined: Vec::new(),
             }),
             Control::Refused(Refusal::ConfigMismatch {
                 field: "segment_bytes".into(),
@@ -525,6 +579,17 @@ mod tests {
                 received_bytes: 0,
                 call: None,
             }),
+            Control::View(View {
+                job: 7,
+                epoch: 9,
+                world_size: 3,
+                members: vec![Member { rank: 2, addr, host: "a".into() }],
+                start_seq: Some(120),
+                joined: vec![2],
+            }),
+            Control::JoinPrepare { epoch: 8 },
+            Control::JoinAck { rank: 1, epoch: 8, next_seq: 120 },
+            Control::JoinCancel { epoch: 8 },
         ]
     }
 
@@ -598,7 +663,7 @@ mod tests {
         }
 
         #[test]
-        fn truncated_bodies_are_errors_not_panics(which in 0usize..13, cut in 0usize..200) {
+        fn truncated_bodies_are_errors_not_panics(which in 0usize..17, cut in 0usize..200) {
             let b = samples()[which].encode();
             let body_len = b.len() - CONTROL_HEAD_LEN;
             let keep = cut.min(body_len);
