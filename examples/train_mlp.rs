@@ -9,6 +9,11 @@
 //! comparing a hash of the weight bytes across ranks, that every rank holds bit-identical
 //! weights; if not, it exits with status 1.
 //!
+//! Under `ringrun --elastic` it survives `kill -9` of a rank: the survivors go on (their
+//! reports name who is in each sum; `Avg` divides by them). With `--max-restarts`, the
+//! killed rank is started again and rejoins at the next epoch's join point, where the
+//! lowest surviving rank broadcasts the epoch, the weights and the momentum to it.
+//!
 //! Run: cargo build --release --examples && target/release/ringrun -n 4 target/release/examples/train_mlp
 //! Alone (one rank, hosting its own coordinator): cargo run --release --example train_mlp
 //! Flags: --epochs --batch --lr --momentum --hidden --seed --bucket-mib MIB --save-grads FILE
@@ -55,15 +60,25 @@ fn run() -> Result<(), Box<dyn Error>> {
     // Without any launcher, run as the only rank with a coordinator on a free loopback port.
     // Declared before `comm` so that it is dropped after it.
     let _server;
+    // Join points: a restarted rank (ringrun --elastic --max-restarts) is admitted at the
+    // start of an epoch, where the others hand it the model.
     let comm = if LAUNCHER_RANK_VARS.iter().any(|v| std::env::var_os(v).is_some()) {
-        Communicator::from_env()?
+        let mut config = ringcc::Config::from_env()?;
+        config.join_points = true;
+        Communicator::connect(config)?
     } else {
         println!("no launcher variables ({}): running alone as rank 0 of 1", LAUNCHER_RANK_VARS.join(", "));
         let options = ServerOptions::new(1, 1, ALONE_RENDEZVOUS_TIMEOUT);
         let server = Server::start(TcpListener::bind("127.0.0.1:0")?, options)?;
         let addr = server.local_addr().to_string();
         _server = server;
-        Communicator::builder().rank(0).world_size(1).coordinator(addr).host_coordinator(false).connect()?
+        Communicator::builder()
+            .rank(0)
+            .world_size(1)
+            .coordinator(addr)
+            .host_coordinator(false)
+            .join_points(true)
+            .connect()?
     };
     let outcome = train::train(&comm, &all, &opts, &mut std::io::stdout().lock())?;
     if comm.rank() == 0 {

@@ -135,3 +135,41 @@ fn train_mlp_survives_a_killed_rank_under_elastic_ringrun() {
         .unwrap_or(0.0);
     assert!(acc > 90.0, "final accuracy {acc}%: {all}");
 }
+
+/// With `--max-restarts`, the killed rank comes back: it is admitted at the next epoch's
+/// join point, receives the model by broadcast, and every later epoch checks identical
+/// weights on all 4 ranks again.
+#[test]
+fn train_mlp_restarted_rank_rejoins_with_the_model() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ringrun"));
+    let example = bin.parent().expect("target dir").join("examples").join("train_mlp");
+    assert!(example.exists(), "{} is missing: run `cargo build --release --examples`", example.display());
+    let (code, stdout, stderr) = ringrun(&[
+        "-n",
+        "4",
+        "--elastic",
+        "--max-restarts",
+        "1",
+        "--timeout",
+        "120",
+        "--tag-output",
+        "-x",
+        "RINGCC_FAULT=rank=2,seq=60,phase=rs,action=exit",
+        example.to_str().expect("utf-8 path"),
+    ]);
+    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(code, Some(0), "{all}");
+    assert!(stderr.contains("ringrun: restarting rank 2 (restart 1 of 1)"), "{all}");
+    assert!(stdout.contains("same on 3 ranks"), "the survivors trained without it for a while: {all}");
+    assert!(stdout.contains("rank(s) [2] rejoined; sent them the model"), "{all}");
+    assert!(stdout.contains("[rank 2] rank 2: rejoined the job at epoch"), "{all}");
+    let last = stdout.lines().filter(|l| l.contains("epoch  20/20")).collect::<Vec<_>>();
+    assert!(last.len() == 1 && last[0].contains("same on 4 ranks"), "{all}");
+    let acc: f64 = stdout
+        .lines()
+        .filter_map(|l| l.split("done: test accuracy ").nth(1))
+        .filter_map(|r| r.split('%').next()?.trim().parse().ok())
+        .next()
+        .unwrap_or(0.0);
+    assert!(acc > 90.0, "final accuracy {acc}%: {all}");
+}

@@ -37,6 +37,8 @@ fn train_on(world: usize, args: &[&str]) -> (Vec<train::Outcome>, String) {
                 config.host_coordinator = false;
                 config.job_id = 11;
                 config.progress_timeout = Duration::from_secs(10);
+                // As the example sets it: each epoch starts at a join point.
+                config.join_points = true;
                 let comm = Communicator::connect(config).unwrap();
                 let mut out = Vec::new();
                 let outcome = train::train(&comm, &all, &opts, &mut out).unwrap_or_else(|e| panic!("rank {rank}: {e}"));

@@ -171,6 +171,11 @@ impl Mlp {
         ready(gw1);
     }
 
+    /// The whole training state, to hand to a rank that joins: parameters and momentum.
+    pub fn state_mut(&mut self) -> [&mut [f32]; 2] {
+        [&mut self.params, &mut self.velocity]
+    }
+
     /// One SGD step with momentum: `v = momentum * v + g; p -= lr * v`.
     pub fn step(&mut self, grads: &[f32], lr: f32, momentum: f32) {
         for ((p, v), g) in self.params.iter_mut().zip(&mut self.velocity).zip(grads) {

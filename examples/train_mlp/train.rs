@@ -230,6 +230,20 @@ fn check_same_weights(comm: &Communicator, mlp: &Mlp) -> Result<(u64, usize), Bo
     Ok((hash, all.len()))
 }
 
+/// Hands the training state to the ranks that just joined (`joined`, empty on the joiner's
+/// side, which receives): the epoch to start, then weights and momentum, broadcast from the
+/// lowest-ranked member that was already there. Every member and the joiners call it at the
+/// same point. Returns the epoch.
+fn share_state(comm: &Communicator, mlp: &mut Mlp, epoch: usize, joined: &[usize]) -> Result<usize, Box<dyn Error>> {
+    let root = comm.members().into_iter().find(|r| !joined.contains(r)).ok_or("no member holds the model")?;
+    let mut header = [epoch as i64];
+    comm.broadcast(&mut header, root)?;
+    for buf in mlp.state_mut() {
+        comm.broadcast(buf, root)?;
+    }
+    usize::try_from(header[0]).map_err(|_| format!("epoch {} from rank {root}", header[0]).into())
+}
+
 /// Trains on this rank's shard of `all` with gradients averaged across `comm`; rank 0
 /// writes one line per epoch to `out`.
 ///
@@ -249,8 +263,16 @@ pub fn train(
     let (train_set, test_set) = data::split(all, opts.seed);
     let shard = data::shard(&train_set, rank, world);
     let mut mlp = Mlp::new(opts.hidden, opts.seed);
-    // Same seed, same weights; the broadcast makes that true by construction.
-    comm.broadcast(&mut mlp.params, 0)?;
+    // A restarted rank joins at an epoch's join point and gets the state there; the others
+    // start from the same seed, and the broadcast makes the weights equal by construction.
+    let mut first_epoch = 1;
+    let joining = comm.joined_at().is_some();
+    if joining {
+        first_epoch = share_state(comm, &mut mlp, 0, &[rank])?;
+        writeln!(out, "rank {rank}: rejoined the job at epoch {first_epoch}; received the model")?;
+    } else {
+        comm.broadcast(&mut mlp.params, 0)?;
+    }
     let batch = opts.batch.min(shard.len()).max(1);
     let steps = shard.len().div_ceil(batch);
     let mut log = |line: String| if rank == 0 { writeln!(out, "{line}") } else { Ok(()) };
@@ -270,7 +292,15 @@ pub fn train(
     let mut accuracy = Vec::with_capacity(opts.epochs);
     let mut weights_hash = 0;
     let started = Instant::now();
-    for epoch in 1..=opts.epochs {
+    for epoch in first_epoch..=opts.epochs {
+        // The join point of this epoch (the joiner already passed it).
+        if !(joining && epoch == first_epoch) {
+            let joined = comm.admit_joins()?;
+            if !joined.is_empty() {
+                share_state(comm, &mut mlp, epoch, &joined)?;
+                log(format!("epoch {epoch:3}: rank(s) {joined:?} rejoined; sent them the model"))?;
+            }
+        }
         let mut order: Vec<usize> = (0..shard.len()).collect();
         Rng::new(opts.seed, stream::EPOCH_ORDER + ((epoch as u64) << 16) + rank as u64).shuffle(&mut order);
         let (mut loss_sum, mut comm_wait, mut calls) = (0.0f64, Duration::ZERO, 0usize);
@@ -295,7 +325,7 @@ pub fn train(
              {compared} ranks  {calls} gradient all_reduces, waited {:.1} ms  {:.2} s",
             opts.epochs,
             totals[0] / totals[1].max(1.0),
-            100.0 * accuracy[epoch - 1],
+            100.0 * accuracy.last().copied().unwrap_or(0.0),
             test_set.len(),
             comm_wait.as_secs_f64() * 1e3,
             started.elapsed().as_secs_f64(),

@@ -290,5 +290,7 @@ fn control_samples() -> Vec<Control> {
         Control::JoinPrepare { epoch: 8 },
         Control::JoinAck { rank: 1, epoch: 8, next_seq: 120 },
         Control::JoinCancel { epoch: 8 },
+        Control::JoinPoint { rank: 3, epoch: 8, seq: 300 },
+        Control::JoinPointDone { epoch: 8, seq: 300 },
     ]
 }

@@ -118,6 +118,12 @@ impl CommunicatorBuilder {
         self.config.insecure = yes;
         self
     }
+    /// Admits restarted ranks only at join points ([`Communicator::admit_joins`]); every
+    /// rank passes the same value.
+    pub fn join_points(mut self, yes: bool) -> Self {
+        self.config.join_points = yes;
+        self
+    }
     /// Replaces the whole configuration.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -288,6 +294,24 @@ impl Communicator {
     /// `examples/train_mlp.rs`).
     pub fn joined_at(&self) -> Option<u64> {
         self.joined_at
+    }
+
+    /// A join point (with `Config::join_points`): every member calls it at the same place
+    /// of its program (say, each epoch or every N steps), with no call of its own in flight.
+    /// It waits for the calls queued before it, then for every member to reach it, and
+    /// returns the ranks admitted there, empty if none. Their first call is the next one:
+    /// typically a `broadcast` of the model and the loop position, which each joiner makes
+    /// right after connecting ([`Communicator::joined_at`] is then `Some`). Costs one
+    /// coordinator round trip after the last member arrives; no ring traffic.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if join points are off or another thread waits at one;
+    /// the terminal error ([`Error::Evicted`], [`Error::QuorumLost`]) of a rank that can no
+    /// longer take part; [`Error::Shutdown`] if the communicator is closing.
+    pub fn admit_joins(&self) -> Result<Vec<Rank>, Error> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.driver.join_point(tx)?;
+        rx.recv().map_err(|_| Error::Shutdown("event loop ended".into()))?
     }
 
     /// This process's rank.

@@ -88,6 +88,12 @@ pub struct Config {
     /// job runs joins it, and the coordinator refuses an incarnation not newer than the one
     /// it knows. Default 0.
     pub incarnation: u64,
+    /// Admit restarted ranks only at the application's join points
+    /// ([`crate::Communicator::admit_joins`]), where it can hand them its state, instead of
+    /// at any call boundary (*fingerprint*). Training loops whose calls differ from step to
+    /// step need it: a joiner cannot know which call the others make next. Default false;
+    /// `RINGCC_JOIN_POINTS=1` turns it on.
+    pub join_points: bool,
     /// Test hook: this rank's event loop sleeps this long after every frame it receives,
     /// making it a straggler (the straggler tests use it). `RINGCC_TEST_SLOW=RANK:MICROS`
     /// sets it on rank RANK only. Default zero: never set it in production.
@@ -201,6 +207,7 @@ impl Config {
             orphan_exit: false,
             exact_retry: true,
             incarnation: 0,
+            join_points: false,
             test_frame_delay: Duration::ZERO,
         }
     }
@@ -226,6 +233,7 @@ impl Config {
             config.min_world =
                 v.parse().map_err(|_| crate::Error::Config(format!("RINGCC_MIN_WORLD={v} is not a number")))?;
         }
+        config.join_points |= matches!(get("RINGCC_JOIN_POINTS").as_deref(), Some("1" | "true"));
         if let Some(v) = get("RINGCC_INCARNATION") {
             config.incarnation =
                 v.parse().map_err(|_| crate::Error::Config(format!("RINGCC_INCARNATION={v} is not a number")))?;
@@ -258,6 +266,7 @@ impl Config {
             ("codec".into(), self.codec.name().into()),
             ("progress_timeout".into(), format!("{:?}", self.progress_timeout)),
             ("exact_retry".into(), self.exact_retry.to_string()),
+            ("join_points".into(), self.join_points.to_string()),
         ]
     }
 

@@ -261,6 +261,11 @@ impl State {
                         self.send(t, &Control::JoinPrepare { epoch });
                     }
                 }
+                MembershipEvent::JoinPointDone { epoch, seq } => {
+                    for t in self.member_tokens() {
+                        self.send(t, &Control::JoinPointDone { epoch, seq });
+                    }
+                }
                 MembershipEvent::JoinCancel { epoch } => {
                     tracing::warn!(epoch, "join cancelled: the joining rank went away");
                     for t in self.member_tokens() {
@@ -495,6 +500,11 @@ impl State {
                     m.handle_resync(rank as usize, epoch, ResyncReport { completed, holds, attempt_epoch }, now);
                 }
             }
+            Control::JoinPoint { rank, epoch, seq } => {
+                if let (Phase::Running(m), true) = (&mut self.phase, sender == Some(rank as usize)) {
+                    m.handle_join_point(rank as usize, epoch, seq, now);
+                }
+            }
             Control::JoinAck { rank, epoch, next_seq } => {
                 if let (Phase::Running(m), true) = (&mut self.phase, sender == Some(rank as usize)) {
                     m.handle_join_ack(rank as usize, epoch, next_seq, now);
@@ -563,9 +573,16 @@ impl State {
             for t in tokens {
                 self.send(t, &Control::View(view.clone()));
             }
+            // Every rank agreed on the fingerprint, so any registration tells the mode.
+            let join_points = self
+                .registered
+                .values()
+                .next()
+                .is_some_and(|(_, r)| r.fingerprint.iter().any(|(k, v)| k == "join_points" && v == "true"));
             let config = MembershipConfig {
                 heartbeat_timeout: self.options.heartbeat_timeout,
                 min_world: self.options.min_world,
+                join_points,
             };
             let members = view.members.iter().map(|m| (m.rank, m.clone())).collect();
             self.phase = Phase::Running(Box::new(Membership::new(config, view.epoch, members, Instant::now())));

@@ -119,6 +119,17 @@ impl<M: Clone> Joins<M> {
         Some(Admission { rank: p.request.rank, member: p.request.member, start_seq })
     }
 
+    /// Takes the first request whose backoff has passed, to admit it now (join points: the
+    /// members already hold at the boundary before `start_seq`).
+    pub fn admit_now(&mut self, start_seq: u64, now: Instant) -> Option<Admission<M>> {
+        if self.preparing.is_some() {
+            return None;
+        }
+        let i = self.queue.iter().position(|r| r.not_before <= now)?;
+        let r = self.queue.remove(i)?;
+        Some(Admission { rank: r.rank, member: r.member, start_seq })
+    }
+
     /// The view changed under the join being prepared: it goes back to the front of the
     /// queue (the new view releases the members' hold). Returns true if one was abandoned.
     pub fn abort(&mut self) -> bool {

@@ -46,6 +46,9 @@ pub struct MembershipConfig {
     pub heartbeat_timeout: Duration,
     /// Fewest members with which the job goes on.
     pub min_world: usize,
+    /// Joins are admitted only at the application's join points (`Config::join_points`),
+    /// not at any call boundary.
+    pub join_points: bool,
 }
 
 /// What the authority decided.
@@ -108,6 +111,13 @@ pub enum MembershipEvent<M> {
         /// First call of the new view.
         start_seq: u64,
     },
+    /// Every member reached the join point before call `seq` and nobody joins there.
+    JoinPointDone {
+        /// Epoch of the view.
+        epoch: u64,
+        /// The call after the join point.
+        seq: u64,
+    },
 }
 
 /// Where a member stands when a new view is installed.
@@ -166,6 +176,8 @@ pub struct Membership<M> {
     joins: Joins<M>,
     /// Ring order of the first view: a rank that comes back takes its old place.
     ring_order: Vec<Rank>,
+    /// Members at the join point of the current view, with the call after it.
+    points: BTreeMap<Rank, u64>,
 }
 
 impl<M: Clone> Membership<M> {
@@ -196,6 +208,7 @@ impl<M: Clone> Membership<M> {
             reports: None,
             joins: Joins::default(),
             ring_order: members.iter().map(|(r, _)| *r).collect(),
+            points: BTreeMap::new(),
             members,
         }
     }
@@ -310,6 +323,33 @@ impl<M: Clone> Membership<M> {
         }
         let ranks: Vec<Rank> = self.members.iter().map(|(r, _)| *r).collect();
         let Some(a) = self.joins.ack(rank, epoch, next_seq, &ranks) else { return };
+        self.admit(a, now);
+    }
+
+    /// Member `rank` reached the application's join point before call `seq` in the view of
+    /// `epoch`. Once every member has, a ready joiner is admitted there; otherwise every
+    /// member is told nobody joins. A point of an older view is dropped (the new view
+    /// released the members).
+    pub fn handle_join_point(&mut self, rank: Rank, epoch: u64, seq: u64, now: Instant) {
+        if !self.config.join_points || epoch != self.epoch || self.lost || !self.state.contains_key(&rank) {
+            return;
+        }
+        self.points.insert(rank, seq);
+        if self.members.iter().any(|(r, _)| !self.points.contains_key(r)) {
+            return;
+        }
+        let seq = self.points.values().copied().max().unwrap_or(seq);
+        self.points.clear();
+        let settled = self.reports.is_none() && self.reform_at.is_none();
+        match self.joins.admit_now(seq, now).filter(|_| settled) {
+            Some(a) => self.admit(a, now),
+            None => self.events.push_back(MembershipEvent::JoinPointDone { epoch, seq }),
+        }
+    }
+
+    /// Admits `a` from its start call on: a new view with it in its ring place.
+    fn admit(&mut self, a: super::joins::Admission<M>, now: Instant) {
+        self.points.clear();
         self.epoch += 1;
         self.members.push((a.rank, a.member));
         let order = &self.ring_order;
@@ -334,7 +374,7 @@ impl<M: Clone> Membership<M> {
 
     /// Starts preparing the next join if nothing else is being resolved.
     fn try_start_join(&mut self, now: Instant) {
-        if self.lost || self.reports.is_some() || self.reform_at.is_some() {
+        if self.config.join_points || self.lost || self.reports.is_some() || self.reform_at.is_some() {
             return;
         }
         if self.joins.start(self.epoch, now) {
@@ -450,8 +490,9 @@ impl<M: Clone> Membership<M> {
     /// again); a re-formed view keeps them, to evict a member whose link stays broken.
     fn install_view(&mut self, clear_suspicions: bool) {
         // A join being prepared is retried once this change is resolved; the new view
-        // releases the members' hold.
+        // releases the members' hold (and those waiting at a join point).
         self.joins.abort();
+        self.points.clear();
         self.events.push_back(MembershipEvent::ViewInstalled { epoch: self.epoch, members: self.members.clone() });
         self.reports = Some(BTreeMap::new());
         if clear_suspicions {
@@ -468,7 +509,7 @@ mod tests {
 
     fn setup(n: usize, min_world: usize) -> (Membership<()>, Instant) {
         let now = Instant::now();
-        let config = MembershipConfig { heartbeat_timeout: Duration::from_secs(3), min_world };
+        let config = MembershipConfig { heartbeat_timeout: Duration::from_secs(3), min_world, join_points: false };
         (Membership::new(config, 1, (0..n).map(|r| (r, ())).collect(), now), now)
     }
 
@@ -659,6 +700,33 @@ mod tests {
         assert_eq!(drain(&mut m), vec![MembershipEvent::JoinCancel { epoch: 3 }]);
         assert!(!m.is_joining(3));
         assert_eq!(ranks(&m), vec![0, 1]);
+    }
+
+    #[test]
+    fn with_join_points_a_joiner_waits_for_every_member_at_one() {
+        let (mut m, now) = setup(3, 1);
+        m.config.join_points = true;
+        m.handle_disconnect(2, now);
+        for r in [0, 1] {
+            m.handle_resync(r, 2, report(4, false, 1), now);
+        }
+        drain(&mut m);
+        m.handle_join(2, (), now).unwrap();
+        assert_eq!(drain(&mut m), vec![], "no JoinPrepare with join points");
+        m.handle_join_point(0, 2, 9, now);
+        assert_eq!(drain(&mut m), vec![]);
+        m.handle_join_point(1, 1, 9, now);
+        assert_eq!(drain(&mut m), vec![], "a point of an older view does not count");
+        m.handle_join_point(1, 2, 9, now);
+        let events = drain(&mut m);
+        assert!(
+            matches!(&events[..], [MembershipEvent::Admitted { epoch: 3, start_seq: 9, joined, .. }] if joined == &[2]),
+            "{events:?}"
+        );
+        for r in [0, 1, 2] {
+            m.handle_join_point(r, 3, 20, now);
+        }
+        assert_eq!(drain(&mut m), vec![MembershipEvent::JoinPointDone { epoch: 3, seq: 20 }]);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub(super) enum CoordEvent {
     JoinPrepare { epoch: u64 },
     /// The join prepared in `epoch` is off.
     JoinCancel { epoch: u64 },
+    /// Nobody joins at the join point before call `seq`.
+    JoinPointDone { epoch: u64, seq: u64 },
     /// The coordinator is gone (closed, silent past the heartbeat timeout, or garbled).
     Lost(String),
 }
@@ -130,6 +132,7 @@ impl CoordLink {
                         Control::Heartbeat { .. } => {}
                         Control::JoinPrepare { epoch } => events.push(CoordEvent::JoinPrepare { epoch }),
                         Control::JoinCancel { epoch } => events.push(CoordEvent::JoinCancel { epoch }),
+                        Control::JoinPointDone { epoch, seq } => events.push(CoordEvent::JoinPointDone { epoch, seq }),
                         other => tracing::debug!("coordinator sent an unexpected {other:?}"),
                     }
                 }

@@ -63,6 +63,9 @@ const REBUILD_RETRY_DELAY: Duration = Duration::from_millis(20);
 pub(crate) enum Command {
     /// Run a collective after those already queued.
     Run(Job),
+    /// The application reached a join point (`net::joining`); the answer is the ranks
+    /// admitted there.
+    JoinPoint(Sender<Result<Vec<Rank>, Error>>),
 }
 
 /// Handle to a running event loop. Dropping it stops the loop and joins the thread.
@@ -131,6 +134,8 @@ impl Driver {
             switches: VecDeque::new(),
             joined: if ring.view.start_seq.is_some() { ring.view.joined.clone() } else { Vec::new() },
             incarnation: config.incarnation,
+            join_points: config.join_points,
+            join_wait: None,
             broken: None,
             pending_view: None,
             awaiting: None,
@@ -159,6 +164,16 @@ impl Driver {
     pub(crate) fn submit(&self, job: Job) -> Result<(), Error> {
         let tx = self.tx.as_ref().ok_or_else(|| Error::Shutdown("communicator dropped".into()))?;
         tx.send(Command::Run(job)).map_err(|_| Error::Shutdown("event loop ended".into()))?;
+        self.waker.wake().map_err(|e| Error::Shutdown(format!("wake event loop: {e}")))
+    }
+
+    /// Tells the loop the application reached a join point; the answer arrives on `reply`.
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] if the loop has ended.
+    pub(crate) fn join_point(&self, reply: Sender<Result<Vec<Rank>, Error>>) -> Result<(), Error> {
+        let tx = self.tx.as_ref().ok_or_else(|| Error::Shutdown("communicator dropped".into()))?;
+        tx.send(Command::JoinPoint(reply)).map_err(|_| Error::Shutdown("event loop ended".into()))?;
         self.waker.wake().map_err(|e| Error::Shutdown(format!("wake event loop: {e}")))
     }
 }
@@ -246,6 +261,10 @@ struct EventLoop {
     joined: Vec<Rank>,
     /// `Config::incarnation`, sent in every ring hello.
     incarnation: u64,
+    /// `Config::join_points`: joins are admitted only at the application's join points.
+    join_points: bool,
+    /// The application waits at a join point (`net::joining`).
+    join_wait: Option<joining::JoinWait>,
     /// Set once a link has failed, with when: later jobs wait for a new view, and fail with
     /// this reason if none comes in time.
     broken: Option<(Rank, String, Instant, bool)>,
@@ -346,6 +365,7 @@ impl EventLoop {
                     WAKER => loop {
                         match self.rx.try_recv() {
                             Ok(Command::Run(job)) => self.queue.push_back(job),
+                            Ok(Command::JoinPoint(reply)) => self.request_join_point(reply),
                             Err(crossbeam_channel::TryRecvError::Empty) => break,
                             Err(crossbeam_channel::TryRecvError::Disconnected) => {
                                 closing = true;
@@ -388,6 +408,7 @@ impl EventLoop {
             progressed |= self.try_rebuild();
             progressed |= self.apply_decision(now);
             progressed |= self.maybe_switch();
+            progressed |= self.maybe_join_point();
             if self.active.is_none() {
                 progressed |= self.start_next(now);
             }
@@ -925,8 +946,10 @@ impl EventLoop {
             }
             CoordEvent::JoinPrepare { epoch } => self.on_join_prepare(epoch),
             CoordEvent::JoinCancel { epoch } => self.on_join_cancel(epoch),
+            CoordEvent::JoinPointDone { epoch, seq } => self.on_join_point_done(epoch, seq),
             CoordEvent::Lost(reason) => {
                 self.hold = None;
+                self.answer_join_point(Ok(Vec::new()));
                 if self.orphan_exit {
                     eprintln!("ringcc: rank {}: lost the launcher's coordinator ({reason}); exiting", self.rank);
                     std::process::exit(1);
@@ -998,6 +1021,7 @@ impl EventLoop {
     }
 
     fn fail_everything(&mut self, reason: &str) {
+        self.answer_join_point(Err(Error::Shutdown(reason.into())));
         if let Some(mut a) = self.active.take() {
             for l in self.links.iter_mut().flatten() {
                 l.release_job(a.job.buf.bytes());

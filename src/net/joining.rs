@@ -5,10 +5,24 @@
 
 use std::time::Instant;
 
+use crossbeam_channel::Sender;
+
 use super::EventLoop;
 use crate::coord::View;
 use crate::net::establish::RingBuilder;
 use crate::wire::control::Control;
+use crate::{Error, Rank};
+
+/// The application waiting at a join point.
+#[derive(Debug)]
+pub(super) struct JoinWait {
+    reply: Sender<Result<Vec<Rank>, Error>>,
+    /// The call after the point, once this rank told the coordinator it is there.
+    at: Option<u64>,
+    /// The ranks admitted there, once known; handed over when the ring of the view that
+    /// admits them stands (so the application's next call runs in it).
+    answer: Option<Vec<Rank>>,
+}
 
 impl EventLoop {
     /// The newest view this rank knows of: installed, being installed, or admitted for a
@@ -56,12 +70,87 @@ impl EventLoop {
             return;
         }
         tracing::info!(rank = self.rank, epoch = view.epoch, start_seq, joined = ?view.joined, "ranks admitted");
+        if let Some(w) = self.join_wait.as_mut().filter(|w| w.at == Some(start_seq)) {
+            w.answer = Some(view.joined.clone());
+        }
         self.switches.push_back((view, start_seq));
     }
 
     /// Whether the next call must wait (held for a join being prepared, or a switch due).
     pub(super) fn join_blocks_start(&self) -> bool {
-        self.hold.is_some() || self.switches.front().is_some_and(|(_, k)| *k <= self.next_seq)
+        let at_point = self.join_wait.as_ref().is_some_and(|w| w.at.is_some());
+        at_point || self.hold.is_some() || self.switches.front().is_some_and(|(_, k)| *k <= self.next_seq)
+    }
+
+    /// The application reached a join point (`Communicator::admit_joins`): once the calls
+    /// queued before it are done, this rank tells the coordinator and holds until it answers.
+    pub(super) fn request_join_point(&mut self, reply: Sender<Result<Vec<Rank>, Error>>) {
+        if !self.join_points {
+            let _ = reply.send(Err(Error::InvalidArgument {
+                op: "admit_joins",
+                reason: "join points are off: set Config::join_points (RINGCC_JOIN_POINTS=1) on every rank".into(),
+            }));
+        } else if self.join_wait.is_some() {
+            let _ = reply.send(Err(Error::InvalidArgument {
+                op: "admit_joins",
+                reason: "another thread waits at a join point of this communicator".into(),
+            }));
+        } else {
+            self.join_wait = Some(JoinWait { reply, at: None, answer: None });
+        }
+    }
+
+    /// Sends the pending join point once nothing runs or waits before it, and hands the
+    /// answer over once any view it brought stands.
+    pub(super) fn maybe_join_point(&mut self) -> bool {
+        let Some(w) = self.join_wait.as_ref() else { return false };
+        if let Some(t) = self.terminal.clone() {
+            self.answer_join_point(Err(t.error(self.rank)));
+            return true;
+        }
+        let settled = self.active.is_none()
+            && self.awaiting.is_none()
+            && self.rebuild.is_none()
+            && self.pending_view.is_none()
+            && self.switches.is_empty();
+        if !settled || (w.at.is_none() && !self.queue.is_empty()) {
+            return false;
+        }
+        if let Some(joined) = w.answer.clone() {
+            self.answer_join_point(Ok(joined));
+            return true;
+        }
+        if w.at.is_some() {
+            return false;
+        }
+        let point = Control::JoinPoint { rank: self.rank as u32, epoch: self.epoch, seq: self.next_seq };
+        match self.coord.as_mut().filter(|c| !c.is_lost()) {
+            Some(c) => c.send(&point),
+            // No coordinator, no joins: nobody can be admitted.
+            None => {
+                self.answer_join_point(Ok(Vec::new()));
+                return true;
+            }
+        }
+        let next = self.next_seq;
+        if let Some(w) = self.join_wait.as_mut() {
+            w.at = Some(next);
+        }
+        true
+    }
+
+    /// Nobody joins at the join point before call `seq`.
+    pub(super) fn on_join_point_done(&mut self, _epoch: u64, seq: u64) {
+        if let Some(w) = self.join_wait.as_mut().filter(|w| w.at == Some(seq)) {
+            w.answer.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// Answers the application waiting at a join point, if any.
+    pub(super) fn answer_join_point(&mut self, answer: Result<Vec<Rank>, Error>) {
+        if let Some(w) = self.join_wait.take() {
+            let _ = w.reply.send(answer);
+        }
     }
 
     /// At the boundary of an admitting view (no call running, every call before its first
@@ -88,6 +177,11 @@ impl EventLoop {
     /// switch not made yet are in the new view too: the next call still reports them.
     pub(super) fn forget_joins(&mut self) {
         self.hold = None;
+        // A join point the coordinator did not answer: nobody joined there (the next point
+        // may admit). One it answered keeps its answer: the new view has those ranks too.
+        if let Some(w) = self.join_wait.as_mut().filter(|w| w.at.is_some()) {
+            w.answer.get_or_insert_with(Vec::new);
+        }
         for (view, _) in self.switches.drain(..) {
             self.joined.extend(view.joined);
         }

@@ -149,6 +149,24 @@ pub enum Control {
         /// Epoch of the `JoinPrepare` cancelled.
         epoch: u64,
     },
+    /// Rank to coordinator, with join points on (`Config::join_points`): the application
+    /// reached a join point; this rank holds before call `seq` until the coordinator
+    /// answers (an admitting view starting at `seq`, or [`Control::JoinPointDone`]).
+    JoinPoint {
+        /// The rank at the join point.
+        rank: u32,
+        /// Epoch of its view.
+        epoch: u64,
+        /// The call after the join point.
+        seq: u64,
+    },
+    /// Coordinator to every member: nobody joins at the join point before call `seq`.
+    JoinPointDone {
+        /// Epoch of the view.
+        epoch: u64,
+        /// The call after the join point.
+        seq: u64,
+    },
 }
 
 struct Writer(Vec<u8>);
@@ -299,6 +317,8 @@ impl Control {
             Control::JoinPrepare { .. } => 12,
             Control::JoinAck { .. } => 13,
             Control::JoinCancel { .. } => 14,
+            Control::JoinPoint { .. } => 15,
+            Control::JoinPointDone { .. } => 16,
         }
     }
 
@@ -387,10 +407,14 @@ impl Control {
             }
             Control::Progress(p) => w.progress(p),
             Control::JoinPrepare { epoch } | Control::JoinCancel { epoch } => w.u64(*epoch),
-            Control::JoinAck { rank, epoch, next_seq } => {
+            Control::JoinAck { rank, epoch, next_seq: seq } | Control::JoinPoint { rank, epoch, seq } => {
                 w.u32(*rank);
                 w.u64(*epoch);
-                w.u64(*next_seq);
+                w.u64(*seq);
+            }
+            Control::JoinPointDone { epoch, seq } => {
+                w.u64(*epoch);
+                w.u64(*seq);
             }
         }
         let body = w.0;
@@ -506,6 +530,8 @@ impl Control {
             12 => Control::JoinPrepare { epoch: r.u64()? },
             13 => Control::JoinAck { rank: r.u32()?, epoch: r.u64()?, next_seq: r.u64()? },
             14 => Control::JoinCancel { epoch: r.u64()? },
+            15 => Control::JoinPoint { rank: r.u32()?, epoch: r.u64()?, seq: r.u64()? },
+            16 => Control::JoinPointDone { epoch: r.u64()?, seq: r.u64()? },
             v => return Err(WireError::UnknownId { field: "control type", value: v.into() }),
         };
         if r.pos != len {
@@ -590,6 +616,8 @@ mod tests {
             Control::JoinPrepare { epoch: 8 },
             Control::JoinAck { rank: 1, epoch: 8, next_seq: 120 },
             Control::JoinCancel { epoch: 8 },
+            Control::JoinPoint { rank: 3, epoch: 8, seq: 300 },
+            Control::JoinPointDone { epoch: 8, seq: 300 },
         ]
     }
 
@@ -663,7 +691,7 @@ mod tests {
         }
 
         #[test]
-        fn truncated_bodies_are_errors_not_panics(which in 0usize..17, cut in 0usize..200) {
+        fn truncated_bodies_are_errors_not_panics(which in 0usize..19, cut in 0usize..200) {
             let b = samples()[which].encode();
             let body_len = b.len() - CONTROL_HEAD_LEN;
             let keep = cut.min(body_len);
