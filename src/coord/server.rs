@@ -237,7 +237,10 @@ impl State {
                 MembershipEvent::Evicted { rank, epoch, reason } => {
                     tracing::warn!(rank, epoch, %reason, "rank evicted");
                     self.board.evicted(rank, &reason);
-                    if let Some(t) = self.token_of(rank) {
+                    // A rank replaced by a restart: its connection is the new process's, which
+                    // waits to join; the eviction was of the old one.
+                    let replaced = m.is_joining(rank);
+                    if let Some(t) = self.token_of(rank).filter(|_| !replaced) {
                         self.send(t, &Control::Evicted { epoch, reason });
                     }
                 }

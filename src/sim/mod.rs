@@ -55,6 +55,8 @@
 
 mod buf;
 mod engine;
+pub mod group;
+mod group_rank;
 mod net;
 pub mod oracle;
 mod rank;
