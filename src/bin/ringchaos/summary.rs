@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use crate::procs::Signal;
-use crate::round::{Mode, Outcome, Plan};
+use crate::round::{Fault, Mode, Outcome, Plan};
 
 /// One call of a round, merged over the ranks that completed it.
 struct Call {
@@ -191,6 +191,7 @@ fn fault_rows(s: &mut String, ctx: &Context, kill: &[&(Plan, Outcome)], stop: &[
         resumed.len(),
         ms(percentile(&resumed, 50.0))
     );
+    join_rows(s, kill, stop);
     let goal = |xs: &[u64], limit: Duration| match percentile(xs, 99.0) {
         Some(p) if p <= limit.as_micros() as u64 => "met",
         Some(_) => "MISSED",
@@ -198,6 +199,47 @@ fn fault_rows(s: &mut String, ctx: &Context, kill: &[&(Plan, Outcome)], stop: &[
     };
     let stop_goal = ctx.heartbeat_timeout + Duration::from_secs(1);
     let _ = writeln!(s, "\nGoals: recovery after kill -9 under 1 s p99: {} ({} ms); SIGSTOP detected within heartbeat timeout {:?} + 1 s p99: {} ({} ms).", goal(&kr, Duration::from_secs(1)), ms(percentile(&kr, 99.0)), ctx.heartbeat_timeout, goal(&sd, stop_goal), ms(percentile(&sd, 99.0)));
+}
+
+/// Restarts and rejoins: how many, how long (kill -9: from the kill, the restart being at
+/// once; SIGSTOP: from the restart, after `Evicted`), split by whether the coordinator held
+/// the join back (backoff for a rank evicted before in the round).
+fn join_rows(s: &mut String, kill: &[&(Plan, Outcome)], stop: &[&(Plan, Outcome)]) {
+    let all = |rs: &[&(Plan, Outcome)]| rs.iter().flat_map(|(_, o)| &o.faults).cloned().collect::<Vec<Fault>>();
+    let (k, st) = (all(kill), all(stop));
+    if k.iter().chain(&st).all(|f| f.restart_at_us.is_none()) {
+        return;
+    }
+    let restarts = |fs: &[Fault]| fs.iter().filter(|f| f.restart_at_us.is_some()).count();
+    let joins = |fs: &[Fault]| fs.iter().filter(|f| f.rejoined_at_us.is_some()).count();
+    let reported = |fs: &[Fault]| fs.iter().filter(|f| f.join_reported).count();
+    let _ = writeln!(s, "| victims restarted | - | {} | {} |", restarts(&k), restarts(&st));
+    let _ = writeln!(
+        s,
+        "| joins completed (new incarnation completed a call) / named in a survivor's `Report::joined` | - | {} / {} | {} / {} |",
+        joins(&k),
+        reported(&k),
+        joins(&st),
+        reported(&st)
+    );
+    let took = |fs: &[Fault], first: bool, from_signal: bool| -> Vec<u64> {
+        let fs = fs.iter().filter(|f| (f.prior_evictions == 0) == first);
+        let since = |f: &Fault| if from_signal { Some(f.signal_us) } else { f.restart_at_us };
+        fs.filter_map(|f| Some(f.rejoined_at_us?.saturating_sub(since(f)?))).collect()
+    };
+    let pair = |xs: &[u64]| format!("{} / {} ({})", ms(percentile(xs, 50.0)), ms(percentile(xs, 99.0)), xs.len());
+    let _ = writeln!(
+        s,
+        "| rejoin p50 / p99 (ms) (samples), first eviction of the rank in the round: kill -9: kill to the new incarnation's first completed call; SIGSTOP: restart (after `Evicted`) to it | - | {} | {} |",
+        pair(&took(&k, true, true)),
+        pair(&took(&st, true, false))
+    );
+    let _ = writeln!(
+        s,
+        "| rejoin p50 / p99 (ms) (samples), ranks evicted before in the round (coordinator backoff 1 s, doubling) | - | {} | {} |",
+        pair(&took(&k, false, true)),
+        pair(&took(&st, false, false))
+    );
 }
 
 fn throughput_rows(
