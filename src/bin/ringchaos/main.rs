@@ -110,7 +110,8 @@ enum Cmd {
 
 fn check(args: &Args) -> Result<(), String> {
     let ok = (4..=64).contains(&args.world)
-        && (2..args.world).contains(&args.min_world)
+        && (2..=args.world).contains(&args.min_world)
+        && (!args.no_restart || args.min_world < args.world)
         && (1..=100_000).contains(&args.calls)
         && args.stops <= 1000
         && (40..=100_000).contains(&args.round_calls)
@@ -125,7 +126,7 @@ fn check(args: &Args) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err("out of range: --world 4..=64, --min-world 2..world, --round-calls >= 40, --mib 1..=1024, \
+        Err("out of range: --world 4..=64, --min-world 2..=world (< world with --no-restart), --round-calls >= 40, --mib 1..=1024, \
              --heartbeat-timeout 0.1..=60, --overlap-percent 0..=100 (with --no-restart), --gap-min-ms <= --gap-max-ms <= 60000"
             .into())
     }
