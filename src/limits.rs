@@ -71,6 +71,12 @@ pub const FRAME_EPOCH_AHEAD_MAX: u64 = 1024;
 /// most half the heartbeat timeout: the event loop sends no heartbeats meanwhile).
 pub const REBUILD_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Longest one attempt at connecting to the neighbours of a new view blocks the event loop.
+/// Attempts resume where the last one stopped (`net::establish::RingBuilder`), so a short
+/// one costs nothing; between attempts the loop hears the coordinator (a newer view) and
+/// sends heartbeats.
+pub const REBUILD_ATTEMPT_MAX: Duration = Duration::from_millis(250);
+
 /// Backoff before a rank evicted twice is admitted again; it doubles with every further
 /// eviction (a rank that keeps failing is held back; see `core::joins`).
 pub const JOIN_BACKOFF_BASE: Duration = Duration::from_secs(1);

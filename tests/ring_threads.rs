@@ -40,3 +40,42 @@ fn communicator_is_send_and_sync_and_reports_its_view() {
     let views = with_ring(3, 1024, |comm| (comm.epoch(), comm.members()));
     assert!(views.iter().all(|v| *v == (1, vec![0, 1, 2])), "{views:?}");
 }
+
+/// A rank that stops calling (alive, heartbeating, its loop idle) stalls the ring: every rank
+/// behind it in the chain reports its own upstream neighbour stalled. Only the head of the
+/// chain is evicted; the others redo the call without it and go on.
+#[test]
+fn a_stuck_rank_is_the_only_one_evicted_for_a_chain_of_stalls() {
+    let results = common::thread_ring(
+        4,
+        |c| c.progress_timeout = std::time::Duration::from_millis(800),
+        |comm| {
+            let r = comm.rank();
+            let mut reports = Vec::new();
+            for call in 0..6 {
+                if r == 2 && call == 3 {
+                    std::thread::sleep(std::time::Duration::from_secs(4));
+                }
+                let mut v = vec![(r + 1) as f32; 1000];
+                match comm.all_reduce(&mut v, ReduceOp::Sum) {
+                    Ok(report) => {
+                        let want: f32 = report.members.iter().map(|m| (m + 1) as f32).sum();
+                        assert!(v.iter().all(|x| *x == want), "rank {r} call {call}: {} != {want}", v[0]);
+                        reports.push(report.members);
+                    }
+                    Err(e) => return (r, reports, Some(e.to_string())),
+                }
+            }
+            (r, reports, None)
+        },
+    );
+    for (r, reports, err) in results {
+        if r == 2 {
+            assert!(err.as_deref().is_some_and(|e| e.contains("evicted")), "rank 2: {err:?}");
+        } else {
+            assert_eq!(err, None, "rank {r}");
+            assert_eq!(reports.len(), 6, "rank {r}");
+            assert_eq!(reports[5], vec![0, 1, 3], "rank {r}: only the stuck rank goes");
+        }
+    }
+}

@@ -6,7 +6,10 @@
 //! * A member whose coordinator connection closes without a `Leave`, or whose heartbeats
 //!   stop for `heartbeat_timeout` (dead or frozen), is evicted.
 //! * A member reported *stalled* by a neighbour (alive but stuck past the progress timeout)
-//!   is evicted at once.
+//!   is evicted after [`STALL_GRACE`]. A stall propagates down the ring (each rank waits on
+//!   the one before it), so the reports of that grace are read together and only the ranks
+//!   at the head of a chain are evicted: those reported stalled that did not report a stall
+//!   themselves (in a full cycle, where everyone reports, the first one reported).
 //! * A member reported for a *closed link* is evicted as soon as the coordinator has its own
 //!   evidence (its connection closed, or heartbeats stale). If it still looks alive, the ring
 //!   is *re-formed*: a new view with the same members (a link can break in a race while
@@ -35,6 +38,10 @@ use super::joins::Joins;
 /// How long a reported closed link to a live member waits for evidence of a crash before
 /// the ring is re-formed (`Membership::handle_suspect`).
 pub const REFORM_GRACE: Duration = Duration::from_millis(200);
+
+/// How long stall reports are collected before the ranks at the head of their chains are
+/// evicted (`Membership::handle_suspect`).
+pub const STALL_GRACE: Duration = Duration::from_millis(500);
 
 /// A rank id.
 pub type Rank = usize;
@@ -178,6 +185,10 @@ pub struct Membership<M> {
     ring_order: Vec<Rank>,
     /// Members at the join point of the current view, with the call after it.
     points: BTreeMap<Rank, u64>,
+    /// Stall reports of the current view, reporter to suspect, in arrival order, and when
+    /// they are judged.
+    stalls: Vec<(Rank, Rank)>,
+    stall_at: Option<Instant>,
 }
 
 impl<M: Clone> Membership<M> {
@@ -209,6 +220,8 @@ impl<M: Clone> Membership<M> {
             joins: Joins::default(),
             ring_order: members.iter().map(|(r, _)| *r).collect(),
             points: BTreeMap::new(),
+            stalls: Vec::new(),
+            stall_at: None,
             members,
         }
     }
@@ -271,7 +284,10 @@ impl<M: Clone> Membership<M> {
         let Some(s) = self.state.get_mut(&suspect) else { return };
         let stale = now.duration_since(s.last_seen) >= self.config.heartbeat_timeout;
         if stalled {
-            self.evict(suspect, format!("rank {reporter} saw no progress from it"), now);
+            if !self.stalls.iter().any(|(r, _)| *r == reporter) {
+                self.stalls.push((reporter, suspect));
+            }
+            self.stall_at.get_or_insert(now + STALL_GRACE);
         } else if !s.connected || s.left || stale {
             self.evict(suspect, format!("rank {reporter} lost its link to it and it is gone"), now);
         } else if s.suspected_until.is_some() {
@@ -416,6 +432,11 @@ impl<M: Clone> Membership<M> {
                 s.suspected_until = None;
             }
         }
+        let mut due = due;
+        if self.stall_at.is_some_and(|t| now >= t) {
+            self.stall_at = None;
+            due.extend(self.stall_heads());
+        }
         let evicting = !due.is_empty();
         for (r, why) in due {
             self.evict(r, why, now);
@@ -429,6 +450,24 @@ impl<M: Clone> Membership<M> {
             }
         }
         self.try_start_join(now);
+    }
+
+    /// The ranks to evict for the stall reports collected: the heads of the chains (reported,
+    /// not reporting), or in a cycle the first one reported.
+    fn stall_heads(&mut self) -> Vec<(Rank, String)> {
+        let stalls = std::mem::take(&mut self.stalls);
+        let reporters: Vec<Rank> = stalls.iter().map(|(r, _)| *r).collect();
+        let why = |reporter: Rank| format!("rank {reporter} saw no progress from it");
+        let mut heads: Vec<(Rank, String)> = Vec::new();
+        for (reporter, suspect) in &stalls {
+            if !reporters.contains(suspect) && !heads.iter().any(|(h, _)| h == suspect) {
+                heads.push((*suspect, why(*reporter)));
+            }
+        }
+        if heads.is_empty() {
+            heads.extend(stalls.first().map(|(reporter, suspect)| (*suspect, why(*reporter))));
+        }
+        heads
     }
 
     /// Earliest deadline at which [`Membership::handle_timeout`] may act.
@@ -445,6 +484,7 @@ impl<M: Clone> Membership<M> {
                 })
             })
             .chain(self.reform_at)
+            .chain(self.stall_at)
             .chain(self.reports.is_none().then(|| self.joins.next_start()).flatten())
             .min()
     }
@@ -493,6 +533,9 @@ impl<M: Clone> Membership<M> {
         // releases the members' hold (and those waiting at a join point).
         self.joins.abort();
         self.points.clear();
+        // Stalls of the old view were caused by it; the new one is judged afresh.
+        self.stalls.clear();
+        self.stall_at = None;
         self.events.push_back(MembershipEvent::ViewInstalled { epoch: self.epoch, members: self.members.clone() });
         self.reports = Some(BTreeMap::new());
         if clear_suspicions {
@@ -586,12 +629,37 @@ mod tests {
     }
 
     #[test]
-    fn a_stall_evicts_at_once_and_quorum_is_enforced() {
+    fn a_stall_evicts_after_the_grace_and_quorum_is_enforced() {
         let (mut m, now) = setup(2, 2);
         m.handle_suspect(0, 1, 1, true, now);
+        assert_eq!(m.poll_event(), None);
+        assert_eq!(m.poll_timeout(), Some(now + STALL_GRACE));
+        m.handle_timeout(now + STALL_GRACE);
         assert!(matches!(m.poll_event(), Some(MembershipEvent::Evicted { rank: 1, .. })));
         assert!(matches!(m.poll_event(), Some(MembershipEvent::QuorumLost { alive: 1, required: 2, .. })));
         assert!(m.is_lost());
+    }
+
+    #[test]
+    fn a_chain_of_stalls_evicts_only_its_head() {
+        let (mut m, now) = setup(5, 1);
+        // Rank 2 is stuck: 3 waits on 2, 4 on 3, 0 on 4, 1 on 0; the reports come out of order.
+        for (reporter, suspect) in [(0, 4), (4, 3), (1, 0), (3, 2)] {
+            m.handle_suspect(reporter, suspect, 1, true, now);
+        }
+        m.handle_timeout(now + STALL_GRACE);
+        let evicted: Vec<Rank> = drain(&mut m)
+            .into_iter()
+            .filter_map(|e| if let MembershipEvent::Evicted { rank, .. } = e { Some(rank) } else { None })
+            .collect();
+        assert_eq!(evicted, vec![2]);
+        // A full cycle (everyone waits on everyone): the first one reported goes.
+        let (mut m, now) = setup(3, 1);
+        for (reporter, suspect) in [(1, 0), (2, 1), (0, 2)] {
+            m.handle_suspect(reporter, suspect, 1, true, now);
+        }
+        m.handle_timeout(now + STALL_GRACE);
+        assert!(matches!(drain(&mut m).first(), Some(MembershipEvent::Evicted { rank: 0, .. })));
     }
 
     fn report(completed: u64, holds: bool, attempt_epoch: u64) -> ResyncReport {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::{Active, EventLoop, Terminal};
 use crate::core::collective::{Collective, ProtocolError, Spec, Status};
-use crate::limits::REBUILD_TIMEOUT;
+use crate::limits::REBUILD_ATTEMPT_MAX;
 use crate::net::establish::RingBuilder;
 use crate::net::JobOutcome;
 use crate::wire::control::Control;
@@ -115,7 +115,7 @@ impl EventLoop {
         }
         let epoch = builder.epoch();
         // The loop sends no heartbeats while it connects: stay well inside their timeout.
-        let limit = REBUILD_TIMEOUT.min(self.heartbeat_timeout / 4);
+        let limit = REBUILD_ATTEMPT_MAX.min(self.heartbeat_timeout / 4);
         match builder.attempt(&self.listener, limit, &self.secret) {
             Ok(ring) => {
                 // Calls are sequential and returned only once all held the result: the
