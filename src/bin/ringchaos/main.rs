@@ -179,6 +179,7 @@ fn drive(args: &Args) -> std::io::Result<bool> {
     let ctx = summary::Context {
         bytes: settings.elems * 4,
         heartbeat_timeout: settings.heartbeat_timeout,
+        progress_timeout: settings.progress_timeout,
         command: command_line(args.seed.is_none(), seed),
         settings: format!(
             "{}, {} MiB f32 all-reduces (Sum and Avg alternating), heartbeat timeout \

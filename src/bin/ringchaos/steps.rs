@@ -46,13 +46,14 @@ impl Round<'_> {
     }
 
     /// Signals a random running rank, unless faults are over: the round's fault budget
-    /// spent, `min_world` reached (without restarts), or too few calls left for a recovery
+    /// spent, `min_world` members left (without restarts, the end of a round; with them,
+    /// only after a rank was lost otherwise, e.g. a healthy rank evicted: one more fault
+    /// would be a quorum loss of the driver's making), or too few calls left for a recovery
     /// to show. A kill -9 victim is restarted at once when restarts are on.
     fn inject(&mut self, now: u64) -> Result<(), String> {
         let running = self.running();
         let progress = self.progress();
-        let shrunk = !self.settings.restart && running.len() <= self.plan.min_world;
-        if shrunk
+        if running.len() <= self.plan.min_world
             || self.out.faults.len() >= self.plan.faults_max
             || progress + 2 * self.settings.drain_calls > self.plan.calls
         {

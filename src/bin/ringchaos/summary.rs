@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
+use ringcc::core::joins::backoff;
+
 use crate::procs::Signal;
 use crate::round::{Fault, Mode, Outcome, Plan};
 
@@ -86,6 +88,8 @@ pub struct Context {
     pub bytes: usize,
     /// Heartbeat timeout.
     pub heartbeat_timeout: Duration,
+    /// Progress timeout (a rejoin slower than this one stalled).
+    pub progress_timeout: Duration,
     /// The command line, for the header.
     pub command: String,
     /// What the command line means, for the header.
@@ -191,7 +195,7 @@ fn fault_rows(s: &mut String, ctx: &Context, kill: &[&(Plan, Outcome)], stop: &[
         resumed.len(),
         ms(percentile(&resumed, 50.0))
     );
-    join_rows(s, kill, stop);
+    join_rows(s, ctx, kill, stop);
     let goal = |xs: &[u64], limit: Duration| match percentile(xs, 99.0) {
         Some(p) if p <= limit.as_micros() as u64 => "met",
         Some(_) => "MISSED",
@@ -204,7 +208,7 @@ fn fault_rows(s: &mut String, ctx: &Context, kill: &[&(Plan, Outcome)], stop: &[
 /// Restarts and rejoins: how many, how long (kill -9: from the kill, the restart being at
 /// once; SIGSTOP: from the restart, after `Evicted`), split by whether the coordinator held
 /// the join back (backoff for a rank evicted before in the round).
-fn join_rows(s: &mut String, kill: &[&(Plan, Outcome)], stop: &[&(Plan, Outcome)]) {
+fn join_rows(s: &mut String, ctx: &Context, kill: &[&(Plan, Outcome)], stop: &[&(Plan, Outcome)]) {
     let all = |rs: &[&(Plan, Outcome)]| rs.iter().flat_map(|(_, o)| &o.faults).cloned().collect::<Vec<Fault>>();
     let (k, st) = (all(kill), all(stop));
     if k.iter().chain(&st).all(|f| f.restart_at_us.is_none()) {
@@ -239,6 +243,26 @@ fn join_rows(s: &mut String, kill: &[&(Plan, Outcome)], stop: &[&(Plan, Outcome)
         "| rejoin p50 / p99 (ms) (samples), ranks evicted before in the round (coordinator backoff 1 s, doubling) | - | {} | {} |",
         pair(&took(&k, false, true)),
         pair(&took(&st, false, false))
+    );
+    let limit_us = ctx.progress_timeout.as_micros() as u64;
+    let stalled = |f: &Fault| match (f.restart_at_us, f.rejoined_at_us) {
+        (Some(a), Some(b)) => b.saturating_sub(a) > backoff(f.prior_evictions + 1).as_micros() as u64 + limit_us,
+        _ => false,
+    };
+    let _ = writeln!(
+        s,
+        "| rejoins slower than backoff + progress timeout {:?} (a stalled first call) | - | {} | {} |",
+        ctx.progress_timeout,
+        k.iter().filter(|f| stalled(f)).count(),
+        st.iter().filter(|f| stalled(f)).count()
+    );
+    let recovered =
+        |fs: &[Fault]| -> Vec<u64> { fs.iter().filter(|f| !stalled(f)).filter_map(|f| f.recover_us).collect() };
+    let _ = writeln!(
+        s,
+        "| recovery p50 / p99 (ms) (samples) of the faults whose rejoin did not stall | - | {} | {} |",
+        pair(&recovered(&k)),
+        pair(&recovered(&st))
     );
 }
 
