@@ -1,5 +1,5 @@
 //! Captures the in-process coordinator's decisions (evictions, views, decisions on
-//! interrupted calls, quorum loss) with the wall-clock time they were logged, so detection
+//! interrupted calls, quorum loss, admissions of joining ranks) with the wall-clock time they were logged, so detection
 //! times are measured on the coordinator's own clock rather than parsed from stderr.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +23,8 @@ pub enum CoordEvent {
     Decision { epoch: u64, seq: u64, finish: bool },
     /// Fewer than `min_world` ranks remain.
     QuorumLost { epoch: u64 },
+    /// View `epoch` admits `joined` from call `start_seq` on.
+    Admitted { epoch: u64, start_seq: u64, joined: Vec<usize> },
 }
 
 /// Events with the time (microseconds since the Unix epoch) they were logged.
@@ -65,6 +67,9 @@ impl<S: tracing::Subscriber> Layer<S> for CaptureLayer {
             "new view" => CoordEvent::View { epoch: f.epoch, members: parse_list(&f.members) },
             "interrupted call decided" => CoordEvent::Decision { epoch: f.epoch, seq: f.seq, finish: f.finish },
             "quorum lost" => CoordEvent::QuorumLost { epoch: f.epoch },
+            "ranks admitted" => {
+                CoordEvent::Admitted { epoch: f.epoch, start_seq: f.start_seq, joined: parse_list(&f.joined) }
+            }
             _ => return,
         };
         self.0.lock().push((now_us(), parsed));
@@ -82,9 +87,11 @@ struct Fields {
     rank: u64,
     epoch: u64,
     seq: u64,
+    start_seq: u64,
     finish: bool,
     reason: String,
     members: String,
+    joined: String,
 }
 
 impl Visit for Fields {
@@ -93,6 +100,7 @@ impl Visit for Fields {
             "rank" => self.rank = value,
             "epoch" => self.epoch = value,
             "seq" => self.seq = value,
+            "start_seq" => self.start_seq = value,
             _ => {}
         }
     }
@@ -119,6 +127,7 @@ impl Visit for Fields {
             "message" => self.message = text,
             "reason" => self.reason = text,
             "members" => self.members = text,
+            "joined" => self.joined = text,
             _ => {}
         }
     }

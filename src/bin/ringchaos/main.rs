@@ -1,10 +1,13 @@
 //! ringchaos: the chaos benchmark. Ranks over 127.0.0.1 loop on all-reduces, each result
 //! checked exactly against a reference over the members its report names, while ranks are
 //! killed (`kill -9`) or frozen (`kill -STOP`, then SIGCONT: it must get `Evicted`) at
-//! random moments, one at a time, down to `--min-world`; then a new round starts, since
-//! killed ranks cannot rejoin yet. Reports collectives completed, wrong results, hangs,
-//! errors on survivors, detection and recovery times (p50, p99), and throughput while
-//! failing against the same calls without failures.
+//! random moments, one at a time. Each victim is restarted with the next incarnation and
+//! rejoins the running job (a kill -9 victim at once, a frozen one once it got `Evicted`);
+//! its results are checked too, from its first call (`joined_at`) on. Rounds run at every
+//! world size from `--world` down to `--min-world`. With `--no-restart`, victims stay out
+//! and each round goes down to `--min-world` members. Reports collectives completed, wrong
+//! results, hangs, errors on survivors, detection, recovery and rejoin times (p50, p99),
+//! joins completed, and throughput while failing against the same calls without failures.
 //!
 //! Run: `scripts/chaos` (builds, then runs `target/release/ringchaos` with its flags).
 //! Not in CI: it takes minutes and its timings depend on the machine's load.
@@ -13,6 +16,7 @@ mod capture;
 mod procs;
 mod rank;
 mod round;
+mod steps;
 mod summary;
 
 use std::io::Write;
@@ -34,21 +38,29 @@ use round::{Mode, Outcome, Plan, Settings};
 struct Args {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// Ranks at the start of each round (4..=64).
+    /// Ranks of the largest rounds (4..=64).
     #[arg(long, default_value_t = 8)]
     world: usize,
-    /// Members left when a round stops injecting faults (the coordinator's min_world).
+    /// Ranks of the smallest rounds: rounds run at world sizes from --world down to this one
+    /// in turn (with --no-restart: members left when a round stops injecting faults, and
+    /// every fault round starts at --world). Also the coordinator's min_world (at most the
+    /// round's world size - 1).
     #[arg(long, default_value_t = 4)]
     min_world: usize,
+    /// Victims are not restarted (the behaviour before joins): a round goes on until
+    /// --min-world members are left.
+    #[arg(long)]
+    no_restart: bool,
     /// All-reduces (over all kill -9 rounds) after which the kill rounds stop.
     #[arg(long, default_value_t = 1000)]
     calls: usize,
     /// SIGSTOP faults to inject (0: no SIGSTOP rounds).
     #[arg(long, default_value_t = 16)]
     stops: usize,
-    /// Most all-reduces per rank in a fault round (a round ends 10 calls after its last
-    /// recovery).
-    #[arg(long, default_value_t = 1000)]
+    /// All-reduces per fault round: faults stop when fewer than 20 are left (with
+    /// --no-restart, also when --min-world members are left; the round ends 10 calls
+    /// later).
+    #[arg(long, default_value_t = 200)]
     round_calls: usize,
     /// All-reduces per baseline round (one round per world size, no faults).
     #[arg(long, default_value_t = 60)]
@@ -69,7 +81,7 @@ struct Args {
     #[arg(long, default_value_t = 1200)]
     gap_max_ms: u64,
     /// Percent of kill -9 faults followed by the next kill during their recovery (within
-    /// 10 ms of the eviction): views that follow each other closely.
+    /// 10 ms of the eviction): views that follow each other closely (with --no-restart).
     #[arg(long, default_value_t = 0)]
     overlap_percent: u64,
     /// Seed of the fault schedule (victims and waits); random if absent.
@@ -98,7 +110,8 @@ enum Cmd {
 
 fn check(args: &Args) -> Result<(), String> {
     let ok = (4..=64).contains(&args.world)
-        && (2..args.world).contains(&args.min_world)
+        && (2..=args.world).contains(&args.min_world)
+        && (!args.no_restart || args.min_world < args.world)
         && (1..=100_000).contains(&args.calls)
         && args.stops <= 1000
         && (40..=100_000).contains(&args.round_calls)
@@ -107,13 +120,14 @@ fn check(args: &Args) -> Result<(), String> {
         && (0.1..=60.0).contains(&args.heartbeat_timeout)
         && (0.1..=600.0).contains(&args.progress_timeout)
         && args.overlap_percent <= 100
+        && (args.no_restart || args.overlap_percent == 0)
         && args.gap_min_ms <= args.gap_max_ms
         && args.gap_max_ms <= 60_000;
     if ok {
         Ok(())
     } else {
-        Err("out of range: --world 4..=64, --min-world 2..world, --round-calls >= 40, --mib 1..=1024, \
-             --heartbeat-timeout 0.1..=60, --overlap-percent 0..=100, --gap-min-ms <= --gap-max-ms <= 60000"
+        Err("out of range: --world 4..=64, --min-world 2..=world (< world with --no-restart), --round-calls >= 40, --mib 1..=1024, \
+             --heartbeat-timeout 0.1..=60, --overlap-percent 0..=100 (with --no-restart), --gap-min-ms <= --gap-max-ms <= 60000"
             .into())
     }
 }
@@ -158,24 +172,33 @@ fn drive(args: &Args) -> std::io::Result<bool> {
         round_limit: Duration::from_secs(300),
         drain_calls: 10,
         overlap_percent: args.overlap_percent,
+        restart: !args.no_restart,
     };
     let rounds = run_rounds(args, &settings, &mut rng, &captured)?;
     write_faults_csv(args, &rounds)?;
     let ctx = summary::Context {
         bytes: settings.elems * 4,
         heartbeat_timeout: settings.heartbeat_timeout,
+        progress_timeout: settings.progress_timeout,
         command: command_line(args.seed.is_none(), seed),
         settings: format!(
-            "{} ranks down to {} per round, {} MiB f32 all-reduces (Sum and Avg alternating), heartbeat timeout \
+            "{}, {} MiB f32 all-reduces (Sum and Avg alternating), heartbeat timeout \
              {:?} (heartbeats every 500 ms), progress timeout {:?}, one fault at a time {}-{} ms after the \
-             warm-up or the previous recovery{}",
-            args.world,
-            args.min_world,
+             warm-up or the previous {}{}",
+            if args.no_restart {
+                format!("no restarts: {} ranks down to {} per fault round", args.world, args.min_world)
+            } else {
+                format!(
+                    "victims restarted (next incarnation) and rejoining: rounds of {} calls at {} down to {} ranks in turn",
+                    args.round_calls, args.world, args.min_world
+                )
+            },
             args.mib,
             settings.heartbeat_timeout,
             settings.progress_timeout,
             args.gap_min_ms,
             args.gap_max_ms,
+            if args.no_restart { "recovery" } else { "rejoin" },
             if args.overlap_percent > 0 {
                 format!(" ({}% of kills followed by the next within 10 ms of the eviction)", args.overlap_percent)
             } else {
@@ -190,9 +213,10 @@ fn drive(args: &Args) -> std::io::Result<bool> {
 }
 
 /// Rounds in cycles, so that slow drift of a shared machine's load hits every kind alike:
-/// a baseline round (world sizes in turn, from `--world` down to `--min-world`), a kill -9
-/// round while kill rounds have run fewer than `--calls` all-reduces, a SIGSTOP round while
-/// fewer than `--stops` were injected. Every world size gets at least one baseline round.
+/// a baseline round, a kill -9 round while kill rounds have run fewer than `--calls`
+/// all-reduces, a SIGSTOP round while fewer than `--stops` were injected. World sizes go
+/// from `--world` down to `--min-world` in turn (fault rounds with `--no-restart` always
+/// start at `--world`). Every world size gets at least one baseline round.
 fn run_rounds(
     args: &Args,
     settings: &Settings<'_>,
@@ -202,13 +226,14 @@ fn run_rounds(
     let started = Instant::now();
     let time_left = || started.elapsed() < Duration::from_secs(args.time_limit);
     let mut rounds: Vec<(Plan, Outcome)> = Vec::new();
-    let mut run = |mode: Mode, world: usize, rounds: &mut Vec<(Plan, Outcome)>| -> std::io::Result<()> {
+    let mut run = |mode: Mode, world: usize, faults_max: usize, rounds: &mut Vec<(Plan, Outcome)>| {
         let calls = if mode == Mode::Baseline { args.baseline_calls } else { args.round_calls };
-        let plan = Plan { round: rounds.len(), mode, world, min_world: args.min_world, calls };
+        let min_world = if args.no_restart { args.min_world } else { args.min_world.min(world - 1) };
+        let plan = Plan { round: rounds.len(), mode, world, min_world, calls, faults_max };
         eprintln!("ringchaos: round {} {mode:?}, {world} ranks", plan.round);
         let out = round::run(&plan, settings, rng, captured)?;
         rounds.push((plan, out));
-        Ok(())
+        std::io::Result::Ok(())
     };
     let kill_calls = |rounds: &[(Plan, Outcome)]| -> usize {
         let kills = rounds.iter().filter(|(p, _)| p.mode == Mode::Kill);
@@ -224,12 +249,14 @@ fn run_rounds(
         if !need_kill && !need_stop && cycle >= sizes {
             break;
         }
-        run(Mode::Baseline, args.world - cycle % sizes, &mut rounds)?;
+        let world = args.world - cycle % sizes;
+        run(Mode::Baseline, world, 0, &mut rounds)?;
+        let fault_world = if args.no_restart { args.world } else { world };
         if need_kill && time_left() {
-            run(Mode::Kill, args.world, &mut rounds)?;
+            run(Mode::Kill, fault_world, usize::MAX, &mut rounds)?;
         }
         if need_stop && time_left() {
-            run(Mode::Stop, args.world, &mut rounds)?;
+            run(Mode::Stop, fault_world, args.stops - stops(&rounds), &mut rounds)?;
         }
         cycle += 1;
     }
@@ -237,15 +264,29 @@ fn run_rounds(
 }
 
 /// One line per fault: round, signal, victim, members before, detection, recovery and
-/// resume-to-`Evicted` times in microseconds (empty: not observed).
+/// resume-to-`Evicted` times; with restarts the victim's earlier evictions in the round,
+/// new incarnation, and times from the signal to its restart, its admission and its first
+/// completed call, and the call it was admitted at. Times in microseconds (empty: not
+/// observed).
 fn write_faults_csv(args: &Args, rounds: &[(Plan, Outcome)]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(args.log_dir.join("faults.csv"))?;
-    writeln!(f, "round,signal,victim,members,overlapped,detect_us,recover_us,resume_evicted_us")?;
+    writeln!(
+        f,
+        "round,signal,victim,members,overlapped,detect_us,recover_us,resume_evicted_us,\
+         prior_evictions,incarnation,restart_us,admitted_us,rejoin_us,start_seq,join_reported"
+    )?;
     let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
     for (p, o) in rounds {
         for x in &o.faults {
             let (d, r, e) = (opt(x.detect_us), opt(x.recover_us), opt(x.resume_evicted_us));
-            writeln!(f, "{},{:?},{},{},{},{d},{r},{e}", p.round, x.signal, x.victim, x.world, x.overlapped)?;
+            let since = |t: Option<u64>| opt(t.map(|t| t.saturating_sub(x.signal_us)));
+            let (restart, rejoin) = (since(x.restart_at_us), since(x.rejoined_at_us));
+            let (admitted, start_seq) = (since(x.admitted.map(|a| a.0)), opt(x.admitted.map(|a| a.1)));
+            writeln!(
+                f,
+                "{},{:?},{},{},{},{d},{r},{e},{},{},{restart},{admitted},{rejoin},{start_seq},{}",
+                p.round, x.signal, x.victim, x.world, x.overlapped, x.prior_evictions, x.incarnation, x.join_reported
+            )?;
         }
     }
     Ok(())

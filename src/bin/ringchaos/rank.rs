@@ -2,10 +2,17 @@
 //! the members its report names, one line per event on stdout for the driver:
 //!
 //! ```text
-//! done IDX EPOCH START_US END_US MEMBERS WRONG   a call returned Ok (MEMBERS: 0,1,3)
+//! start FIRST                                   connected; FIRST: its first call (joiners: joined_at)
+//! done IDX EPOCH START_US END_US MEMBERS WRONG SEQ JOINED
+//!                                                a call returned Ok (MEMBERS: 0,1,3; SEQ: the
+//!                                                report's; JOINED: 2,5 or - if none)
 //! err IDX TIME_US KIND MESSAGE                   a call returned Err
 //! end KIND DONE                                  the last line (KIND: ok evicted quorum error)
 //! ```
+//!
+//! A restarted rank (`RINGCC_INCARNATION` > 0) joins the running job: its first call is
+//! `Communicator::joined_at`, and its inputs and references use that call index on, so its
+//! results are checked exactly like everybody's.
 //!
 //! The driver ends a round early by writing `stop K` on stdin: no call with an index at or
 //! past K starts. It announces a K well past every call it has seen complete, so all ranks
@@ -87,7 +94,8 @@ pub fn run(calls: usize, elems: usize) -> i32 {
     let rank = comm.rank();
     let mut v = vec![0f32; elems];
     let mut retries = 0;
-    let mut idx = 0;
+    let mut idx = comm.joined_at().and_then(|k| usize::try_from(k).ok()).unwrap_or(0);
+    say(&format!("start {idx}"));
     while idx < limit.load(Ordering::SeqCst) {
         let op = if idx % 2 == 0 { ReduceOp::Sum } else { ReduceOp::Avg };
         let (start_us, report) = loop {
@@ -115,8 +123,10 @@ pub fn run(calls: usize, elems: usize) -> i32 {
         let end_us = now_us();
         let table: Vec<f32> = (0..16).map(|k| reference(op, &report.members, k)).collect();
         let wrong = v.iter().enumerate().filter(|&(i, x)| *x != table[(i + idx) % 16]).count();
-        let members: Vec<String> = report.members.iter().map(|r| r.to_string()).collect();
-        say(&format!("done {idx} {} {start_us} {end_us} {} {wrong}", report.epoch, members.join(",")));
+        let list = |rs: &[usize]| rs.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",");
+        let joined = if report.joined.is_empty() { "-".to_string() } else { list(&report.joined) };
+        let (epoch, members, seq) = (report.epoch, list(&report.members), report.seq);
+        say(&format!("done {idx} {epoch} {start_us} {end_us} {members} {wrong} {seq} {joined}"));
         idx += 1;
     }
     say(&format!("end ok {idx}"));

@@ -1,8 +1,11 @@
 //! One round: a coordinator in this process, `world` rank processes, and faults injected
-//! one at a time (each after the previous one's recovery, at a random moment) until
-//! `min_world` ranks are left; then the survivors finish their calls.
+//! one at a time (each after the previous one's recovery, at a random moment). With
+//! restarts (the default), each victim is restarted with the next incarnation and rejoins
+//! (the next fault waits for its first call), until the round's calls run out; without,
+//! faults go on until `min_world` ranks are left. Then the ranks finish their calls. The
+//! fault schedule is in `steps.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
@@ -46,8 +49,12 @@ pub struct Settings<'a> {
     /// Calls the survivors run after the last fault's recovery.
     pub drain_calls: usize,
     /// Percent of kill -9 faults followed by the next one as soon as the coordinator has
-    /// evicted the victim (within 10 ms, during the recovery) instead of after it.
+    /// evicted the victim (within 10 ms, during the recovery) instead of after it (without
+    /// restarts only).
     pub overlap_percent: u64,
+    /// Victims are restarted (next incarnation) and rejoin: kill -9 victims at once, frozen
+    /// ones once they got `Evicted` after SIGCONT.
+    pub restart: bool,
 }
 
 /// One round to run.
@@ -58,11 +65,15 @@ pub struct Plan {
     pub mode: Mode,
     /// Ranks at the start.
     pub world: usize,
-    /// The coordinator's `min_world`; faults stop when this many members are left.
+    /// The coordinator's `min_world`; without restarts, faults stop when this many members
+    /// are left.
     pub min_world: usize,
-    /// All-reduces each rank runs at most (fault rounds end earlier: `drain_calls` after
-    /// the last recovery).
+    /// All-reduces of the round: faults stop when fewer than `2 * drain_calls` are left, and
+    /// every rank stops `drain_calls` later (without restarts a rank runs at most this many;
+    /// with them, ranks may run longer while the last victim rejoins).
     pub calls: usize,
+    /// Most faults to inject in this round.
+    pub faults_max: usize,
 }
 
 /// One completed call on one rank.
@@ -80,6 +91,12 @@ pub struct Done {
     pub members: Vec<usize>,
     /// Elements that differ from the reference.
     pub wrong: usize,
+    /// The report's sequence number (must equal `idx`).
+    pub seq: u64,
+    /// Ranks the report says joined since the previous call.
+    pub joined: Vec<usize>,
+    /// Incarnation of the process that completed it.
+    pub inc: u64,
 }
 
 /// One injected fault and what it took to get over it.
@@ -101,6 +118,21 @@ pub struct Fault {
     pub resume_evicted_us: Option<u64>,
     /// The next fault came during this one's recovery (its recovery time is not measured).
     pub overlapped: bool,
+    /// Members other than the victim when it was signalled.
+    pub survivors: Vec<usize>,
+    /// Times the victim had been evicted before in this round (its rejoin waits for the
+    /// coordinator's backoff from the second on).
+    pub prior_evictions: u32,
+    /// The restarted process's incarnation (restarts only).
+    pub incarnation: u64,
+    /// When it was started, microseconds since the Unix epoch.
+    pub restart_at_us: Option<u64>,
+    /// When the coordinator admitted it, and at which call.
+    pub admitted: Option<(u64, u64)>,
+    /// When it completed its first call (the rejoin).
+    pub rejoined_at_us: Option<u64>,
+    /// A survivor's report named it in `joined`.
+    pub join_reported: bool,
 }
 
 /// Everything a round observed.
@@ -128,35 +160,47 @@ pub struct Outcome {
     pub redone: usize,
 }
 
+/// Where the fault schedule is (see `steps.rs`).
 #[derive(Debug, Clone, Copy)]
-enum Step {
+pub(crate) enum Step {
     Warmup,
     Wait { at_us: u64 },
     AwaitEviction { deadline_us: u64 },
     AwaitRecovery { epoch: u64, deadline_us: u64 },
     AwaitResumed { cont_us: u64 },
+    AwaitRejoin { deadline_us: u64 },
     Drain,
 }
 
+/// The driver's view of one rank's current process.
 #[derive(Default)]
-struct RankState {
-    ended: Option<String>,
-    eof: bool,
-    signalled: bool,
+pub(crate) struct RankState {
+    /// Incarnation of the current process (older ones' lines only count for their results).
+    pub inc: u64,
+    /// Its `end` line's kind.
+    pub ended: Option<String>,
+    /// Its stdout ended.
+    pub eof: bool,
+    /// It was signalled.
+    pub signalled: bool,
+    /// Evictions of this rank in this round, expected ones (faults) included.
+    pub evictions: u32,
 }
 
-struct Round<'a> {
-    plan: &'a Plan,
-    settings: &'a Settings<'a>,
-    rng: &'a mut SimRng,
-    ranks: Ranks,
-    state: Vec<RankState>,
-    events: Vec<(u64, CoordEvent)>,
-    out: Outcome,
-    step: Step,
+pub(crate) struct Round<'a> {
+    pub plan: &'a Plan,
+    pub settings: &'a Settings<'a>,
+    pub rng: &'a mut SimRng,
+    pub ranks: Ranks<'a>,
+    pub state: Vec<RankState>,
+    pub events: Vec<(u64, CoordEvent)>,
+    pub out: Outcome,
+    pub step: Step,
     last_progress_us: u64,
     /// Evictions of ranks never signalled (sorted out in `reap`).
     evicted: Vec<(usize, String)>,
+    /// Victims whose eviction has not been seen yet.
+    pub expected: BTreeSet<usize>,
 }
 
 /// Runs one round to its end (bounded by timeouts on every wait).
@@ -176,7 +220,8 @@ pub fn run(plan: &Plan, settings: &Settings<'_>, rng: &mut SimRng, captured: &Ca
         args: vec![
             "rank".into(),
             "--calls".into(),
-            plan.calls.to_string(),
+            // With restarts the round ends when the driver says so (after the last rejoin).
+            if settings.restart { plan.calls * 4 } else { plan.calls }.to_string(),
             "--elems".into(),
             settings.elems.to_string(),
         ],
@@ -187,8 +232,7 @@ pub fn run(plan: &Plan, settings: &Settings<'_>, rng: &mut SimRng, captured: &Ca
         log_dir: settings.log_dir,
         round: plan.round,
     };
-    let ranks = Ranks::spawn(&launch, &tx)?;
-    drop(tx);
+    let ranks = Ranks::spawn(launch, tx)?;
     let mut round = Round {
         plan,
         settings,
@@ -200,6 +244,7 @@ pub fn run(plan: &Plan, settings: &Settings<'_>, rng: &mut SimRng, captured: &Ca
         step: Step::Warmup,
         last_progress_us: now_us(),
         evicted: Vec::new(),
+        expected: BTreeSet::new(),
     };
     round.drive(&rx, captured);
     round.reap();
@@ -223,7 +268,7 @@ impl Round<'_> {
         let give_up_us = now_us() + self.settings.round_limit.as_micros() as u64;
         loop {
             match rx.recv_timeout(Duration::from_millis(5)) {
-                Ok((rank, line)) => self.handle_line(rank, line),
+                Ok((rank, inc, line)) => self.handle_line(rank, inc, line),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -250,24 +295,33 @@ impl Round<'_> {
         }
     }
 
-    fn handle_line(&mut self, rank: usize, line: Option<String>) {
+    /// A line of `rank`'s process of incarnation `inc`. Results of replaced processes
+    /// count (and are checked); nothing else of theirs does.
+    fn handle_line(&mut self, rank: usize, inc: u64, line: Option<String>) {
+        let current = self.state[rank].inc == inc;
         let Some(line) = line else {
-            self.state[rank].eof = true;
+            self.state[rank].eof |= current;
             return;
         };
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.first().copied() {
-            Some("done") => match parse_done(&words) {
+            Some("done") => match parse_done(&words, inc) {
                 Some(d) => {
                     if d.wrong > 0 {
-                        self.out.problems.push(format!("rank {rank}: WRONG result: {line}"));
+                        self.out.problems.push(format!("rank {rank}.{inc}: WRONG result: {line}"));
+                    }
+                    if d.seq != d.idx as u64 {
+                        self.out.problems.push(format!("rank {rank}.{inc}: call {} has seq {}: {line}", d.idx, d.seq));
                     }
                     self.last_progress_us = now_us();
                     self.out.dones.entry(rank).or_default().push(d);
                 }
                 None => self.out.problems.push(format!("rank {rank}: unreadable line {line:?}")),
             },
-            Some("err") if !self.state[rank].signalled => self.out.survivor_errors.push(format!("rank {rank}: {line}")),
+            _ if !current => {}
+            Some("err") if !self.state[rank].signalled => {
+                self.out.survivor_errors.push(format!("rank {rank}.{inc}: {line}"));
+            }
             Some("end") => self.state[rank].ended = words.get(1).map(|w| (*w).to_string()),
             _ => {}
         }
@@ -275,6 +329,7 @@ impl Round<'_> {
 
     fn handle_event(&mut self, t: u64, e: CoordEvent) {
         match &e {
+            CoordEvent::Evicted { rank, .. } if self.expected.remove(rank) => {}
             CoordEvent::Evicted { rank, reason, .. } if self.state.get(*rank).is_some_and(|s| !s.signalled) => {
                 self.evicted.push((*rank, reason.clone()));
             }
@@ -288,158 +343,23 @@ impl Round<'_> {
         self.events.push((t, e));
     }
 
-    /// Ranks still expected to complete calls: never signalled and not ended.
-    fn running(&self) -> Vec<usize> {
+    /// Ranks still expected to complete calls: current process not signalled and not ended.
+    pub fn running(&self) -> Vec<usize> {
         (0..self.state.len()).filter(|&r| !self.state[r].signalled && self.state[r].ended.is_none()).collect()
     }
 
-    fn calls_done(&self, rank: usize) -> usize {
+    pub fn calls_done(&self, rank: usize) -> usize {
         self.out.dones.get(&rank).map_or(0, Vec::len)
-    }
-
-    fn gap_us(&mut self) -> u64 {
-        let (lo, hi) = self.settings.gap_ms;
-        (lo + self.rng.below(hi.saturating_sub(lo) + 1)) * 1000
-    }
-
-    /// Moves the fault schedule on. `Err` names what a timed-out wait was for.
-    fn advance(&mut self, now: u64) -> Result<(), String> {
-        match self.step {
-            Step::Warmup => {
-                let running = self.running();
-                if self.plan.mode == Mode::Baseline {
-                    self.step = Step::Drain;
-                } else if !running.is_empty()
-                    && running.iter().all(|&r| self.calls_done(r) >= self.settings.warmup_calls)
-                {
-                    self.step = Step::Wait { at_us: now + self.gap_us() };
-                }
-            }
-            Step::Wait { at_us } if now >= at_us => self.inject(now)?,
-            Step::AwaitEviction { deadline_us } => self.await_eviction(now, deadline_us)?,
-            Step::AwaitRecovery { epoch, deadline_us } => self.await_recovery(now, epoch, deadline_us)?,
-            Step::AwaitResumed { cont_us } => self.await_resumed(now, cont_us)?,
-            Step::Wait { .. } | Step::Drain => {}
-        }
-        Ok(())
-    }
-
-    /// Signals a random running rank, unless faults are over: `min_world` reached, or too
-    /// few calls left for a recovery to show.
-    fn inject(&mut self, now: u64) -> Result<(), String> {
-        let running = self.running();
-        let progress = running.iter().map(|&r| self.calls_done(r)).max().unwrap_or(0);
-        if running.len() <= self.plan.min_world || progress + 2 * self.settings.drain_calls > self.plan.calls {
-            // Every call index seen so far is below `progress`; no rank can be more than a
-            // call or two ahead of what the driver has read.
-            self.ranks.announce_stop(progress + self.settings.drain_calls);
-            self.step = Step::Drain;
-            return Ok(());
-        }
-        let victim = running[self.rng.index(running.len())];
-        let signal = if self.plan.mode == Mode::Stop { Signal::Stop } else { Signal::Kill };
-        let signal_us = self.ranks.signal(victim, signal).map_err(|e| format!("signalling rank {victim}: {e}"))?;
-        self.state[victim].signalled = true;
-        let world = running.len();
-        let fault = Fault {
-            signal,
-            victim,
-            world,
-            signal_us,
-            detect_us: None,
-            recover_us: None,
-            resume_evicted_us: None,
-            overlapped: false,
-        };
-        eprintln!("ringchaos: round {}: {signal:?} rank {victim} of {world} at call {progress}", self.plan.round);
-        self.out.faults.push(fault);
-        let wait = self.settings.heartbeat_timeout + Duration::from_secs(10);
-        self.step = Step::AwaitEviction { deadline_us: now + wait.as_micros() as u64 };
-        Ok(())
-    }
-
-    fn await_eviction(&mut self, now: u64, deadline_us: u64) -> Result<(), String> {
-        let Some(fault) = self.out.faults.last_mut() else { return Err("no fault to wait for".into()) };
-        let seen = self.events.iter().find_map(|(t, e)| match e {
-            CoordEvent::Evicted { rank, epoch, .. } if *rank == fault.victim && *t >= fault.signal_us => {
-                Some((*t, *epoch))
-            }
-            _ => None,
-        });
-        if let Some((t, epoch)) = seen {
-            fault.detect_us = Some(t.saturating_sub(fault.signal_us));
-            let wait = self.settings.heartbeat_timeout + Duration::from_secs(20);
-            self.step = Step::AwaitRecovery { epoch, deadline_us: now + wait.as_micros() as u64 };
-            let more = self.running().len() > self.plan.min_world;
-            if self.plan.mode == Mode::Kill && more && self.rng.percent(self.settings.overlap_percent) {
-                if let Some(f) = self.out.faults.last_mut() {
-                    f.overlapped = true;
-                }
-                self.step = Step::Wait { at_us: now + self.rng.below(10_000) };
-            }
-        } else if now > deadline_us {
-            return Err(format!("the coordinator never evicted {:?} rank {}", fault.signal, fault.victim));
-        }
-        Ok(())
-    }
-
-    fn await_recovery(&mut self, now: u64, epoch: u64, deadline_us: u64) -> Result<(), String> {
-        let Some(fault) = self.out.faults.last() else { return Err("no fault to wait for".into()) };
-        let (victim, signal_us) = (fault.victim, fault.signal_us);
-        let survivors: Vec<usize> = (0..self.state.len()).filter(|&r| !self.state[r].signalled).collect();
-        let mut latest = Some(0u64);
-        for &r in &survivors {
-            let first =
-                self.out.dones.get(&r).and_then(|d| d.iter().find(|d| d.epoch >= epoch && d.end_us > signal_us));
-            match (first, &self.state[r].ended) {
-                (Some(d), _) => latest = latest.map(|l| l.max(d.end_us)),
-                // Ended without a call in the new epoch (evicted, or out of calls): not counted.
-                (None, Some(_)) => {}
-                (None, None) => latest = None,
-            }
-        }
-        match latest {
-            Some(end_us) => {
-                if let Some(f) = self.out.faults.last_mut() {
-                    f.recover_us = (end_us > 0).then(|| end_us.saturating_sub(signal_us));
-                }
-                if self.plan.mode == Mode::Stop {
-                    let cont_us = self
-                        .ranks
-                        .signal(victim, Signal::Cont)
-                        .map_err(|e| format!("SIGCONT to rank {victim}: {e}"))?;
-                    self.step = Step::AwaitResumed { cont_us };
-                } else {
-                    self.step = Step::Wait { at_us: now + self.gap_us() };
-                }
-            }
-            None if now > deadline_us => return Err(format!("survivors never completed a call in epoch {epoch}")),
-            None => {}
-        }
-        Ok(())
-    }
-
-    fn await_resumed(&mut self, now: u64, cont_us: u64) -> Result<(), String> {
-        let Some(fault) = self.out.faults.last_mut() else { return Err("no fault to wait for".into()) };
-        let victim = fault.victim;
-        match self.state[victim].ended.as_deref() {
-            Some("evicted") => fault.resume_evicted_us = Some(now.saturating_sub(cont_us)),
-            Some(other) => {
-                self.out.problems.push(format!("resumed rank {victim} ended with {other:?}, not evicted"));
-            }
-            None if now.saturating_sub(cont_us) > 10_000_000 => {
-                self.out.problems.push(format!("resumed rank {victim} did not end within 10 s of SIGCONT"));
-                let _ = self.ranks.signal(victim, Signal::Kill);
-            }
-            None => return Ok(()),
-        }
-        self.step = Step::Wait { at_us: now + self.gap_us() };
-        Ok(())
     }
 
     /// After the last line: every rank that ended `ok` must exit with status 0; evictions of
     /// ranks that did not end `ok` were over-evictions.
     fn reap(&mut self) {
+        let dones = &self.out.dones;
+        for f in self.out.faults.iter_mut().filter(|f| f.rejoined_at_us.is_some()) {
+            let named = |d: &&Done| d.joined.contains(&f.victim) && d.end_us > f.restart_at_us.unwrap_or(0);
+            f.join_reported = f.survivors.iter().any(|r| dones.get(r).is_some_and(|ds| ds.iter().any(|d| named(&d))));
+        }
         for (r, reason) in std::mem::take(&mut self.evicted) {
             if self.state[r].ended.as_deref() != Some("ok") {
                 self.out.over_evicted.push((r, reason));
@@ -459,9 +379,14 @@ impl Round<'_> {
     }
 }
 
-fn parse_done(words: &[&str]) -> Option<Done> {
+fn parse_done(words: &[&str], inc: u64) -> Option<Done> {
     let num = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
-    let members = words.get(5)?.split(',').map(|m| m.parse().ok()).collect::<Option<Vec<usize>>>()?;
+    let list = |w: &str| w.split(',').map(|m| m.parse().ok()).collect::<Option<Vec<usize>>>();
+    let members = list(words.get(5)?)?;
+    let joined = match *words.get(8)? {
+        "-" => Vec::new(),
+        w => list(w)?,
+    };
     Some(Done {
         idx: usize::try_from(num(1)?).ok()?,
         epoch: num(2)?,
@@ -469,6 +394,9 @@ fn parse_done(words: &[&str]) -> Option<Done> {
         end_us: num(4)?,
         members,
         wrong: usize::try_from(num(6)?).ok()?,
+        seq: num(7)?,
+        joined,
+        inc,
     })
 }
 
@@ -478,12 +406,21 @@ mod tests {
 
     #[test]
     fn done_lines_parse_and_bad_ones_do_not() {
-        let line = "done 12 3 100 250 0,2,5 0";
-        let d = parse_done(&line.split_whitespace().collect::<Vec<_>>()).unwrap();
-        assert_eq!((d.idx, d.epoch, d.start_us, d.end_us, d.wrong), (12, 3, 100, 250, 0));
+        let words = |l: &'static str| l.split_whitespace().collect::<Vec<_>>();
+        let d = parse_done(&words("done 12 3 100 250 0,2,5 0 12 -"), 1).unwrap();
+        assert_eq!((d.idx, d.epoch, d.start_us, d.end_us, d.wrong, d.seq, d.inc), (12, 3, 100, 250, 0, 12, 1));
         assert_eq!(d.members, vec![0, 2, 5]);
-        for bad in ["done 12 3 100 250 0,x 0", "done 12 3 100", "done -1 3 100 250 0 0"] {
-            assert!(parse_done(&bad.split_whitespace().collect::<Vec<_>>()).is_none(), "{bad}");
+        assert!(d.joined.is_empty());
+        let d = parse_done(&words("done 7 4 1 2 0,1 0 7 1,3"), 0).unwrap();
+        assert_eq!(d.joined, vec![1, 3]);
+        for bad in [
+            "done 12 3 100 250 0,x 0 12 -",
+            "done 12 3 100",
+            "done -1 3 100 250 0 0 -1 -",
+            "done 12 3 100 250 0 0 12",
+            "done 12 3 100 250 0 0 12 x",
+        ] {
+            assert!(parse_done(&words(bad), 0).is_none(), "{bad}");
         }
     }
 }

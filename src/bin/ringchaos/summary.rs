@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
+use ringcc::core::joins::backoff;
+
 use crate::procs::Signal;
-use crate::round::{Mode, Outcome, Plan};
+use crate::round::{Fault, Mode, Outcome, Plan};
 
 /// One call of a round, merged over the ranks that completed it.
 struct Call {
@@ -86,6 +88,8 @@ pub struct Context {
     pub bytes: usize,
     /// Heartbeat timeout.
     pub heartbeat_timeout: Duration,
+    /// Progress timeout (a rejoin slower than this one stalled).
+    pub progress_timeout: Duration,
     /// The command line, for the header.
     pub command: String,
     /// What the command line means, for the header.
@@ -191,6 +195,7 @@ fn fault_rows(s: &mut String, ctx: &Context, kill: &[&(Plan, Outcome)], stop: &[
         resumed.len(),
         ms(percentile(&resumed, 50.0))
     );
+    join_rows(s, ctx, kill, stop);
     let goal = |xs: &[u64], limit: Duration| match percentile(xs, 99.0) {
         Some(p) if p <= limit.as_micros() as u64 => "met",
         Some(_) => "MISSED",
@@ -198,6 +203,67 @@ fn fault_rows(s: &mut String, ctx: &Context, kill: &[&(Plan, Outcome)], stop: &[
     };
     let stop_goal = ctx.heartbeat_timeout + Duration::from_secs(1);
     let _ = writeln!(s, "\nGoals: recovery after kill -9 under 1 s p99: {} ({} ms); SIGSTOP detected within heartbeat timeout {:?} + 1 s p99: {} ({} ms).", goal(&kr, Duration::from_secs(1)), ms(percentile(&kr, 99.0)), ctx.heartbeat_timeout, goal(&sd, stop_goal), ms(percentile(&sd, 99.0)));
+}
+
+/// Restarts and rejoins: how many, how long (kill -9: from the kill, the restart being at
+/// once; SIGSTOP: from the restart, after `Evicted`), split by whether the coordinator held
+/// the join back (backoff for a rank evicted before in the round).
+fn join_rows(s: &mut String, ctx: &Context, kill: &[&(Plan, Outcome)], stop: &[&(Plan, Outcome)]) {
+    let all = |rs: &[&(Plan, Outcome)]| rs.iter().flat_map(|(_, o)| &o.faults).cloned().collect::<Vec<Fault>>();
+    let (k, st) = (all(kill), all(stop));
+    if k.iter().chain(&st).all(|f| f.restart_at_us.is_none()) {
+        return;
+    }
+    let restarts = |fs: &[Fault]| fs.iter().filter(|f| f.restart_at_us.is_some()).count();
+    let joins = |fs: &[Fault]| fs.iter().filter(|f| f.rejoined_at_us.is_some()).count();
+    let reported = |fs: &[Fault]| fs.iter().filter(|f| f.join_reported).count();
+    let _ = writeln!(s, "| victims restarted | - | {} | {} |", restarts(&k), restarts(&st));
+    let _ = writeln!(
+        s,
+        "| joins completed (new incarnation completed a call) / named in a survivor's `Report::joined` | - | {} / {} | {} / {} |",
+        joins(&k),
+        reported(&k),
+        joins(&st),
+        reported(&st)
+    );
+    let took = |fs: &[Fault], first: bool, from_signal: bool| -> Vec<u64> {
+        let fs = fs.iter().filter(|f| (f.prior_evictions == 0) == first);
+        let since = |f: &Fault| if from_signal { Some(f.signal_us) } else { f.restart_at_us };
+        fs.filter_map(|f| Some(f.rejoined_at_us?.saturating_sub(since(f)?))).collect()
+    };
+    let pair = |xs: &[u64]| format!("{} / {} ({})", ms(percentile(xs, 50.0)), ms(percentile(xs, 99.0)), xs.len());
+    let _ = writeln!(
+        s,
+        "| rejoin p50 / p99 (ms) (samples), first eviction of the rank in the round: kill -9: kill to the new incarnation's first completed call; SIGSTOP: restart (after `Evicted`) to it | - | {} | {} |",
+        pair(&took(&k, true, true)),
+        pair(&took(&st, true, false))
+    );
+    let _ = writeln!(
+        s,
+        "| rejoin p50 / p99 (ms) (samples), ranks evicted before in the round (coordinator backoff 1 s, doubling) | - | {} | {} |",
+        pair(&took(&k, false, true)),
+        pair(&took(&st, false, false))
+    );
+    let limit_us = ctx.progress_timeout.as_micros() as u64;
+    let stalled = |f: &Fault| match (f.restart_at_us, f.rejoined_at_us) {
+        (Some(a), Some(b)) => b.saturating_sub(a) > backoff(f.prior_evictions + 1).as_micros() as u64 + limit_us,
+        _ => false,
+    };
+    let _ = writeln!(
+        s,
+        "| rejoins slower than backoff + progress timeout {:?} (a stalled first call) | - | {} | {} |",
+        ctx.progress_timeout,
+        k.iter().filter(|f| stalled(f)).count(),
+        st.iter().filter(|f| stalled(f)).count()
+    );
+    let recovered =
+        |fs: &[Fault]| -> Vec<u64> { fs.iter().filter(|f| !stalled(f)).filter_map(|f| f.recover_us).collect() };
+    let _ = writeln!(
+        s,
+        "| recovery p50 / p99 (ms) (samples) of the faults whose rejoin did not stall | - | {} | {} |",
+        pair(&recovered(&k)),
+        pair(&recovered(&st))
+    );
 }
 
 fn throughput_rows(
