@@ -98,3 +98,17 @@ pub const POOL_BUFFERS_MAX: usize = 256;
 /// ahead of the socket: segment k is compressed while k-1 is being written, instead of
 /// every segment of a chunk being compressed before the first byte leaves.
 pub const ENCODED_FRAMES_QUEUED_MAX: usize = 4;
+
+/// Largest blocking collective (bytes of the caller's buffer) that the caller's own thread
+/// runs instead of handing it to the event-loop thread (`net::handoff`): below it the two
+/// thread wake-ups of a hand-off cost as much as the ring exchange. Matches the size up to
+/// which the loop spins.
+pub const INLINE_BYTES_MAX: usize = 256 << 10;
+
+/// How long the event-loop thread leaves the loop to callers after a caller drove it: long
+/// enough that back-to-back small calls (a benchmark, bucketed gradients) find the loop
+/// free, short against every deadline the loop keeps (heartbeats every 500 ms).
+pub const HANDBACK_LINGER: Duration = Duration::from_millis(2);
+
+/// Longest `Config::spin`: spinning longer than this burns a core for nothing.
+pub const SPIN_MAX: Duration = Duration::from_millis(10);

@@ -175,23 +175,6 @@ fn check_exposure(ip: IpAddr, config: &Config) -> Result<(), Error> {
     )))
 }
 
-/// How long a blocked caller polls for its outcome before sleeping: small collectives
-/// finish within it and skip a thread wake-up.
-const CALLER_SPIN: Duration = Duration::from_micros(100);
-
-/// Waits for a job's outcome: polls briefly (yielding the core), then blocks.
-fn wait_outcome(rx: &crossbeam_channel::Receiver<JobOutcome>) -> Result<JobOutcome, Error> {
-    let spin_until = Instant::now() + CALLER_SPIN;
-    while Instant::now() < spin_until {
-        match rx.try_recv() {
-            Ok(o) => return Ok(o),
-            Err(crossbeam_channel::TryRecvError::Empty) => std::thread::yield_now(),
-            Err(crossbeam_channel::TryRecvError::Disconnected) => break,
-        }
-    }
-    rx.recv().map_err(|_| Error::Shutdown("event loop ended".into()))
-}
-
 impl Communicator {
     /// A builder with defaults (coordinator `127.0.0.1:29500`, rank 0 hosting it).
     pub fn builder() -> CommunicatorBuilder {
@@ -339,8 +322,7 @@ impl Communicator {
         // SAFETY: this function blocks on `rx` until the loop replies or is gone, and holds
         // the only borrow of `bytes` meanwhile.
         let buf = unsafe { JobBuf::borrowed(bytes) };
-        self.driver.submit(Job { spec, buf, reply: tx, submitted: Instant::now() })?;
-        let outcome = wait_outcome(&rx)?;
+        let outcome = self.driver.run_blocking(Job { spec, buf, reply: tx, submitted: Instant::now() }, &rx)?;
         outcome.result.map(|(_, report)| report)
     }
 

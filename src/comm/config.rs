@@ -94,6 +94,12 @@ pub struct Config {
     /// step need it: a joiner cannot know which call the others make next. Default false;
     /// `RINGCC_JOIN_POINTS=1` turns it on.
     pub join_points: bool,
+    /// How long a thread waiting on a small collective (up to 256 KiB) keeps polling its
+    /// sockets without sleeping after the last frame moved: a sleeping thread's wake-up
+    /// costs tens of microseconds on a busy host, more than a loopback hop. Zero never
+    /// spins. At most `limits::SPIN_MAX`. Default 100 us; between calls nothing spins.
+    /// `RINGCC_SPIN_US` sets it in microseconds.
+    pub spin: Duration,
     /// Test hook: this rank's event loop sleeps this long after every frame it receives,
     /// making it a straggler (the straggler tests use it). `RINGCC_TEST_SLOW=RANK:MICROS`
     /// sets it on rank RANK only. Default zero: never set it in production.
@@ -113,6 +119,15 @@ fn test_slow_for(v: &str, rank: Rank) -> Result<Option<Duration>, crate::Error> 
         return Err(crate::Error::Config(format!("RINGCC_TEST_SLOW={v}: at most {TEST_FRAME_DELAY_MAX:?} per frame")));
     }
     Ok((r == rank).then_some(delay))
+}
+
+/// Parses `RINGCC_SPIN_US`: microseconds up to `limits::SPIN_MAX`.
+fn spin_from(v: &str) -> Result<Duration, crate::Error> {
+    let max = crate::limits::SPIN_MAX;
+    match v.trim().parse::<u64>().map(Duration::from_micros) {
+        Ok(d) if d <= max => Ok(d),
+        _ => Err(crate::Error::Config(format!("RINGCC_SPIN_US={v} is not microseconds in 0..={}", max.as_micros()))),
+    }
 }
 
 /// A job secret; its `Debug` output never shows the bytes.
@@ -208,6 +223,7 @@ impl Config {
             exact_retry: true,
             incarnation: 0,
             join_points: false,
+            spin: Duration::from_micros(100),
             test_frame_delay: Duration::ZERO,
         }
     }
@@ -247,6 +263,9 @@ impl Config {
                 )));
             }
             config.heartbeat_timeout = std::time::Duration::from_secs_f64(secs);
+        }
+        if let Some(v) = get("RINGCC_SPIN_US") {
+            config.spin = spin_from(&v)?;
         }
         if let Some(v) = get("RINGCC_TEST_SLOW") {
             if let Some(delay) = test_slow_for(&v, config.rank)? {
@@ -313,6 +332,16 @@ mod tests {
         assert_eq!(test_slow_for("0:0", 0).unwrap(), Some(Duration::ZERO));
         for bad in ["2", "x:1", "2:-1", "2:3ms", "2:2000000"] {
             assert!(test_slow_for(bad, 2).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spin_is_bounded_microseconds() {
+        assert_eq!(spin_from("0").unwrap(), Duration::ZERO);
+        assert_eq!(spin_from("250").unwrap(), Duration::from_micros(250));
+        assert_eq!(spin_from("10000").unwrap(), crate::limits::SPIN_MAX);
+        for bad in ["", "-1", "1.5", "10001", "100us"] {
+            assert!(spin_from(bad).is_err(), "{bad}");
         }
     }
 }

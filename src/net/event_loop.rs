@@ -34,6 +34,8 @@ mod progress;
 
 #[path = "joining.rs"]
 mod joining;
+#[path = "handoff.rs"]
+mod handoff;
 
 const PREV: Token = Token(0);
 const NEXT: Token = Token(1);
@@ -47,10 +49,6 @@ const FRAMES_PER_TURN: usize = 16;
 /// How long a closing communicator keeps flushing and draining its links so that peers
 /// see an orderly end of stream rather than a reset.
 const LINGER: Duration = Duration::from_millis(500);
-
-/// How long the loop keeps polling without sleeping after the last activity. Long enough
-/// to cover a ring hop on loopback, short enough not to burn a core between calls.
-const LOOP_SPIN: Duration = Duration::from_micros(200);
 
 /// Largest collective (bytes) during which the loop spins instead of sleeping.
 const SPIN_BYTES_MAX: usize = 256 << 10;
@@ -74,6 +72,8 @@ pub(crate) struct Driver {
     tx: Option<Sender<Command>>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
+    /// The loop, shared with callers that drive it themselves (`handoff`).
+    cell: Arc<handoff::Cell>,
 }
 
 impl Driver {
@@ -150,11 +150,15 @@ impl Driver {
             frame_delay: config.test_frame_delay,
         };
         ev.adopt_ring(ring).map_err(os)?;
+        let turn =
+            handoff::Turn { events: Events::with_capacity(64), last_activity: now, spin: config.spin, ended: false };
+        let cell = Arc::new(handoff::Cell::new(ev, turn));
+        let runner = Arc::clone(&cell);
         let thread = std::thread::Builder::new()
             .name(format!("ringcc-net-{}", config.rank))
-            .spawn(move || ev.run())
+            .spawn(move || runner.run())
             .map_err(os)?;
-        Ok(Driver { tx: Some(tx), waker, thread: Some(thread) })
+        Ok(Driver { tx: Some(tx), waker, thread: Some(thread), cell })
     }
 
     /// Queues a job; its outcome arrives on the job's reply channel.
@@ -164,6 +168,7 @@ impl Driver {
     pub(crate) fn submit(&self, job: Job) -> Result<(), Error> {
         let tx = self.tx.as_ref().ok_or_else(|| Error::Shutdown("communicator dropped".into()))?;
         tx.send(Command::Run(job)).map_err(|_| Error::Shutdown("event loop ended".into()))?;
+        self.cell.end_linger();
         self.waker.wake().map_err(|e| Error::Shutdown(format!("wake event loop: {e}")))
     }
 
@@ -174,6 +179,7 @@ impl Driver {
     pub(crate) fn join_point(&self, reply: Sender<Result<Vec<Rank>, Error>>) -> Result<(), Error> {
         let tx = self.tx.as_ref().ok_or_else(|| Error::Shutdown("communicator dropped".into()))?;
         tx.send(Command::JoinPoint(reply)).map_err(|_| Error::Shutdown("event loop ended".into()))?;
+        self.cell.end_linger();
         self.waker.wake().map_err(|e| Error::Shutdown(format!("wake event loop: {e}")))
     }
 }
@@ -182,6 +188,7 @@ impl Drop for Driver {
     fn drop(&mut self) {
         // Closing the channel tells the loop to finish; the waker makes it notice.
         self.tx = None;
+        self.cell.shut_down();
         let _ = self.waker.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -329,73 +336,85 @@ fn link_of(i: usize) -> Link {
 }
 
 impl EventLoop {
-    fn run(mut self) {
-        let mut events = Events::with_capacity(64);
+    /// One turn of the loop: poll for readiness (sleeping at most `sleep_max`, and not at
+    /// all while spinning), then make all the progress possible. Whichever thread drives the
+    /// loop (`handoff`) calls it with the loop's `Turn`. Returns false once the loop has
+    /// ended (closed or failed): it must not be turned again.
+    fn turn(&mut self, t: &mut handoff::Turn, sleep_max: Option<Duration>) -> bool {
+        if t.ended {
+            return false;
+        }
+        let now = Instant::now();
+        let deadlines = [
+            self.active.as_ref().and_then(|a| a.coll.poll_timeout()),
+            self.coord.as_ref().and_then(|c| c.deadline()),
+            self.broken.as_ref().map(|(_, _, since, _)| *since + self.rebuild_wait()),
+            self.awaiting.map(|(_, since)| since + self.rebuild_wait()),
+            self.rebuild.as_ref().map(|_| now + REBUILD_RETRY_DELAY),
+            self.active.as_ref().and_then(|a| a.retry_since).map(|since| since + self.rebuild_wait()),
+        ];
+        let mut timeout = deadlines.into_iter().flatten().min().map(|d| d.saturating_duration_since(now));
+        if let Some(max) = sleep_max {
+            timeout = Some(timeout.map_or(max, |d| d.min(max)));
+        }
+        // Right after activity, poll without sleeping for a short while: waking a
+        // sleeping thread costs tens of microseconds, which dominates small collectives.
+        // Large collectives are bandwidth-bound: sleeping in the poller leaves the core
+        // to the peers (on an oversubscribed host they share it).
+        let small = self.active.as_ref().is_none_or(|a| a.job.buf.bytes().len() < SPIN_BYTES_MAX);
+        let spinning = small && now.duration_since(t.last_activity) < t.spin;
+        if spinning {
+            timeout = Some(Duration::ZERO);
+        }
+        let expecting = self.expecting();
+        if let Err(e) = self.poll.poll(&mut t.events, timeout) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                self.fail_everything(&format!("poll: {e}"));
+                t.ended = true;
+                return false;
+            }
+        }
         let mut closing = false;
-        let mut last_activity = Instant::now();
-        loop {
-            let now = Instant::now();
-            let deadlines = [
-                self.active.as_ref().and_then(|a| a.coll.poll_timeout()),
-                self.coord.as_ref().and_then(|c| c.deadline()),
-                self.broken.as_ref().map(|(_, _, since, _)| *since + self.rebuild_wait()),
-                self.awaiting.map(|(_, since)| since + self.rebuild_wait()),
-                self.rebuild.as_ref().map(|_| now + REBUILD_RETRY_DELAY),
-                self.active.as_ref().and_then(|a| a.retry_since).map(|since| since + self.rebuild_wait()),
-            ];
-            let mut timeout = deadlines.into_iter().flatten().min().map(|d| d.saturating_duration_since(now));
-            // Right after activity, poll without sleeping for a short while: waking a
-            // sleeping thread costs tens of microseconds, which dominates small collectives.
-            // Large collectives are bandwidth-bound: sleeping in the poller leaves the core
-            // to the peers (on an oversubscribed host they share it).
-            let small = self.active.as_ref().is_none_or(|a| a.job.buf.bytes().len() < SPIN_BYTES_MAX);
-            let spinning = small && now.duration_since(last_activity) < LOOP_SPIN;
-            if spinning {
-                timeout = Some(Duration::ZERO);
-            }
-            let expecting = self.expecting();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    self.fail_everything(&format!("poll: {e}"));
-                    return;
-                }
-            }
-            for ev in events.iter() {
-                match ev.token() {
-                    WAKER => loop {
-                        match self.rx.try_recv() {
-                            Ok(Command::Run(job)) => self.queue.push_back(job),
-                            Ok(Command::JoinPoint(reply)) => self.request_join_point(reply),
-                            Err(crossbeam_channel::TryRecvError::Empty) => break,
-                            Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                                closing = true;
-                                break;
-                            }
-                        }
-                    },
-                    COORD => self.read_coordinator(now),
-                    t => {
-                        if let Some(l) = self.links[t.0].as_mut() {
-                            l.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                            l.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
-                        }
+        for ev in t.events.iter() {
+            match ev.token() {
+                WAKER => closing |= self.take_commands(),
+                COORD => self.read_coordinator(now),
+                t => {
+                    if let Some(l) = self.links[t.0].as_mut() {
+                        l.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                        l.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                     }
                 }
             }
-            let busy = !events.is_empty();
-            let polled = now.elapsed();
-            self.tick_coordinator(Instant::now());
-            let progressed = self.drive(Instant::now()) || busy;
-            if progressed {
-                last_activity = Instant::now();
-            } else if spinning {
-                std::thread::yield_now();
-            }
-            // Idle: the poll, or the whole turn if it moved nothing.
-            self.note_idle(expecting, if progressed { polled } else { now.elapsed() });
-            if closing {
-                self.close();
-                return;
+        }
+        let busy = !t.events.is_empty();
+        let polled = now.elapsed();
+        self.tick_coordinator(Instant::now());
+        let progressed = self.drive(Instant::now()) || busy;
+        if progressed {
+            t.last_activity = Instant::now();
+        } else if spinning {
+            std::thread::yield_now();
+        }
+        // Idle: the poll, or the whole turn if it moved nothing.
+        self.note_idle(expecting, if progressed { polled } else { now.elapsed() });
+        if closing {
+            self.close();
+            t.ended = true;
+            return false;
+        }
+        true
+    }
+
+    /// Moves the jobs the callers sent into the queue. Returns true once the communicator
+    /// is gone (its sender dropped): the loop must close.
+    fn take_commands(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Command::Run(job)) => self.queue.push_back(job),
+                Ok(Command::JoinPoint(reply)) => self.request_join_point(reply),
+                Err(crossbeam_channel::TryRecvError::Empty) => return false,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return true,
             }
         }
     }
@@ -796,6 +815,7 @@ impl EventLoop {
 
     /// Marks link `i` dead, fails the active collective and everything after it.
     fn fail_link(&mut self, i: usize, reason: String, peer: Rank) {
+        let needed = self.active.as_ref().is_some_and(|a| a.coll.expects_on(link_of(i)));
         if let Some(l) = self.links[i].as_mut() {
             if l.closed {
                 return;
@@ -804,13 +824,14 @@ impl EventLoop {
             let _ = self.poll.registry().deregister(&mut l.stream);
             let _ = l.stream.shutdown(std::net::Shutdown::Both);
             l.out.clear();
-            if self.active.is_some() {
+            // A neighbour that sent all this call needs from it may leave before the call
+            // completes here: only a link still read from is a failure.
+            if needed {
                 tracing::warn!(peer, addr = %l.addr, %reason, "ring link failed");
             } else {
-                tracing::debug!(peer, addr = %l.addr, %reason, "ring link closed between collectives");
+                tracing::debug!(peer, addr = %l.addr, %reason, "ring link closed after its last frame");
             }
         }
-        let needed = self.active.as_ref().is_some_and(|a| a.coll.expects_on(link_of(i)));
         if needed {
             self.suspect(peer, false, &reason);
         }

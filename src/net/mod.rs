@@ -1,7 +1,8 @@
 //! The real driver: one mio event-loop thread per communicator owns every socket.
 //!
 //! The caller's thread hands jobs to the loop through a crossbeam channel and a mio
-//! [`mio::Waker`]; the loop runs one collective at a time (in submission order), feeds
+//! [`mio::Waker`], or, for a small blocking call, turns the loop itself (`handoff.rs`:
+//! no thread hand-off); the loop runs one collective at a time (in submission order), feeds
 //! received frames to the sans-IO [`crate::core::collective::Collective`], and writes what
 //! it asks to send with vectored writes. The loop only reads the clock and moves bytes.
 
