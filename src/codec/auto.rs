@@ -19,7 +19,9 @@
 //! most of it; a codec whose calls turn out slower than raw ones, whatever the model
 //! predicted (it cannot see, say, that the host's cores are shared by more ranks than it
 //! has), is vetoed for 2 calls, then 4, ... up to [`VETO_CALLS_MAX`], and tried again after
-//! each veto; meanwhile the next best codec, if any, gets its chance.
+//! each veto; meanwhile the next best codec, if any, gets its chance. A veto is at least
+//! long enough that retrying a codec as slow as its last call costs under
+//! [`RETRY_COST_MAX`] of the time (a codec 4x slower than raw waits 150 calls).
 //!
 //! A codec's cost is the mean of its last [`COST_SAMPLES`] costs, in use and probed alike,
 //! leaving out the largest one: while a codec is in use its segments dominate, so a codec
@@ -60,8 +62,16 @@ pub const COST_SAMPLES: usize = 8;
 /// Calls smaller than this (raw bytes sent) say nothing about goodput: latency dominates.
 pub const CALL_BYTES_MIN: u64 = 4 << 20;
 
-/// Longest veto of a codec whose calls were slower than raw ones, in calls.
-pub const VETO_CALLS_MAX: u32 = 64;
+/// Longest veto of a codec whose calls were slower than raw ones, in calls: with
+/// [`RETRY_COST_MAX`], retrying a codec up to 21x slower than raw still costs at most 2%.
+pub const VETO_CALLS_MAX: u32 = 1024;
+
+/// Largest share of the time a vetoed codec's retries may cost, on average: a codec whose
+/// call took `k` times raw's time is vetoed for at least `(k - 1) / RETRY_COST_MAX` calls.
+/// Kept under the 3% by which `auto` may trail the best fixed choice. (On a host whose
+/// cores the ranks oversubscribe, a zstd codec in use can be 4-7x slower than raw while its
+/// short probes promise a gain, so retries must be rare.)
+pub const RETRY_COST_MAX: f64 = 0.02;
 
 /// Fraction of a call's raw bytes that must have been encoded for the call to count as a
 /// coded call (answered for by the codec that carried most of them); below, it counts as
@@ -257,7 +267,11 @@ impl AutoPolicy {
         self.coded_goodput[i] = average(self.coded_goodput[i], goodput);
         match (self.coded_goodput[i], self.raw_goodput) {
             (Some(coded), Some(raw)) if coded < raw => {
-                let len = (self.vetoes[i].1 * 2).clamp(2, VETO_CALLS_MAX);
+                // Long enough that the next trial, if it is as slow, costs at most
+                // RETRY_COST_MAX of the time spent meanwhile; at least twice the last veto.
+                let excess = raw / coded - 1.0;
+                let paid_off = (excess / RETRY_COST_MAX).ceil().min(f64::from(VETO_CALLS_MAX)) as u32;
+                let len = (self.vetoes[i].1 * 2).max(paid_off).clamp(2, VETO_CALLS_MAX);
                 self.vetoes[i] = (len, len);
                 self.coded_goodput[i] = None;
             }
@@ -431,20 +445,26 @@ mod tests {
         assert_eq!(p.choose(1, false, 2), Codec::ShuffleZstd, "the model says it pays");
         // The codec carries the next call, which turns out slower.
         p.observe_encode(Codec::ShuffleZstd, call as usize, Duration::from_millis(100));
-        p.end_call(call, secs(1.3));
+        p.end_call(call, secs(1.25));
         assert!(p.vetoed(Codec::ShuffleZstd));
         assert_eq!(p.choose(1, false, 2), Codec::Raw);
-        p.end_call(call, secs(1.0));
-        p.end_call(call, secs(1.0));
-        assert_eq!(p.choose(1, false, 2), Codec::ShuffleZstd, "tried again after 2 calls");
+        let vetoed_for = |p: &mut AutoPolicy| {
+            (0..2000)
+                .take_while(|_| {
+                    let v = p.vetoed(Codec::ShuffleZstd);
+                    p.end_call(call, secs(1.0));
+                    v
+                })
+                .count()
+        };
+        assert_eq!(vetoed_for(&mut p), 13, "0.25 s more per call: 13 calls keep a retry under 2%");
+        assert_eq!(p.choose(1, false, 2), Codec::ShuffleZstd, "tried again after the veto");
         p.observe_encode(Codec::ShuffleZstd, call as usize, Duration::from_millis(100));
-        p.end_call(call, secs(1.3));
-        let vetoed_for = (0..10).take_while(|_| {
-            let v = p.vetoed(Codec::ShuffleZstd);
-            p.end_call(call, secs(1.0));
-            v
-        });
-        assert_eq!(vetoed_for.count(), 4, "then for 4 calls");
+        p.end_call(call, secs(1.25));
+        assert_eq!(vetoed_for(&mut p), 26, "then twice as long");
+        p.observe_encode(Codec::ShuffleZstd, call as usize, Duration::from_millis(100));
+        p.end_call(call, secs(5.01));
+        assert_eq!(vetoed_for(&mut p), 201, "a call 5x slower than raw: 4.01 / 0.02 calls");
         // A codec that pays is not vetoed; small and failed calls count for nothing.
         p.observe_encode(Codec::ShuffleZstd, call as usize, Duration::from_millis(100));
         p.end_call(call, secs(0.8));
