@@ -11,7 +11,8 @@
 //! the ratio (raw bytes / payload bytes; bf16/f16 count against the f32 size) and encode
 //! and decode throughput in GB/s of raw bytes (best of a few timed passes, so it is quick
 //! and rough; criterion's `codec/encode/*` and `codec/decode/*` lines are the careful
-//! figures), then the ratio of the zstd codecs at other levels.
+//! figures), then the ratio of the zstd codecs at other levels. `codec/decode_reduce/*` is
+//! the reduce-scatter receive (decode and sum into the segment, fused for f32 sums).
 //!
 //! The `parallel` group encodes the whole buffer segment by segment on one thread and
 //! with rayon (one encoder per worker), for 512 KiB and 4 MiB segments: whether spreading
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringcc::codec::{planes, Codec, Decoder, Encoder, ALL_CODECS};
-use ringcc::DataType;
+use ringcc::{DataType, ReduceOp};
 
 /// Segment size in bytes: the default `Config::segment_bytes`.
 const SEGMENT_BYTES: usize = 512 << 10;
@@ -196,6 +197,16 @@ fn bench_codecs(c: &mut Criterion, raw: &[u8]) {
             b.iter(|| {
                 for ((sent, payload), dst) in segments.iter().zip(decoded.chunks_mut(SEGMENT_BYTES)) {
                     decoder.decode(*sent, DataType::F32, black_box(payload), dst).expect("decode");
+                }
+            })
+        });
+        // The reduce-scatter receive: decode and sum into the segment (f32 sums fuse both).
+        group.bench_function(format!("decode_reduce/{}", codec.name()), |b| {
+            b.iter(|| {
+                for ((sent, payload), dst) in segments.iter().zip(decoded.chunks_mut(SEGMENT_BYTES)) {
+                    decoder
+                        .decode_reduce(*sent, DataType::F32, ReduceOp::Sum, black_box(payload), dst)
+                        .expect("decode");
                 }
             })
         });

@@ -103,6 +103,11 @@ impl Decoder {
             reduce_into(dtype, op, dst, payload);
             return Ok(());
         }
+        if dtype == DataType::F32 && matches!(op, ReduceOp::Sum | ReduceOp::Avg) {
+            if let Some(()) = self.decode_add_f32(codec, payload, dst)? {
+                return Ok(());
+            }
+        }
         let mut decoded = std::mem::take(&mut self.decoded);
         decoded.resize(dst.len(), 0);
         let result = self.decode(codec, dtype, payload, &mut decoded);
@@ -111,6 +116,33 @@ impl Decoder {
         }
         self.decoded = decoded;
         result
+    }
+}
+
+impl Decoder {
+    /// The f32 sum paths of [`Decoder::decode_reduce`] that widen or unshuffle straight
+    /// into `dst` while adding (one pass instead of decoding into scratch and reducing
+    /// that): `Ok(None)` for codecs without one. Checks and decompression come first, so on
+    /// error `dst` is unchanged.
+    fn decode_add_f32(&mut self, codec: Codec, payload: &[u8], dst: &mut [u8]) -> Result<Option<()>, CodecError> {
+        match codec {
+            Codec::Bf16 => {
+                expect_payload_len(payload, dst.len() / 2)?;
+                lossy::add_bf16(payload, dst);
+            }
+            Codec::Bf16Zstd => {
+                self.planes.resize(dst.len() / 2, 0);
+                decompress(&mut self.dctx, payload, &mut self.planes)?;
+                lossy::add_bf16_planes(&self.planes, dst);
+            }
+            Codec::ShuffleZstd => {
+                self.planes.resize(dst.len(), 0);
+                decompress(&mut self.dctx, payload, &mut self.planes)?;
+                planes::add_unshuffled_f32(&self.planes, dst);
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(()))
     }
 }
 

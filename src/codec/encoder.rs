@@ -5,6 +5,17 @@ use zstd::zstd_safe::{self, CCtx, CParameter};
 use super::{check_args, lossy, planes, Codec, CodecError};
 use crate::core::DataType;
 
+/// zstd's hash log and minimum match length at level 1 (the default), in place of the
+/// level's own 13 and 6 for sources above 256 KiB.
+///
+/// Float segments compress through zstd's entropy coding of literals far more than through
+/// matches: the mantissa planes are noise, where a 6-byte match is a coincidence that costs
+/// a sequence. Requiring 7 bytes and a 4096-entry table (16 KiB, inside L1 data cache) made
+/// level 1 encode 15-30% faster on `benches/data/grads.f32` (byte planes of f32 and of
+/// bf16) and decode about 10% faster, for 0.1-0.3% of ratio. Other levels keep zstd's
+/// parameters (0 means "the level's default").
+const FAST_LEVEL_TABLES: (u32, u32) = (12, 7);
+
 /// Encodes segments for the wire, reusing its zstd context and plane buffer.
 ///
 /// One `Encoder` per sending thread. After the first segment of a given size, encoding
@@ -69,9 +80,14 @@ impl Encoder {
         if !(min..=max).contains(&level) {
             return Err(CodecError::Level { level, min, max });
         }
-        self.cctx
-            .set_parameter(CParameter::CompressionLevel(level))
-            .map_err(|code| CodecError::Zstd { op: "set level", reason: zstd_safe::get_error_name(code) })?;
+        let (hash_log, min_match) = if level == 1 { FAST_LEVEL_TABLES } else { (0, 0) };
+        for param in
+            [CParameter::CompressionLevel(level), CParameter::HashLog(hash_log), CParameter::MinMatch(min_match)]
+        {
+            self.cctx
+                .set_parameter(param)
+                .map_err(|code| CodecError::Zstd { op: "set level", reason: zstd_safe::get_error_name(code) })?;
+        }
         self.zstd_level = level;
         Ok(())
     }

@@ -104,6 +104,32 @@ pub(crate) fn decode_bf16_planes(planes: &[u8], out: &mut [u8]) {
     }
 }
 
+avx2_dispatch! {
+    /// `acc[i] = acc[i] + widen(payload[i])`: the bf16 `payload` (little-endian) decoded and
+    /// summed into the f32 `acc` (host order) in one pass, the same f32 addition as
+    /// `reduce_into` with `Sum`. `payload.len() * 2 == acc.len()`.
+    pub(crate) fn add_bf16 / add_bf16_portable(payload: &[u8], acc: &mut [u8]) {
+        assert_eq!(payload.len() * 2, acc.len(), "bf16 add lengths");
+        for (p, a) in payload.chunks_exact(2).zip(acc.chunks_exact_mut(4)) {
+            let sum = read_f32(a) + bf16_bits_to_f32(u16::from_le_bytes([p[0], p[1]]));
+            a.copy_from_slice(&sum.to_ne_bytes());
+        }
+    }
+}
+
+avx2_dispatch! {
+    /// [`add_bf16`] from the two byte planes of [`encode_bf16_planes`].
+    /// `planes.len() * 2 == acc.len()`.
+    pub(crate) fn add_bf16_planes / add_bf16_planes_portable(planes: &[u8], acc: &mut [u8]) {
+        assert_eq!(planes.len() * 2, acc.len(), "bf16 plane add lengths");
+        let (lo, hi) = planes.split_at(planes.len() / 2);
+        for ((a, l), h) in acc.chunks_exact_mut(4).zip(lo).zip(hi) {
+            let sum = read_f32(a) + bf16_bits_to_f32(u16::from_le_bytes([*l, *h]));
+            a.copy_from_slice(&sum.to_ne_bytes());
+        }
+    }
+}
+
 /// `out[i]` = f16 of f32 `raw[i]`, little-endian. `out.len() * 2 == raw.len()`.
 pub(crate) fn encode_f16(raw: &[u8], out: &mut [u8]) {
     assert_eq!(raw.len(), out.len() * 2, "f16 encode lengths");
@@ -174,6 +200,8 @@ mod tests {
     use half::bf16;
     use proptest::prelude::*;
 
+    type Kernel = fn(&[u8], &mut [u8]);
+
     #[test]
     fn bf16_rounds_to_nearest_even() {
         // 1 + 2^-8 is halfway between bf16 neighbours 1 and 1 + 2^-7: ties go to even (1).
@@ -215,6 +243,39 @@ mod tests {
             let mut rounded = raw.clone();
             round_bytes(Format::Bf16, &mut rounded);
             prop_assert_eq!(&a, &rounded);
+        }
+
+        #[test]
+        fn fused_bf16_adds_equal_decode_then_add(bits in proptest::collection::vec(any::<u32>(), 0..300), seed: u32) {
+            let raw: Vec<u8> = bits.iter().flat_map(|b| b.to_ne_bytes()).collect();
+            let acc: Vec<u8> = (0..bits.len() as u32)
+                .flat_map(|i| (f32::from_bits(i.wrapping_mul(seed) >> 2) - 1.0).to_ne_bytes())
+                .collect();
+            let (mut wire, mut planes) = (vec![0u8; raw.len() / 2], vec![0u8; raw.len() / 2]);
+            encode_bf16(&raw, &mut wire);
+            encode_bf16_planes(&raw, &mut planes);
+            let mut decoded = vec![0u8; raw.len()];
+            decode_bf16(&wire, &mut decoded);
+            let want: Vec<u8> = acc
+                .chunks_exact(4)
+                .zip(decoded.chunks_exact(4))
+                .flat_map(|(a, d)| (read_f32(a) + read_f32(d)).to_ne_bytes())
+                .collect();
+            let kernels: [(Kernel, &[u8]); 4] = [
+                (add_bf16, &wire),
+                (add_bf16_portable, &wire),
+                (add_bf16_planes, &planes),
+                (add_bf16_planes_portable, &planes),
+            ];
+            for (kernel, payload) in kernels {
+                let mut got = acc.clone();
+                kernel(payload, &mut got);
+                // Compare as values: NaN + NaN may keep either payload.
+                for (g, w) in got.chunks_exact(4).zip(want.chunks_exact(4)) {
+                    let (g, w) = (read_f32(g), read_f32(w));
+                    prop_assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()));
+                }
+            }
         }
 
         #[test]

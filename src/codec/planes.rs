@@ -135,6 +135,23 @@ avx2_dispatch! {
     }
 }
 
+avx2_dispatch! {
+    /// `acc[i] = acc[i] + x[i]`, where `x` is the f32 array (host order) whose byte planes
+    /// [`shuffle`] wrote into `src`: unshuffle and sum in one pass, the same f32 addition
+    /// as `reduce_into` with `Sum`.
+    ///
+    /// # Panics
+    /// If `src` and `acc` differ in length or the length is not whole f32s (caller bugs).
+    pub(crate) fn add_unshuffled_f32 / add_unshuffled_f32_portable(src: &[u8], acc: &mut [u8]) {
+        check_lengths(4, src.len(), acc.len());
+        let [p0, p1, p2, p3] = planes::<4>(src);
+        for ((((a, b0), b1), b2), b3) in acc.chunks_exact_mut(4).zip(p0).zip(p1).zip(p2).zip(p3) {
+            let sum = f32::from_ne_bytes([a[0], a[1], a[2], a[3]]) + f32::from_ne_bytes([*b0, *b1, *b2, *b3]);
+            a.copy_from_slice(&sum.to_ne_bytes());
+        }
+    }
+}
+
 fn shuffle_any(elem_bytes: usize, src: &[u8], dst: &mut [u8]) {
     let n = src.len() / elem_bytes;
     for (b, plane) in dst.chunks_exact_mut(n.max(1)).enumerate() {
@@ -203,6 +220,26 @@ mod tests {
                 4 => (shuffle4_portable, unshuffle4_portable),
                 _ => (shuffle8_portable, unshuffle8_portable),
             };
+            if k == 4 {
+                let acc: Vec<u8> = src.iter().rev().copied().collect();
+                let want: Vec<u8> = acc
+                    .chunks_exact(4)
+                    .zip(src.chunks_exact(4))
+                    .flat_map(|(a, s)| {
+                        let sum = f32::from_ne_bytes([a[0], a[1], a[2], a[3]]) + f32::from_ne_bytes([s[0], s[1], s[2], s[3]]);
+                        sum.to_ne_bytes()
+                    })
+                    .collect();
+                for kernel in [add_unshuffled_f32 as Kernel, add_unshuffled_f32_portable] {
+                    let mut got = acc.clone();
+                    kernel(&fast, &mut got);
+                    for (g, w) in got.chunks_exact(4).zip(want.chunks_exact(4)) {
+                        let g = f32::from_ne_bytes([g[0], g[1], g[2], g[3]]);
+                        let w = f32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+                        prop_assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "fused unshuffle-add");
+                    }
+                }
+            }
             shuffle_portable(&src, &mut fast);
             prop_assert_eq!(&fast, &slow);
             unshuffle_portable(&fast, &mut back);
