@@ -20,9 +20,8 @@ use crate::coord::View;
 use crate::core::collective::{Algorithm, Collective, Link, ProtocolError, Spec, Status};
 use crate::core::payload::Codecs;
 use crate::core::ReduceOp;
-use crate::limits::{ENCODED_FRAMES_QUEUED_MAX, REBUILD_TIMEOUT};
+use crate::limits::{ENCODED_FRAMES_QUEUED_MAX, RAW_QUEUED_BYTES_MAX, REBUILD_TIMEOUT};
 use crate::wire::control::Control;
-use crate::wire::header::verify_crc;
 use crate::wire::{CollKind, Header};
 use crate::{Error, Rank, Report};
 
@@ -532,13 +531,18 @@ impl EventLoop {
         }
     }
 
-    /// Moves the active collective's transmits into the links' write queues. A call that
-    /// encodes is paced: segments are encoded only while their link's queue is short, so
-    /// compression of one segment overlaps the writing of the previous ones. Returns true
-    /// if it queued anything.
+    /// Moves the active collective's transmits into the links' write queues, paced:
+    /// segments are encoded and checksummed only while their link's queue is short, so
+    /// that work on one segment overlaps the writing of the previous ones (and a raw
+    /// payload is still in cache when the kernel copies it). Returns true if it queued
+    /// anything.
     fn drain_transmits(&mut self) -> bool {
         let Some(a) = self.active.as_mut() else { return false };
-        let limit = if a.coll.encodes() { ENCODED_FRAMES_QUEUED_MAX } else { usize::MAX };
+        let limit = if a.coll.encodes() {
+            ENCODED_FRAMES_QUEUED_MAX
+        } else {
+            (RAW_QUEUED_BYTES_MAX / self.segment_bytes.max(1)).max(ENCODED_FRAMES_QUEUED_MAX)
+        };
         let mut queued = false;
         loop {
             let links = &self.links;
@@ -694,14 +698,11 @@ impl EventLoop {
             Some(a) => ((header.epoch, header.seq) == (a.epoch, a.seq) && a.epoch == self.epoch, false),
             None => (false, true),
         };
-        let checked = match &target {
-            Target::Scratch => verify_crc(&l.header_bytes, crc, l.scratch(len)),
-            Target::Job(r) => match self.active.as_ref() {
-                Some(a) => verify_crc(&l.header_bytes, crc, &a.job.buf.bytes()[r.clone()]),
-                None => return,
-            },
-        };
-        if let Err(e) = checked {
+        if matches!(target, Target::Job(_)) && self.active.is_none() {
+            return;
+        }
+        // Every payload byte went through the CRC as it was read (`Link::read_payload`).
+        if let Err(e) = l.rx_crc.verify(crc) {
             let peer = l.peer;
             self.fail_link(i, format!("{e}"), peer);
             return;
