@@ -85,11 +85,3 @@ pub const POOL_BUFFERS_MAX: usize = 256;
 /// ahead of the socket: segment k is compressed while k-1 is being written, instead of
 /// every segment of a chunk being compressed before the first byte leaves.
 pub const ENCODED_FRAMES_QUEUED_MAX: usize = 4;
-
-/// Most payload bytes of raw frames queued on one link before the driver asks the
-/// collective for the next frame (at least [`ENCODED_FRAMES_QUEUED_MAX`] frames). A raw
-/// frame's CRC32C is computed when it is taken, so this keeps checksumming just ahead of
-/// the socket: the first frame leaves before the rest of its chunk is checksummed, and
-/// the kernel copies each payload soon after the CRC pass brought it into cache. 1 MiB
-/// (two default segments) on top of the socket's own buffer keeps a loopback link busy.
-pub const RAW_QUEUED_BYTES_MAX: usize = 1 << 20;

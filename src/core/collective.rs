@@ -27,7 +27,6 @@ use super::schedule::{
 };
 use super::{DataType, ReduceOp};
 use crate::codec::{Codec, CodecChoice, CodecError, PooledBytes};
-use crate::wire::header::FrameCrc;
 use crate::wire::{CollKind, FrameKind, Header, Phase, HEADER_LEN};
 
 /// Smallest all-reduce (bytes) for which `Algorithm::Auto` picks the bidirectional ring.
@@ -174,19 +173,6 @@ impl Spec {
         raw_len: usize,
         payload: &[u8],
     ) -> [u8; HEADER_LEN] {
-        self.header(kind, phase, (step, chunk, segment), codec, raw_len, payload.len()).encode(payload)
-    }
-
-    /// The header of a frame of this call, before encoding.
-    fn header(
-        &self,
-        kind: FrameKind,
-        phase: Phase,
-        (step, chunk, segment): (u32, u32, u32),
-        codec: Codec,
-        raw_len: usize,
-        payload_len: usize,
-    ) -> Header {
         Header {
             kind,
             codec,
@@ -201,10 +187,11 @@ impl Spec {
             len_elems: self.len_elems as u64,
             chunk,
             segment,
-            payload_len: payload_len as u32,
+            payload_len: payload.len() as u32,
             raw_len: raw_len as u32,
             sender: self.rank,
         }
+        .encode(payload)
     }
 }
 
@@ -332,9 +319,6 @@ struct Part {
     /// Encoded payloads received to be forwarded as they came (all-gather, broadcast), in
     /// `ready` order, with their codec.
     forwards: VecDeque<(Cursor, Codec, PooledBytes)>,
-    /// Encoded headers, CRC included, of raw frames in `ready` whose CRC was computed in
-    /// the same pass as the reduction that produced their payload (see `reduce_sealing`).
-    sealed: VecDeque<(Cursor, [u8; HEADER_LEN])>,
 }
 
 /// One collective on one rank.
@@ -708,34 +692,40 @@ impl Collective {
             return Err(self.unexpected(h, detail));
         }
         self.save_input(i, block, cur.segment, bytes.clone(), buf);
+        let dst = &mut buf[bytes];
         let w = self.spec.world as u32;
         let last_rs = cur.phase == Phase::ReduceScatter && cur.step + 2 == w;
-        let forward = self.forward_of(i, cur, last_rs);
-        let seal = forward.and_then(|f| self.seal_header(i, f, &bytes)).filter(|_| h.codec == Codec::Raw);
-        let dst = &mut buf[bytes];
         match (cur.phase, payload) {
-            (Phase::ReduceScatter, Some(payload)) => match (seal, forward) {
-                (Some(header), Some(f)) => {
-                    let sealed = self.reduce_sealing(header, last_rs, payload, dst);
-                    self.parts[i].sealed.push_back((f, sealed));
+            (Phase::ReduceScatter, Some(payload)) => {
+                self.take_payload(h, true, payload, dst)?;
+                if last_rs && self.spec.op == ReduceOp::Avg {
+                    reduce::divide(self.spec.dtype, dst, self.spec.contributors);
                 }
-                _ => {
-                    self.take_payload(h, true, payload, dst)?;
-                    if last_rs && self.spec.op == ReduceOp::Avg {
-                        reduce::divide(self.spec.dtype, dst, self.spec.contributors);
-                    }
-                    if last_rs {
-                        self.plan.round_final(self.spec.dtype, dst);
-                    }
+                if last_rs {
+                    self.plan.round_final(self.spec.dtype, dst);
                 }
-            },
+            }
             (Phase::ReduceScatter, None) => {
                 return Err(self.unexpected(h, "reduce-scatter payload delivered in place".into()));
             }
             (_, Some(payload)) => self.take_payload(h, false, payload, dst)?,
             (_, None) => {}
         }
-        // What comes next on this link.
+        // What this receipt makes sendable, and what comes next on this link.
+        let forward = match (cur.phase, self.spec.coll) {
+            (Phase::ReduceScatter, CollKind::ReduceScatter) if last_rs => None,
+            (Phase::ReduceScatter, _) if last_rs => {
+                Some(Cursor { phase: Phase::AllGather, step: 0, segment: cur.segment })
+            }
+            (Phase::ReduceScatter, _) => Some(Cursor { step: cur.step + 1, ..cur }),
+            (Phase::AllGather, _) if cur.step + 2 < w => Some(Cursor { step: cur.step + 1, ..cur }),
+            (Phase::AllGather, _) => None,
+            (Phase::Gather, _) => None,
+            (Phase::Broadcast, _) => {
+                let part = &self.parts[i];
+                (crate::core::schedule::next_pos(part.pos, self.spec.world) != part.root_pos).then_some(cur)
+            }
+        };
         if let Some(f) = forward {
             // A frame that is only passed on is forwarded as it came: never re-encoded.
             if let (Phase::AllGather | Phase::Broadcast, Some(p), Some(c)) = (cur.phase, payload, &self.codecs) {
@@ -760,68 +750,6 @@ impl Collective {
         };
         self.parts[i].expect = next;
         Ok(())
-    }
-
-    /// The frame that receiving `cur` on part `i` makes sendable, if any.
-    fn forward_of(&self, i: usize, cur: Cursor, last_rs: bool) -> Option<Cursor> {
-        let w = self.spec.world as u32;
-        match (cur.phase, self.spec.coll) {
-            (Phase::ReduceScatter, CollKind::ReduceScatter) if last_rs => None,
-            (Phase::ReduceScatter, _) if last_rs => {
-                Some(Cursor { phase: Phase::AllGather, step: 0, segment: cur.segment })
-            }
-            (Phase::ReduceScatter, _) => Some(Cursor { step: cur.step + 1, ..cur }),
-            (Phase::AllGather, _) if cur.step + 2 < w => Some(Cursor { step: cur.step + 1, ..cur }),
-            (Phase::AllGather, _) => None,
-            (Phase::Gather, _) => None,
-            (Phase::Broadcast, _) => {
-                let part = &self.parts[i];
-                (crate::core::schedule::next_pos(part.pos, self.spec.world) != part.root_pos).then_some(cur)
-            }
-        }
-    }
-
-    /// The unsealed header of forward `f`, if its CRC can be computed while the received
-    /// segment at byte range `bytes` is reduced: `f` sends exactly that range, raw (this call
-    /// encodes nothing and the owner does not round its final chunk), from what the reduction
-    /// leaves there. Reduce-scatter forwards and the owner's first all-gather frame qualify.
-    fn seal_header(&self, i: usize, f: Cursor, bytes: &Range<usize>) -> Option<[u8; HEADER_LEN]> {
-        let encodes = self.codecs.is_some() && self.plan.encodes();
-        if encodes || self.plan.rounds_final() || self.parts[i].passes_on(f) || !matches!(f.phase, Phase::ReduceScatter | Phase::AllGather) {
-            return None;
-        }
-        let (block, chunk) = self.chunk_elems_range(i, f.phase, f.step, true);
-        let seg = segment_range(chunk.len(), self.seg_elems, f.segment as usize);
-        let esize = self.spec.dtype.size();
-        let payload = (chunk.start + seg.start) * esize..(chunk.start + seg.end) * esize;
-        (payload == *bytes).then(|| {
-            let at = (f.step, block as u32, f.segment);
-            self.spec.header(FrameKind::Data, f.phase, at, Codec::Raw, bytes.len(), bytes.len()).encode_unsealed()
-        })
-    }
-
-    /// Reduces a checked raw `payload` into `dst` (and divides, for the owner's final Avg)
-    /// in cache-sized blocks, computing the CRC of the frame that sends `dst` on over each
-    /// block while it is in L1, instead of in a second pass when that frame is polled.
-    /// Returns `header` sealed with that CRC.
-    fn reduce_sealing(
-        &self,
-        mut header: [u8; HEADER_LEN],
-        last_rs: bool,
-        payload: &[u8],
-        dst: &mut [u8],
-    ) -> [u8; HEADER_LEN] {
-        let (dtype, op) = (self.spec.dtype, self.spec.op);
-        let divisor = (last_rs && op == ReduceOp::Avg).then_some(self.spec.contributors);
-        let mut crc = FrameCrc::start(&header);
-        reduce::reduce_into_blocks(dtype, op, dst, payload, |block| {
-            if let Some(n) = divisor {
-                reduce::divide(dtype, block, n);
-            }
-            crc.update(block);
-        });
-        crc.seal(&mut header);
-        header
     }
 
     /// Reduces (`reduces`) or copies a checked payload into `dst`, the segment the schedule
@@ -978,15 +906,7 @@ impl Collective {
             None => (Codec::Raw, raw),
         };
         let at = (cur.step, block as u32, cur.segment);
-        let sealed = match self.parts[i].sealed.front() {
-            Some((c, _)) if *c == cur => self.parts[i].sealed.pop_front().map(|(_, h)| h),
-            _ => None,
-        };
-        let header = match sealed {
-            // Its CRC was computed with the reduction that produced the payload.
-            Some(h) if encoded.is_none() => h,
-            _ => self.spec.encode_coded_header(FrameKind::Data, cur.phase, at, codec, raw.len(), wire),
-        };
+        let header = self.spec.encode_coded_header(FrameKind::Data, cur.phase, at, codec, raw.len(), wire);
         self.bytes_sent += (HEADER_LEN + wire.len()) as u64;
         self.bytes_saved += raw.len().saturating_sub(wire.len()) as u64;
         let t = match encoded {
@@ -1174,7 +1094,6 @@ impl Part {
             expect: None,
             ready: VecDeque::new(),
             forwards: VecDeque::new(),
-            sealed: VecDeque::new(),
         }
     }
 }

@@ -290,11 +290,6 @@ impl CallCodec {
         Ok(())
     }
 
-    /// True if [`CallCodec::round_final`] changes anything in this call (a lossy codec).
-    pub fn rounds_final(&self) -> bool {
-        self.owner_rounds.is_some()
-    }
-
     /// Rounds the owner's final segment `dst` as it will be sent, if this call rounds.
     pub fn round_final(&self, dtype: DataType, dst: &mut [u8]) {
         if let Some(codec) = self.owner_rounds {

@@ -33,24 +33,6 @@ pub fn reduce_into(dtype: DataType, op: ReduceOp, dst: &mut [u8], src: &[u8]) {
     }
 }
 
-/// Bytes per block of [`reduce_into_blocks`]: a multiple of every element size, and with
-/// its source and destination well inside a 32 KiB L1 data cache.
-pub const FUSED_BLOCK_BYTES: usize = 8 << 10;
-
-/// [`reduce_into`] in blocks of [`FUSED_BLOCK_BYTES`], calling `then` on each reduced block
-/// of `dst` while it is still in L1: one pass over the data for the reduction and whatever
-/// `then` does with the result (a final division, the CRC of the frame that sends it on).
-///
-/// # Panics
-/// As [`reduce_into`].
-pub fn reduce_into_blocks(dtype: DataType, op: ReduceOp, dst: &mut [u8], src: &[u8], mut then: impl FnMut(&mut [u8])) {
-    assert_eq!(dst.len(), src.len(), "reduce lengths");
-    for (d, s) in dst.chunks_mut(FUSED_BLOCK_BYTES).zip(src.chunks(FUSED_BLOCK_BYTES)) {
-        reduce_into(dtype, op, d, s);
-        then(d);
-    }
-}
-
 /// Divides every element by `count` (the Avg finish): float division, or integer division
 /// truncating toward zero. `count == 0` leaves the data unchanged.
 pub fn divide(dtype: DataType, dst: &mut [u8], count: usize) {
@@ -232,28 +214,6 @@ mod tests {
         assert_eq!(h[0].to_f32(), 3.75);
         let b = run(DataType::Bf16, ReduceOp::Max, &[bf16::from_f32(-1.0)], &[bf16::from_f32(-2.0)]);
         assert_eq!(b[0].to_f32(), -1.0);
-    }
-
-    #[test]
-    fn blocks_match_one_pass_and_visit_every_byte_in_order() {
-        let n = FUSED_BLOCK_BYTES / 4 * 3 + 5;
-        let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
-        let b: Vec<f32> = (0..n).map(|i| (i % 17) as f32).collect();
-        let want = run(DataType::F32, ReduceOp::Sum, &a, &b);
-        let mut d = a.clone();
-        let mut seen = Vec::new();
-        reduce_into_blocks(
-            DataType::F32,
-            ReduceOp::Sum,
-            bytemuck::cast_slice_mut(&mut d),
-            bytemuck::cast_slice(&b),
-            |blk| {
-                assert!(blk.len() <= FUSED_BLOCK_BYTES);
-                seen.extend_from_slice(blk);
-            },
-        );
-        assert_eq!(d, want);
-        assert_eq!(seen, bytemuck::cast_slice::<f32, u8>(&want));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::coord::View;
 use crate::core::collective::{Algorithm, Collective, Link, ProtocolError, Spec, Status};
 use crate::core::payload::Codecs;
 use crate::core::ReduceOp;
-use crate::limits::{ENCODED_FRAMES_QUEUED_MAX, RAW_QUEUED_BYTES_MAX, REBUILD_TIMEOUT};
+use crate::limits::{ENCODED_FRAMES_QUEUED_MAX, REBUILD_TIMEOUT};
 use crate::wire::control::Control;
 use crate::wire::{CollKind, Header};
 use crate::{Error, Rank, Report};
@@ -523,26 +523,42 @@ impl EventLoop {
     fn unpark(&mut self) {
         for i in 0..2 {
             if let Some(l) = self.links[i].as_mut() {
-                if let Rx::Parked { header, crc } = l.rx {
+                if let Rx::Parked { header, crc, read } = l.rx {
                     l.rx = Rx::Header { filled: 0 };
                     self.route_header(i, header, crc);
+                    if read {
+                        self.deliver_read_ahead(i);
+                    }
                 }
             }
         }
     }
 
-    /// Moves the active collective's transmits into the links' write queues, paced:
-    /// segments are encoded and checksummed only while their link's queue is short, so
-    /// that work on one segment overlaps the writing of the previous ones (and a raw
-    /// payload is still in cache when the kernel copies it). Returns true if it queued
-    /// anything.
+    /// Finishes a parked frame whose payload was read ahead into scratch (and CRC checked)
+    /// once `route_header` has routed it again: delivered from scratch (a frame meant for
+    /// the buffer is copied there by the collective), discarded, or parked again.
+    fn deliver_read_ahead(&mut self, i: usize) {
+        let Some(l) = self.links[i].as_mut() else { return };
+        let Rx::Payload { header, crc, target, .. } = std::mem::replace(&mut l.rx, Rx::Header { filled: 0 }) else {
+            return;
+        };
+        let len = header.payload_len as usize;
+        l.rx = match target {
+            Target::Ahead => Rx::Parked { header, crc, read: true },
+            Target::Scratch | Target::Job(_) => Rx::Payload { header, crc, target: Target::Scratch, filled: len },
+        };
+        if matches!(l.rx, Rx::Payload { .. }) {
+            self.complete_frame(i, Instant::now());
+        }
+    }
+
+    /// Moves the active collective's transmits into the links' write queues. A call that
+    /// encodes is paced: segments are encoded only while their link's queue is short, so
+    /// compression of one segment overlaps the writing of the previous ones. Returns true
+    /// if it queued anything.
     fn drain_transmits(&mut self) -> bool {
         let Some(a) = self.active.as_mut() else { return false };
-        let limit = if a.coll.encodes() {
-            ENCODED_FRAMES_QUEUED_MAX
-        } else {
-            (RAW_QUEUED_BYTES_MAX / self.segment_bytes.max(1)).max(ENCODED_FRAMES_QUEUED_MAX)
-        };
+        let limit = if a.coll.encodes() { ENCODED_FRAMES_QUEUED_MAX } else { usize::MAX };
         let mut queued = false;
         loop {
             let links = &self.links;
@@ -605,7 +621,10 @@ impl EventLoop {
         }
         let Some(l) = self.links[i].as_mut() else { return };
         l.rx = match route {
-            Route::Park => Rx::Parked { header, crc },
+            Route::Park if header.payload_len as usize <= l.scratch_cap() => {
+                Rx::Payload { header, crc, target: Target::Ahead, filled: 0 }
+            }
+            Route::Park => Rx::Parked { header, crc, read: false },
             Route::Discard => {
                 self.stale_frames += 1;
                 Rx::Payload { header, crc, target: Target::Scratch, filled: 0 }
@@ -654,7 +673,7 @@ impl EventLoop {
                     let len = header.payload_len as usize;
                     let mut f = *filled;
                     let r = match target.clone() {
-                        Target::Scratch => l.read_payload(len, &mut f, None),
+                        Target::Scratch | Target::Ahead => l.read_payload(len, &mut f, None),
                         Target::Job(range) => {
                             let job = self.active.as_mut().map(|a| &mut a.job.buf.bytes_mut()[range]);
                             l.read_payload(len, &mut f, job)
@@ -704,7 +723,15 @@ impl EventLoop {
         // Every payload byte went through the CRC as it was read (`Link::read_payload`).
         if let Err(e) = l.rx_crc.verify(crc) {
             let peer = l.peer;
+            if self.active.is_none() {
+                // `fail_link` logs a link closed between calls quietly; this is damage.
+                tracing::warn!(peer, addr = %l.addr, reason = %e, "frame of a later call failed its check");
+            }
             self.fail_link(i, format!("{e}"), peer);
+            return;
+        }
+        if target == Target::Ahead {
+            l.rx = Rx::Parked { header, crc, read: true };
             return;
         }
         if discard || !ours {
@@ -713,7 +740,9 @@ impl EventLoop {
         let Some(a) = self.active.as_mut() else { return };
         let link = link_of(i);
         let _ = match target {
-            Target::Scratch => a.coll.handle_frame(now, link, &header, l.scratch(len), a.job.buf.bytes_mut()),
+            Target::Scratch | Target::Ahead => {
+                a.coll.handle_frame(now, link, &header, l.scratch(len), a.job.buf.bytes_mut())
+            }
             Target::Job(_) => a.coll.handle_frame_in_place(now, link, &header, a.job.buf.bytes_mut()),
         };
         self.drain_transmits();

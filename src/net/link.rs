@@ -23,6 +23,11 @@ pub(super) enum Target {
     Scratch,
     /// Straight into the active job's buffer at this byte range (all-gather, broadcast).
     Job(Range<usize>),
+    /// Into scratch, for a frame of a collective that has not started here yet: once it
+    /// is in and its CRC checked, the link parks (`Rx::Parked { read: true }`). Reading it
+    /// ahead is what lets a header damaged into a later `seq` or `epoch` be caught at once
+    /// by its CRC rather than at the progress deadline.
+    Ahead,
 }
 
 /// Progress of the frame being read.
@@ -31,8 +36,9 @@ pub(super) enum Rx {
     /// Reading the fixed header; `filled` bytes so far.
     Header { filled: usize },
     /// The header is decoded but the frame belongs to a collective that has not started
-    /// here yet: reading stops (TCP flow control holds the sender) until it starts.
-    Parked { header: Header, crc: u32 },
+    /// here yet: reading stops (TCP flow control holds the sender) until it starts. If
+    /// `read`, its payload is already in scratch, CRC checked (see [`Target::Ahead`]).
+    Parked { header: Header, crc: u32, read: bool },
     /// Reading the payload into `target`.
     Payload { header: Header, crc: u32, target: Target, filled: usize },
 }

@@ -155,17 +155,6 @@ impl Header {
     /// If `payload.len()` differs from `payload_len` (caller bug).
     pub fn encode(&self, payload: &[u8]) -> [u8; HEADER_LEN] {
         assert_eq!(payload.len(), self.payload_len as usize, "payload length");
-        let mut b = self.encode_unsealed();
-        let mut crc = FrameCrc::start(&b);
-        crc.update(payload);
-        crc.seal(&mut b);
-        b
-    }
-
-    /// Encodes the header with a zero CRC field, for a sender that computes the CRC itself
-    /// ([`FrameCrc::start`] from these bytes, `update` with the payload, then
-    /// [`FrameCrc::seal`]), e.g. in the same pass as the reduction that produced the payload.
-    pub fn encode_unsealed(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(&FRAME_MAGIC);
         b[4] = PROTOCOL_VERSION;
@@ -185,6 +174,9 @@ impl Header {
         b[56..60].copy_from_slice(&self.payload_len.to_le_bytes());
         b[60..64].copy_from_slice(&self.raw_len.to_le_bytes());
         b[64..68].copy_from_slice(&self.sender.to_le_bytes());
+        let mut crc = FrameCrc::start(&b);
+        crc.update(payload);
+        b[CRC_OFFSET..].copy_from_slice(&crc.0.to_le_bytes());
         b
     }
 
@@ -279,11 +271,6 @@ impl FrameCrc {
         if !cfg!(feature = "unchecked") {
             self.0 = crc32c::crc32c_append(self.0, bytes);
         }
-    }
-
-    /// Writes the CRC into the CRC field of `header` (the bytes it was started from).
-    pub fn seal(self, header: &mut [u8; HEADER_LEN]) {
-        header[CRC_OFFSET..].copy_from_slice(&self.0.to_le_bytes());
     }
 
     /// Compares the CRC of the header and every byte passed to `update` with `expected`.
