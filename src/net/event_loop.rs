@@ -522,13 +522,18 @@ impl EventLoop {
     /// Frames parked for the active collective can now be read.
     fn unpark(&mut self) {
         for i in 0..2 {
-            if let Some(l) = self.links[i].as_mut() {
-                if let Rx::Parked { header, crc, read } = l.rx {
-                    l.rx = Rx::Header { filled: 0 };
-                    self.route_header(i, header, crc);
-                    if read {
-                        self.deliver_read_ahead(i);
-                    }
+            self.unpark_link(i);
+        }
+    }
+
+    /// Routes again the frame parked on link `i`, if any.
+    fn unpark_link(&mut self, i: usize) {
+        if let Some(l) = self.links[i].as_mut() {
+            if let Rx::Parked { header, crc, read } = l.rx {
+                l.rx = Rx::Header { filled: 0 };
+                self.route_header(i, header, crc);
+                if read {
+                    self.deliver_read_ahead(i);
                 }
             }
         }
@@ -731,7 +736,10 @@ impl EventLoop {
             return;
         }
         if target == Target::Ahead {
+            // Its call may have started while the payload was arriving: route it again
+            // (it parks if it still cannot go anywhere).
             l.rx = Rx::Parked { header, crc, read: true };
+            self.unpark_link(i);
             return;
         }
         if discard || !ours {
