@@ -1,8 +1,8 @@
 //! Corruption above TCP: a proxy inserted as one ring hop flips one bit of one frame (in its
 //! header or its payload, either direction) after the handshake. Every flip must be
 //! detected (the receiver's CRC32C or header checks fail the link, or a frame whose header
-//! was bent into the future stalls the collective past its progress deadline), and no rank
-//! may ever return a wrong sum as `Ok`.
+//! was bent far into the future stalls the collective past its progress deadline), and no
+//! rank may ever return a wrong sum as `Ok`.
 //!
 //! How the hop is inserted without any test hook in the library: rank 0 reaches the
 //! coordinator through a second proxy that rewrites, in the views it forwards, the address
@@ -334,11 +334,12 @@ fn round(algorithm: Algorithm, plan: Option<Plan>) -> (Vec<Vec<Result<bool, Stri
 /// The check that caught a flip sent by `sender`: a link failure logged against `sender`
 /// naming the check, or a collective that stalled past its progress deadline.
 fn detection(log: &str, calls: &[Vec<Result<bool, String>>], sender: usize) -> Option<&'static str> {
-    const CHECKS: [(&str, &str); 4] = [
+    const CHECKS: [(&str, &str); 5] = [
         ("checksum mismatch", "crc32c"),
         ("bad header", "header decode"),
         ("frame of job", "job id"),
         ("exceeds the agreed segment size", "length cap"),
+        ("further ahead than a neighbour can be", "seq/epoch window"),
     ];
     let from_sender = format!("peer={sender} ");
     let failed = |needle: &str| log.lines().any(|l| l.contains(needle) && l.contains(&from_sender));
@@ -405,4 +406,27 @@ fn every_flipped_bit_is_detected_and_no_rank_returns_a_wrong_sum() {
         *caught.entry(how).or_insert(0) += 1;
     }
     println!("{rounds} flips, all detected in {:.1} s: {caught:?}", started.elapsed().as_secs_f64());
+
+    // A header bent into a nearby later call (the lowest bits of seq or epoch: seq + 1 is
+    // what an honest neighbour one call ahead sends) is parked as a frame of that call,
+    // but its payload is read ahead and its CRC checked at once: the CRC must catch it,
+    // not the progress deadline. (Bent the other way, it is a stale frame, also CRC
+    // checked before it is dropped.)
+    let seq_epoch = [(0, 1, 32 * 8), (1, 2, 32 * 8), (0, 4, 32 * 8 + 1), (1, 3, 24 * 8), (0, 2, 24 * 8 + 1)];
+    for (dir, frame, bit) in seq_epoch {
+        let plan = Plan { dir, frame: frame % frames[dir], in_payload: false, bit };
+        let (calls, hit, log) = round(algorithms[dir], Some(plan));
+        let (offset, name) = hit.done.unwrap_or_else(|| panic!("{plan:?} never reached its frame"));
+        for (rank, c) in calls.iter().enumerate() {
+            assert!(
+                !c.contains(&Ok(false)),
+                "{plan:?} ({name} byte {offset}): rank {rank} returned a WRONG sum: {c:?}"
+            );
+        }
+        let how = detection(&log, &calls, dir);
+        println!("flipped {name} bit {} (byte {offset}), dir {dir}: caught by {how:?}", bit % 8);
+        // seq + 2 and beyond are refused at once by the window check instead.
+        let at_once = matches!(how, Some("crc32c" | "seq/epoch window"));
+        assert!(at_once, "{plan:?} ({name} byte {offset}) caught by {how:?}: {calls:?}\n{log}");
+    }
 }

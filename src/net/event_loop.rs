@@ -22,7 +22,6 @@ use crate::core::payload::Codecs;
 use crate::core::ReduceOp;
 use crate::limits::{ENCODED_FRAMES_QUEUED_MAX, REBUILD_TIMEOUT};
 use crate::wire::control::Control;
-use crate::wire::header::verify_crc;
 use crate::wire::{CollKind, Header};
 use crate::{Error, Rank, Report};
 
@@ -590,12 +589,38 @@ impl EventLoop {
     /// Frames parked for the active collective can now be read.
     fn unpark(&mut self) {
         for i in 0..2 {
-            if let Some(l) = self.links[i].as_mut() {
-                if let Rx::Parked { header, crc } = l.rx {
-                    l.rx = Rx::Header { filled: 0 };
-                    self.route_header(i, header, crc);
+            self.unpark_link(i);
+        }
+    }
+
+    /// Routes again the frame parked on link `i`, if any.
+    fn unpark_link(&mut self, i: usize) {
+        if let Some(l) = self.links[i].as_mut() {
+            if let Rx::Parked { header, crc, read } = l.rx {
+                l.rx = Rx::Header { filled: 0 };
+                self.route_header(i, header, crc);
+                if read {
+                    self.deliver_read_ahead(i);
                 }
             }
+        }
+    }
+
+    /// Finishes a parked frame whose payload was read ahead into scratch (and CRC checked)
+    /// once `route_header` has routed it again: delivered from scratch (a frame meant for
+    /// the buffer is copied there by the collective), discarded, or parked again.
+    fn deliver_read_ahead(&mut self, i: usize) {
+        let Some(l) = self.links[i].as_mut() else { return };
+        let Rx::Payload { header, crc, target, .. } = std::mem::replace(&mut l.rx, Rx::Header { filled: 0 }) else {
+            return;
+        };
+        let len = header.payload_len as usize;
+        l.rx = match target {
+            Target::Ahead => Rx::Parked { header, crc, read: true },
+            Target::Scratch | Target::Job(_) => Rx::Payload { header, crc, target: Target::Scratch, filled: len },
+        };
+        if matches!(l.rx, Rx::Payload { .. }) {
+            self.complete_frame(i, Instant::now());
         }
     }
 
@@ -668,7 +693,10 @@ impl EventLoop {
         }
         let Some(l) = self.links[i].as_mut() else { return };
         l.rx = match route {
-            Route::Park => Rx::Parked { header, crc },
+            Route::Park if header.payload_len as usize <= l.scratch_cap() => {
+                Rx::Payload { header, crc, target: Target::Ahead, filled: 0 }
+            }
+            Route::Park => Rx::Parked { header, crc, read: false },
             Route::Discard => {
                 self.stale_frames += 1;
                 Rx::Payload { header, crc, target: Target::Scratch, filled: 0 }
@@ -717,7 +745,7 @@ impl EventLoop {
                     let len = header.payload_len as usize;
                     let mut f = *filled;
                     let r = match target.clone() {
-                        Target::Scratch => l.read_payload(len, &mut f, None),
+                        Target::Scratch | Target::Ahead => l.read_payload(len, &mut f, None),
                         Target::Job(range) => {
                             let job = self.active.as_mut().map(|a| &mut a.job.buf.bytes_mut()[range]);
                             l.read_payload(len, &mut f, job)
@@ -761,16 +789,24 @@ impl EventLoop {
             Some(a) => ((header.epoch, header.seq) == (a.epoch, a.seq) && a.epoch == self.epoch, false),
             None => (false, true),
         };
-        let checked = match &target {
-            Target::Scratch => verify_crc(&l.header_bytes, crc, l.scratch(len)),
-            Target::Job(r) => match self.active.as_ref() {
-                Some(a) => verify_crc(&l.header_bytes, crc, &a.job.buf.bytes()[r.clone()]),
-                None => return,
-            },
-        };
-        if let Err(e) = checked {
+        if matches!(target, Target::Job(_)) && self.active.is_none() {
+            return;
+        }
+        // Every payload byte went through the CRC as it was read (`Link::read_payload`).
+        if let Err(e) = l.rx_crc.verify(crc) {
             let peer = l.peer;
+            if self.active.is_none() {
+                // `fail_link` logs a link closed between calls quietly; this is damage.
+                tracing::warn!(peer, addr = %l.addr, reason = %e, "frame of a later call failed its check");
+            }
             self.fail_link(i, format!("{e}"), peer);
+            return;
+        }
+        if target == Target::Ahead {
+            // Its call may have started while the payload was arriving: route it again
+            // (it parks if it still cannot go anywhere).
+            l.rx = Rx::Parked { header, crc, read: true };
+            self.unpark_link(i);
             return;
         }
         if discard || !ours {
@@ -779,7 +815,9 @@ impl EventLoop {
         let Some(a) = self.active.as_mut() else { return };
         let link = link_of(i);
         let _ = match target {
-            Target::Scratch => a.coll.handle_frame(now, link, &header, l.scratch(len), a.job.buf.bytes_mut()),
+            Target::Scratch | Target::Ahead => {
+                a.coll.handle_frame(now, link, &header, l.scratch(len), a.job.buf.bytes_mut())
+            }
             Target::Job(_) => a.coll.handle_frame_in_place(now, link, &header, a.job.buf.bytes_mut()),
         };
         self.drain_transmits();

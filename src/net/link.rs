@@ -12,6 +12,7 @@ use mio::net::TcpStream;
 use super::rate::RateMeter;
 use crate::codec::PooledBytes;
 use crate::limits::IOVECS_MAX;
+use crate::wire::header::FrameCrc;
 use crate::wire::{Header, HEADER_LEN};
 use crate::Rank;
 
@@ -22,6 +23,11 @@ pub(super) enum Target {
     Scratch,
     /// Straight into the active job's buffer at this byte range (all-gather, broadcast).
     Job(Range<usize>),
+    /// Into scratch, for a frame of a collective that has not started here yet: once it
+    /// is in and its CRC checked, the link parks (`Rx::Parked { read: true }`). Reading it
+    /// ahead is what lets a header damaged into a later `seq` or `epoch` be caught at once
+    /// by its CRC rather than at the progress deadline.
+    Ahead,
 }
 
 /// Progress of the frame being read.
@@ -30,8 +36,9 @@ pub(super) enum Rx {
     /// Reading the fixed header; `filled` bytes so far.
     Header { filled: usize },
     /// The header is decoded but the frame belongs to a collective that has not started
-    /// here yet: reading stops (TCP flow control holds the sender) until it starts.
-    Parked { header: Header, crc: u32 },
+    /// here yet: reading stops (TCP flow control holds the sender) until it starts. If
+    /// `read`, its payload is already in scratch, CRC checked (see [`Target::Ahead`]).
+    Parked { header: Header, crc: u32, read: bool },
     /// Reading the payload into `target`.
     Payload { header: Header, crc: u32, target: Target, filled: usize },
 }
@@ -75,6 +82,9 @@ pub(super) struct Link {
     pub(super) addr: SocketAddr,
     pub(super) rx: Rx,
     pub(super) header_bytes: [u8; HEADER_LEN],
+    /// CRC32C of the frame being read: started when its header is complete, extended by
+    /// every payload read while the bytes are still in cache (checked in `complete_frame`).
+    pub(super) rx_crc: FrameCrc,
     /// Payload scratch, 8-byte aligned so reductions read it as typed slices.
     scratch: Vec<u64>,
     pub(super) out: VecDeque<OutFrame>,
@@ -128,6 +138,7 @@ impl Link {
             addr,
             rx: Rx::Header { filled: 0 },
             header_bytes: [0; HEADER_LEN],
+            rx_crc: FrameCrc::start(&[0; HEADER_LEN]),
             scratch: vec![0u64; scratch_bytes.div_ceil(8)],
             out: VecDeque::new(),
             out_written: 0,
@@ -221,24 +232,38 @@ impl Link {
             self.header_bytes[*filled..*filled + n].copy_from_slice(&tmp[..n]);
             *filled += n;
             if *filled == HEADER_LEN {
+                self.rx_crc = FrameCrc::start(&self.header_bytes);
                 self.counters.frames_in += 1;
             }
         }
         Ok(step)
     }
 
-    /// Reads more payload into scratch (`job` is `None`) or into `job[range]`.
+    /// Reads more payload into scratch (`job` is `None`) or into `job[range]`, and extends
+    /// the frame's CRC with the bytes just read (the kernel has just written them: they are
+    /// in cache now, and may not be by the time the whole payload is in).
     pub(super) fn read_payload(
         &mut self,
         len: usize,
         filled: &mut usize,
         job: Option<&mut [u8]>,
     ) -> std::io::Result<ReadStep> {
+        let start = *filled;
         let step = match job {
-            Some(dst) => self.read_into(&mut dst[*filled..])?,
+            Some(dst) => {
+                let r = self.read_into(&mut dst[start..]);
+                if matches!(r, Ok(ReadStep::Progress)) {
+                    self.rx_crc.update(&dst[start..start + self.last_read]);
+                }
+                r?
+            }
             None => {
                 let mut scratch = std::mem::take(&mut self.scratch);
-                let r = self.read_into(&mut bytemuck::cast_slice_mut(&mut scratch)[*filled..len]);
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch);
+                let r = self.read_into(&mut bytes[start..len]);
+                if matches!(r, Ok(ReadStep::Progress)) {
+                    self.rx_crc.update(&bytes[start..start + self.last_read]);
+                }
                 self.scratch = scratch;
                 r?
             }
