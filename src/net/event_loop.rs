@@ -31,10 +31,10 @@ mod recovery;
 #[path = "progress.rs"]
 mod progress;
 
-#[path = "joining.rs"]
-mod joining;
 #[path = "handoff.rs"]
 mod handoff;
+#[path = "joining.rs"]
+mod joining;
 
 const PREV: Token = Token(0);
 const NEXT: Token = Token(1);
@@ -448,7 +448,8 @@ impl EventLoop {
     }
 
     fn start_next(&mut self, now: Instant) -> bool {
-        if self.queue.is_empty() || self.awaiting.is_some() {
+        // No call starts while a ring is being built: it would run on the links being replaced.
+        if self.queue.is_empty() || self.awaiting.is_some() || self.rebuild.is_some() {
             return false;
         }
         if let Some(t) = &self.terminal {

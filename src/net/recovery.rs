@@ -64,10 +64,34 @@ impl EventLoop {
                 _ => String::new(),
             };
             if let Some(peer) = self.links[super::idx(link)].as_ref().map(|l| l.peer) {
+                tracing::warn!(rank = self.rank, peer, links = %self.link_states(), "stalled: {reason}");
                 self.suspect(peer, true, &reason);
             }
         }
         now < since + self.rebuild_wait()
+    }
+
+    /// Each link's state, for the log line of a stall: what it reads, whether the socket
+    /// holds unread bytes, what waits to be written.
+    pub(super) fn link_states(&self) -> String {
+        let mut out = String::new();
+        for (i, l) in self.links.iter().enumerate() {
+            let Some(l) = l.as_ref() else { continue };
+            let waiting = l.stream.peek(&mut [0u8; 1]).map_or_else(|e| e.kind().to_string(), |n| n.to_string());
+            out.push_str(&format!(
+                "[{} peer {}: rx {:?}, readable {}, writable {}, closed {}, unread {waiting}, out {} frames, in {} B, sent {} B] ",
+                if i == 0 { "prev" } else { "next" },
+                l.peer,
+                l.rx,
+                l.readable,
+                l.writable,
+                l.closed,
+                l.out.len(),
+                l.bytes_in,
+                l.bytes_out
+            ));
+        }
+        out
     }
 
     /// Installs a view from the coordinator as soon as it arrives: the running call (whose
