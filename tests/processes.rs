@@ -181,3 +181,40 @@ fn unreachable_coordinator_is_an_error_within_the_connect_timeout() {
     assert!(stderr.contains("unreachable"), "{stderr}");
     assert!(start.elapsed() < Duration::from_secs(35), "took {:?}", start.elapsed());
 }
+
+/// `kill -9` of a rank during rendezvous (registered, waiting for the others): the
+/// coordinator forgets its registration, a restarted process takes its place, and the job
+/// runs exactly; without a restart, the others are told rank 2 is missing (previous test).
+#[test]
+fn a_rank_killed_during_rendezvous_can_be_replaced() {
+    use ringcc::coord::status::Presence;
+    let server = coordinator(3, Duration::from_secs(20));
+    let addr = server.local_addr().to_string();
+    let bin = env!("CARGO_BIN_EXE_ringcheck");
+    let args = quickstart_like(&[]);
+    let mut first = rank(bin, 2, 3, &addr, &args, &[]);
+    let status = server.status_handle();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let presence = |r: usize| status.query(Duration::from_secs(5)).map(|s| s.ranks[r].presence.clone());
+    while presence(2) != Some(Presence::Registered) {
+        assert!(Instant::now() < deadline, "rank 2 never registered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    while presence(2) != Some(Presence::Unregistered) {
+        assert!(Instant::now() < deadline, "the killed rank's registration was kept");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let restarted = ("RINGCC_INCARNATION", "1".to_string());
+    let children = vec![
+        rank(bin, 0, 3, &addr, &args, &[]),
+        rank(bin, 1, 3, &addr, &args, &[]),
+        rank(bin, 2, 3, &addr, &args, &[restarted]),
+    ];
+    for (r, out) in wait_all(children, Duration::from_secs(60)).iter().enumerate() {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "rank {r}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("all exact"), "rank {r}: {stdout}");
+    }
+}
