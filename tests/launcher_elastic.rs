@@ -100,8 +100,10 @@ fn an_elastic_job_stops_below_min_np_and_min_np_needs_elastic() {
 
 /// The training example keeps training with the survivors after `kill -9` of a rank: every
 /// later epoch reports weights identical on the 3 survivors, and it still learns.
-#[test]
-fn train_mlp_survives_a_killed_rank_under_elastic_ringrun() {
+/// Runs `train_mlp` on 4 ranks under `ringrun --elastic` with `policy` (the flags after
+/// `--elastic`), rank 2 killed in the middle of training. Returns (stdout, stderr, all of it
+/// for messages) after checking ringrun succeeded and the final accuracy is above 90%.
+fn train_mlp_with_rank_2_killed(policy: &[&str]) -> (String, String, String) {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ringrun"));
     let example = bin.parent().expect("target dir").join("examples").join("train_mlp");
     if !example.exists() {
@@ -110,23 +112,19 @@ fn train_mlp_survives_a_killed_rank_under_elastic_ringrun() {
             example.display()
         );
     }
-    let (code, stdout, stderr) = ringrun(&[
-        "-n",
-        "4",
-        "--elastic",
-        "--min-np",
-        "2",
+    let mut args = vec!["-n", "4", "--elastic"];
+    args.extend_from_slice(policy);
+    args.extend_from_slice(&[
         "--timeout",
         "120",
         "--tag-output",
         "-x",
         "RINGCC_FAULT=rank=2,seq=60,phase=rs,action=exit",
-        example.to_str().expect("utf-8 path"),
     ]);
+    args.push(example.to_str().expect("utf-8 path"));
+    let (code, stdout, stderr) = ringrun(&args);
     let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(code, Some(0), "{all}");
-    assert!(stderr.contains("ringrun: rank 2") && stderr.contains("goes on with 3 rank(s)"), "{all}");
-    assert!(stdout.contains("epoch  20/20") && stdout.contains("same on 3 ranks"), "{all}");
     let acc: f64 = stdout
         .lines()
         .filter_map(|l| l.split("done: test accuracy ").nth(1))
@@ -134,6 +132,14 @@ fn train_mlp_survives_a_killed_rank_under_elastic_ringrun() {
         .next()
         .unwrap_or(0.0);
     assert!(acc > 90.0, "final accuracy {acc}%: {all}");
+    (stdout, stderr, all)
+}
+
+#[test]
+fn train_mlp_survives_a_killed_rank_under_elastic_ringrun() {
+    let (stdout, stderr, all) = train_mlp_with_rank_2_killed(&["--min-np", "2"]);
+    assert!(stderr.contains("ringrun: rank 2") && stderr.contains("goes on with 3 rank(s)"), "{all}");
+    assert!(stdout.contains("epoch  20/20") && stdout.contains("same on 3 ranks"), "{all}");
 }
 
 /// With `--max-restarts`, the killed rank comes back: it is admitted at the next epoch's
@@ -141,35 +147,11 @@ fn train_mlp_survives_a_killed_rank_under_elastic_ringrun() {
 /// weights on all 4 ranks again.
 #[test]
 fn train_mlp_restarted_rank_rejoins_with_the_model() {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ringrun"));
-    let example = bin.parent().expect("target dir").join("examples").join("train_mlp");
-    assert!(example.exists(), "{} is missing: run `cargo build --release --examples`", example.display());
-    let (code, stdout, stderr) = ringrun(&[
-        "-n",
-        "4",
-        "--elastic",
-        "--max-restarts",
-        "1",
-        "--timeout",
-        "120",
-        "--tag-output",
-        "-x",
-        "RINGCC_FAULT=rank=2,seq=60,phase=rs,action=exit",
-        example.to_str().expect("utf-8 path"),
-    ]);
-    let all = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert_eq!(code, Some(0), "{all}");
+    let (stdout, stderr, all) = train_mlp_with_rank_2_killed(&["--max-restarts", "1"]);
     assert!(stderr.contains("ringrun: restarting rank 2 (restart 1 of 1)"), "{all}");
     assert!(stdout.contains("same on 3 ranks"), "the survivors trained without it for a while: {all}");
     assert!(stdout.contains("rank(s) [2] rejoined; sent them the model"), "{all}");
     assert!(stdout.contains("[rank 2] rank 2: rejoined the job at epoch"), "{all}");
     let last = stdout.lines().filter(|l| l.contains("epoch  20/20")).collect::<Vec<_>>();
     assert!(last.len() == 1 && last[0].contains("same on 4 ranks"), "{all}");
-    let acc: f64 = stdout
-        .lines()
-        .filter_map(|l| l.split("done: test accuracy ").nth(1))
-        .filter_map(|r| r.split('%').next()?.trim().parse().ok())
-        .next()
-        .unwrap_or(0.0);
-    assert!(acc > 90.0, "final accuracy {acc}%: {all}");
 }
