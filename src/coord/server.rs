@@ -214,8 +214,25 @@ impl State {
     fn beat(&mut self) {
         let Phase::Running(m) = &self.phase else { return };
         let msg = Control::Heartbeat { rank: u32::MAX, epoch: m.epoch() };
+        self.send_members(&msg);
+    }
+
+    /// Sends `msg` to every member of the current view.
+    fn send_members(&mut self, msg: &Control) {
         for t in self.member_tokens() {
-            self.send(t, &msg);
+            self.send(t, msg);
+        }
+    }
+
+    /// The view message of `epoch` over `members` (see [`View`]).
+    fn view(&self, epoch: u64, members: Vec<(usize, Member)>, start_seq: Option<u64>, joined: Vec<usize>) -> View {
+        View {
+            job: self.options.job,
+            epoch,
+            world_size: self.options.world_size,
+            members: members.into_iter().map(|(_, m)| m).collect(),
+            start_seq,
+            joined,
         }
     }
 
@@ -246,57 +263,31 @@ impl State {
                 }
                 MembershipEvent::ViewInstalled { epoch, members } => {
                     tracing::warn!(epoch, members = ?members.iter().map(|(r, _)| *r).collect::<Vec<_>>(), "new view");
-                    let view = View {
-                        job: self.options.job,
-                        epoch,
-                        world_size: self.options.world_size,
-                        members: members.into_iter().map(|(_, m)| m).collect(),
-                        start_seq: None,
-                        joined: Vec::new(),
-                    };
-                    for t in self.member_tokens() {
-                        self.send(t, &Control::View(view.clone()));
-                    }
+                    let view = self.view(epoch, members, None, Vec::new());
+                    self.send_members(&Control::View(view));
                 }
                 MembershipEvent::JoinPrepare { epoch } => {
                     tracing::info!(epoch, "a rank asks to join: members hold at their next call");
-                    for t in self.member_tokens() {
-                        self.send(t, &Control::JoinPrepare { epoch });
-                    }
+                    self.send_members(&Control::JoinPrepare { epoch });
                 }
                 MembershipEvent::JoinPointDone { epoch, seq } => {
-                    for t in self.member_tokens() {
-                        self.send(t, &Control::JoinPointDone { epoch, seq });
-                    }
+                    self.send_members(&Control::JoinPointDone { epoch, seq })
                 }
                 MembershipEvent::JoinCancel { epoch } => {
                     tracing::warn!(epoch, "join cancelled: the joining rank went away");
-                    for t in self.member_tokens() {
-                        self.send(t, &Control::JoinCancel { epoch });
-                    }
+                    self.send_members(&Control::JoinCancel { epoch });
                 }
                 MembershipEvent::Admitted { epoch, members, joined, start_seq } => {
                     tracing::warn!(epoch, start_seq, ?joined, members = ?members.iter().map(|(r, _)| *r).collect::<Vec<_>>(), "ranks admitted");
                     for r in &joined {
                         self.board.joined(*r);
                     }
-                    let view = View {
-                        job: self.options.job,
-                        epoch,
-                        world_size: self.options.world_size,
-                        members: members.into_iter().map(|(_, m)| m).collect(),
-                        start_seq: Some(start_seq),
-                        joined,
-                    };
-                    for t in self.member_tokens() {
-                        self.send(t, &Control::View(view.clone()));
-                    }
+                    let view = self.view(epoch, members, Some(start_seq), joined);
+                    self.send_members(&Control::View(view));
                 }
                 MembershipEvent::Decision { epoch, seq, finish } => {
                     tracing::info!(epoch, seq, finish, "interrupted call decided");
-                    for t in self.member_tokens() {
-                        self.send(t, &Control::Decision { epoch, seq, finish });
-                    }
+                    self.send_members(&Control::Decision { epoch, seq, finish });
                 }
                 MembershipEvent::QuorumLost { epoch, alive, required } => {
                     tracing::error!(epoch, alive, required, "quorum lost");

@@ -984,15 +984,11 @@ impl EventLoop {
 
     fn handle_coord_event(&mut self, e: CoordEvent) {
         match e {
-            CoordEvent::View(v) if v.epoch > self.epoch && v.start_seq.is_some() => {
-                let start_seq = v.start_seq.unwrap_or(0);
-                self.on_admit(v, start_seq);
-            }
-            CoordEvent::View(v) if v.epoch > self.epoch => {
-                if self.pending_view.as_ref().is_none_or(|p| p.epoch < v.epoch) {
-                    self.pending_view = Some(v);
-                }
-            }
+            CoordEvent::View(v) if v.epoch > self.epoch => match v.start_seq {
+                Some(start_seq) => self.on_admit(v, start_seq),
+                None if self.pending_view.as_ref().is_none_or(|p| p.epoch < v.epoch) => self.pending_view = Some(v),
+                None => {}
+            },
             CoordEvent::View(_) => {}
             CoordEvent::Decision { epoch, seq, finish } => self.decision = Some((epoch, seq, finish)),
             CoordEvent::Evicted { epoch, reason } => {

@@ -76,6 +76,11 @@ impl EventLoop {
         self.switches.push_back((view, start_seq));
     }
 
+    /// No call runs and no view change is being resolved or built.
+    fn between_calls(&self) -> bool {
+        self.active.is_none() && self.awaiting.is_none() && self.rebuild.is_none()
+    }
+
     /// Whether the next call must wait (held for a join being prepared, or a switch due).
     pub(super) fn join_blocks_start(&self) -> bool {
         let at_point = self.join_wait.as_ref().is_some_and(|w| w.at.is_some());
@@ -108,11 +113,7 @@ impl EventLoop {
             self.answer_join_point(Err(t.error(self.rank)));
             return true;
         }
-        let settled = self.active.is_none()
-            && self.awaiting.is_none()
-            && self.rebuild.is_none()
-            && self.pending_view.is_none()
-            && self.switches.is_empty();
+        let settled = self.between_calls() && self.pending_view.is_none() && self.switches.is_empty();
         if !settled || (w.at.is_none() && !self.queue.is_empty()) {
             return false;
         }
@@ -158,7 +159,7 @@ impl EventLoop {
     /// Returns true if it did.
     pub(super) fn maybe_switch(&mut self) -> bool {
         let at_boundary = self.switches.front().is_some_and(|(_, k)| *k == self.next_seq && *k == self.completed);
-        let idle = self.active.is_none() && self.awaiting.is_none() && self.rebuild.is_none();
+        let idle = self.between_calls();
         let flushed = self.links.iter().flatten().all(|l| l.closed || l.out.is_empty());
         if !(at_boundary && idle && flushed && self.terminal.is_none()) {
             return false;

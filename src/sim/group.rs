@@ -44,7 +44,7 @@ pub enum GroupMode {
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupSummary {
-    /// Ranks, calls each makes, faults injected.
+    /// Ranks at the start.
     pub world: usize,
     /// Calls per rank.
     pub calls: u64,
