@@ -37,6 +37,7 @@ fn spec(pos: usize, len_elems: usize) -> Spec {
         algorithm: Algorithm::Auto,
         progress_timeout: Duration::from_secs(30),
         fin: false,
+        payload_crc: [true, true],
     }
 }
 

@@ -31,6 +31,7 @@ fn spec(world: usize, pos: usize, len_elems: usize, algorithm: Algorithm, op: Re
         algorithm,
         progress_timeout: Duration::from_secs(30),
         fin: true,
+        payload_crc: [true, true],
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ringcc::comm::Checksum;
 use ringcc::coord::{Server, ServerOptions};
 use ringcc::core::collective::Algorithm;
 use ringcc::wire::control::Control;
@@ -258,7 +259,11 @@ fn rank_calls(comm: &Communicator) -> Vec<Result<bool, String>> {
 
 /// One job with the proxy in place; returns each rank's calls, what the proxy flipped and
 /// the ranks' log.
-fn round(algorithm: Algorithm, plan: Option<Plan>) -> (Vec<Vec<Result<bool, String>>>, Flip, String) {
+fn round(
+    checksum: Checksum,
+    algorithm: Algorithm,
+    plan: Option<Plan>,
+) -> (Vec<Vec<Result<bool, String>>>, Flip, String) {
     let mut options = ServerOptions::new(WORLD, 42, Duration::from_secs(20));
     options.secret = SECRET.as_bytes().to_vec();
     let server = Server::start(TcpListener::bind("127.0.0.1:0").expect("bind"), options).expect("coordinator");
@@ -313,6 +318,7 @@ fn round(algorithm: Algorithm, plan: Option<Plan>) -> (Vec<Vec<Result<bool, Stri
             config.segment_bytes = 1024;
             config.progress_timeout = PROGRESS_TIMEOUT;
             config.algorithm = algorithm;
+            config.checksum = checksum;
             let seen = match Communicator::connect(config) {
                 Ok(comm) => rank_calls(&comm),
                 Err(e) => vec![Err(format!("connect: {e}"))],
@@ -351,20 +357,26 @@ fn detection(log: &str, calls: &[Vec<Result<bool, String>>], sender: usize) -> O
     stalled.then_some("progress deadline")
 }
 
-#[test]
-fn every_flipped_bit_is_detected_and_no_rank_returns_a_wrong_sum() {
+/// The tests read one process-wide log, so they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn init_log() {
     let _ = tracing_subscriber::fmt()
         .with_writer(|| LogWriter)
         .with_ansi(false)
         .with_max_level(tracing::Level::WARN)
         .try_init();
+}
 
-    // Control: through the proxy, untouched, every call is exact. The one-way ring (the
-    // default here) sends nothing back over the hop; the two-way ring does.
-    let algorithms = [Algorithm::Auto, Algorithm::Bidir];
+const ALGORITHMS: [Algorithm; 2] = [Algorithm::Auto, Algorithm::Bidir];
+
+/// Control rounds: through the proxy, untouched, every call is exact. The one-way ring (the
+/// default here) sends nothing back over the hop; the two-way ring does. Returns the frames
+/// seen each way.
+fn control(checksum: Checksum) -> [usize; 2] {
     let mut frames = [0usize; 2];
-    for (dir, algorithm) in algorithms.into_iter().enumerate() {
-        let (calls, flip, log) = round(algorithm, None);
+    for (dir, algorithm) in ALGORITHMS.into_iter().enumerate() {
+        let (calls, flip, log) = round(checksum, algorithm, None);
         assert!(!flip.desync, "the proxy lost track of frames");
         for (rank, c) in calls.iter().enumerate() {
             assert_eq!(c.len(), CALLS, "rank {rank} without corruption: {c:?}\n{log}");
@@ -374,8 +386,12 @@ fn every_flipped_bit_is_detected_and_no_rank_returns_a_wrong_sum() {
         frames[dir] = flip.frames[dir];
         assert!(frames[dir] > 0, "no frames through the proxy in direction {dir} with {algorithm:?}");
     }
+    frames
+}
 
-    let rounds: usize = std::env::var("RINGCC_CORRUPT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+/// `rounds` rounds of one random flip each, alternating direction; payload bits too if
+/// `payloads`. Every flip must be detected and no rank may return a wrong sum.
+fn random_flips(checksum: Checksum, frames: [usize; 2], rounds: usize, payloads: bool) {
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
         rng ^= rng << 13;
@@ -387,8 +403,8 @@ fn every_flipped_bit_is_detected_and_no_rank_returns_a_wrong_sum() {
     let started = Instant::now();
     for r in 0..rounds {
         let dir = r % 2;
-        let plan = Plan { dir, frame: next() % frames[dir], in_payload: r % 4 >= 2, bit: next() };
-        let (calls, hit, log) = round(algorithms[dir], Some(plan));
+        let plan = Plan { dir, frame: next() % frames[dir], in_payload: payloads && r % 4 >= 2, bit: next() };
+        let (calls, hit, log) = round(checksum, ALGORITHMS[dir], Some(plan));
         let (offset, name) = hit.done.unwrap_or_else(|| panic!("round {r}: {plan:?} never reached its frame"));
         assert!(!hit.desync, "round {r}: the proxy lost track of frames");
         for (rank, c) in calls.iter().enumerate() {
@@ -406,16 +422,18 @@ fn every_flipped_bit_is_detected_and_no_rank_returns_a_wrong_sum() {
         *caught.entry(how).or_insert(0) += 1;
     }
     println!("{rounds} flips, all detected in {:.1} s: {caught:?}", started.elapsed().as_secs_f64());
+}
 
-    // A header bent into a nearby later call (the lowest bits of seq or epoch: seq + 1 is
-    // what an honest neighbour one call ahead sends) is parked as a frame of that call,
-    // but its payload is read ahead and its CRC checked at once: the CRC must catch it,
-    // not the progress deadline. (Bent the other way, it is a stale frame, also CRC
-    // checked before it is dropped.)
+/// A header bent into a nearby later call (the lowest bits of seq or epoch: seq + 1 is
+/// what an honest neighbour one call ahead sends) is parked as a frame of that call, but
+/// its payload is read ahead and its CRC checked at once: the CRC must catch it, not the
+/// progress deadline. (Bent the other way, it is a stale frame, also CRC checked before it
+/// is dropped.)
+fn bent_headers(checksum: Checksum, frames: [usize; 2]) {
     let seq_epoch = [(0, 1, 32 * 8), (1, 2, 32 * 8), (0, 4, 32 * 8 + 1), (1, 3, 24 * 8), (0, 2, 24 * 8 + 1)];
     for (dir, frame, bit) in seq_epoch {
         let plan = Plan { dir, frame: frame % frames[dir], in_payload: false, bit };
-        let (calls, hit, log) = round(algorithms[dir], Some(plan));
+        let (calls, hit, log) = round(checksum, ALGORITHMS[dir], Some(plan));
         let (offset, name) = hit.done.unwrap_or_else(|| panic!("{plan:?} never reached its frame"));
         for (rank, c) in calls.iter().enumerate() {
             assert!(
@@ -429,4 +447,27 @@ fn every_flipped_bit_is_detected_and_no_rank_returns_a_wrong_sum() {
         let at_once = matches!(how, Some("crc32c" | "seq/epoch window"));
         assert!(at_once, "{plan:?} ({name} byte {offset}) caught by {how:?}: {calls:?}\n{log}");
     }
+}
+
+/// With payloads checksummed on every link (`Checksum::All`: the proxy is a plain TCP relay
+/// on loopback, the case that setting is for), every flipped bit, header or payload, is caught.
+#[test]
+fn every_flipped_bit_is_detected_and_no_rank_returns_a_wrong_sum() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    init_log();
+    let frames = control(Checksum::All);
+    let rounds: usize = std::env::var("RINGCC_CORRUPT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    random_flips(Checksum::All, frames, rounds, true);
+    bent_headers(Checksum::All, frames);
+}
+
+/// With the default (`Checksum::Remote`), links within one host leave payloads out of the
+/// CRC, but every header is still covered: a flipped header bit is still caught.
+#[test]
+fn header_flips_are_detected_on_links_within_one_host_by_default() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    init_log();
+    let frames = control(Checksum::Remote);
+    random_flips(Checksum::Remote, frames, 8, false);
+    bent_headers(Checksum::Remote, frames);
 }

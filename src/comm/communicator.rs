@@ -124,6 +124,12 @@ impl CommunicatorBuilder {
         self.config.join_points = yes;
         self
     }
+    /// Which ring links checksum frame payloads (default: links to other hosts only); every
+    /// rank passes the same value.
+    pub fn checksum(mut self, checksum: super::Checksum) -> Self {
+        self.config.checksum = checksum;
+        self
+    }
     /// Replaces the whole configuration.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;

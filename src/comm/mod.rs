@@ -13,7 +13,7 @@ mod work;
 pub use bucket::Bucketer;
 
 pub use communicator::{Communicator, CommunicatorBuilder};
-pub use config::{Config, Secret};
+pub use config::{Checksum, Config, Secret};
 pub use error::Error;
 pub use report::Report;
 pub use stats::{CollectiveStats, LinkStats, RankSummary, Side, Stats};

@@ -43,6 +43,14 @@ pub enum Link {
 }
 
 impl Link {
+    /// 0 for `Prev`, 1 for `Next`: the index of per-link arrays such as [`Spec::payload_crc`].
+    pub fn index(self) -> usize {
+        match self {
+            Link::Prev => 0,
+            Link::Next => 1,
+        }
+    }
+
     /// The other link.
     pub fn opposite(self) -> Link {
         match self {
@@ -124,18 +132,24 @@ pub struct Spec {
     /// Completion tokens (`core::fin`): finish only once every member holds the result,
     /// which exact retry after a failure relies on. Costs `world / 2` tiny hops per call.
     pub fin: bool,
+    /// Per outgoing link (indexed by [`Link::index`]): whether the CRC32C in a frame's
+    /// header covers its payload too, or the header alone (`Config::checksum`: links within
+    /// one host leave payloads out by default). The receiving end of the link applies the
+    /// same rule, so both must be given the same value for it.
+    pub payload_crc: [bool; 2],
 }
 
 impl Spec {
-    /// The abort frame this rank sends its neighbours when it abandons this call: header
-    /// and payload (the reason, cut at `limits::ABORT_REASON_MAX` bytes on a char boundary).
-    pub fn abort_frame(&self, reason: &str) -> ([u8; HEADER_LEN], Vec<u8>) {
+    /// The abort frame this rank sends the neighbour on `link` when it abandons this call:
+    /// header and payload (the reason, cut at `limits::ABORT_REASON_MAX` bytes on a char
+    /// boundary).
+    pub fn abort_frame(&self, link: Link, reason: &str) -> ([u8; HEADER_LEN], Vec<u8>) {
         let mut end = reason.len().min(crate::limits::ABORT_REASON_MAX);
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
         let payload = reason.as_bytes()[..end].to_vec();
-        let header = self.encode_header(FrameKind::Abort, Phase::ReduceScatter, 0, 0, 0, &payload);
+        let header = self.encode_header(link, FrameKind::Abort, Phase::ReduceScatter, (0, 0, 0), &payload);
         (header, payload)
     }
 
@@ -149,31 +163,31 @@ impl Spec {
         }
     }
 
-    /// Encodes the header of one frame of this call (CRC over it and `payload`).
+    /// Encodes the header of one raw frame of this call for `link` at `(step, chunk,
+    /// segment)` (CRC over it, and over `payload` if the link checks payloads).
     fn encode_header(
         &self,
+        link: Link,
         kind: FrameKind,
         phase: Phase,
-        step: u32,
-        chunk: u32,
-        segment: u32,
+        at: (u32, u32, u32),
         payload: &[u8],
     ) -> [u8; HEADER_LEN] {
-        self.encode_coded_header(kind, phase, (step, chunk, segment), Codec::Raw, payload.len(), payload)
+        self.encode_coded_header(link, kind, phase, at, (Codec::Raw, payload.len()), payload)
     }
 
-    /// Encodes the header of a frame whose `payload` is the `codec` encoding of `raw_len`
-    /// bytes at `(step, chunk, segment)`.
+    /// Encodes the header of a frame for `link` whose `payload` is the `codec` encoding of
+    /// `raw_len` bytes at `(step, chunk, segment)`.
     fn encode_coded_header(
         &self,
+        link: Link,
         kind: FrameKind,
         phase: Phase,
         (step, chunk, segment): (u32, u32, u32),
-        codec: Codec,
-        raw_len: usize,
+        (codec, raw_len): (Codec, usize),
         payload: &[u8],
     ) -> [u8; HEADER_LEN] {
-        Header {
+        let header = Header {
             kind,
             codec,
             phase,
@@ -190,8 +204,12 @@ impl Spec {
             payload_len: payload.len() as u32,
             raw_len: raw_len as u32,
             sender: self.rank,
+        };
+        if self.payload_crc[link.index()] {
+            header.encode(payload)
+        } else {
+            header.encode_header_only()
         }
-        .encode(payload)
     }
 }
 
@@ -820,7 +838,7 @@ impl Collective {
         // before this rank's own input has left (the simulator's hazard check found it).
         let _ = buf;
         let bytes: &[u8] = d.payload(origin);
-        let header = s.encode_header(FrameKind::Data, Phase::Gather, step, origin as u32, 0, bytes);
+        let header = s.encode_header(link, FrameKind::Data, Phase::Gather, (step, origin as u32, 0), bytes);
         self.bytes_sent += (HEADER_LEN + bytes.len()) as u64;
         let owned = match &self.codecs {
             Some(c) => c.keep(bytes),
@@ -906,7 +924,7 @@ impl Collective {
             None => (Codec::Raw, raw),
         };
         let at = (cur.step, block as u32, cur.segment);
-        let header = self.spec.encode_coded_header(FrameKind::Data, cur.phase, at, codec, raw.len(), wire);
+        let header = self.spec.encode_coded_header(link, FrameKind::Data, cur.phase, at, (codec, raw.len()), wire);
         self.bytes_sent += (HEADER_LEN + wire.len()) as u64;
         self.bytes_saved += raw.len().saturating_sub(wire.len()) as u64;
         let t = match encoded {
@@ -927,7 +945,7 @@ impl Collective {
         let fins = self.fins.as_mut()?;
         fins.send_own();
         let (link, origin, hop) = fins.next_send()?;
-        let header = self.spec.encode_header(FrameKind::Fin, Phase::AllGather, hop, origin, 0, &[]);
+        let header = self.spec.encode_header(link, FrameKind::Fin, Phase::AllGather, (hop, origin, 0), &[]);
         self.bytes_sent += HEADER_LEN as u64;
         let t = Transmit { link, header, payload: 0..0, owned: None };
         self.update_status_no_time();

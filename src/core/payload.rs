@@ -421,6 +421,7 @@ mod tests {
             algorithm: Algorithm::Ring,
             progress_timeout: Duration::from_secs(1),
             fin: world == 5 && coll == CollKind::AllReduce,
+            payload_crc: [true, true],
         }
     }
 

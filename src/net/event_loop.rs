@@ -134,6 +134,7 @@ impl Driver {
             joined: if ring.view.start_seq.is_some() { ring.view.joined.clone() } else { Vec::new() },
             incarnation: config.incarnation,
             join_points: config.join_points,
+            checksum: config.checksum,
             join_wait: None,
             broken: None,
             pending_view: None,
@@ -269,6 +270,8 @@ struct EventLoop {
     incarnation: u64,
     /// `Config::join_points`: joins are admitted only at the application's join points.
     join_points: bool,
+    /// `Config::checksum`: which links' payloads the frame CRC covers.
+    checksum: crate::comm::Checksum,
     /// The application waits at a join point (`net::joining`).
     join_wait: Option<joining::JoinWait>,
     /// Set once a link has failed, with when: later jobs wait for a new view, and fail with
@@ -316,13 +319,6 @@ impl Terminal {
             Terminal::QuorumLost { epoch, alive, required } => Error::QuorumLost { alive, required, epoch },
             Terminal::Desynchronized { completed, detail } => Error::Desynchronized { completed, detail },
         }
-    }
-}
-
-fn idx(link: Link) -> usize {
-    match link {
-        Link::Prev => 0,
-        Link::Next => 1,
     }
 }
 
@@ -569,6 +565,7 @@ impl EventLoop {
             algorithm: self.algorithm,
             progress_timeout: self.progress_timeout,
             fin: self.exact_retry,
+            payload_crc: [0, 1].map(|i| self.links[i].as_ref().is_none_or(|l| l.payload_crc)),
         }
     }
 
@@ -635,10 +632,10 @@ impl EventLoop {
         let mut queued = false;
         loop {
             let links = &self.links;
-            let room = |link: Link| links[idx(link)].as_ref().is_none_or(|l| l.closed || l.out.len() < limit);
+            let room = |link: Link| links[link.index()].as_ref().is_none_or(|l| l.closed || l.out.len() < limit);
             let Some(t) = a.coll.poll_transmit_where(a.job.buf.bytes(), room) else { break };
             queued = true;
-            match self.links[idx(t.link)].as_mut() {
+            match self.links[t.link.index()].as_mut() {
                 Some(l) if !l.closed => {
                     let payload = match t.owned {
                         Some(bytes) => OutPayload::Pooled(bytes),
@@ -929,7 +926,7 @@ impl EventLoop {
                     Ok(err) => err,
                     Err(pe) => {
                         if let ProtocolError::Stalled { link, .. } = &pe {
-                            if let Some(peer) = self.links[idx(*link)].as_ref().map(|l| l.peer) {
+                            if let Some(peer) = self.links[link.index()].as_ref().map(|l| l.peer) {
                                 self.suspect(peer, true, &pe.to_string());
                             }
                         }
@@ -950,9 +947,11 @@ impl EventLoop {
     /// Tells both neighbours this rank abandons collective `spec.seq`, so they fail fast
     /// instead of waiting for the progress timeout.
     fn send_abort(&mut self, spec: &Spec, reason: &str) {
-        let (bytes, payload) = spec.abort_frame(reason);
-        for l in self.links.iter_mut().flatten().filter(|l| !l.closed) {
-            l.out.push_back(OutFrame { header: bytes, payload: OutPayload::Owned(payload.clone()) });
+        for (i, l) in self.links.iter_mut().enumerate() {
+            if let Some(l) = l.as_mut().filter(|l| !l.closed) {
+                let (header, payload) = spec.abort_frame(link_of(i), reason);
+                l.out.push_back(OutFrame { header, payload: OutPayload::Owned(payload) });
+            }
         }
     }
 
@@ -1063,6 +1062,7 @@ impl EventLoop {
                     member.rank,
                     member.addr,
                     self.segment_bytes.max(crate::limits::ABORT_REASON_MAX),
+                    self.checksum,
                 ));
             }
         }

@@ -85,6 +85,9 @@ pub(super) struct Link {
     /// CRC32C of the frame being read: started when its header is complete, extended by
     /// every payload read while the bytes are still in cache (checked in `complete_frame`).
     pub(super) rx_crc: FrameCrc,
+    /// Whether the CRC of the frames on this link covers their payloads, both ways
+    /// (`Config::checksum`; both ends decide alike from the connection's addresses).
+    pub(super) payload_crc: bool,
     /// Payload scratch, 8-byte aligned so reductions read it as typed slices.
     scratch: Vec<u64>,
     pub(super) out: VecDeque<OutFrame>,
@@ -130,8 +133,15 @@ pub(super) struct Counters {
 }
 
 impl Link {
-    pub(super) fn new(stream: TcpStream, peer: Rank, addr: SocketAddr, scratch_bytes: usize) -> Link {
+    pub(super) fn new(
+        stream: TcpStream,
+        peer: Rank,
+        addr: SocketAddr,
+        scratch_bytes: usize,
+        checksum: crate::comm::Checksum,
+    ) -> Link {
         let local = stream.local_addr().ok();
+        let payload_crc = checksum.covers(local.map(|a| a.ip()), stream.peer_addr().ok().map(|a| a.ip()));
         Link {
             stream,
             peer,
@@ -139,6 +149,7 @@ impl Link {
             rx: Rx::Header { filled: 0 },
             header_bytes: [0; HEADER_LEN],
             rx_crc: FrameCrc::start(&[0; HEADER_LEN]),
+            payload_crc,
             scratch: vec![0u64; scratch_bytes.div_ceil(8)],
             out: VecDeque::new(),
             out_written: 0,
@@ -240,8 +251,9 @@ impl Link {
     }
 
     /// Reads more payload into scratch (`job` is `None`) or into `job[range]`, and extends
-    /// the frame's CRC with the bytes just read (the kernel has just written them: they are
-    /// in cache now, and may not be by the time the whole payload is in).
+    /// the frame's CRC with the bytes just read if the link checksums payloads (the kernel
+    /// has just written them: they are in cache now, and may not be by the time the whole
+    /// payload is in).
     pub(super) fn read_payload(
         &mut self,
         len: usize,
@@ -252,7 +264,7 @@ impl Link {
         let step = match job {
             Some(dst) => {
                 let r = self.read_into(&mut dst[start..]);
-                if matches!(r, Ok(ReadStep::Progress)) {
+                if self.payload_crc && matches!(r, Ok(ReadStep::Progress)) {
                     self.rx_crc.update(&dst[start..start + self.last_read]);
                 }
                 r?
@@ -261,7 +273,7 @@ impl Link {
                 let mut scratch = std::mem::take(&mut self.scratch);
                 let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut scratch);
                 let r = self.read_into(&mut bytes[start..len]);
-                if matches!(r, Ok(ReadStep::Progress)) {
+                if self.payload_crc && matches!(r, Ok(ReadStep::Progress)) {
                     self.rx_crc.update(&bytes[start..start + self.last_read]);
                 }
                 self.scratch = scratch;

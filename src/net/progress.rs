@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{idx, EventLoop};
+use super::EventLoop;
 use crate::coord::{Activity, CallProgress, Progress};
 
 /// Phase reported for a running call that waits for no frame (its own sends are queued).
@@ -30,7 +30,7 @@ impl EventLoop {
         };
         let call = self.active.as_ref().map(|a| {
             let (phase, step, waits_for) = match a.coll.waiting_on() {
-                Some((link, phase, step)) => (phase, step, self.links[idx(link)].as_ref().map(|l| l.peer)),
+                Some((link, phase, step)) => (phase, step, self.links[link.index()].as_ref().map(|l| l.peer)),
                 None => (SENDING, 0, None),
             };
             CallProgress {

@@ -63,7 +63,7 @@ impl EventLoop {
                 Status::Failed(pe) => pe.to_string(),
                 _ => String::new(),
             };
-            if let Some(peer) = self.links[super::idx(link)].as_ref().map(|l| l.peer) {
+            if let Some(peer) = self.links[link.index()].as_ref().map(|l| l.peer) {
                 tracing::warn!(rank = self.rank, peer, links = %self.link_states(), "stalled: {reason}");
                 self.suspect(peer, true, &reason);
             }

@@ -284,6 +284,7 @@ impl RankSim {
             algorithm: ctx.algorithm,
             progress_timeout: ctx.progress_timeout,
             fin: ctx.fin,
+            payload_crc: [true, true],
         }
     }
 
@@ -475,11 +476,10 @@ impl RankSim {
 
     /// Mirrors `EventLoop::send_abort`.
     fn send_abort(&mut self, net: &mut Net, ctx: &Ctx, spec: &Spec, reason: &str) {
-        let (header, payload) = spec.abort_frame(reason);
-        let payload = payload.as_slice();
         for i in 0..2 {
             if ctx.world > 1 && !self.closed[i] {
-                let frame = SimFrame { header, payload: AlignedBytes::from_slice(payload) };
+                let (header, payload) = spec.abort_frame(link_of(i), reason);
+                let frame = SimFrame { header, payload: AlignedBytes::from_slice(&payload) };
                 net.send(self.pos, link_of(i), Arrival::Frame(frame), spec.seq);
             }
         }

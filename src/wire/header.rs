@@ -155,6 +155,26 @@ impl Header {
     /// If `payload.len()` differs from `payload_len` (caller bug).
     pub fn encode(&self, payload: &[u8]) -> [u8; HEADER_LEN] {
         assert_eq!(payload.len(), self.payload_len as usize, "payload length");
+        let mut b = self.fields();
+        let mut crc = FrameCrc::start(&b);
+        crc.update(payload);
+        b[CRC_OFFSET..].copy_from_slice(&crc.0.to_le_bytes());
+        b
+    }
+
+    /// Encodes the header with the CRC32C computed over the header bytes only, for a link
+    /// whose payloads are not checksummed (`Config::checksum`: links within one host, by
+    /// default). The receiver of such a link checks the header the same way and leaves the
+    /// payload out ([`FrameCrc`] without `update`).
+    pub fn encode_header_only(&self) -> [u8; HEADER_LEN] {
+        let mut b = self.fields();
+        let crc = FrameCrc::start(&b);
+        b[CRC_OFFSET..].copy_from_slice(&crc.0.to_le_bytes());
+        b
+    }
+
+    /// The header's bytes, with the CRC field still zero.
+    fn fields(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(&FRAME_MAGIC);
         b[4] = PROTOCOL_VERSION;
@@ -174,9 +194,6 @@ impl Header {
         b[56..60].copy_from_slice(&self.payload_len.to_le_bytes());
         b[60..64].copy_from_slice(&self.raw_len.to_le_bytes());
         b[64..68].copy_from_slice(&self.sender.to_le_bytes());
-        let mut crc = FrameCrc::start(&b);
-        crc.update(payload);
-        b[CRC_OFFSET..].copy_from_slice(&crc.0.to_le_bytes());
         b
     }
 
@@ -347,6 +364,28 @@ mod tests {
         let mut c = FrameCrc::start(&hb);
         c.update(&payload);
         assert!(c.verify(crc).is_err(), "a flipped header bit is covered");
+    }
+
+    /// A header-only CRC still covers every header byte, and differs from the full one
+    /// (a receiver checking payloads refuses a frame sent without, and the other way round).
+    #[test]
+    fn header_only_crc_covers_the_header_alone() {
+        let payload = vec![7u8; 300];
+        let h = sample(300);
+        let b = h.encode_header_only();
+        let (d, crc) = Header::decode(&b).unwrap();
+        assert_eq!(d, h);
+        FrameCrc::start(&b).verify(crc).unwrap();
+        let mut full = FrameCrc::start(&b);
+        full.update(&payload);
+        assert!(full.verify(crc).is_err(), "a payload-checking receiver refuses it");
+        let (_, full_crc) = Header::decode(&h.encode(&payload)).unwrap();
+        assert!(FrameCrc::start(&b).verify(full_crc).is_err(), "and the other way round");
+        for byte in 0..CRC_OFFSET {
+            let mut hb = b;
+            hb[byte] ^= 0x04;
+            assert!(FrameCrc::start(&hb).verify(crc).is_err(), "header byte {byte} is covered");
+        }
     }
 
     #[test]
