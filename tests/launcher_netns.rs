@@ -315,3 +315,104 @@ fn a_remote_rank_killed_by_sigkill_is_named_with_its_host() {
     assert!(r.stderr.contains(&want), "{}", r.stderr);
     assert_no_leftovers(&mark);
 }
+
+/// A ring network made by `scripts/netns` (NETNS_TOPOLOGY=ring) under a prefix of this
+/// test's own; `scripts/netns down` on drop.
+struct RingNet {
+    prefix: String,
+}
+
+impl RingNet {
+    fn script(&self, args: &[&str]) -> std::process::Output {
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/netns"))
+            .args(args)
+            .env("NETNS_TOPOLOGY", "ring")
+            .env("NETNS_PREFIX", &self.prefix)
+            .output()
+            .expect("run scripts/netns")
+    }
+
+    fn ns(&self, rank: usize) -> String {
+        format!("{}{rank}", self.prefix)
+    }
+
+    /// `ip netns exec <rank's namespace> ARGS...`, its stdout.
+    fn exec(&self, rank: usize, args: &[&str]) -> String {
+        let out =
+            Command::new("ip").args(["netns", "exec", &self.ns(rank)]).args(args).output().expect("ip netns exec");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RingNet {
+    fn drop(&mut self) {
+        let out = self.script(&["down"]);
+        if !out.status.success() {
+            eprintln!("cleanup: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+#[test]
+fn scripts_netns_ring_cables_neighbours_and_forwards_the_rest() {
+    // Can this process make namespaces at all? (Skip loudly where the kernel forbids it.)
+    let probe = format!("rr{}probe", std::process::id());
+    if let Err(e) = ip(&["netns", "add", &probe]) {
+        eprintln!("SKIPPED ring topology: cannot create network namespaces ({e})");
+        return;
+    }
+    let _ = ip(&["netns", "del", &probe]);
+    let net = RingNet { prefix: format!("rt{:05}x", std::process::id() % 100_000) };
+    let up = net.script(&["up", "4", "1gbit"]);
+    assert!(up.status.success(), "netns up: {}", String::from_utf8_lossy(&up.stderr));
+    // Neighbours over their own cable, the rank across the ring through a neighbour, always
+    // from the rank's own address.
+    let route = |rank: usize, to: &str| net.exec(rank, &["ip", "route", "get", to]);
+    assert!(route(0, "10.77.0.2").contains("10.77.0.2 dev next src 10.77.0.1"), "{}", route(0, "10.77.0.2"));
+    assert!(route(0, "10.77.0.4").contains("10.77.0.4 dev prev src 10.77.0.1"), "{}", route(0, "10.77.0.4"));
+    assert!(route(0, "10.77.0.3").contains("via 10.77.0.2 dev next src 10.77.0.1"), "{}", route(0, "10.77.0.3"));
+    assert!(route(3, "10.77.0.1").contains("10.77.0.1 dev next src 10.77.0.4"), "{}", route(3, "10.77.0.1"));
+    let tx_bytes = |rank: usize, dev: &str| -> u64 {
+        net.exec(rank, &["cat", &format!("/sys/class/net/{dev}/statistics/tx_bytes")]).trim().parse().expect("tx_bytes")
+    };
+    let before: Vec<(u64, u64)> = (0..4).map(|r| (tx_bytes(r, "next"), tx_bytes(r, "prev"))).collect();
+    let mark = format!("rrmark-netns-ring-{}", std::process::id());
+    let hosts: Vec<String> = (0..4).map(|r| format!("{}:1", net.ns(r))).collect();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.ns(0), env!("CARGO_BIN_EXE_ringrun")]).args([
+        "-n",
+        "4",
+        "-H",
+        &hosts.join(","),
+        "--bind",
+        "10.77.0.1",
+        "--rsh",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/netns-rsh"),
+        "--tag-output",
+        "-x",
+        &format!("RR_MARK={mark}"),
+        "-x",
+        "RINGCC_ALGO=bidir",
+        "--",
+        env!("CARGO_BIN_EXE_ringcheck"),
+        "--lengths",
+        "1,7,100003",
+        "--big-mib",
+        "1",
+    ]);
+    let r = start(cmd).finish();
+    assert_eq!(r.code, Some(0), "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.lines().filter(|l| l.ends_with("all exact")).count(), 4, "{}", r.stdout);
+    // The bidirectional ring sends both ways round: every cable carried data both ways.
+    for (rank, (next0, prev0)) in before.into_iter().enumerate() {
+        let (next, prev) = (tx_bytes(rank, "next") - next0, tx_bytes(rank, "prev") - prev0);
+        assert!(next > 100_000 && prev > 100_000, "rank {rank} sent {next} B to next, {prev} B to prev");
+    }
+    assert_no_leftovers(&mark);
+    let down = net.script(&["down"]);
+    assert!(down.status.success(), "netns down: {}", String::from_utf8_lossy(&down.stderr));
+    let left = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    assert!(!String::from_utf8_lossy(&left.stdout).contains(&net.prefix), "namespaces left after down");
+    assert!(!Path::new(&format!("/etc/netns/{}", net.ns(0))).exists(), "/etc/netns entry left after down");
+}

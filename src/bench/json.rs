@@ -120,6 +120,8 @@ pub struct RunInfo {
     pub date: String,
     /// Where it ran.
     pub machine: Machine,
+    /// Peak resident memory of a rank in bytes (VmHWM, max over ranks), if known.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// `s` as a JSON string literal.
@@ -290,6 +292,7 @@ pub fn render(info: &RunInfo, rows: &[Row], wrong_total: u64, avg_busbw_gbs: f64
                 m.cores
             ),
         ),
+        ("peak_rss_bytes", info.peak_rss_bytes.map_or_else(|| "null".into(), |b| b.to_string())),
         ("wrong_total", wrong_total.to_string()),
         ("avg_busbw", number(avg_busbw_gbs)),
         ("stats", stats.map_or_else(|| "null".into(), stats_json)),
@@ -350,6 +353,7 @@ mod tests {
             git_rev: "abc1234".into(),
             date: iso8601_utc(0),
             machine: Machine { hostname: "h".into(), cpu_model: "cpu \"x\"".into(), cores: 2 },
+            peak_rss_bytes: Some(600 << 20),
         };
         let row = Row {
             size_bytes: 4096,
@@ -377,6 +381,7 @@ mod tests {
         assert!(j.ends_with("}\n  ]\n}\n"));
         assert!(render(&info, &[], 0, 0.0, None).ends_with("\"rows\": []\n}\n"));
         assert!(j.contains("\"stats\": null,"), "{j}");
+        assert!(j.contains("\"peak_rss_bytes\": 629145600,"), "{j}");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 pub mod data;
 pub mod json;
+pub mod memory;
 pub mod options;
 pub mod pattern;
 pub mod runner;

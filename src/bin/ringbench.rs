@@ -23,6 +23,7 @@ use std::sync::Arc;
 use clap::Parser;
 use ringcc::bench::data::DataFile;
 use ringcc::bench::json::{self, Machine, RunInfo};
+use ringcc::bench::memory;
 use ringcc::bench::{run, table, Options, Row, Settings};
 use ringcc::{Communicator, Config, Stats};
 
@@ -60,6 +61,7 @@ fn write_json(
     wrong_total: u64,
     avg_busbw: f64,
     stats: Option<&Stats>,
+    peak_rss_bytes: Option<u64>,
 ) -> Result<(), String> {
     let Some(path) = &opts.json else { return Ok(()) };
     let redop = if opts.coll.reduces() { opts.op.name() } else { "none" };
@@ -81,6 +83,7 @@ fn write_json(
         git_rev: json::git_revision(),
         date: json::now_utc(),
         machine: Machine::detect(),
+        peak_rss_bytes,
     };
     std::fs::write(path, json::render(&info, rows, wrong_total, avg_busbw, stats))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
@@ -99,6 +102,22 @@ fn straggler_line(s: &Stats) -> String {
     } else {
         format!("# Straggler            : none (ranks idle {lo:.0}-{hi:.0}% of collective time)")
     }
+}
+
+/// The largest peak resident memory over ranks (a collective call every rank makes), or
+/// `None` if any rank cannot tell or the exchange fails.
+fn peak_rss_over_ranks(comm: &Communicator) -> Option<u64> {
+    let own = memory::peak_rss_bytes();
+    // [peak, unknown]: the max of each tells the largest peak and whether any rank lacks one.
+    let mut v = [own.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)), i64::from(own.is_none())];
+    if let Err(e) = comm.all_reduce(&mut v, ringcc::ReduceOp::Max) {
+        eprintln!("ringbench: rank {}: exchanging peak memory: {e}", comm.rank());
+        return None;
+    }
+    if v[1] != 0 {
+        return None;
+    }
+    u64::try_from(v[0]).ok()
 }
 
 fn main() -> ExitCode {
@@ -187,13 +206,17 @@ fn main() -> ExitCode {
             None
         }
     };
+    // Read after the last timed call (the exchange itself allocates nothing that matters).
+    let peak_rss = peak_rss_over_ranks(&comm);
     let mut status = ExitCode::SUCCESS;
     if lead {
         print_flush(&table::footer(wrong_total, avg_busbw));
         if let Some(s) = &stats {
             print_flush(&straggler_line(s));
         }
-        if let Err(e) = write_json(&opts, &config, &rows, wrong_total, avg_busbw, stats.as_ref()) {
+        let size_max = rows.iter().map(|r| r.size_bytes).max().unwrap_or(0);
+        print_flush(&memory::footer_line(peak_rss, size_max));
+        if let Err(e) = write_json(&opts, &config, &rows, wrong_total, avg_busbw, stats.as_ref(), peak_rss) {
             eprintln!("ringbench: rank {rank}: {e}");
             status = ExitCode::FAILURE;
         }
