@@ -35,6 +35,8 @@ mod progress;
 mod handoff;
 #[path = "joining.rs"]
 mod joining;
+#[path = "retain.rs"]
+mod retain;
 
 const PREV: Token = Token(0);
 const NEXT: Token = Token(1);
@@ -141,6 +143,7 @@ impl Driver {
             rebuild: None,
             decision: None,
             backup: Vec::new(),
+            results: retain::Results::new(config.exact_retry),
             fault,
             terminal: None,
             stale_frames: 0,
@@ -287,6 +290,8 @@ struct EventLoop {
     /// Buffer lent to each collective to save the input it overwrites (exact retry); its
     /// capacity is reused from call to call.
     backup: Vec<u8>,
+    /// Results kept and handed over for calls without completion tokens (`retain`).
+    results: retain::Results,
     /// A fault to inject (`RINGCC_FAULT`, tests only).
     fault: Option<super::fault::FaultPlan>,
     /// Set when this rank can no longer take part (evicted, quorum lost, coordinator lost
@@ -568,7 +573,7 @@ impl EventLoop {
             contributors: world,
             algorithm: self.algorithm,
             progress_timeout: self.progress_timeout,
-            fin: self.exact_retry,
+            fin: self.results.tokens_needed(s),
         }
     }
 
@@ -823,7 +828,9 @@ impl EventLoop {
         };
         self.drain_transmits();
         if self.fault.is_some() {
-            if let Some((seq, Some((_, phase, step)))) = self.active.as_ref().map(|a| (a.seq, a.coll.waiting_on())) {
+            // Nothing more expected: phase `result` (its last frames may not have left yet).
+            if let Some((seq, at)) = self.active.as_ref().map(|a| (a.seq, a.coll.waiting_on())) {
+                let (phase, step) = at.map_or(("result", 0), |(_, phase, step)| (phase, step));
                 self.check_fault(seq, phase, step);
             }
         }
@@ -918,6 +925,7 @@ impl EventLoop {
         let outcome = match result {
             Ok(()) => {
                 let report = recovery::report(&a, now);
+                self.results.returned(a.coll.spec(), a.epoch, &a.members, a.job.buf.bytes());
                 self.completed += 1;
                 self.record_completed(a.coll.spec().coll, a.job.buf.bytes().len(), &report, now - a.started);
                 JobOutcome { result: Ok((a.job.buf.into_owner(), report)) }
@@ -991,6 +999,7 @@ impl EventLoop {
             },
             CoordEvent::View(_) => {}
             CoordEvent::Decision { epoch, seq, finish } => self.decision = Some((epoch, seq, finish)),
+            CoordEvent::Result(h) => self.results.receive(h),
             CoordEvent::Evicted { epoch, reason } => {
                 tracing::error!(rank = self.rank, epoch, %reason, "this rank was evicted");
                 self.terminal = Some(Terminal::Evicted { epoch, reason });
