@@ -121,3 +121,8 @@ pub const SPIN_MAX: Duration = Duration::from_millis(10);
 /// the message head fit one control message (`CONTROL_BYTES_MAX`) and the per-call copy
 /// stays small against the two token hops it saves (measured in `docs/BENCHMARKS.md`).
 pub const RESULT_RETAIN_BYTES_MAX: usize = 128 << 10;
+
+/// Bytes a ring link receives ahead of what the frame decoder asked for (`net::read_ahead`):
+/// one `recv` then serves several small frames (headers, latency-path payloads of a few
+/// KiB). Two per link; reads beyond a quarter of it go straight to their destination.
+pub const READ_AHEAD_BYTES: usize = 64 << 10;

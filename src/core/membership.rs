@@ -562,7 +562,8 @@ impl<M: Clone> Membership<M> {
     }
 
     /// Takes the members that left cleanly out of the next view: they returned their last
-    /// call (so every member holds its result) and will never report or link again.
+    /// call (so every member started it and has all it sent) and will never report or
+    /// link again.
     fn drop_left(&mut self) {
         let state = &self.state;
         self.members.retain(|(r, _)| !state.get(r).is_some_and(|s| s.left));

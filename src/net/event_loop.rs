@@ -670,8 +670,8 @@ impl EventLoop {
         } else {
             let here = self.key();
             let theirs = (header.epoch, header.seq);
-            // Calls are sequential and a rank starts call k + 2 only after every member held
-            // the result of k + 1, so an honest neighbour is at most one call ahead.
+            // Calls are sequential and a rank starts call k + 2 only after it returned k + 1,
+            // which needed every member's input, so an honest neighbour is at most one call ahead.
             if header.seq > here.1.saturating_add(1)
                 || header.epoch > self.epoch.saturating_add(crate::limits::FRAME_EPOCH_AHEAD_MAX)
             {

@@ -154,8 +154,8 @@ impl EventLoop {
         let limit = REBUILD_ATTEMPT_MAX.min(self.heartbeat_timeout / 4);
         match builder.attempt(&self.listener, limit, &self.secret) {
             Ok(ring) => {
-                // Calls are sequential and returned only once all held the result: the
-                // survivors' completed counts differ by at most one.
+                // Calls are sequential and returned only once every member started them (the
+                // result needs every input): the survivors' completed counts differ by at most one.
                 let completed = self.completed;
                 if let Some(theirs) = ring.counts.iter().flatten().find(|c| c.0.abs_diff(completed) > 1) {
                     self.desync(format!("a new neighbour completed {} calls, this rank {completed}", theirs.0));
