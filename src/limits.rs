@@ -112,3 +112,17 @@ pub const HANDBACK_LINGER: Duration = Duration::from_millis(2);
 
 /// Longest `Config::spin`: spinning longer than this burns a core for nothing.
 pub const SPIN_MAX: Duration = Duration::from_millis(10);
+
+/// Largest result (bytes of the caller's buffer) of an `all_reduce` or barrier that runs
+/// without completion tokens (`core::fin`): the rank returns as soon as it holds the
+/// result and keeps a copy of it until its next call completes (`net::retain`); after a
+/// failure that copy goes to the coordinator with the rank's report, which hands it to the
+/// survivors that lack it (`docs/FAILURES.md`). Bounded so that copy, its member list and
+/// the message head fit one control message (`CONTROL_BYTES_MAX`) and the per-call copy
+/// stays small against the two token hops it saves (measured in `docs/BENCHMARKS.md`).
+pub const RESULT_RETAIN_BYTES_MAX: usize = 128 << 10;
+
+/// Bytes a ring link receives ahead of what the frame decoder asked for (`net::read_ahead`):
+/// one `recv` then serves several small frames (headers, latency-path payloads of a few
+/// KiB). Two per link; reads beyond a quarter of it go straight to their destination.
+pub const READ_AHEAD_BYTES: usize = 64 << 10;

@@ -20,6 +20,18 @@ fn coordinator(world: usize, min_world: usize) -> Server {
 }
 
 fn rank_process(rank: usize, world: usize, coord: &str, iterations: usize, len: usize, fault: Option<&str>) -> Child {
+    rank_process_logged(rank, world, coord, iterations, len, fault, false)
+}
+
+fn rank_process_logged(
+    rank: usize,
+    world: usize,
+    coord: &str,
+    iterations: usize,
+    len: usize,
+    fault: Option<&str>,
+    log: bool,
+) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcheck"));
     cmd.args(["--survive", &iterations.to_string(), "--survive-len", &len.to_string(), "--pause-ms", "2"])
         .env("RINGCC_RANK", rank.to_string())
@@ -28,8 +40,12 @@ fn rank_process(rank: usize, world: usize, coord: &str, iterations: usize, len: 
         .env("RINGCC_HEARTBEAT_TIMEOUT", HEARTBEAT_SECS)
         .env("RINGCC_PROGRESS_TIMEOUT", "10")
         .env_remove("RINGCC_FAULT")
+        .env_remove("RINGCC_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if log {
+        cmd.env("RINGCC_LOG", "ringcc=info");
+    }
     if let Some(f) = fault {
         cmd.env("RINGCC_FAULT", f);
     }
@@ -61,16 +77,18 @@ fn survive_all(world: usize, len: usize, fault: (usize, &str)) {
     run(world, len, &[fault], Vec::new());
 }
 
-fn run(world: usize, len: usize, faults: &[(usize, &str)], victims: Vec<usize>) {
+/// Runs the ranks with `RINGCC_LOG=ringcc=info`; returns what the survivors printed.
+fn run(world: usize, len: usize, faults: &[(usize, &str)], victims: Vec<usize>) -> String {
     let iterations = 24;
     let server = coordinator(world, 2);
     let addr = server.local_addr().to_string();
     let mut ranks: Vec<Child> = (0..world)
         .map(|r| {
             let plan = faults.iter().find(|(v, _)| *v == r).map(|(_, f)| format!("rank={r},{f}"));
-            rank_process(r, world, &addr, iterations, len, plan.as_deref())
+            rank_process_logged(r, world, &addr, iterations, len, plan.as_deref(), true)
         })
         .collect();
+    let mut printed = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let expected: Vec<usize> = (0..world).filter(|r| !victims.contains(r)).collect();
     let mut victims_left = Vec::new();
@@ -85,12 +103,14 @@ fn run(world: usize, len: usize, faults: &[(usize, &str)], victims: Vec<usize>) 
         assert!(!text.contains("wrong"), "{context} computed a wrong result: {text}");
         let want = format!("survived {iterations} collectives, 0 retries, members {expected:?}");
         assert!(text.contains(&want), "{context} should print {want:?}: {text}");
+        printed.push_str(&text);
     }
     for mut c in victims_left {
         // A stalled victim never ends on its own (it is evicted and frozen).
         let _ = c.kill();
         let _ = c.wait();
     }
+    printed
 }
 
 #[test]
@@ -105,9 +125,22 @@ fn a_rank_killed_in_each_phase_world_4_and_on_the_latency_path() {
     for phase in ["rs,step=1", "ag,step=1", "fin"] {
         survive(4, 65_536, &[(2, &format!("seq=8,phase={phase},action=exit"))]);
     }
-    for phase in ["gather", "fin"] {
+    // The latency path has no completion tokens: a rank returns as soon as it holds the
+    // result, so a rank can die holding it (`result`) while others lack it.
+    for phase in ["gather", "gather,step=1", "result"] {
         survive(4, 1024, &[(3, &format!("seq=8,phase={phase},action=exit"))]);
     }
+}
+
+/// Rank 1 closes its ring links (and lives on) right after the first gather step: the
+/// forward it just queued never leaves, so rank 1 and rank 2 lack the result while ranks 3
+/// and 0 hold it or already returned it (and went on to call 9). The coordinator finishes
+/// call 8 for ranks 1 and 2 with a copy handed over by one of them: every rank ends with
+/// the same, exact result, and nobody is evicted.
+#[test]
+fn survivors_that_lack_a_small_result_finish_with_a_copy_world_4() {
+    let printed = run(4, 1024, &[(1, "seq=8,phase=gather,step=1,action=close")], Vec::new());
+    assert!(printed.contains("interrupted call finished with a result handed over"), "{printed}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! `ringrun` hosts the server; without a launcher, rank 0 runs it in a background thread.
 
 mod client;
+pub(crate) mod handover;
 mod server;
 pub mod status;
 

@@ -17,6 +17,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::handover::Handovers;
 use super::status::{Board, JobStatus, Stage, StatusHandle, StatusRequests};
 use super::{Member, Registration, ServerOptions, View};
 use crate::core::membership::{Membership, MembershipConfig, MembershipEvent, ResyncReport};
@@ -68,6 +69,7 @@ impl Server {
             last_beat: Instant::now(),
             board: Board::default(),
             status_rx,
+            handovers: Handovers::default(),
         };
         let thread = std::thread::Builder::new().name("ringcc-coord".into()).spawn(move || state.run())?;
         Ok(Server { addr, stop, waker, thread: Some(thread), status })
@@ -139,6 +141,8 @@ struct State {
     /// Latest progress report of each rank, for status requests.
     board: Board,
     status_rx: StatusRequests,
+    /// Results handed over with the reports on the current view (`handover`).
+    handovers: Handovers,
 }
 
 impl State {
@@ -217,6 +221,17 @@ impl State {
         self.send_members(&msg);
     }
 
+    /// Sends `takers` the copy of the result `source` handed over for the view of `epoch`,
+    /// before the decision that finishes the call with it.
+    fn hand_over(&mut self, epoch: u64, source: Option<usize>, takers: &[usize]) {
+        let Some(copy) = source.and_then(|s| self.handovers.copy_of(s, epoch)) else { return };
+        let msg = Control::Result(copy);
+        let tokens: Vec<Token> = takers.iter().filter_map(|r| self.token_of(*r)).collect();
+        for t in tokens {
+            self.send(t, &msg);
+        }
+    }
+
     /// Sends `msg` to every member of the current view.
     fn send_members(&mut self, msg: &Control) {
         for t in self.member_tokens() {
@@ -285,8 +300,9 @@ impl State {
                     let view = self.view(epoch, members, Some(start_seq), joined);
                     self.send_members(&Control::View(view));
                 }
-                MembershipEvent::Decision { epoch, seq, finish } => {
-                    tracing::info!(epoch, seq, finish, "interrupted call decided");
+                MembershipEvent::Decision { epoch, seq, finish, source, takers } => {
+                    tracing::info!(epoch, seq, finish, ?source, ?takers, "interrupted call decided");
+                    self.hand_over(epoch, source, &takers);
                     self.send_members(&Control::Decision { epoch, seq, finish });
                 }
                 MembershipEvent::QuorumLost { epoch, alive, required } => {
@@ -491,7 +507,16 @@ impl State {
             }
             Control::Resync { rank, epoch, completed, holds, attempt_epoch } => {
                 if let (Phase::Running(m), true) = (&mut self.phase, sender == Some(rank as usize)) {
-                    m.handle_resync(rank as usize, epoch, ResyncReport { completed, holds, attempt_epoch }, now);
+                    let handed = self.handovers.handed_by(rank as usize, epoch);
+                    let report = ResyncReport { completed, holds, attempt_epoch, handed };
+                    m.handle_resync(rank as usize, epoch, report, now);
+                }
+            }
+            Control::Result(h) => {
+                if let (Phase::Running(m), Some(r)) = (&self.phase, sender) {
+                    if !self.handovers.offer(r, m.epoch(), h) {
+                        tracing::debug!(rank = r, epoch = m.epoch(), "handed-over result not kept");
+                    }
                 }
             }
             Control::JoinPoint { rank, epoch, seq } => {

@@ -11,10 +11,28 @@
 //!
 //! Recovery (`docs/FAILURES.md`) relies on the invariant: if any rank completed the call,
 //! every member held the result.
+//!
+//! Small all-reduces and barriers ([`tokens_needed`]) run without tokens: a rank returns as
+//! soon as it holds the result and keeps a copy until its next call completes, and
+//! recovery finishes the call from such a copy for the survivors that lack it. Their
+//! invariant is weaker and enough: if any rank completed the call, every member *started*
+//! it (its result needs every member's input), so completed counts still differ by at most
+//! one.
 
 use std::collections::VecDeque;
 
 use super::collective::Link;
+use crate::limits::RESULT_RETAIN_BYTES_MAX;
+use crate::wire::CollKind;
+
+/// Whether a call of `coll` over a buffer of `buf_bytes` needs completion tokens under
+/// exact retry. All-reduces and barriers up to [`RESULT_RETAIN_BYTES_MAX`] do not: every
+/// rank ends with the same bytes, so a survivor's retained copy can finish the call for
+/// the others (`net::retain`, `docs/FAILURES.md`). Every rank decides the same from the
+/// call's fingerprint.
+pub fn tokens_needed(coll: CollKind, buf_bytes: usize) -> bool {
+    !(matches!(coll, CollKind::AllReduce | CollKind::Barrier) && buf_bytes <= RESULT_RETAIN_BYTES_MAX)
+}
 
 fn rx_index(link: Link) -> usize {
     match link {
@@ -167,6 +185,17 @@ mod tests {
             let odd_first: Vec<usize> =
                 (0..world).filter(|p| p % 2 == 1).chain((0..world).filter(|p| p % 2 == 0)).collect();
             run(world, &odd_first);
+        }
+    }
+
+    #[test]
+    fn only_small_all_reduces_and_barriers_go_without_tokens() {
+        assert!(!tokens_needed(CollKind::AllReduce, 0));
+        assert!(!tokens_needed(CollKind::AllReduce, RESULT_RETAIN_BYTES_MAX));
+        assert!(tokens_needed(CollKind::AllReduce, RESULT_RETAIN_BYTES_MAX + 1));
+        assert!(!tokens_needed(CollKind::Barrier, 0));
+        for coll in [CollKind::AllGather, CollKind::ReduceScatter, CollKind::Broadcast] {
+            assert!(tokens_needed(coll, 4), "{coll:?}");
         }
     }
 

@@ -85,6 +85,12 @@ pub enum MembershipEvent<M> {
         seq: u64,
         /// Finish it with the held result (true) or redo it over the view (false).
         finish: bool,
+        /// The member whose handed-over result ([`ResyncReport::handed`]) the `takers`
+        /// finish with; `None` when every member at `seq` finishes with its own.
+        source: Option<Rank>,
+        /// Members at `seq` that finish with `source`'s result instead of their own (they
+        /// lack it); the authority's host sends them its copy before the decision.
+        takers: Vec<Rank>,
     },
     /// Too few ranks remain; the job cannot go on.
     QuorumLost {
@@ -134,24 +140,63 @@ pub struct ResyncReport {
     pub completed: u64,
     /// Whether it holds the whole result of call `completed`.
     pub holds: bool,
-    /// Epoch in which that result was computed (meaningful when `holds`).
+    /// Epoch of the attempt of call `completed` it runs (in which its result, if it
+    /// `holds` one, was computed).
     pub attempt_epoch: u64,
+    /// A result of a call without completion tokens that this member handed to the
+    /// authority with its report, and that the authority's host keeps: `(call, epoch of
+    /// the attempt that computed it)`. The call is `completed` (it holds the result of its
+    /// running call) or `completed - 1` (the copy it retains of the call it returned last).
+    pub handed: Option<(u64, u64)>,
 }
 
-/// How the call interrupted by a view change ends, from every member's report: returns
-/// `(seq, finish)`. Calls are sequential and a rank returns a call only after every member
-/// held its result (completion tokens, `core::fin`), so completed counts differ by at most
-/// one. Call `seq` is the lowest count: if anyone returned it, or every member at `seq`
-/// holds its result from one same attempt, it is finished with that result; otherwise
-/// nobody returned it and it is redone. A member one call ahead always redoes its current
-/// call (nobody can have returned it).
-pub fn decide(reports: &[ResyncReport]) -> (u64, bool) {
-    let Some(seq) = reports.iter().map(|r| r.completed).min() else { return (0, false) };
-    let returned = reports.iter().any(|r| r.completed > seq);
-    let mut behind = reports.iter().filter(|r| r.completed == seq);
-    let first = behind.clone().next().map(|r| r.attempt_epoch);
-    let all_hold = behind.all(|r| r.holds && Some(r.attempt_epoch) == first);
-    (seq, returned || all_hold)
+/// How the call interrupted by a view change ends (see [`decide`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The interrupted call: the lowest completed count.
+    pub seq: u64,
+    /// Finish it with a result (true) or redo it over the new view (false).
+    pub finish: bool,
+    /// Whose handed-over result the `takers` finish with.
+    pub source: Option<Rank>,
+    /// Members at `seq` that take `source`'s result.
+    pub takers: Vec<Rank>,
+}
+
+/// How the call interrupted by a view change ends, from every member's report.
+///
+/// A rank returns a call once it holds the result, and (calls with completion tokens,
+/// `core::fin`) once every member holds it. A call's result needs every member's input,
+/// so a rank that returned call `k` knows every member started `k`: completed counts differ
+/// by at most one, and call `seq`, the lowest count, is the only one anyone may have
+/// returned. In order:
+///
+/// * some member handed over a result of `seq` (it holds it, or retains it after returning
+///   it: every survivor that returned a call without tokens retains it until its next call
+///   completes): **finish from it**: the members at `seq` that do not hold that attempt's
+///   result take the copy (`takers`), so every survivor ends bit-identical with the ones
+///   that returned it; with several copies, the latest attempt, then the lowest rank;
+/// * every member at `seq` holds its result from one same attempt: **finish**, each with
+///   its own;
+/// * someone returned it (a call with tokens: every member held it): **finish**;
+/// * otherwise no survivor returned it or can hand it: **redo** over the new view.
+///
+/// A member one call ahead always redoes its current call (nobody can have returned it).
+pub fn decide(reports: &[(Rank, ResyncReport)]) -> Verdict {
+    let Some(seq) = reports.iter().map(|(_, r)| r.completed).min() else {
+        return Verdict { seq: 0, finish: false, source: None, takers: Vec::new() };
+    };
+    let behind: Vec<(Rank, ResyncReport)> = reports.iter().filter(|(_, r)| r.completed == seq).copied().collect();
+    let handed = reports.iter().filter_map(|(rank, r)| r.handed.filter(|h| h.0 == seq).map(|h| (*rank, h.1)));
+    if let Some((source, attempt)) = handed.min_by_key(|&(rank, attempt)| (std::cmp::Reverse(attempt), rank)) {
+        let takers =
+            behind.iter().filter(|(_, r)| !(r.holds && r.attempt_epoch == attempt)).map(|(rank, _)| *rank).collect();
+        return Verdict { seq, finish: true, source: Some(source), takers };
+    }
+    let first = behind.first().map(|(_, r)| r.attempt_epoch);
+    let all_hold = behind.iter().all(|(_, r)| r.holds && Some(r.attempt_epoch) == first);
+    let returned = reports.iter().any(|(_, r)| r.completed > seq);
+    Verdict { seq, finish: all_hold || returned, source: None, takers: Vec::new() }
 }
 
 #[derive(Debug, Clone)]
@@ -403,9 +448,9 @@ impl<M: Clone> Membership<M> {
         if self.lost || self.members.iter().any(|(r, _)| !reports.contains_key(r)) {
             return;
         }
-        let all: Vec<ResyncReport> = reports.values().copied().collect();
-        let (seq, finish) = decide(&all);
-        self.events.push_back(MembershipEvent::Decision { epoch: self.epoch, seq, finish });
+        let all: Vec<(Rank, ResyncReport)> = reports.iter().map(|(r, report)| (*r, *report)).collect();
+        let Verdict { seq, finish, source, takers } = decide(&all);
+        self.events.push_back(MembershipEvent::Decision { epoch: self.epoch, seq, finish, source, takers });
         self.reports = None;
     }
 
@@ -517,7 +562,8 @@ impl<M: Clone> Membership<M> {
     }
 
     /// Takes the members that left cleanly out of the next view: they returned their last
-    /// call (so every member holds its result) and will never report or link again.
+    /// call (so every member started it and has all it sent) and will never report or
+    /// link again.
     fn drop_left(&mut self) {
         let state = &self.state;
         self.members.retain(|(r, _)| !state.get(r).is_some_and(|s| s.left));

@@ -114,21 +114,54 @@ fn a_chain_of_stalls_evicts_only_its_head() {
 }
 
 fn report(completed: u64, holds: bool, attempt_epoch: u64) -> ResyncReport {
-    ResyncReport { completed, holds, attempt_epoch }
+    ResyncReport { completed, holds, attempt_epoch, handed: None }
+}
+
+fn handed(mut r: ResyncReport, seq: u64, attempt: u64) -> ResyncReport {
+    r.handed = Some((seq, attempt));
+    r
+}
+
+/// `decide` over reports of ranks 0, 1, ...: (seq, finish, source, takers).
+fn verdict(reports: &[ResyncReport]) -> (u64, bool, Option<usize>, Vec<usize>) {
+    let all: Vec<(usize, ResyncReport)> = reports.iter().copied().enumerate().collect();
+    let v = decide(&all);
+    (v.seq, v.finish, v.source, v.takers)
 }
 
 #[test]
 fn decide_finishes_only_what_someone_returned_or_everyone_holds() {
     // Nobody started call 5 yet, or some lack its data: redo.
-    assert_eq!(decide(&[report(5, false, 1), report(5, false, 1)]), (5, false));
-    assert_eq!(decide(&[report(5, true, 1), report(5, false, 1)]), (5, false));
+    assert_eq!(verdict(&[report(5, false, 1), report(5, false, 1)]), (5, false, None, vec![]));
+    assert_eq!(verdict(&[report(5, true, 1), report(5, false, 1)]), (5, false, None, vec![]));
     // Everyone holds the result of one attempt: finish.
-    assert_eq!(decide(&[report(5, true, 1), report(5, true, 1)]), (5, true));
+    assert_eq!(verdict(&[report(5, true, 1), report(5, true, 1)]), (5, true, None, vec![]));
     // Held results of different attempts are not the same result: redo.
-    assert_eq!(decide(&[report(5, true, 1), report(5, true, 2)]), (5, false));
-    // Someone returned call 5: the others finish it.
-    assert_eq!(decide(&[report(6, false, 1), report(5, true, 1)]), (5, true));
-    assert_eq!(decide(&[]), (0, false));
+    assert_eq!(verdict(&[report(5, true, 1), report(5, true, 2)]), (5, false, None, vec![]));
+    // Someone returned call 5 (with completion tokens): the others finish it.
+    assert_eq!(verdict(&[report(6, false, 1), report(5, true, 1)]), (5, true, None, vec![]));
+    assert_eq!(verdict(&[]), (0, false, None, vec![]));
+}
+
+#[test]
+fn decide_finishes_from_a_handed_over_result_those_who_lack_it() {
+    // Rank 0 returned call 5 (no tokens) and retains it; ranks 1 and 2 lack it: they take
+    // rank 0's copy, and rank 0 redoes its call 6.
+    let got = verdict(&[handed(report(6, false, 2), 5, 1), report(5, false, 1), report(5, false, 1)]);
+    assert_eq!(got, (5, true, Some(0), vec![1, 2]));
+    // A holder that has not returned yet hands it too; a rank holding the same attempt
+    // keeps its own.
+    let got = verdict(&[report(5, false, 1), handed(report(5, true, 1), 5, 1), report(5, true, 1)]);
+    assert_eq!(got, (5, true, Some(1), vec![0]));
+    // A retained copy of an older call (everyone is past it) decides nothing.
+    let got = verdict(&[handed(report(6, false, 2), 5, 1), report(6, false, 2)]);
+    assert_eq!(got, (6, false, None, vec![]));
+    // Several copies: the latest attempt, then the lowest rank; a holder of another
+    // attempt takes it as well.
+    let got = verdict(&[report(5, true, 1), handed(report(6, false, 3), 5, 2), handed(report(6, false, 3), 5, 2)]);
+    assert_eq!(got, (5, true, Some(1), vec![0]));
+    let got = verdict(&[handed(report(5, true, 1), 5, 1), handed(report(5, true, 1), 5, 1)]);
+    assert_eq!(got, (5, true, Some(0), vec![]), "everyone holds it: nobody takes a copy");
 }
 
 #[test]
@@ -142,14 +175,20 @@ fn a_decision_comes_once_every_survivor_reported_for_the_current_view() {
     m.handle_resync(0, 2, report(3, true, 1), now);
     assert_eq!(m.poll_event(), None, "rank 1 has not reported");
     m.handle_resync(1, 2, report(4, false, 1), now);
-    assert_eq!(m.poll_event(), Some(MembershipEvent::Decision { epoch: 2, seq: 3, finish: true }));
+    assert_eq!(
+        m.poll_event(),
+        Some(MembershipEvent::Decision { epoch: 2, seq: 3, finish: true, source: None, takers: vec![] })
+    );
     m.handle_resync(1, 2, report(4, false, 1), now);
     assert_eq!(m.poll_event(), None, "one decision per view");
     // A failure before everyone reported restarts the collection for the next view.
     m.handle_disconnect(1, now);
     while m.poll_event().is_some() {}
     m.handle_resync(0, 3, report(3, false, 2), now);
-    assert_eq!(m.poll_event(), Some(MembershipEvent::Decision { epoch: 3, seq: 3, finish: false }));
+    assert_eq!(
+        m.poll_event(),
+        Some(MembershipEvent::Decision { epoch: 3, seq: 3, finish: false, source: None, takers: vec![] })
+    );
 }
 
 #[test]
@@ -184,7 +223,7 @@ fn a_restarted_rank_is_admitted_at_a_boundary_in_its_old_place() {
         m.handle_resync(r, 2, report(10, false, 1), now);
     }
     let events = drain(&mut m);
-    assert_eq!(events[0], MembershipEvent::Decision { epoch: 2, seq: 10, finish: false });
+    assert_eq!(events[0], MembershipEvent::Decision { epoch: 2, seq: 10, finish: false, source: None, takers: vec![] });
     assert_eq!(events[1], MembershipEvent::JoinPrepare { epoch: 2 });
     m.handle_join_ack(0, 2, 11, now);
     m.handle_join_ack(2, 2, 11, now);
@@ -264,5 +303,8 @@ fn a_view_after_a_failure_leaves_out_the_ranks_that_left() {
     m.handle_resync(1, 2, report(0, true, 1), now);
     assert_eq!(m.poll_event(), None);
     m.handle_resync(2, 2, report(0, true, 1), now);
-    assert_eq!(m.poll_event(), Some(MembershipEvent::Decision { epoch: 2, seq: 0, finish: true }));
+    assert_eq!(
+        m.poll_event(),
+        Some(MembershipEvent::Decision { epoch: 2, seq: 0, finish: true, source: None, takers: vec![] })
+    );
 }

@@ -5,7 +5,7 @@
 
 pub mod collective;
 pub mod direct;
-mod fin;
+pub mod fin;
 pub mod joins;
 pub mod membership;
 pub mod payload;

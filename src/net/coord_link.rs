@@ -28,6 +28,9 @@ pub(super) enum CoordEvent {
     JoinCancel { epoch: u64 },
     /// Nobody joins at the join point before call `seq`.
     JoinPointDone { epoch: u64, seq: u64 },
+    /// Another rank's copy of a call's result, to finish that call with (sent before the
+    /// decision that says so).
+    Result(crate::wire::control::HandedResult),
     /// The coordinator is gone (closed, silent past the heartbeat timeout, or garbled).
     Lost(String),
 }
@@ -133,6 +136,7 @@ impl CoordLink {
                         Control::JoinPrepare { epoch } => events.push(CoordEvent::JoinPrepare { epoch }),
                         Control::JoinCancel { epoch } => events.push(CoordEvent::JoinCancel { epoch }),
                         Control::JoinPointDone { epoch, seq } => events.push(CoordEvent::JoinPointDone { epoch, seq }),
+                        Control::Result(h) => events.push(CoordEvent::Result(h)),
                         other => tracing::debug!("coordinator sent an unexpected {other:?}"),
                     }
                 }

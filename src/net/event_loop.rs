@@ -35,6 +35,8 @@ mod progress;
 mod handoff;
 #[path = "joining.rs"]
 mod joining;
+#[path = "retain.rs"]
+mod retain;
 
 const PREV: Token = Token(0);
 const NEXT: Token = Token(1);
@@ -142,6 +144,7 @@ impl Driver {
             rebuild: None,
             decision: None,
             backup: Vec::new(),
+            results: retain::Results::new(config.exact_retry),
             fault,
             terminal: None,
             stale_frames: 0,
@@ -290,6 +293,8 @@ struct EventLoop {
     /// Buffer lent to each collective to save the input it overwrites (exact retry); its
     /// capacity is reused from call to call.
     backup: Vec<u8>,
+    /// Results kept and handed over for calls without completion tokens (`retain`).
+    results: retain::Results,
     /// A fault to inject (`RINGCC_FAULT`, tests only).
     fault: Option<super::fault::FaultPlan>,
     /// Set when this rank can no longer take part (evicted, quorum lost, coordinator lost
@@ -564,7 +569,7 @@ impl EventLoop {
             contributors: world,
             algorithm: self.algorithm,
             progress_timeout: self.progress_timeout,
-            fin: self.exact_retry,
+            fin: self.results.tokens_needed(s),
             payload_crc: [0, 1].map(|i| self.links[i].as_ref().is_none_or(|l| l.payload_crc)),
         }
     }
@@ -662,8 +667,8 @@ impl EventLoop {
         } else {
             let here = self.key();
             let theirs = (header.epoch, header.seq);
-            // Calls are sequential and a rank starts call k + 2 only after every member held
-            // the result of k + 1, so an honest neighbour is at most one call ahead.
+            // Calls are sequential and a rank starts call k + 2 only after it returned k + 1,
+            // which needed every member's input, so an honest neighbour is at most one call ahead.
             if header.seq > here.1.saturating_add(1)
                 || header.epoch > self.epoch.saturating_add(crate::limits::FRAME_EPOCH_AHEAD_MAX)
             {
@@ -820,7 +825,9 @@ impl EventLoop {
         };
         self.drain_transmits();
         if self.fault.is_some() {
-            if let Some((seq, Some((_, phase, step)))) = self.active.as_ref().map(|a| (a.seq, a.coll.waiting_on())) {
+            // Nothing more expected: phase `result` (its last frames may not have left yet).
+            if let Some((seq, at)) = self.active.as_ref().map(|a| (a.seq, a.coll.waiting_on())) {
+                let (phase, step) = at.map_or(("result", 0), |(_, phase, step)| (phase, step));
                 self.check_fault(seq, phase, step);
             }
         }
@@ -915,6 +922,7 @@ impl EventLoop {
         let outcome = match result {
             Ok(()) => {
                 let report = recovery::report(&a, now);
+                self.results.returned(a.coll.spec(), a.epoch, &a.members, a.job.buf.bytes());
                 self.completed += 1;
                 self.record_completed(a.coll.spec().coll, a.job.buf.bytes().len(), &report, now - a.started);
                 JobOutcome { result: Ok((a.job.buf.into_owner(), report)) }
@@ -990,6 +998,7 @@ impl EventLoop {
             },
             CoordEvent::View(_) => {}
             CoordEvent::Decision { epoch, seq, finish } => self.decision = Some((epoch, seq, finish)),
+            CoordEvent::Result(h) => self.results.receive(h),
             CoordEvent::Evicted { epoch, reason } => {
                 tracing::error!(rank = self.rank, epoch, %reason, "this rank was evicted");
                 self.terminal = Some(Terminal::Evicted { epoch, reason });

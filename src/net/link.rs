@@ -2,7 +2,7 @@
 //! for writing. The event loop decides where payloads go; this only moves bytes.
 
 use std::collections::VecDeque;
-use std::io::{IoSlice, Read, Write};
+use std::io::{IoSlice, Write};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
@@ -90,6 +90,8 @@ pub(super) struct Link {
     pub(super) payload_crc: bool,
     /// Payload scratch, 8-byte aligned so reductions read it as typed slices.
     scratch: Vec<u64>,
+    /// Bytes received ahead of the decoder (`net::read_ahead`).
+    ahead: super::read_ahead::ReadAhead,
     pub(super) out: VecDeque<OutFrame>,
     /// Bytes of the head of `out` already written (header first, then payload).
     out_written: usize,
@@ -151,6 +153,7 @@ impl Link {
             rx_crc: FrameCrc::start(&[0; HEADER_LEN]),
             payload_crc,
             scratch: vec![0u64; scratch_bytes.div_ceil(8)],
+            ahead: super::read_ahead::ReadAhead::new(),
             out: VecDeque::new(),
             out_written: 0,
             readable: true,
@@ -216,10 +219,10 @@ impl Link {
             return Ok(ReadStep::Progress);
         }
         loop {
-            match self.stream.read(dst) {
-                Ok(0) => return Ok(ReadStep::Closed),
-                Ok(n) => {
-                    self.bytes_in += n as u64;
+            match self.ahead.read(&mut self.stream, dst) {
+                Ok((0, _)) => return Ok(ReadStep::Closed),
+                Ok((n, received)) => {
+                    self.bytes_in += received as u64;
                     self.last_read = n;
                     return Ok(ReadStep::Progress);
                 }

@@ -14,6 +14,7 @@ mod fault;
 pub(crate) mod handshake;
 mod link;
 mod rate;
+mod read_ahead;
 
 use std::any::Any;
 use std::time::Instant;

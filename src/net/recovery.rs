@@ -9,7 +9,7 @@ use crate::core::collective::{Collective, ProtocolError, Spec, Status};
 use crate::limits::REBUILD_ATTEMPT_MAX;
 use crate::net::establish::RingBuilder;
 use crate::net::JobOutcome;
-use crate::wire::control::Control;
+use crate::wire::control::{Control, HandedResult};
 use crate::wire::CollKind;
 use crate::{Error, Report};
 
@@ -113,8 +113,20 @@ impl EventLoop {
             Some(a) => (a.coll.holds_result(), a.epoch),
             None => (false, self.epoch),
         };
+        self.results.new_view();
+        // A result this rank holds or retains goes first, so the coordinator has it when
+        // the report completes its decision (`retain`).
+        let running = self
+            .active
+            .as_ref()
+            .filter(|a| a.coll.holds_result())
+            .map(|a| (a.coll.spec(), a.epoch, &a.members[..], a.job.buf.bytes()));
+        let offer = self.results.offer(self.rank, epoch, running);
         let resync = Control::Resync { rank: self.rank as u32, epoch, completed: self.completed, holds, attempt_epoch };
         if let Some(c) = self.coord.as_mut() {
+            if let Some(h) = offer {
+                c.send(&Control::Result(h));
+            }
             c.send(&resync);
         }
         self.awaiting = Some((epoch, Instant::now()));
@@ -142,8 +154,8 @@ impl EventLoop {
         let limit = REBUILD_ATTEMPT_MAX.min(self.heartbeat_timeout / 4);
         match builder.attempt(&self.listener, limit, &self.secret) {
             Ok(ring) => {
-                // Calls are sequential and returned only once all held the result: the
-                // survivors' completed counts differ by at most one.
+                // Calls are sequential and returned only once every member started them (the
+                // result needs every input): the survivors' completed counts differ by at most one.
                 let completed = self.completed;
                 if let Some(theirs) = ring.counts.iter().flatten().find(|c| c.0.abs_diff(completed) > 1) {
                     self.desync(format!("a new neighbour completed {} calls, this rank {completed}", theirs.0));
@@ -198,25 +210,13 @@ impl EventLoop {
         };
         self.awaiting = None;
         let completed = self.completed;
-        match self.active.as_ref().map(|a| (a.seq, a.coll.holds_result())) {
-            Some((s, true)) if s == seq && finish => {
-                let Some(mut a) = self.active.take() else { return true };
-                a.error = None;
-                for l in self.links.iter_mut().flatten() {
-                    l.release_job(a.job.buf.bytes());
-                }
-                self.codecs = a.coll.take_codecs().or(self.codecs.take());
-                if let Some(b) = a.coll.take_backup() {
-                    self.backup = b;
-                }
-                let report = report(&a, now);
-                self.record_completed(a.coll.spec().coll, a.job.buf.bytes().len(), &report, now - a.started);
-                self.completed += 1;
-                tracing::info!(rank = self.rank, seq, epoch = a.epoch, "interrupted call finished with its result");
-                let _ = a.job.reply.send(JobOutcome { result: Ok((a.job.buf.into_owner(), report)) });
-            }
-            Some((s, _)) if (s == seq && !finish) || s == seq + 1 => self.redo_active(now),
-            Some((s, holds)) => {
+        let handed = self.results.take_handed(epoch, seq);
+        let fits = |a: &Active, h: &HandedResult| h.bytes.len() == a.job.buf.bytes().len() && h.seq == a.seq;
+        match self.active.as_ref().map(|a| (a.seq, a.coll.holds_result(), handed.as_ref().is_some_and(|h| fits(a, h))))
+        {
+            Some((s, holds, taken)) if s == seq && finish && (holds || taken) => self.finish_active(now, handed),
+            Some((s, ..)) if (s == seq && !finish) || s == seq + 1 => self.redo_active(now),
+            Some((s, holds, _)) => {
                 self.desync(format!("decision on #{seq} (finish: {finish}) while running #{s} (holds result: {holds})"))
             }
             None if (completed == seq && !finish) || completed == seq + 1 => {}
@@ -225,6 +225,45 @@ impl EventLoop {
         self.next_seq = self.completed + u64::from(self.active.is_some());
         tracing::debug!(rank = self.rank, epoch, seq, finish, "decision applied");
         true
+    }
+
+    /// Returns the active call with the result it holds, or with the copy `handed` over
+    /// from another member (its report then names that copy's attempt).
+    fn finish_active(&mut self, now: Instant, handed: Option<HandedResult>) {
+        let Some(mut a) = self.active.take() else { return };
+        a.error = None;
+        for l in self.links.iter_mut().flatten() {
+            l.release_job(a.job.buf.bytes());
+        }
+        self.codecs = a.coll.take_codecs().or(self.codecs.take());
+        if let Some(b) = a.coll.take_backup() {
+            self.backup = b;
+        }
+        let source = handed.as_ref().map(|h| h.rank);
+        if let Some(h) = handed {
+            a.job.buf.bytes_mut().copy_from_slice(&h.bytes);
+            (a.epoch, a.members) = (h.attempt_epoch, h.members);
+        }
+        let report = report(&a, now);
+        self.results.returned(a.coll.spec(), a.epoch, &a.members, a.job.buf.bytes());
+        self.record_completed(a.coll.spec().coll, a.job.buf.bytes().len(), &report, now - a.started);
+        self.completed += 1;
+        match source {
+            Some(from) => tracing::info!(
+                rank = self.rank,
+                seq = a.seq,
+                epoch = a.epoch,
+                from,
+                "interrupted call finished with a result handed over"
+            ),
+            None => tracing::info!(
+                rank = self.rank,
+                seq = a.seq,
+                epoch = a.epoch,
+                "interrupted call finished with its result"
+            ),
+        }
+        let _ = a.job.reply.send(JobOutcome { result: Ok((a.job.buf.into_owner(), report)) });
     }
 
     /// Redoes the active call from its backup over the current view, or fails it with

@@ -7,23 +7,32 @@
 //! between live ranks, and restarts of killed ranks, which rejoin.
 //!
 //! The data plane is abstract: an attempt of call `s` in epoch `e` over members `M` delivers
-//! its result to each member some time after every member of `M` started it, and each member
-//! returns it once every member holds it (the completion tokens of `core::fin`). Anything
-//! that breaks the attempt (a member dies, is paused, or moves to a new view) stops every
-//! delivery not yet made. A result is identified by `(M, e)`: its sum is the reduction over
-//! exactly `M`.
+//! its result to each member some time after every member of `M` started it. Each member
+//! returns a *large* call once every member holds it (the completion tokens of `core::fin`),
+//! a *small* one (no tokens, `core::fin::tokens_needed`; the seed picks which calls are
+//! small) as soon as it holds it, retaining a copy until its next call returns; it hands the
+//! copy (or a held result of its running small call) to the coordinator with its report, and
+//! the coordinator (the real [`Handovers`](crate::coord::handover)) sends it to the members
+//! a decision names as takers. Anything that breaks the attempt (a member dies, is paused,
+//! or moves to a new view) stops every delivery not yet made. A result is identified by
+//! `(M, e)`: its sum is the reduction over exactly `M`.
 //!
-//! Checks ([`run`]): *safety* (every rank that returned call `s`, in any incarnation, returned
-//! the same attempt; it was a member of it; no rank desynchronised; views of one epoch are one
-//! view) and, in liveness mode, where faults stop halfway, *liveness* (every live rank ends
-//! with all calls done or a terminal error, within a bounded virtual time).
+//! Checks ([`run`]): *safety* (every rank that returned call `s` returned the same attempt,
+//! and was a member of it; for a small call, this binds every returner that stayed in the
+//! job, that is, returned call `s + 1` too or is still a live member at the end: a rank lost
+//! right after returning a small call may have returned an attempt the survivors then redid
+//! without it; no rank desynchronised; views of one epoch are one view) and, in liveness
+//! mode, where faults stop halfway, *liveness* (every live rank ends with all calls done or a
+//! terminal error, within a bounded virtual time).
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
-use super::group_rank::{Att, RankModel, Step};
+use super::group_rank::{Att, Offer, RankModel, Step};
 use super::SimRng;
+use crate::coord::handover::Handovers;
 use crate::core::membership::{Membership, MembershipConfig, MembershipEvent, ResyncReport};
+use crate::wire::control::HandedResult;
 use crate::Rank;
 
 /// Virtual microseconds.
@@ -54,6 +63,8 @@ pub struct GroupSummary {
     pub returned: usize,
     /// Ranks admitted back after a restart.
     pub joins: usize,
+    /// Interrupted calls finished with a copy another member handed over, over all ranks.
+    pub handed_over: usize,
     /// Views installed.
     pub views: u64,
 }
@@ -63,7 +74,7 @@ pub struct GroupSummary {
 pub(super) enum ToCoord {
     Heartbeat,
     Suspect { suspect: Rank, epoch: u64 },
-    Resync { epoch: u64, report: ResyncReport },
+    Resync { epoch: u64, report: ResyncReport, offer: Option<Offer> },
     JoinAck { epoch: u64, next_seq: u64 },
     Disconnect,
     Join,
@@ -71,10 +82,27 @@ pub(super) enum ToCoord {
 
 #[derive(Debug, Clone)]
 pub(super) enum ToRank {
-    View { epoch: u64, members: Vec<Rank>, start_seq: Option<u64> },
-    Decision { epoch: u64, seq: u64, finish: bool },
+    View {
+        epoch: u64,
+        members: Vec<Rank>,
+        start_seq: Option<u64>,
+    },
+    Decision {
+        epoch: u64,
+        seq: u64,
+        finish: bool,
+    },
+    /// A copy of call `seq`'s result for the view of `epoch` (`Control::Result`).
+    Handed {
+        epoch: u64,
+        seq: u64,
+        attempt_epoch: u64,
+        members: Vec<Rank>,
+    },
     Terminal(String),
-    JoinPrepare { epoch: u64 },
+    JoinPrepare {
+        epoch: u64,
+    },
     JoinCancel,
 }
 
@@ -94,6 +122,9 @@ enum Ev {
     Cut(Rank),
     Restart(Rank),
 }
+
+/// One return of a call: attempt members, attempt epoch, rank, incarnation.
+type Returned = (Vec<Rank>, u64, Rank, u64);
 
 /// One attempt of one call: who started it, who holds its result.
 #[derive(Debug, Default)]
@@ -120,9 +151,14 @@ struct World {
     delayed_until: Vec<Us>,
     /// Views seen per epoch (every member must see the same one).
     views: BTreeMap<u64, Vec<Rank>>,
-    /// Every call returned: seq -> (attempt members, attempt epoch, rank).
-    results: BTreeMap<u64, Vec<(Vec<Rank>, u64, Rank)>>,
+    /// Every call returned: seq -> returns.
+    results: BTreeMap<u64, Vec<Returned>>,
+    /// Results handed over with the reports, as the coordinator server keeps them.
+    handovers: Handovers,
+    /// Per call: true if small (no completion tokens).
+    small: Vec<bool>,
     joins: usize,
+    handed_over: usize,
     coord_tick_at: Option<Us>,
 }
 
@@ -187,7 +223,15 @@ impl World {
                         self.send_rank(r, msg);
                     }
                 }
-                MembershipEvent::Decision { epoch, seq, finish } => {
+                MembershipEvent::Decision { epoch, seq, finish, source, takers } => {
+                    // As the server: the copy goes to the takers before the decision.
+                    if let Some(h) = source.and_then(|s| self.handovers.copy_of(s, epoch)) {
+                        for r in takers {
+                            self.handed_over += 1;
+                            let (attempt_epoch, members) = (h.attempt_epoch, h.members.clone());
+                            self.send_rank(r, ToRank::Handed { epoch, seq: h.seq, attempt_epoch, members });
+                        }
+                    }
                     for (r, _) in self.coord.members().to_vec() {
                         self.send_rank(r, ToRank::Decision { epoch, seq, finish });
                     }
@@ -228,7 +272,15 @@ impl World {
         match msg {
             ToCoord::Heartbeat => self.coord.handle_heartbeat(from, now),
             ToCoord::Suspect { suspect, epoch } => self.coord.handle_suspect(from, suspect, epoch, false, now),
-            ToCoord::Resync { epoch, report } => self.coord.handle_resync(from, epoch, report, now),
+            ToCoord::Resync { epoch, report, offer } => {
+                // As the server: the `Control::Result` before the report is kept first.
+                if let Some((seq, attempt_epoch, members)) = offer {
+                    let h = HandedResult { rank: from as u32, epoch, seq, attempt_epoch, members, bytes: Vec::new() };
+                    self.handovers.offer(from, self.coord.epoch(), h);
+                }
+                let report = ResyncReport { handed: self.handovers.handed_by(from, epoch), ..report };
+                self.coord.handle_resync(from, epoch, report, now)
+            }
             ToCoord::JoinAck { epoch, next_seq } => self.coord.handle_join_ack(from, epoch, next_seq, now),
             ToCoord::Disconnect => self.coord.handle_disconnect(from, now),
             ToCoord::Join => {
@@ -249,7 +301,8 @@ impl World {
                 Step::Start(att) => self.start_attempt(rank, att),
                 Step::Abandon(epoch) => self.break_attempts_of(rank, epoch),
                 Step::Returned { seq, members, epoch } => {
-                    self.results.entry(seq).or_default().push((members, epoch, rank));
+                    let inc = self.ranks[rank].incarnation;
+                    self.results.entry(seq).or_default().push((members, epoch, rank, inc));
                 }
             }
         }
@@ -270,7 +323,7 @@ impl World {
 }
 
 impl World {
-    fn new(world: usize, calls: u64, seed: u64) -> World {
+    fn new(world: usize, small: Vec<bool>, seed: u64) -> World {
         let base = Instant::now();
         let config = MembershipConfig {
             heartbeat_timeout: Duration::from_micros(HEARTBEAT_TIMEOUT_US),
@@ -286,14 +339,17 @@ impl World {
             rng: SimRng::new(seed),
             base,
             coord,
-            ranks: (0..world).map(|r| RankModel::new(r, world, calls)).collect(),
+            ranks: (0..world).map(|r| RankModel::new(r, world, small.clone())).collect(),
             attempts: HashMap::new(),
             chan_free: HashMap::new(),
             delayed_until: vec![0; world],
             views: BTreeMap::new(),
             results: BTreeMap::new(),
             joins: 0,
+            handed_over: 0,
             coord_tick_at: None,
+            handovers: Handovers::default(),
+            small,
         };
         w.views.insert(1, (0..world).collect());
         for r in 0..world {
@@ -413,6 +469,11 @@ impl World {
         if !self.ranks[rank].on_hold(seq, epoch) {
             return;
         }
+        if self.is_small(seq) {
+            // No completion tokens: it returns as soon as it holds the result.
+            let t = self.now + 50 + self.rng.below(2_000);
+            return self.at(t, Ev::Return { rank, seq, epoch });
+        }
         let Some(a) = self.attempts.get_mut(&(seq, epoch)) else { return };
         a.holds.insert(rank);
         if a.members.iter().all(|m| a.holds.contains(m)) {
@@ -423,7 +484,20 @@ impl World {
         }
     }
 
+    fn is_small(&self, seq: u64) -> bool {
+        self.small.get(seq as usize).copied().unwrap_or(false)
+    }
+
     fn ret(&mut self, rank: Rank, seq: u64, epoch: u64) {
+        if self.is_small(seq) {
+            // It holds the result: nothing of the others' can stop it now but a pause.
+            if self.ranks[rank].paused {
+                return self.at(self.now + 10_000, Ev::Return { rank, seq, epoch });
+            }
+            let steps = self.ranks[rank].on_return(seq, epoch);
+            self.apply(rank, steps);
+            return self.kick(rank);
+        }
         let broken = self.attempts.get(&(seq, epoch)).is_none_or(|a| a.broken);
         // Completion tokens may still reach some members of a broken attempt: a coin says.
         if !self.ranks[rank].alive || (broken && self.rng.percent(50)) {
@@ -485,17 +559,29 @@ impl World {
                 return Err(format!("rank {} desynchronised: {d}", r.rank));
             }
         }
+        let returned: BTreeSet<(u64, Rank, u64)> =
+            self.results.iter().flat_map(|(seq, got)| got.iter().map(|(_, _, r, inc)| (*seq, *r, *inc))).collect();
         for (seq, got) in &self.results {
-            let (members, epoch, _) = &got[0];
-            for (m, e, rank) in got {
+            // A small call binds the returners that stayed in the job (module docs).
+            let stayed = |rank: Rank, inc: u64| {
+                let r = &self.ranks[rank];
+                let in_view = self.coord.members().iter().any(|(m, _)| *m == rank);
+                let member = r.incarnation == inc && r.alive && r.terminal.is_none() && in_view;
+                !self.is_small(*seq) || member || returned.contains(&(seq + 1, rank, inc))
+            };
+            let bound: Vec<&Returned> = got.iter().filter(|g| stayed(g.2, g.3)).collect();
+            for (m, _, rank, _) in got {
+                if !m.contains(rank) {
+                    return Err(format!("call #{seq}: rank {rank} returned an attempt over {m:?} without it"));
+                }
+            }
+            let Some((members, epoch, ..)) = bound.first() else { continue };
+            for (m, e, rank, _) in bound.iter().copied() {
                 if (m, e) != (members, epoch) {
                     return Err(format!(
                         "call #{seq}: rank {rank} returned the attempt over {m:?} (epoch {e}), another over \
                          {members:?} (epoch {epoch})"
                     ));
-                }
-                if !m.contains(rank) {
-                    return Err(format!("call #{seq}: rank {rank} returned an attempt over {m:?} without it"));
                 }
             }
         }
@@ -511,7 +597,9 @@ pub fn run(seed: u64, mode: GroupMode) -> Result<GroupSummary, String> {
     let mut rng = SimRng::new(seed ^ 0x6709);
     let world = 2 + rng.index(7);
     let calls = 10 + rng.below(40);
-    let mut w = World::new(world, calls, seed);
+    // About half the calls are small (no completion tokens).
+    let small: Vec<bool> = (0..calls).map(|_| rng.percent(50)).collect();
+    let mut w = World::new(world, small, seed);
     let horizon: Us = 20_000_000;
     let fault_until = if mode == GroupMode::Liveness { horizon / 2 } else { horizon };
     let faults = w.plan_faults(fault_until);
@@ -553,6 +641,7 @@ pub fn run(seed: u64, mode: GroupMode) -> Result<GroupSummary, String> {
         faults,
         returned: w.results.values().map(Vec::len).sum(),
         joins: w.joins,
+        handed_over: w.handed_over,
         views: w.coord.epoch(),
     })
 }

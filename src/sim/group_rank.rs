@@ -1,7 +1,10 @@
 //! The rank side of the membership simulation (`sim::group`): a model of what
 //! `net::recovery` and `net::joining` do with the coordinator's messages, step for step:
 //! suspend and report on a new view, finish or redo on the decision, hold and answer for a
-//! join, switch views at the admission boundary, start at it when joining.
+//! join, switch views at the admission boundary, start at it when joining. Small calls
+//! (`core::fin::tokens_needed`) return as soon as the rank holds the result; the rank
+//! retains it until its next call returns and hands it to the coordinator with its report
+//! (`net::retain`); a decision may finish a call with another member's copy.
 
 use std::collections::VecDeque;
 
@@ -55,10 +58,20 @@ pub(super) struct RankModel {
     calls: u64,
     /// Messages that arrived while paused, handled on resume.
     pub(super) deferred: Vec<ToRank>,
+    /// Per call: true if it runs without completion tokens (a small all-reduce).
+    small: Vec<bool>,
+    /// The retained result of the last small call returned: (seq, attempt epoch, members).
+    retained: Option<(u64, u64, Vec<Rank>)>,
+    /// A copy handed over by the coordinator for the view being installed: (epoch, seq,
+    /// attempt epoch, members).
+    handed: Option<(u64, u64, u64, Vec<Rank>)>,
 }
 
+/// What a rank hands the coordinator with its report: (seq, attempt epoch, members).
+pub(super) type Offer = (u64, u64, Vec<Rank>);
+
 impl RankModel {
-    pub(super) fn new(rank: Rank, world: usize, calls: u64) -> RankModel {
+    pub(super) fn new(rank: Rank, world: usize, small: Vec<bool>) -> RankModel {
         RankModel {
             rank,
             incarnation: 0,
@@ -75,14 +88,17 @@ impl RankModel {
             hold: false,
             switches: VecDeque::new(),
             joining: false,
-            calls,
+            calls: small.len() as u64,
             deferred: Vec::new(),
+            small,
+            retained: None,
+            handed: None,
         }
     }
 
     /// The next incarnation of `old`, asking to join.
     pub(super) fn restarted(old: &RankModel) -> RankModel {
-        let mut r = RankModel::new(old.rank, 0, old.calls);
+        let mut r = RankModel::new(old.rank, 0, old.small.clone());
         r.incarnation = old.incarnation + 1;
         r.joining = true;
         r.epoch = 0;
@@ -115,8 +131,13 @@ impl RankModel {
                 self.switches.clear();
                 out.push(Step::Abandon(epoch));
                 let (holds, attempt_epoch) = self.active.as_ref().map_or((false, self.epoch), |a| (a.holds, a.epoch));
-                let report = ResyncReport { completed: self.completed, holds, attempt_epoch };
-                out.push(Step::Send(ToCoord::Resync { epoch, report }));
+                let report = ResyncReport { completed: self.completed, holds, attempt_epoch, handed: None };
+                self.handed = None;
+                let offer = match &self.active {
+                    Some(a) if a.holds && self.is_small(a.seq) => Some((a.seq, a.epoch, a.members.clone())),
+                    _ => self.retained.clone(),
+                };
+                out.push(Step::Send(ToCoord::Resync { epoch, report, offer }));
                 self.awaiting = Some(epoch);
                 self.epoch = epoch;
                 self.members = members;
@@ -135,9 +156,13 @@ impl RankModel {
             ToRank::View { .. } => {}
             ToRank::Decision { epoch, seq, finish } if self.awaiting == Some(epoch) => {
                 self.awaiting = None;
-                self.apply_decision(seq, finish, &mut out);
+                let handed = self.handed.take().filter(|h| h.0 == epoch && h.1 == seq).map(|h| (h.2, h.3));
+                self.apply_decision(seq, finish, handed, &mut out);
             }
             ToRank::Decision { .. } => {}
+            ToRank::Handed { epoch, seq, attempt_epoch, members } => {
+                self.handed = Some((epoch, seq, attempt_epoch, members));
+            }
             ToRank::Terminal(why) => {
                 self.terminal.get_or_insert(why);
             }
@@ -151,22 +176,35 @@ impl RankModel {
         out
     }
 
-    /// As `EventLoop::apply_decision`.
-    fn apply_decision(&mut self, seq: u64, finish: bool, out: &mut Vec<Step>) {
+    /// Whether call `seq` runs without completion tokens.
+    pub(super) fn is_small(&self, seq: u64) -> bool {
+        self.small.get(seq as usize).copied().unwrap_or(false)
+    }
+
+    /// Returns call `seq` of the attempt of `epoch` over `members`, retaining it if small.
+    fn returned(&mut self, seq: u64, epoch: u64, members: Vec<Rank>, out: &mut Vec<Step>) {
+        self.retained = self.is_small(seq).then(|| (seq, epoch, members.clone()));
+        out.push(Step::Returned { seq, members, epoch });
+        self.completed += 1;
+    }
+
+    /// As `EventLoop::apply_decision`: `handed` is the copy (attempt epoch, members) the
+    /// coordinator sent this rank for the call, if any.
+    fn apply_decision(&mut self, seq: u64, finish: bool, handed: Option<(u64, Vec<Rank>)>, out: &mut Vec<Step>) {
         let completed = self.completed;
-        match self.active.take() {
-            Some(a) if a.seq == seq && a.holds && finish => {
-                out.push(Step::Returned { seq, members: a.members, epoch: a.epoch });
-                self.completed += 1;
-            }
-            Some(a) if (a.seq == seq && !finish) || a.seq == seq + 1 => {
+        match (self.active.take(), handed) {
+            (Some(a), Some((epoch, members))) if a.seq == seq && finish => self.returned(seq, epoch, members, out),
+            (Some(a), _) if a.seq == seq && a.holds && finish => self.returned(seq, a.epoch, a.members, out),
+            (Some(a), _) if (a.seq == seq && !finish) || a.seq == seq + 1 => {
                 let redo = Att { seq: a.seq, epoch: self.epoch, members: self.members.clone(), holds: false };
                 out.push(Step::Start(redo.clone()));
                 self.active = Some(redo);
             }
-            Some(a) => self.desync(format!("decision on #{seq} ({finish}) while running #{} ({})", a.seq, a.holds)),
-            None if (completed == seq && !finish) || completed == seq + 1 => {}
-            None => self.desync(format!("decision on #{seq} ({finish}) with {completed} completed")),
+            (Some(a), _) => {
+                self.desync(format!("decision on #{seq} ({finish}) while running #{} ({})", a.seq, a.holds))
+            }
+            (None, _) if (completed == seq && !finish) || completed == seq + 1 => {}
+            (None, _) => self.desync(format!("decision on #{seq} ({finish}) with {completed} completed")),
         }
         self.next_seq = self.completed + u64::from(self.active.is_some());
     }
@@ -196,7 +234,7 @@ impl RankModel {
         out
     }
 
-    /// The result of `(seq, epoch)` arrived here.
+    /// The result of `(seq, epoch)` arrived here (a small call returns it at once).
     pub(super) fn on_hold(&mut self, seq: u64, epoch: u64) -> bool {
         match self.active.as_mut() {
             Some(a) if a.seq == seq && a.epoch == epoch && self.awaiting.is_none() => {
@@ -207,16 +245,18 @@ impl RankModel {
         }
     }
 
-    /// Every member of `(seq, epoch)` holds its result: this rank returns it.
+    /// Every member of `(seq, epoch)` holds its result (a small call: this rank does):
+    /// this rank returns it.
     pub(super) fn on_return(&mut self, seq: u64, epoch: u64) -> Vec<Step> {
         let matches = self.active.as_ref().is_some_and(|a| a.seq == seq && a.epoch == epoch && a.holds);
         if !matches || self.awaiting.is_some() {
             return Vec::new();
         }
         let Some(a) = self.active.take() else { return Vec::new() };
-        self.completed += 1;
+        let mut out = Vec::new();
+        self.returned(seq, epoch, a.members, &mut out);
         self.next_seq = self.completed;
-        vec![Step::Returned { seq, members: a.members, epoch }]
+        out
     }
 
     /// The view this rank is in and the attempt it runs, for suspicions.

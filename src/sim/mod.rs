@@ -153,7 +153,8 @@ pub struct SimConfig {
     pub batch_deadline: Duration,
     /// A batch that needs more events than this is reported as a hang. Default 100 million.
     pub max_events: u64,
-    /// Completion tokens on every call (as `Config::exact_retry`). Default true.
+    /// Completion tokens on every call that needs them, as `Config::exact_retry` (small
+    /// all-reduces and barriers go without: `core::fin::tokens_needed`). Default true.
     pub fin: bool,
 }
 

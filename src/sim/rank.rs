@@ -37,7 +37,8 @@ pub(super) struct Ctx<'a> {
     /// The link model's bandwidth (0: unlimited), fed to `auto` as each link's rate.
     pub(super) link_bytes_per_sec: u64,
     pub(super) progress_timeout: Duration,
-    /// Completion tokens on every call (`Spec::fin`).
+    /// Completion tokens (`Spec::fin`) on every call that needs them
+    /// (`core::fin::tokens_needed`).
     pub(super) fin: bool,
     pub(super) in_place_percent: u64,
     pub(super) check_hazards: bool,
@@ -283,7 +284,8 @@ impl RankSim {
             contributors: world,
             algorithm: ctx.algorithm,
             progress_timeout: ctx.progress_timeout,
-            fin: ctx.fin,
+            // As `EventLoop::spec_for`: small all-reduces and barriers go without tokens.
+            fin: ctx.fin && crate::core::fin::tokens_needed(call.coll, call.len_elems * call.dtype.size()),
             payload_crc: [true, true],
         }
     }

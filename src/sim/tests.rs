@@ -73,7 +73,8 @@ fn back_to_back_calls_park_frames_of_later_calls() {
 /// serialization plus one latency, as the alpha-beta model says.
 #[test]
 fn unsegmented_ring_matches_the_alpha_beta_model_exactly() {
-    let (world, elems) = (4usize, 4000usize);
+    // Above `limits::RESULT_RETAIN_BYTES_MAX`, so the call runs with completion tokens.
+    let (world, elems) = (4usize, 40_000usize);
     let mut c = SimConfig::new(world, 1);
     c.segment_bytes = 1 << 20;
     c.algorithm = Algorithm::Ring;
@@ -93,11 +94,18 @@ fn unsegmented_ring_matches_the_alpha_beta_model_exactly() {
     assert_eq!(o.frames, (world * 2 * (world - 1)) as u64);
     // Completion tokens add world / 2 hops of bare headers and one FIN per ordered pair.
     c.fin = true;
-    let mut sim = Sim::new(c);
+    let mut sim = Sim::new(c.clone());
     let f = check(&mut sim, Call::all_reduce(ReduceOp::Sum, DataType::F32, elems), 1);
     let fin_hop = Duration::from_nanos(crate::wire::HEADER_LEN as u64) + Duration::from_micros(10);
     assert_eq!(f.virtual_elapsed, o.virtual_elapsed + fin_hop * (world as u32 / 2));
     assert_eq!(f.frames, o.frames + (world * (world - 1)) as u64);
+    // A small all-reduce goes without tokens: the latency path's n / 2 data hops only.
+    let small = Call::all_reduce(ReduceOp::Sum, DataType::F32, 1024);
+    let mut sim = Sim::new(SimConfig { algorithm: Algorithm::Direct, ..c.clone() });
+    let s = check(&mut sim, small, 1);
+    assert_eq!(s.frames, (world * (world - 1)) as u64, "one frame per ordered pair, no FIN");
+    let data_hop = Duration::from_nanos((4096 + crate::wire::HEADER_LEN) as u64) + Duration::from_micros(10);
+    assert_eq!(s.virtual_elapsed, data_hop * (world as u32 / 2));
 }
 
 /// When the call of a fault-free run of `config` is a third done.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::{CollKind, WireError, PROTOCOL_VERSION};
 use crate::coord::status::{is_phase_name, Activity, CallProgress, Progress};
 use crate::coord::{Member, Registration, View};
-use crate::limits::{CONTROL_BYTES_MAX, CONTROL_STRING_MAX, WORLD_MAX};
+use crate::limits::{CONTROL_BYTES_MAX, CONTROL_STRING_MAX, RESULT_RETAIN_BYTES_MAX, WORLD_MAX};
 
 /// Size of the message head in bytes.
 pub const CONTROL_HEAD_LEN: usize = 12;
@@ -167,6 +167,27 @@ pub enum Control {
         /// The call after the join point.
         seq: u64,
     },
+    /// The result of a call without completion tokens: rank to coordinator right before
+    /// its `Resync` (it holds or retains that result), and coordinator to the members that
+    /// lack it right before the `Decision` that finishes the call from it.
+    Result(HandedResult),
+}
+
+/// A copy of one call's result handed over after a failure (`docs/FAILURES.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedResult {
+    /// The rank that computed (or retained) it.
+    pub rank: u32,
+    /// Epoch of the view being installed.
+    pub epoch: u64,
+    /// The call.
+    pub seq: u64,
+    /// Epoch of the attempt that computed it.
+    pub attempt_epoch: u64,
+    /// Ranks of that attempt, ascending (what the report of the call names).
+    pub members: Vec<usize>,
+    /// The result bytes, at most [`RESULT_RETAIN_BYTES_MAX`].
+    pub bytes: Vec<u8>,
 }
 
 struct Writer(Vec<u8>);
@@ -275,6 +296,18 @@ impl<'a> Reader<'a> {
         }
         Ok(r)
     }
+    fn handed(&mut self) -> Result<HandedResult, WireError> {
+        let (rank, epoch, seq, attempt_epoch) = (self.u32()?, self.u64()?, self.u64()?, self.u64()?);
+        let n = self.count(WORLD_MAX, "result members")?;
+        let mut members = Vec::with_capacity(n);
+        for _ in 0..n {
+            members.push(self.rank()?);
+        }
+        let n = self.count(RESULT_RETAIN_BYTES_MAX, "result bytes")?;
+        let bytes = self.take(n)?.to_vec();
+        Ok(HandedResult { rank, epoch, seq, attempt_epoch, members, bytes })
+    }
+
     fn progress(&mut self) -> Result<Progress, WireError> {
         let rank = self.rank()?;
         let epoch = self.u64()?;
@@ -319,6 +352,7 @@ impl Control {
             Control::JoinCancel { .. } => 14,
             Control::JoinPoint { .. } => 15,
             Control::JoinPointDone { .. } => 16,
+            Control::Result(_) => 17,
         }
     }
 
@@ -415,6 +449,18 @@ impl Control {
             Control::JoinPointDone { epoch, seq } => {
                 w.u64(*epoch);
                 w.u64(*seq);
+            }
+            Control::Result(h) => {
+                w.u32(h.rank);
+                w.u64(h.epoch);
+                w.u64(h.seq);
+                w.u64(h.attempt_epoch);
+                w.u32(h.members.len() as u32);
+                for m in &h.members {
+                    w.u32(*m as u32);
+                }
+                w.u32(h.bytes.len() as u32);
+                w.0.extend_from_slice(&h.bytes);
             }
         }
         let body = w.0;
@@ -532,6 +578,7 @@ impl Control {
             14 => Control::JoinCancel { epoch: r.u64()? },
             15 => Control::JoinPoint { rank: r.u32()?, epoch: r.u64()?, seq: r.u64()? },
             16 => Control::JoinPointDone { epoch: r.u64()?, seq: r.u64()? },
+            17 => Control::Result(r.handed()?),
             v => return Err(WireError::UnknownId { field: "control type", value: v.into() }),
         };
         if r.pos != len {

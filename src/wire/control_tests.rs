@@ -74,7 +74,40 @@ fn samples() -> Vec<Control> {
         Control::JoinCancel { epoch: 8 },
         Control::JoinPoint { rank: 3, epoch: 8, seq: 300 },
         Control::JoinPointDone { epoch: 8, seq: 300 },
+        Control::Result(HandedResult {
+            rank: 2,
+            epoch: 9,
+            seq: 41,
+            attempt_epoch: 7,
+            members: vec![0, 2, 3],
+            bytes: vec![1, 2, 3, 250],
+        }),
+        Control::Result(HandedResult {
+            rank: 0,
+            epoch: 9,
+            seq: 0,
+            attempt_epoch: 1,
+            members: vec![0],
+            bytes: vec![0xab; crate::limits::RESULT_RETAIN_BYTES_MAX],
+        }),
     ]
+}
+
+#[test]
+fn a_result_beyond_the_retain_limit_is_refused_before_any_allocation() {
+    let mut msg = Control::Result(HandedResult {
+        rank: 1,
+        epoch: 2,
+        seq: 3,
+        attempt_epoch: 1,
+        members: vec![1],
+        bytes: vec![7; 8],
+    })
+    .encode();
+    // The byte count sits after the head, rank, three u64s and the one-member list.
+    let at = CONTROL_HEAD_LEN + 4 + 24 + 4 + 4;
+    msg[at..at + 4].copy_from_slice(&(crate::limits::RESULT_RETAIN_BYTES_MAX as u32 + 1).to_le_bytes());
+    assert!(matches!(Control::decode(&msg), Err(WireError::TooLong { field: "result bytes", .. })));
 }
 
 #[test]

@@ -68,6 +68,10 @@ struct Args {
     /// MiB per all-reduce (f32).
     #[arg(long, default_value_t = 4)]
     mib: usize,
+    /// KiB per all-reduce instead of --mib (1..=1024): small calls take the latency path
+    /// and run without completion tokens.
+    #[arg(long)]
+    kib: Option<usize>,
     /// Heartbeat timeout in seconds (coordinator and ranks); the library default is 5.
     #[arg(long, default_value_t = 5.0)]
     heartbeat_timeout: f64,
@@ -117,6 +121,7 @@ fn check(args: &Args) -> Result<(), String> {
         && (40..=100_000).contains(&args.round_calls)
         && (3..=100_000).contains(&args.baseline_calls)
         && (1..=1024).contains(&args.mib)
+        && args.kib.is_none_or(|k| (1..=1024).contains(&k))
         && (0.1..=60.0).contains(&args.heartbeat_timeout)
         && (0.1..=600.0).contains(&args.progress_timeout)
         && args.overlap_percent <= 100
@@ -163,7 +168,7 @@ fn drive(args: &Args) -> std::io::Result<bool> {
     let mut rng = SimRng::new(seed);
     let settings = Settings {
         program: &program,
-        elems: args.mib * (1 << 20) / 4,
+        elems: args.kib.map_or(args.mib << 20, |k| k << 10) / 4,
         heartbeat_timeout: Duration::from_secs_f64(args.heartbeat_timeout),
         progress_timeout: Duration::from_secs_f64(args.progress_timeout),
         log_dir: &args.log_dir,
@@ -182,7 +187,7 @@ fn drive(args: &Args) -> std::io::Result<bool> {
         progress_timeout: settings.progress_timeout,
         command: command_line(args.seed.is_none(), seed),
         settings: format!(
-            "{}, {} MiB f32 all-reduces (Sum and Avg alternating), heartbeat timeout \
+            "{}, {} KiB f32 all-reduces (Sum and Avg alternating), heartbeat timeout \
              {:?} (heartbeats every 500 ms), progress timeout {:?}, one fault at a time {}-{} ms after the \
              warm-up or the previous {}{}",
             if args.no_restart {
@@ -193,7 +198,7 @@ fn drive(args: &Args) -> std::io::Result<bool> {
                     args.round_calls, args.world, args.min_world
                 )
             },
-            args.mib,
+            settings.elems * 4 / 1024,
             settings.heartbeat_timeout,
             settings.progress_timeout,
             args.gap_min_ms,
