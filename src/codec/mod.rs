@@ -38,6 +38,7 @@
 
 pub mod auto;
 mod choice;
+pub mod cpu_share;
 mod decoder;
 mod encoder;
 mod feedback;
