@@ -250,6 +250,16 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         b.extend_from_slice(&wire);
         out.push(("codec", b));
     }
+    // Plane packs without zeros left out (the values above are one-seventh zeros).
+    let nonzero: Vec<u8> = (0..256u32).flat_map(|i| ((i % 7 + 1) as f32 * 0.5).to_ne_bytes()).collect();
+    for codec in [Codec::ShuffleZstd, Codec::Bf16Zstd] {
+        let mut wire = Vec::new();
+        let Ok(sent_as) = enc.encode(codec, DataType::F32, &nonzero, &mut wire) else { continue };
+        let mut b = vec![sent_as as u8, DataType::F32 as u8 - 1];
+        b.extend_from_slice(&256u16.to_le_bytes());
+        b.extend_from_slice(&wire);
+        out.push(("codec", b));
+    }
     out
 }
 

@@ -2,6 +2,7 @@
 
 use zstd::zstd_safe::{self, DCtx};
 
+use super::pack::{self, PackDecoder, Unpacked};
 use super::{check_args, lossy, planes, Codec, CodecError};
 use crate::core::reduce::reduce_into;
 use crate::core::{DataType, ReduceOp};
@@ -16,8 +17,10 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// from the caller's buffer, never from the payload.
 pub struct Decoder {
     dctx: DCtx<'static>,
-    /// Decompressed planes before the unshuffle.
-    planes: Vec<u8>,
+    /// Planes (and bitmap) of the pack being decoded.
+    pack: PackDecoder,
+    /// Elements expanded from a pack with a bitmap, before they are widened or added.
+    elems: Vec<u8>,
     /// Decoded segment before [`Decoder::decode_reduce`] folds it in.
     decoded: Vec<u8>,
 }
@@ -35,7 +38,7 @@ impl Decoder {
     /// [`CodecError::Zstd`] if zstd cannot allocate its context.
     pub fn new() -> Result<Decoder, CodecError> {
         let dctx = DCtx::try_create().ok_or(CodecError::Zstd { op: "create context", reason: "out of memory" })?;
-        Ok(Decoder { dctx, planes: Vec::new(), decoded: Vec::new() })
+        Ok(Decoder { dctx, pack: PackDecoder::default(), elems: Vec::new(), decoded: Vec::new() })
     }
 
     /// Decodes `payload`, encoded with `codec` from elements of `dtype`, into `out`, whose
@@ -65,17 +68,21 @@ impl Decoder {
                 }
             }
             Codec::Zstd => decompress(&mut self.dctx, payload, out)?,
-            Codec::ShuffleZstd if dtype.size() == 1 => decompress(&mut self.dctx, payload, out)?,
             Codec::ShuffleZstd => {
-                self.planes.resize(out.len(), 0);
-                decompress(&mut self.dctx, payload, &mut self.planes)?;
-                planes::unshuffle(dtype.size(), &self.planes, out);
+                let k = dtype.size();
+                match self.pack.read(&mut self.dctx, k, out.len() / k, payload)? {
+                    Unpacked::Planes(planes) => planes::unshuffle(k, planes, out),
+                    Unpacked::Sparse { bitmap, dense } => pack::expand(k, bitmap, dense, out)?,
+                }
             }
-            Codec::Bf16Zstd => {
-                self.planes.resize(out.len() / 2, 0);
-                decompress(&mut self.dctx, payload, &mut self.planes)?;
-                lossy::decode_bf16_planes(&self.planes, out);
-            }
+            Codec::Bf16Zstd => match self.pack.read(&mut self.dctx, 2, out.len() / 4, payload)? {
+                Unpacked::Planes(planes) => lossy::decode_bf16_planes(planes, out),
+                Unpacked::Sparse { bitmap, dense } => {
+                    self.elems.resize(out.len() / 2, 0);
+                    pack::expand(2, bitmap, dense, &mut self.elems)?;
+                    lossy::decode_bf16(&self.elems, out);
+                }
+            },
         }
         Ok(())
     }
@@ -130,16 +137,22 @@ impl Decoder {
                 expect_payload_len(payload, dst.len() / 2)?;
                 lossy::add_bf16(payload, dst);
             }
-            Codec::Bf16Zstd => {
-                self.planes.resize(dst.len() / 2, 0);
-                decompress(&mut self.dctx, payload, &mut self.planes)?;
-                lossy::add_bf16_planes(&self.planes, dst);
-            }
-            Codec::ShuffleZstd => {
-                self.planes.resize(dst.len(), 0);
-                decompress(&mut self.dctx, payload, &mut self.planes)?;
-                planes::add_unshuffled_f32(&self.planes, dst);
-            }
+            Codec::Bf16Zstd => match self.pack.read(&mut self.dctx, 2, dst.len() / 4, payload)? {
+                Unpacked::Planes(planes) => lossy::add_bf16_planes(planes, dst),
+                Unpacked::Sparse { bitmap, dense } => {
+                    self.elems.resize(dst.len() / 2, 0);
+                    pack::expand(2, bitmap, dense, &mut self.elems)?;
+                    lossy::add_bf16(&self.elems, dst);
+                }
+            },
+            Codec::ShuffleZstd => match self.pack.read(&mut self.dctx, 4, dst.len() / 4, payload)? {
+                Unpacked::Planes(planes) => planes::add_unshuffled_f32(planes, dst),
+                Unpacked::Sparse { bitmap, dense } => {
+                    self.elems.resize(dst.len(), 0);
+                    pack::expand(4, bitmap, dense, &mut self.elems)?;
+                    reduce_into(DataType::F32, ReduceOp::Sum, dst, &self.elems);
+                }
+            },
             _ => return Ok(None),
         }
         Ok(Some(()))
@@ -161,7 +174,7 @@ fn expect_payload_len(payload: &[u8], expected: usize) -> Result<(), CodecError>
 /// bytes or a second frame, or a declared size other than `dst.len()` is refused. zstd then
 /// writes at most `dst.len()` bytes and fails if the blocks decode to another size than
 /// the frame declares.
-fn decompress(dctx: &mut DCtx<'static>, payload: &[u8], dst: &mut [u8]) -> Result<(), CodecError> {
+pub(super) fn decompress(dctx: &mut DCtx<'static>, payload: &[u8], dst: &mut [u8]) -> Result<(), CodecError> {
     let expected = dst.len();
     if payload.get(..4) != Some(&ZSTD_MAGIC[..]) {
         return Err(CodecError::Corrupt { reason: "not a zstd frame" });

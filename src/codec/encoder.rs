@@ -2,7 +2,8 @@
 
 use zstd::zstd_safe::{self, CCtx, CParameter};
 
-use super::{check_args, lossy, planes, Codec, CodecError};
+use super::pack::{PackEncoder, Stream};
+use super::{check_args, lossy, Codec, CodecError};
 use crate::core::DataType;
 
 /// zstd's hash log and minimum match length at level 1 (the default), in place of the
@@ -41,8 +42,10 @@ const FAST_LEVEL_TABLES: (u32, u32) = (12, 7);
 pub struct Encoder {
     cctx: CCtx<'static>,
     zstd_level: i32,
-    /// Byte planes (or bf16 planes) of the segment being compressed.
-    planes: Vec<u8>,
+    /// Plane packs (shuffle+zstd, bf16+zstd): scratch and which planes compress.
+    pack: PackEncoder,
+    /// The bf16 elements of a bf16+zstd segment.
+    elems: Vec<u8>,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -61,7 +64,7 @@ impl Encoder {
     /// allocate its context.
     pub fn new(zstd_level: i32) -> Result<Encoder, CodecError> {
         let cctx = CCtx::try_create().ok_or(CodecError::Zstd { op: "create context", reason: "out of memory" })?;
-        let mut encoder = Encoder { cctx, zstd_level, planes: Vec::new() };
+        let mut encoder = Encoder { cctx, zstd_level, pack: PackEncoder::default(), elems: Vec::new() };
         encoder.set_zstd_level(zstd_level)?;
         Ok(encoder)
     }
@@ -113,7 +116,7 @@ impl Encoder {
     ) -> Result<Codec, CodecError> {
         out.clear();
         check_args(codec, dtype, raw.len())?;
-        let compressed = match codec {
+        let packed = match codec {
             Codec::Raw => {
                 out.extend_from_slice(raw);
                 return Ok(Codec::Raw);
@@ -127,34 +130,40 @@ impl Encoder {
                 }
                 return Ok(codec);
             }
-            Codec::Zstd => compress(&mut self.cctx, raw, out),
-            Codec::ShuffleZstd if dtype.size() == 1 => compress(&mut self.cctx, raw, out),
+            Codec::Zstd => {
+                if let Err(e) = compress(&mut self.cctx, raw, out) {
+                    out.clear();
+                    return Err(e);
+                }
+                if out.len() < raw.len() {
+                    return Ok(codec);
+                }
+                Ok(false)
+            }
             Codec::ShuffleZstd => {
-                self.planes.resize(raw.len(), 0);
-                planes::shuffle(dtype.size(), raw, &mut self.planes);
-                compress(&mut self.cctx, &self.planes, out)
+                let limit = codec.payload_len_max(raw.len());
+                self.pack.encode(&mut self.cctx, Stream::Shuffle, dtype.size(), raw, limit, out)
             }
             Codec::Bf16Zstd => {
-                self.planes.resize(raw.len() / 2, 0);
-                lossy::encode_bf16_planes(raw, &mut self.planes);
-                compress(&mut self.cctx, &self.planes, out)
+                self.elems.resize(raw.len() / 2, 0);
+                lossy::encode_bf16(raw, &mut self.elems);
+                let limit = codec.payload_len_max(raw.len());
+                self.pack.encode(&mut self.cctx, Stream::Bf16, 2, &self.elems, limit, out)
             }
         };
-        if let Err(e) = compressed {
-            out.clear();
-            return Err(e);
-        }
-        if out.len() < codec.payload_len_max(raw.len()) {
-            return Ok(codec);
+        match packed {
+            Ok(true) => return Ok(codec),
+            Ok(false) => {}
+            Err(e) => {
+                out.clear();
+                return Err(e);
+            }
         }
         // Incompressible: send the uncompressed form, which a receiver decodes to the same bits.
         let fallback = codec.fallback();
         out.clear();
         match fallback {
-            Codec::Bf16 => {
-                out.resize(raw.len() / 2, 0);
-                lossy::encode_bf16(raw, out);
-            }
+            Codec::Bf16 => out.extend_from_slice(&self.elems), // bf16+zstd rounded it above
             _ => out.extend_from_slice(raw),
         }
         Ok(fallback)
@@ -162,7 +171,7 @@ impl Encoder {
 }
 
 /// One zstd frame over `src` into `out` (empty on entry), with its content size declared.
-fn compress(cctx: &mut CCtx<'static>, src: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+pub(super) fn compress(cctx: &mut CCtx<'static>, src: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
     out.reserve(zstd_safe::compress_bound(src.len()));
     match cctx.compress2(out, src) {
         Ok(_) => Ok(()),

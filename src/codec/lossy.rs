@@ -80,22 +80,8 @@ pub(crate) fn decode_bf16(payload: &[u8], out: &mut [u8]) {
     }
 }
 
-avx2_dispatch! {
-    /// bf16 of f32 `raw` written as two byte planes: `planes[..n]` low bytes, `planes[n..]`
-    /// high bytes (the shuffle of the little-endian bf16 stream, fused).
-    /// `planes.len() * 2 == raw.len()`.
-    pub(crate) fn encode_bf16_planes / encode_bf16_planes_portable(raw: &[u8], planes: &mut [u8]) {
-        assert_eq!(raw.len(), planes.len() * 2, "bf16 plane encode lengths");
-        let (lo, hi) = planes.split_at_mut(planes.len() / 2);
-        for ((r, l), h) in raw.chunks_exact(4).zip(lo.iter_mut()).zip(hi.iter_mut()) {
-            let [b0, b1] = f32_to_bf16_bits(read_f32(r)).to_le_bytes();
-            *l = b0;
-            *h = b1;
-        }
-    }
-}
-
-/// Inverse of [`encode_bf16_planes`]: widens the two byte planes into f32 `out`.
+/// Widens the two byte planes of little-endian bf16 (`planes[..n]` low bytes, `planes[n..]`
+/// high bytes: [`super::planes::shuffle`] of the bf16 stream) into f32 `out`.
 pub(crate) fn decode_bf16_planes(planes: &[u8], out: &mut [u8]) {
     assert_eq!(planes.len() * 2, out.len(), "bf16 plane decode lengths");
     let (lo, hi) = planes.split_at(planes.len() / 2);
@@ -118,7 +104,7 @@ avx2_dispatch! {
 }
 
 avx2_dispatch! {
-    /// [`add_bf16`] from the two byte planes of [`encode_bf16_planes`].
+    /// [`add_bf16`] from the two byte planes that [`decode_bf16_planes`] reads.
     /// `planes.len() * 2 == acc.len()`.
     pub(crate) fn add_bf16_planes / add_bf16_planes_portable(planes: &[u8], acc: &mut [u8]) {
         assert_eq!(planes.len() * 2, acc.len(), "bf16 plane add lengths");
@@ -230,11 +216,9 @@ mod tests {
             encode_bf16_portable(&raw, &mut wire);
             prop_assert_eq!(&wire, &want);
             let mut planes = vec![0u8; raw.len() / 2];
-            encode_bf16_planes(&raw, &mut planes);
+            crate::codec::planes::shuffle(2, &wire, &mut planes);
             let n = bits.len();
             let planes_want: Vec<u8> = want.iter().step_by(2).chain(want.iter().skip(1).step_by(2)).copied().collect();
-            prop_assert_eq!(&planes, &planes_want);
-            encode_bf16_planes_portable(&raw, &mut planes);
             prop_assert_eq!(&planes, &planes_want);
             let (mut a, mut b) = (vec![0u8; 4 * n], vec![0u8; 4 * n]);
             decode_bf16(&wire, &mut a);
@@ -253,7 +237,7 @@ mod tests {
                 .collect();
             let (mut wire, mut planes) = (vec![0u8; raw.len() / 2], vec![0u8; raw.len() / 2]);
             encode_bf16(&raw, &mut wire);
-            encode_bf16_planes(&raw, &mut planes);
+            crate::codec::planes::shuffle(2, &wire, &mut planes);
             let mut decoded = vec![0u8; raw.len()];
             decode_bf16(&wire, &mut decoded);
             let want: Vec<u8> = acc

@@ -8,10 +8,10 @@
 //! |---|---|---|
 //! | `raw` | the element bytes as they are | yes |
 //! | `zstd` | one zstd frame over the raw bytes | yes |
-//! | `shuffle+zstd` | byte planes (all byte 0s, then all byte 1s, ...) then one zstd frame | yes |
+//! | `shuffle+zstd` | a plane pack of the elements (byte planes, zstd where it pays, zeros as bits; see `pack`) | yes |
 //! | `bf16` | each f32 rounded to bfloat16, 2 bytes little-endian | no, f32 only |
 //! | `f16` | each f32 rounded to IEEE binary16, 2 bytes little-endian | no, f32 only |
-//! | `bf16+zstd` | bfloat16, its two byte planes, one zstd frame | no, f32 only |
+//! | `bf16+zstd` | a plane pack of the bfloat16 values | no, f32 only |
 //!
 //! Element bytes are read in host order, as the `raw` codec sends them.
 //!
@@ -31,16 +31,19 @@
 //!
 //! A decoder is always given the exact decoded size it expects (from its own schedule,
 //! never from the peer), writes only into the caller's buffer of that size, and returns an
-//! error for any payload that decodes to another size. zstd payloads must be exactly one
-//! standard zstd frame that declares its content size; nothing is allocated from a size
-//! read in the payload, so a decompression bomb is an error, not an allocation.
+//! error for any payload that decodes to another size. Every zstd frame (a `zstd` payload,
+//! a compressed section of a plane pack) must be exactly one standard zstd frame that
+//! declares the content size the receiver expects; nothing is allocated from a size read in
+//! the payload, so a decompression bomb is an error, not an allocation.
 
 pub mod auto;
 mod choice;
+pub mod cpu_share;
 mod decoder;
 mod encoder;
 mod feedback;
 mod lossy;
+mod pack;
 pub mod planes;
 pub mod pool;
 mod simd;
@@ -66,13 +69,13 @@ pub enum Codec {
     Raw = 0,
     /// zstd over the raw bytes.
     Zstd = 1,
-    /// Byte planes (all byte 0s, then all byte 1s, ...) then zstd.
+    /// Byte planes (all byte 0s, then all byte 1s, ...), zstd on the planes that compress.
     ShuffleZstd = 2,
     /// f32 rounded to bfloat16 (lossy).
     Bf16 = 3,
     /// f32 rounded to binary16 (lossy).
     F16 = 4,
-    /// bfloat16, byte planes, zstd (lossy).
+    /// bfloat16, byte planes, zstd on the planes that compress (lossy).
     Bf16Zstd = 5,
 }
 

@@ -281,13 +281,21 @@ fn a_frame_larger_than_expected_is_refused_before_decompression() {
     // 1 GiB of zeros would compress to a few tens of KiB; a smaller bomb shows the same check.
     let bomb = zstd_frame(&vec![0u8; 16 << 20], true);
     assert!(bomb.len() < 4096);
-    for codec in [Codec::Zstd, Codec::ShuffleZstd] {
+    assert_eq!(
+        decode_f32(Codec::Zstd, &bomb, 4096),
+        Err(CodecError::SizeMismatch { what: "decoded", expected: 4096, got: 16 << 20 })
+    );
+    // In a plane pack (no bitmap, plane 0 zstd): the plane is 1024 bytes for 1024 elements.
+    let mut packed = vec![0, 1];
+    packed.extend_from_slice(&(bomb.len() as u32).to_le_bytes());
+    packed.extend_from_slice(&bomb);
+    for codec in [Codec::ShuffleZstd, Codec::Bf16Zstd] {
         assert_eq!(
-            decode_f32(codec, &bomb, 4096),
-            Err(CodecError::SizeMismatch { what: "decoded", expected: 4096, got: 16 << 20 })
+            decode_f32(codec, &packed, 4096),
+            Err(CodecError::SizeMismatch { what: "decoded", expected: 1024, got: 16 << 20 })
         );
+        assert!(matches!(decode_f32(codec, &bomb, 4096), Err(CodecError::Corrupt { .. })), "a bare frame is no pack");
     }
-    assert!(matches!(decode_f32(Codec::Bf16Zstd, &bomb, 4096), Err(CodecError::SizeMismatch { .. })));
     // Too short is refused the same way.
     let short = zstd_frame(&[0u8; 100], true);
     assert_eq!(
