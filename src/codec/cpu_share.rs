@@ -41,7 +41,9 @@ mod tests {
         if cfg!(target_os = "linux") {
             let a = thread_sched_times().expect("Linux reports schedstat");
             let mut x = 0u64;
-            for i in 0..2_000_000u64 {
+            // Long enough to span several scheduler ticks (4 ms at HZ=250): the kernel
+            // accounts a running thread's time at ticks and switches, not continuously.
+            for i in 0..100_000_000u64 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
             }
             let b = thread_sched_times().expect("Linux reports schedstat");
