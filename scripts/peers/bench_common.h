@@ -8,7 +8,9 @@
  *   - sizes run from -b to -e, multiplied by -f each step (K/M/G = 1024^1/2/3 bytes);
  *   - -w untimed warm-up calls, a barrier, then -n calls each timed on every rank;
  *   - iteration i's time is the maximum over ranks of that rank's duration of call i;
- *   - time = mean of those n times; p50/p99 = nearest-rank percentiles of them;
+ *     p50/p99 = nearest-rank percentiles of those n times;
+ *   - time = the slowest rank's total over the n calls, divided by n (nccl-tests times a
+ *     loop: a rank that returns first and waits in the next call is not counted twice);
  *   - algbw = size / time (GB = 1e9 B), busbw = algbw * 2(n-1)/n;
  *   - with -c 1 a separate, untimed call on fresh data is checked element by element.
  *
@@ -175,13 +177,12 @@ static void bench_print_header(const char *what, int world, const bench_opts *o)
 
 /*
  * Prints one row from the per-iteration times (seconds, already the max over ranks; sorted
- * in place). Returns busbw in GB/s so the caller can average it for the footer.
+ * in place) followed by iter_s[n], the slowest rank's total over the n calls. Returns busbw
+ * in GB/s so the caller can average it for the footer.
  * `wrong` < 0 means the check was off and prints as N/A, as nccl-tests does.
  */
 static double bench_print_row(uint64_t bytes, int world, double *iter_s, int n, int64_t wrong) {
-  double sum_s = 0.0;
-  for (int i = 0; i < n; i++) sum_s += iter_s[i];
-  double mean_us = sum_s / n * 1e6;
+  double mean_us = iter_s[n] / n * 1e6;
   qsort(iter_s, (size_t)n, sizeof(double), bench_cmp_double);
   double algbw = mean_us > 0.0 ? (double)bytes / (mean_us * 1e-6) / 1e9 : 0.0;
   double busbw = algbw * 2.0 * (world - 1) / world;

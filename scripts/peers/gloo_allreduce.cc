@@ -120,12 +120,14 @@ double run_size(Bench &b, uint64_t bytes, uint64_t *wrong_total) {
   for (int i = 0; i < b.opts.warmup_iters; i++) all_reduce(b.ctx, data, count, sum_f, b.algo);
   gloo::BarrierOptions barrier(b.ctx);
   gloo::barrier(barrier);
+  b.iter_s[b.opts.iters] = 0.0;
   for (int i = 0; i < b.opts.iters; i++) {
     const auto start = Clock::now();
     all_reduce(b.ctx, data, count, sum_f, b.algo);
     b.iter_s[i] = std::chrono::duration<double>(Clock::now() - start).count();
+    b.iter_s[b.opts.iters] += b.iter_s[i];
   }
-  // Iteration i took as long as its slowest rank.
+  // Iteration i took as long as its slowest rank; the last slot: the slowest rank's total.
   const ReduceFn max_d = &gloo::max<double>;
   all_reduce(b.ctx, b.iter_s.data(), b.iter_s.size(), max_d, b.algo);
   int64_t wrong = -1;
@@ -161,7 +163,7 @@ int main(int argc, char **argv) {
   b.algo = args.algo == "ring" ? gloo::AllreduceOptions::Algorithm::RING
                                : gloo::AllreduceOptions::Algorithm::BCUBE;
   b.buf.resize(b.opts.max_bytes / sizeof(float));
-  b.iter_s.resize((size_t)b.opts.iters);
+  b.iter_s.resize((size_t)b.opts.iters + 1);
 
   gloo::transport::tcp::attr attr;
   attr.hostname = args.host;

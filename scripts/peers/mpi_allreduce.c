@@ -20,13 +20,15 @@ static double run_size(const bench_opts *opts, float *buf, double *iter_s, uint6
   for (int i = 0; i < opts->warmup_iters; i++)
     MPI_Allreduce(MPI_IN_PLACE, buf, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
   MPI_Barrier(MPI_COMM_WORLD);
+  iter_s[opts->iters] = 0.0;
   for (int i = 0; i < opts->iters; i++) {
     double start = MPI_Wtime();
     MPI_Allreduce(MPI_IN_PLACE, buf, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     iter_s[i] = MPI_Wtime() - start;
+    iter_s[opts->iters] += iter_s[i];
   }
-  /* Iteration i took as long as its slowest rank. */
-  MPI_Allreduce(MPI_IN_PLACE, iter_s, opts->iters, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  /* Iteration i took as long as its slowest rank; the last slot: the slowest rank's total. */
+  MPI_Allreduce(MPI_IN_PLACE, iter_s, opts->iters + 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   int64_t wrong = -1;
   if (opts->check) {
     bench_fill(buf, (size_t)count, rank);
@@ -56,7 +58,7 @@ int main(int argc, char **argv) {
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
   float *buf = (float *)malloc(opts.max_bytes);
-  double *iter_s = (double *)malloc(sizeof(double) * (size_t)opts.iters);
+  double *iter_s = (double *)malloc(sizeof(double) * ((size_t)opts.iters + 1));
   if (buf == NULL || iter_s == NULL) {
     fprintf(stderr, "%s: rank %d cannot allocate %llu bytes\n", argv[0], rank,
             (unsigned long long)opts.max_bytes);
