@@ -137,10 +137,22 @@ fn a_rank_killed_in_each_phase_world_4_and_on_the_latency_path() {
 /// and 0 hold it or already returned it (and went on to call 9). The coordinator finishes
 /// call 8 for ranks 1 and 2 with a copy handed over by one of them: every rank ends with
 /// the same, exact result, and nobody is evicted.
+///
+/// Whether ranks 3 and 0 already hold the result when rank 1's links close depends on the
+/// scheduler (on a busy machine they may not, and then every survivor redoes the call, also
+/// exactly): every attempt must be exact, and the hand-over must happen in one of them.
 #[test]
 fn survivors_that_lack_a_small_result_finish_with_a_copy_world_4() {
-    let printed = run(4, 1024, &[(1, "seq=8,phase=gather,step=1,action=close")], Vec::new());
-    assert!(printed.contains("interrupted call finished with a result handed over"), "{printed}");
+    const ATTEMPTS: usize = 6;
+    let mut outputs = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let printed = run(4, 1024, &[(1, "seq=8,phase=gather,step=1,action=close")], Vec::new());
+        if printed.contains("interrupted call finished with a result handed over") {
+            return;
+        }
+        outputs.push(printed);
+    }
+    panic!("no hand-over in {ATTEMPTS} attempts (each exact, redone instead):\n{}", outputs.join("\n---\n"));
 }
 
 #[test]
