@@ -11,7 +11,7 @@ use ringcc::codec::{round_in_place, Codec, Decoder, Encoder, ALL_CODECS};
 use ringcc::coord::{Member, Registration, View};
 use ringcc::limits::{CONTROL_BYTES_MAX, SEGMENT_BYTES_MAX};
 use ringcc::wire::auth::{self, Side, MAC_LEN};
-use ringcc::wire::control::{Control, Refusal, CONTROL_HEAD_LEN};
+use ringcc::wire::control::{Control, HandedResult, Refusal, CONTROL_HEAD_LEN};
 use ringcc::wire::header::verify_crc;
 use ringcc::wire::hello::{Hello, Role, HELLO_LEN};
 use ringcc::wire::{CollKind, FrameKind, Header, Phase, HEADER_LEN};
@@ -302,5 +302,13 @@ fn control_samples() -> Vec<Control> {
         Control::JoinCancel { epoch: 8 },
         Control::JoinPoint { rank: 3, epoch: 8, seq: 300 },
         Control::JoinPointDone { epoch: 8, seq: 300 },
+        Control::Result(HandedResult {
+            rank: 1,
+            epoch: 9,
+            seq: 41,
+            attempt_epoch: 8,
+            members: vec![0, 1, 2, 3],
+            bytes: (0..64u8).collect(),
+        }),
     ]
 }
