@@ -138,7 +138,7 @@ impl Checksum {
     /// connection reach the same answer: each one's `local` is the other's `peer`.
     pub fn covers(self, local: Option<std::net::IpAddr>, peer: Option<std::net::IpAddr>) -> bool {
         let one_host = match (local, peer) {
-            (Some(l), Some(p)) => l.is_loopback() || p.is_loopback() || l == p,
+            (Some(l), Some(p)) => crate::net::same_host(l, p),
             _ => false,
         };
         self == Checksum::All || !one_host

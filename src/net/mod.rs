@@ -26,6 +26,7 @@ use crate::{Error, Rank, Report};
 pub(crate) use establish::{establish_ring, listen};
 
 pub(crate) use event_loop::Driver;
+pub(crate) use rate::same_host;
 
 /// What the caller asks the loop to run; the loop adds sequence number, epoch and layout.
 #[derive(Debug, Clone, Copy)]

@@ -18,6 +18,13 @@ const SAMPLE_TIME_MIN: Duration = Duration::from_millis(2);
 /// Fewest bytes that yield a sample (a few segments).
 const SAMPLE_BYTES_MIN: u64 = 1 << 20;
 
+/// True if a connection between the addresses `a` and `b` stays within one host: either is
+/// a loopback address, or both are the same address (a host reaching its own address goes
+/// through the kernel's loopback path). Symmetric, so both ends of a connection agree.
+pub(crate) fn same_host(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
+    a.is_loopback() || b.is_loopback() || a == b
+}
+
 /// Drain-rate meter of one outgoing link.
 #[derive(Debug, Default)]
 pub(super) struct RateMeter {
@@ -32,10 +39,10 @@ pub(super) struct RateMeter {
 }
 
 impl RateMeter {
-    /// A meter for a link between `local` and `peer`: links between addresses of one host
-    /// (loopback, or the same address) are never sampled.
+    /// A meter for a link between `local` and `peer`: links within one host
+    /// ([`same_host`]) are never sampled.
     pub(super) fn new(local: Option<std::net::IpAddr>, peer: std::net::IpAddr) -> RateMeter {
-        let same_host = peer.is_loopback() || local == Some(peer);
+        let same_host = peer.is_loopback() || local.is_some_and(|l| same_host(l, peer));
         RateMeter { same_host, ..RateMeter::default() }
     }
 
