@@ -99,6 +99,13 @@ pub const POOL_BUFFERS_MAX: usize = 256;
 /// every segment of a chunk being compressed before the first byte leaves.
 pub const ENCODED_FRAMES_QUEUED_MAX: usize = 4;
 
+/// Most bytes of encoded all-gather and broadcast frames one call keeps to forward them as
+/// they came. A rank sends its own chunk before it passes on the others, so it holds about
+/// a chunk's worth of frames at once: at 256 MiB and N=4 with bf16, 64 MiB (0.25x the
+/// buffer on top of buffer and backup). Past this bound a frame is encoded again from the
+/// decoded bytes when it leaves (same values; costs an encode instead of memory).
+pub const FORWARDS_KEPT_BYTES_MAX: usize = 16 << 20;
+
 /// Largest blocking collective (bytes of the caller's buffer) that the caller's own thread
 /// runs instead of handing it to the event-loop thread (`net::handoff`): below it the two
 /// thread wake-ups of a hand-off cost as much as the ring exchange. Matches the size up to

@@ -102,6 +102,18 @@ fn every_codec_is_exact_or_within_its_bound_on_every_rank() {
     );
 }
 
+/// A cast codec on a buffer large enough that each rank holds more all-gather frames to
+/// pass on than `limits::FORWARDS_KEPT_BYTES_MAX` (96 MiB at N=4: two chunks of bf16 frames
+/// are 24 MiB): the frames past the bound leave encoded again from the decoded bytes, and
+/// every rank must still end bit-identical and within the cast's bound.
+#[test]
+fn forwards_past_the_copy_bound_are_encoded_again_exactly() {
+    for codec in ["bf16", "f16"] {
+        let args = ["--codec", codec, "--lengths", "1", "--big-mib", "96", "--in-flight", "0", "--algo", "ring"];
+        run_ringcheck(4, &args, Duration::from_secs(120));
+    }
+}
+
 fn quickstart_like<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["--lengths", "10", "--big-mib", "0", "--in-flight", "0"];
     v.extend_from_slice(args);

@@ -123,6 +123,29 @@ fn lossy_codecs_take_only_f32() {
 }
 
 /// Half a unit in the last place of the 16-bit format at `x` (f64, exact).
+/// A frame forwarded without a kept copy is encoded again from what its receiver decoded
+/// (`core::payload::Codecs::reencode`); the next rank must decode the very same bits. For
+/// the casts that holds on everything an encoder sends: decoding then encoding a cast
+/// value gives it back. Checked on every 16-bit pattern, NaNs and infinities included.
+#[test]
+fn encoding_a_decoded_lossy_payload_again_gives_the_same_values() {
+    let patterns: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+    let raw_len = patterns.len() * 2;
+    let mut dec = Decoder::new().expect("decoder");
+    for codec in LOSSY {
+        // What an encoder can send: the cast of any f32 (here, of every decoded pattern).
+        let cast = if codec == Codec::F16 { Codec::F16 } else { Codec::Bf16 };
+        let mut first = vec![0u8; raw_len];
+        dec.decode(cast, DataType::F32, &patterns, &mut first).expect("decode patterns");
+        let (_, _, held) = round_trip(codec, DataType::F32, &first);
+        let (used, _, again) = round_trip(codec, DataType::F32, &held);
+        assert!(used.is_lossy(), "{codec:?} fell back to {used:?}");
+        let bits =
+            |b: &[u8]| b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>();
+        assert!(bits(&held) == bits(&again), "{codec:?}: a second encode changed decoded values");
+    }
+}
+
 fn half_ulp(codec: Codec, x: f32) -> f64 {
     let exp = ((x.to_bits() >> 23) & 0xff) as i32 - 127;
     let (mant_bits, min_exp) = if codec == Codec::F16 { (10, -14) } else { (7, -126) };

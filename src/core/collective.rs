@@ -27,6 +27,7 @@ use super::schedule::{
 };
 use super::{DataType, ReduceOp};
 use crate::codec::{Codec, CodecChoice, CodecError, PooledBytes};
+use crate::limits::FORWARDS_KEPT_BYTES_MAX;
 use crate::wire::{CollKind, FrameKind, Header, Phase, HEADER_LEN};
 
 /// Smallest all-reduce (bytes) for which `Algorithm::Auto` picks the bidirectional ring.
@@ -335,8 +336,9 @@ struct Part {
     /// Frames ready to send, in schedule order.
     ready: VecDeque<Cursor>,
     /// Encoded payloads received to be forwarded as they came (all-gather, broadcast), in
-    /// `ready` order, with their codec.
-    forwards: VecDeque<(Cursor, Codec, PooledBytes)>,
+    /// `ready` order, with their codec. `None`: no copy was kept (the call already held
+    /// [`FORWARDS_KEPT_BYTES_MAX`]); the frame is encoded again from the buffer.
+    forwards: VecDeque<(Cursor, Codec, Option<PooledBytes>)>,
 }
 
 /// One collective on one rank.
@@ -363,6 +365,8 @@ pub struct Collective {
     /// The original input of every range this call overwrote, saved just before the first
     /// write (exact retry; see [`Collective::attach_backup`]).
     backup: Option<Backup>,
+    /// Bytes of the copies in `forwards` of every part.
+    forwards_kept_bytes: usize,
 }
 
 /// The input bytes a call overwrote, saved segment by segment just before each first write
@@ -453,6 +457,7 @@ impl Collective {
             phase_marks: PhaseMarks { started: Some(now), ..PhaseMarks::default() },
             fins: (spec.fin && w > 1).then(|| Fins::new(w, spec.pos)),
             backup: None,
+            forwards_kept_bytes: 0,
             spec,
         };
         for i in 0..c.parts.len() {
@@ -745,10 +750,18 @@ impl Collective {
             }
         };
         if let Some(f) = forward {
-            // A frame that is only passed on is forwarded as it came: never re-encoded.
+            // A frame that is only passed on is forwarded as it came, from a copy of its
+            // payload. Every rank holds all chunks but its own for about a chunk's time
+            // before it passes them on (it sends its own chunk first), so past a bound no
+            // copy is kept: the frame is then encoded again, with its codec, from the
+            // decoded bytes this rank holds, which gives back exactly those values
+            // (`Codecs::reencode`).
             if let (Phase::AllGather | Phase::Broadcast, Some(p), Some(c)) = (cur.phase, payload, &self.codecs) {
                 if h.codec != Codec::Raw {
-                    self.parts[i].forwards.push_back((f, h.codec, c.keep(p)));
+                    let fits = self.forwards_kept_bytes + p.len() <= FORWARDS_KEPT_BYTES_MAX;
+                    let kept = fits.then(|| c.keep(p));
+                    self.forwards_kept_bytes += kept.as_ref().map_or(0, |k| k.len());
+                    self.parts[i].forwards.push_back((f, h.codec, kept));
                 }
             }
             self.parts[i].ready.push_back(f);
@@ -912,7 +925,16 @@ impl Collective {
             // from the buffer. Encoding it again could round what this rank already holds
             // (a lossy codec where the owner sent raw) and its copies would then differ.
             let kept = self.parts[i].forwards.front().is_some_and(|(c, ..)| *c == cur);
-            kept.then(|| self.parts[i].forwards.pop_front().map(|(_, codec, bytes)| (codec, bytes))).flatten()
+            match kept.then(|| self.parts[i].forwards.pop_front()).flatten() {
+                Some((_, codec, Some(bytes))) => {
+                    self.forwards_kept_bytes -= bytes.len();
+                    Some((codec, bytes))
+                }
+                Some((_, codec, None)) => {
+                    self.codecs.as_deref_mut().and_then(|c| c.reencode(codec, self.spec.dtype, raw))
+                }
+                None => None,
+            }
         } else {
             match self.codecs.as_deref_mut() {
                 Some(c) if self.plan.encodes() => c.encode_segment(&self.plan, link, self.spec.dtype, raw),

@@ -229,6 +229,17 @@ impl Codecs {
         self.auto.end_call(raw_bytes, elapsed);
     }
 
+    /// `raw` (bytes this rank decoded from a frame of `codec`) encoded again with `codec`,
+    /// to forward a frame of which no copy was kept. Decoding the result gives back
+    /// exactly `raw`: the lossless codecs restore their input, and the casts leave a value
+    /// already cast unchanged (`lossy::tests::cast_is_idempotent`). The codec returned is
+    /// the one used (as with every encode, one that would not pay falls back); `None`
+    /// (send raw: the same values) if it cannot encode.
+    pub fn reencode(&mut self, codec: Codec, dtype: DataType, raw: &[u8]) -> Option<(Codec, PooledBytes)> {
+        let mut out = self.pool.take();
+        self.encoder.encode(codec, dtype, raw, out.vec_mut()).ok().map(|used| (used, out))
+    }
+
     /// A pooled copy of `payload`, kept to forward it unchanged.
     pub fn keep(&self, payload: &[u8]) -> PooledBytes {
         let mut kept = self.pool.take();
