@@ -5,9 +5,12 @@
 //! ring order grouping ranks of one host). A job-wide problem (a fingerprint mismatch, a
 //! wrong world size, a duplicate or out-of-range rank, a rank missing at the deadline) is
 //! sent to every registered rank, and to any that registers later, as a [`Refusal`].
+//!
+//! `conns`: accepting, authenticating, reading and writing connections. `rendezvous`:
+//! registrations, joins and the first view. This file: the loop, membership events and
+//! resync decisions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,15 +20,16 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+mod conns;
+mod rendezvous;
+
 use super::handover::Handovers;
 use super::status::{Board, JobStatus, Stage, StatusHandle, StatusRequests};
 use super::{Member, Registration, ServerOptions, View};
-use crate::core::membership::{Membership, MembershipConfig, MembershipEvent, ResyncReport};
-use crate::limits::{CONTROL_BYTES_MAX, HANDSHAKE_TIMEOUT, PENDING_CONNECTIONS_MAX};
-use crate::net::handshake;
-use crate::wire::auth::{self, Side, MAC_LEN};
-use crate::wire::control::{Control, Refusal, CONTROL_HEAD_LEN};
-use crate::wire::hello::{Hello, Role, HELLO_LEN};
+use crate::core::membership::{Membership, MembershipEvent, ResyncReport};
+use crate::limits::HANDSHAKE_TIMEOUT;
+use crate::wire::control::{Control, Refusal};
+use crate::wire::hello::HELLO_LEN;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -318,168 +322,6 @@ impl State {
         }
     }
 
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((mut stream, peer)) => {
-                    let cap = self.options.world_size + PENDING_CONNECTIONS_MAX;
-                    if self.conns.len() >= cap {
-                        tracing::warn!(%peer, "coordinator refuses a connection: {cap} already open");
-                        continue;
-                    }
-                    let token = Token(self.next_token);
-                    self.next_token += 1;
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    let conn = Conn {
-                        stream,
-                        auth: Auth::AwaitHello,
-                        peer,
-                        inbuf: Vec::new(),
-                        outbuf: Vec::new(),
-                        rank: None,
-                        opened: Instant::now(),
-                        left: false,
-                    };
-                    self.conns.insert(token, conn);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!("coordinator accept failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Reads what a connection sent, handles whole messages, writes pending output.
-    fn service(&mut self, token: Token) {
-        let mut closed = false;
-        if let Some(c) = self.conns.get_mut(&token) {
-            let mut buf = [0u8; 8192];
-            loop {
-                match c.stream.read(&mut buf) {
-                    Ok(0) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        if c.inbuf.len() + n > CONTROL_HEAD_LEN + CONTROL_BYTES_MAX {
-                            tracing::warn!(peer = %c.peer, "coordinator closes a connection that sent too much");
-                            closed = true;
-                            break;
-                        }
-                        c.inbuf.extend_from_slice(&buf[..n]);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
-        }
-        // Messages that arrived before the end of stream still count: a rank's last words
-        // are often its Leave, read in the same pass as the close.
-        let eof = closed;
-        if !closed && !self.authenticate(token) {
-            closed = true;
-        }
-        loop {
-            let Some(c) = self.conns.get_mut(&token) else { return };
-            if !matches!(c.auth, Auth::Done) || (closed && !eof) {
-                break;
-            }
-            match Control::decode(&c.inbuf) {
-                Ok(None) => break,
-                Ok(Some((msg, used))) => {
-                    c.inbuf.drain(..used);
-                    self.handle(token, msg);
-                }
-                Err(e) => {
-                    tracing::warn!(peer = %c.peer, "coordinator closes a connection: {e}");
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        self.flush(token);
-        if closed {
-            self.close(token);
-        }
-    }
-
-    /// Advances the handshake with the bytes received so far. Returns false if the
-    /// connection must be closed (it failed the handshake).
-    fn authenticate(&mut self, token: Token) -> bool {
-        let secret = self.options.secret.clone();
-        let Some(c) = self.conns.get_mut(&token) else { return true };
-        loop {
-            match &c.auth {
-                Auth::Done => return true,
-                Auth::AwaitHello => {
-                    if c.inbuf.len() < HELLO_LEN {
-                        return true;
-                    }
-                    let mut hello_i = [0u8; HELLO_LEN];
-                    hello_i.copy_from_slice(&c.inbuf[..HELLO_LEN]);
-                    c.inbuf.drain(..HELLO_LEN);
-                    let ok = Hello::decode(&hello_i)
-                        .map(|h| h.role == Role::Rank && (h.job == 0 || h.job == self.options.job));
-                    if ok != Ok(true) {
-                        let peer = c.peer;
-                        self.refuse_connection(peer, &format!("bad hello: {ok:?}"));
-                        return false;
-                    }
-                    let mine = Hello {
-                        role: Role::Coordinator,
-                        job: self.options.job,
-                        epoch: 0,
-                        rank: u32::MAX,
-                        target: u32::MAX,
-                        incarnation: 0,
-                        nonce: handshake::nonce(),
-                        completed: 0,
-                        next_seq: 0,
-                    };
-                    let hello_r = mine.encode();
-                    c.outbuf.extend_from_slice(&hello_r);
-                    c.outbuf.extend_from_slice(&auth::mac(&secret, Side::Responder, &hello_i, &hello_r));
-                    c.auth = Auth::AwaitMac { hello_i, hello_r };
-                }
-                Auth::AwaitMac { hello_i, hello_r } => {
-                    if c.inbuf.len() < MAC_LEN {
-                        return true;
-                    }
-                    let good = auth::verify(&secret, Side::Initiator, hello_i, hello_r, &c.inbuf[..MAC_LEN]);
-                    c.inbuf.drain(..MAC_LEN);
-                    if !good {
-                        let peer = c.peer;
-                        self.refuse_connection(peer, "authentication failed (wrong secret or replayed handshake)");
-                        return false;
-                    }
-                    c.auth = Auth::Done;
-                }
-            }
-        }
-    }
-
-    fn refuse_connection(&mut self, peer: SocketAddr, why: &str) {
-        self.refused += 1;
-        if self.refused <= 8 || self.refused.is_power_of_two() {
-            tracing::warn!(%peer, refused = self.refused, "coordinator refused a connection: {why}");
-        }
-    }
-
     fn handle(&mut self, token: Token, msg: Control) {
         let now = Instant::now();
         let sender = self.conns.get(&token).and_then(|c| c.rank);
@@ -545,147 +387,6 @@ impl State {
         }
     }
 
-    fn register(&mut self, token: Token, reg: Registration) {
-        let rank = reg.rank;
-        if let Some(c) = self.conns.get_mut(&token) {
-            if c.rank.is_some() {
-                return self.refuse_all(Refusal::Rendezvous { reason: format!("rank {rank} registered twice") });
-            }
-            c.rank = Some(rank);
-        }
-        match &self.phase {
-            Phase::Refused(r) => {
-                let r = r.clone();
-                self.send(token, &Control::Refused(r));
-                return;
-            }
-            Phase::Running(_) => return self.register_join(token, reg),
-            Phase::Rendezvous => {}
-        }
-        let world = self.options.world_size;
-        if reg.world_size != world {
-            return self.refuse_all(Refusal::ConfigMismatch {
-                field: "world_size".into(),
-                rank: rank as u32,
-                value: reg.world_size.to_string(),
-                other_rank: u32::MAX,
-                other_value: format!("{world} (coordinator)"),
-            });
-        }
-        if rank >= world {
-            return self.refuse_all(Refusal::Rendezvous { reason: format!("rank {rank} is outside 0..{world}") });
-        }
-        if self.registered.contains_key(&rank) {
-            return self.refuse_all(Refusal::Rendezvous { reason: format!("two processes registered as rank {rank}") });
-        }
-        if let Some((first_rank, (_, first))) = self.registered.iter().next() {
-            if let Some(m) = mismatch(first, *first_rank, &reg) {
-                self.registered.insert(rank, (token, reg));
-                return self.refuse_all(m);
-            }
-        }
-        self.registered.insert(rank, (token, reg));
-        if self.registered.len() == world {
-            let view = self.first_view();
-            tracing::info!(epoch = view.epoch, world, "rendezvous complete");
-            let tokens: Vec<Token> = self.registered.values().map(|(t, _)| *t).collect();
-            for t in tokens {
-                self.send(t, &Control::View(view.clone()));
-            }
-            // Every rank agreed on the fingerprint, so any registration tells the mode.
-            let join_points = self
-                .registered
-                .values()
-                .next()
-                .is_some_and(|(_, r)| r.fingerprint.iter().any(|(k, v)| k == "join_points" && v == "true"));
-            let config = MembershipConfig {
-                heartbeat_timeout: self.options.heartbeat_timeout,
-                min_world: self.options.min_world,
-                join_points,
-            };
-            let members = view.members.iter().map(|m| (m.rank, m.clone())).collect();
-            self.phase = Phase::Running(Box::new(Membership::new(config, view.epoch, members, Instant::now())));
-        }
-    }
-
-    /// A rank registering while the job runs: a restarted process (a later incarnation of a
-    /// rank) or one that was evicted and comes back. It must match the job's configuration;
-    /// an earlier incarnation still in the ring is evicted (its process was replaced). It is
-    /// admitted later, at a call boundary, with the view sent to every member.
-    fn register_join(&mut self, token: Token, reg: Registration) {
-        let rank = reg.rank;
-        let refuse = |reason: String| Control::Refused(Refusal::Rendezvous { reason });
-        if reg.world_size != self.options.world_size || rank >= self.options.world_size {
-            let reason = format!(
-                "rank {rank} of world {} cannot join a job of world {}",
-                reg.world_size, self.options.world_size
-            );
-            return self.send(token, &refuse(reason));
-        }
-        let previous = self.registered.get(&rank).map(|(t, r)| (*t, r.incarnation));
-        if let Some((_, inc)) = previous.filter(|(_, inc)| reg.incarnation <= *inc) {
-            let reason = format!(
-                "rank {rank} incarnation {} cannot join: incarnation {inc} was already registered",
-                reg.incarnation
-            );
-            return self.send(token, &refuse(reason));
-        }
-        if let Some(m) = self.registered.values().find(|(t, _)| *t != token).and_then(|(_, first)| {
-            let first_rank = first.rank;
-            mismatch(first, first_rank, &reg)
-        }) {
-            return self.send(token, &Control::Refused(m));
-        }
-        // The earlier incarnation's connection, if still open, belongs to a replaced process.
-        if let Some((old, _)) = previous.filter(|(t, _)| *t != token) {
-            self.close(old);
-        }
-        if let Phase::Running(m) = &mut self.phase {
-            m.handle_replaced(rank, Instant::now());
-        }
-        let member = Member { rank, addr: reg.listen, host: reg.host.clone() };
-        let incarnation = reg.incarnation;
-        self.registered.insert(rank, (token, reg));
-        let result = match &mut self.phase {
-            Phase::Running(m) => m.handle_join(rank, member, Instant::now()),
-            _ => Err("the job is not running".into()),
-        };
-        match result {
-            Ok(()) => tracing::warn!(rank, incarnation, "rank asks to join the running job"),
-            Err(reason) => self.send(token, &refuse(format!("rank {rank} cannot join: {reason}"))),
-        }
-    }
-
-    /// Ring order: hosts in order of their lowest rank, ranks ascending within a host, so
-    /// each direction of the ring crosses each host boundary once.
-    fn first_view(&self) -> View {
-        let mut hosts: Vec<(String, Vec<Member>)> = Vec::new();
-        for (rank, (_, reg)) in &self.registered {
-            let m = Member { rank: *rank, addr: reg.listen, host: reg.host.clone() };
-            match hosts.iter_mut().find(|(h, _)| *h == reg.host) {
-                Some((_, v)) => v.push(m),
-                None => hosts.push((reg.host.clone(), vec![m])),
-            }
-        }
-        View {
-            job: self.options.job,
-            epoch: 1,
-            world_size: self.options.world_size,
-            members: hosts.into_iter().flat_map(|(_, v)| v).collect(),
-            start_seq: None,
-            joined: Vec::new(),
-        }
-    }
-
-    fn refuse_all(&mut self, refusal: Refusal) {
-        tracing::warn!("coordinator refuses the job: {refusal:?}");
-        let tokens: Vec<Token> = self.conns.iter().filter(|(_, c)| c.rank.is_some()).map(|(t, _)| *t).collect();
-        for t in tokens {
-            self.send(t, &Control::Refused(refusal.clone()));
-        }
-        self.phase = Phase::Refused(refusal);
-    }
-
     fn check_deadlines(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Rendezvous) && now >= self.deadline {
             let missing: Vec<usize> =
@@ -710,68 +411,6 @@ impl State {
             self.close(t);
         }
     }
-
-    fn send(&mut self, token: Token, msg: &Control) {
-        if let Some(c) = self.conns.get_mut(&token) {
-            c.outbuf.extend_from_slice(&msg.encode());
-        }
-        self.flush(token);
-    }
-
-    fn flush(&mut self, token: Token) {
-        let Some(c) = self.conns.get_mut(&token) else { return };
-        while !c.outbuf.is_empty() {
-            match c.stream.write(&c.outbuf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    c.outbuf.drain(..n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
-            }
-        }
-    }
-
-    fn close(&mut self, token: Token) {
-        if let Some(mut c) = self.conns.remove(&token) {
-            let _ = self.poll.registry().deregister(&mut c.stream);
-            if let Some(rank) = c.rank {
-                if matches!(self.phase, Phase::Rendezvous) {
-                    // A rank that gave up during rendezvous may come back.
-                    if self.registered.get(&rank).is_some_and(|(t, _)| *t == token) {
-                        self.registered.remove(&rank);
-                    }
-                } else if self.registered.get(&rank).is_some_and(|(t, _)| *t != token) {
-                    // A replaced incarnation: the rank's current process is another one.
-                } else if let Phase::Running(m) = &mut self.phase {
-                    if !c.left {
-                        tracing::warn!(rank, peer = %c.peer, "rank disconnected from the coordinator");
-                    }
-                    m.handle_disconnect(rank, Instant::now());
-                }
-            }
-        }
-    }
-}
-
-/// The first fingerprint field on which `reg` differs from `first`.
-fn mismatch(first: &Registration, first_rank: usize, reg: &Registration) -> Option<Refusal> {
-    let lookup = |r: &Registration, k: &str| r.fingerprint.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
-    let mut fields: Vec<&String> = first.fingerprint.iter().map(|(k, _)| k).collect();
-    fields.extend(reg.fingerprint.iter().map(|(k, _)| k));
-    for field in fields {
-        let (a, b) = (lookup(first, field), lookup(reg, field));
-        if a != b {
-            return Some(Refusal::ConfigMismatch {
-                field: field.clone(),
-                rank: first_rank as u32,
-                value: a.unwrap_or_else(|| "(absent)".into()),
-                other_rank: reg.rank as u32,
-                other_value: b.unwrap_or_else(|| "(absent)".into()),
-            });
-        }
-    }
-    None
 }
 
 #[cfg(test)]
