@@ -1,0 +1,279 @@
+//! Frames on the ring links: where a header's payload goes, reading payloads into place,
+//! handing complete frames to the collective, and queueing and writing what it sends.
+
+use std::time::Instant;
+
+use super::{link_of, EventLoop, Route, FRAMES_PER_TURN};
+use crate::core::collective::Link;
+use crate::limits::ENCODED_FRAMES_QUEUED_MAX;
+use crate::net::link::{OutFrame, OutPayload, ReadStep, Rx, Target};
+use crate::wire::Header;
+
+impl EventLoop {
+    /// Frames parked for the active collective can now be read.
+    pub(super) fn unpark(&mut self) {
+        for i in 0..2 {
+            self.unpark_link(i);
+        }
+    }
+
+    /// Routes again the frame parked on link `i`, if any.
+    pub(super) fn unpark_link(&mut self, i: usize) {
+        if let Some(l) = self.links[i].as_mut() {
+            if let Rx::Parked { header, crc, read } = l.rx {
+                l.rx = Rx::Header { filled: 0 };
+                self.route_header(i, header, crc);
+                if read {
+                    self.deliver_read_ahead(i);
+                }
+            }
+        }
+    }
+
+    /// Finishes a parked frame whose payload was read ahead into scratch (and CRC checked)
+    /// once `route_header` has routed it again: delivered from scratch (a frame meant for
+    /// the buffer is copied there by the collective), discarded, or parked again.
+    pub(super) fn deliver_read_ahead(&mut self, i: usize) {
+        let Some(l) = self.links[i].as_mut() else { return };
+        let Rx::Payload { header, crc, target, .. } = std::mem::replace(&mut l.rx, Rx::Header { filled: 0 }) else {
+            return;
+        };
+        let len = header.payload_len as usize;
+        l.rx = match target {
+            Target::Ahead => Rx::Parked { header, crc, read: true },
+            Target::Scratch | Target::Job(_) => Rx::Payload { header, crc, target: Target::Scratch, filled: len },
+        };
+        if matches!(l.rx, Rx::Payload { .. }) {
+            self.complete_frame(i, Instant::now());
+        }
+    }
+
+    /// Moves the active collective's transmits into the links' write queues. A call that
+    /// encodes is paced: segments are encoded only while their link's queue is short, so
+    /// compression of one segment overlaps the writing of the previous ones. Returns true
+    /// if it queued anything.
+    pub(super) fn drain_transmits(&mut self) -> bool {
+        let Some(a) = self.active.as_mut() else { return false };
+        let limit = if a.coll.encodes() { ENCODED_FRAMES_QUEUED_MAX } else { usize::MAX };
+        let mut queued = false;
+        loop {
+            let links = &self.links;
+            let room = |link: Link| links[link.index()].as_ref().is_none_or(|l| l.closed || l.out.len() < limit);
+            let Some(t) = a.coll.poll_transmit_where(a.job.buf.bytes(), room) else { break };
+            queued = true;
+            match self.links[t.link.index()].as_mut() {
+                Some(l) if !l.closed => {
+                    let payload = match t.owned {
+                        Some(bytes) => OutPayload::Pooled(bytes),
+                        None => OutPayload::Job(t.payload),
+                    };
+                    l.out.push_back(OutFrame { header: t.header, payload });
+                }
+                _ => {}
+            }
+        }
+        queued
+    }
+
+    pub(super) fn key(&self) -> (u64, u64) {
+        (self.epoch, self.active.as_ref().map_or(self.next_seq, |a| a.seq))
+    }
+
+    /// Decides where the payload of a just-read header goes, and sets the link's state.
+    pub(super) fn route_header(&mut self, i: usize, header: Header, crc: u32) {
+        let route = if header.job != self.job {
+            let peer = self.links[i].as_ref().map_or(0, |l| l.peer);
+            self.fail_link(i, format!("frame of job {:#x}, this job is {:#x}", header.job, self.job), peer);
+            return;
+        } else {
+            let here = self.key();
+            let theirs = (header.epoch, header.seq);
+            // Calls are sequential and a rank starts call k + 2 only after it returned k + 1,
+            // which needed every member's input, so an honest neighbour is at most one call ahead.
+            if header.seq > here.1.saturating_add(1)
+                || header.epoch > self.epoch.saturating_add(crate::limits::FRAME_EPOCH_AHEAD_MAX)
+            {
+                let peer = self.links[i].as_ref().map_or(0, |l| l.peer);
+                let why = format!(
+                    "frame of call #{} epoch {} while this rank is at call #{} epoch {}: further ahead than a neighbour can be",
+                    header.seq, header.epoch, here.1, self.epoch
+                );
+                self.fail_link(i, why, peer);
+                return;
+            }
+            match (&self.active, theirs.cmp(&here)) {
+                (_, std::cmp::Ordering::Less) => Route::Discard,
+                (None, _) | (_, std::cmp::Ordering::Greater) => Route::Park,
+                // The attempt of an older view waits for the coordinator's decision.
+                (Some(a), std::cmp::Ordering::Equal) if a.epoch != self.epoch || self.awaiting.is_some() => Route::Park,
+                (Some(a), std::cmp::Ordering::Equal) => {
+                    Route::Active(a.coll.recv_target(link_of(i), &header).map_or(Target::Scratch, Target::Job))
+                }
+            }
+        };
+        if let (Route::Active(Target::Job(_)), Some(a)) = (&route, self.active.as_mut()) {
+            // The payload overwrites the buffer: the input there is saved first (exact retry).
+            a.coll.before_in_place(link_of(i), &header, a.job.buf.bytes());
+        }
+        let Some(l) = self.links[i].as_mut() else { return };
+        l.rx = match route {
+            Route::Park if header.payload_len as usize <= l.scratch_cap() => {
+                Rx::Payload { header, crc, target: Target::Ahead, filled: 0 }
+            }
+            Route::Park => Rx::Parked { header, crc, read: false },
+            Route::Discard => {
+                self.stale_frames += 1;
+                Rx::Payload { header, crc, target: Target::Scratch, filled: 0 }
+            }
+            Route::Active(target) => Rx::Payload { header, crc, target, filled: 0 },
+        };
+        if let Rx::Payload { header, target: Target::Scratch, .. } = &l.rx {
+            if header.payload_len as usize > l.scratch_cap() {
+                let (cap, len, peer) = (l.scratch_cap(), header.payload_len, l.peer);
+                self.fail_link(i, format!("payload of {len} bytes exceeds the agreed segment size {cap}"), peer);
+            }
+        }
+    }
+
+    /// Reads frames from link `i` until it would block, parks, or has had its turn.
+    pub(super) fn pump_read(&mut self, i: usize, now: Instant) -> bool {
+        let mut progressed = false;
+        for _ in 0..FRAMES_PER_TURN * 4 {
+            let Some(l) = self.links[i].as_mut() else { return progressed };
+            if l.closed || !l.readable {
+                return progressed;
+            }
+            let step = match &mut l.rx {
+                Rx::Parked { .. } => return progressed,
+                Rx::Header { filled } => {
+                    let mut f = *filled;
+                    let r = l.read_header(&mut f);
+                    l.rx = Rx::Header { filled: f };
+                    match r {
+                        Ok(ReadStep::Progress) if f == crate::wire::HEADER_LEN => match Header::decode(&l.header_bytes)
+                        {
+                            Ok((h, crc)) => {
+                                self.route_header(i, h, crc);
+                                Ok(ReadStep::Progress)
+                            }
+                            Err(e) => {
+                                let peer = l.peer;
+                                self.fail_link(i, format!("bad header: {e}"), peer);
+                                return true;
+                            }
+                        },
+                        other => other,
+                    }
+                }
+                Rx::Payload { header, target, filled, .. } => {
+                    let len = header.payload_len as usize;
+                    let mut f = *filled;
+                    let r = match target.clone() {
+                        Target::Scratch | Target::Ahead => l.read_payload(len, &mut f, None),
+                        Target::Job(range) => {
+                            let job = self.active.as_mut().map(|a| &mut a.job.buf.bytes_mut()[range]);
+                            l.read_payload(len, &mut f, job)
+                        }
+                    };
+                    if let Rx::Payload { filled, .. } = &mut l.rx {
+                        *filled = f;
+                    }
+                    if matches!(r, Ok(ReadStep::Progress)) && f == len {
+                        self.complete_frame(i, now);
+                    }
+                    r
+                }
+            };
+            match step {
+                Ok(ReadStep::Progress) => progressed = true,
+                Ok(ReadStep::WouldBlock) => return progressed,
+                Ok(ReadStep::Closed) => {
+                    let peer = self.links[i].as_ref().map_or(0, |l| l.peer);
+                    self.fail_link(i, "connection closed".into(), peer);
+                    return true;
+                }
+                Err(e) => {
+                    let peer = self.links[i].as_ref().map_or(0, |l| l.peer);
+                    self.fail_link(i, format!("read: {e}"), peer);
+                    return true;
+                }
+            }
+        }
+        progressed
+    }
+
+    /// A whole frame is in: check its CRC, hand it to the collective, queue what follows.
+    pub(super) fn complete_frame(&mut self, i: usize, now: Instant) {
+        let Some(l) = self.links[i].as_mut() else { return };
+        let Rx::Payload { header, crc, target, .. } = std::mem::replace(&mut l.rx, Rx::Header { filled: 0 }) else {
+            return;
+        };
+        let len = header.payload_len as usize;
+        let (ours, discard) = match &self.active {
+            Some(a) => ((header.epoch, header.seq) == (a.epoch, a.seq) && a.epoch == self.epoch, false),
+            None => (false, true),
+        };
+        if matches!(target, Target::Job(_)) && self.active.is_none() {
+            return;
+        }
+        // Every payload byte went through the CRC as it was read (`Link::read_payload`).
+        if let Err(e) = l.rx_crc.verify(crc) {
+            let peer = l.peer;
+            if self.active.is_none() {
+                // `fail_link` logs a link closed between calls quietly; this is damage.
+                tracing::warn!(peer, addr = %l.addr, reason = %e, "frame of a later call failed its check");
+            }
+            self.fail_link(i, format!("{e}"), peer);
+            return;
+        }
+        if target == Target::Ahead {
+            // Its call may have started while the payload was arriving: route it again
+            // (it parks if it still cannot go anywhere).
+            l.rx = Rx::Parked { header, crc, read: true };
+            self.unpark_link(i);
+            return;
+        }
+        if discard || !ours {
+            return;
+        }
+        let Some(a) = self.active.as_mut() else { return };
+        let link = link_of(i);
+        let _ = match target {
+            Target::Scratch | Target::Ahead => {
+                a.coll.handle_frame(now, link, &header, l.scratch(len), a.job.buf.bytes_mut())
+            }
+            Target::Job(_) => a.coll.handle_frame_in_place(now, link, &header, a.job.buf.bytes_mut()),
+        };
+        self.drain_transmits();
+        if self.fault.is_some() {
+            // Nothing more expected: phase `result` (its last frames may not have left yet).
+            if let Some((seq, at)) = self.active.as_ref().map(|a| (a.seq, a.coll.waiting_on())) {
+                let (phase, step) = at.map_or(("result", 0), |(_, phase, step)| (phase, step));
+                self.check_fault(seq, phase, step);
+            }
+        }
+        if !self.frame_delay.is_zero() {
+            std::thread::sleep(self.frame_delay);
+        }
+    }
+
+    pub(super) fn flush_all(&mut self) -> bool {
+        let mut progressed = false;
+        for i in 0..2 {
+            let job = self.active.as_ref().map(|a| a.job.buf.bytes());
+            let Some(l) = self.links[i].as_mut() else { continue };
+            if l.closed {
+                continue;
+            }
+            match l.flush(job) {
+                Ok(n) => progressed |= n > 0,
+                Err(e) => {
+                    let peer = l.peer;
+                    self.fail_link(i, format!("write: {e}"), peer);
+                    progressed = true;
+                }
+            }
+        }
+        progressed
+    }
+}
