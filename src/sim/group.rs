@@ -12,7 +12,7 @@
 //! a *small* one (no tokens, `core::fin::tokens_needed`; the seed picks which calls are
 //! small) as soon as it holds it, retaining a copy until its next call returns; it hands the
 //! copy (or a held result of its running small call) to the coordinator with its report, and
-//! the coordinator (the real [`Handovers`](crate::coord::handover)) sends it to the members
+//! the coordinator (the real `coord::handover::Handovers`) sends it to the members
 //! a decision names as takers. Anything that breaks the attempt (a member dies, is paused,
 //! or moves to a new view) stops every delivery not yet made. A result is identified by
 //! `(M, e)`: its sum is the reduction over exactly `M`.
