@@ -2,7 +2,7 @@
 
 use zstd::zstd_safe::{self, CCtx, CParameter};
 
-use super::pack::{PackEncoder, Stream};
+use super::pack::{PackEncoder, Source};
 use super::{check_args, lossy, Codec, CodecError};
 use crate::core::DataType;
 
@@ -44,8 +44,6 @@ pub struct Encoder {
     zstd_level: i32,
     /// Plane packs (shuffle+zstd, bf16+zstd): scratch and which planes compress.
     pack: PackEncoder,
-    /// The bf16 elements of a bf16+zstd segment.
-    elems: Vec<u8>,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -64,7 +62,7 @@ impl Encoder {
     /// allocate its context.
     pub fn new(zstd_level: i32) -> Result<Encoder, CodecError> {
         let cctx = CCtx::try_create().ok_or(CodecError::Zstd { op: "create context", reason: "out of memory" })?;
-        let mut encoder = Encoder { cctx, zstd_level, pack: PackEncoder::default(), elems: Vec::new() };
+        let mut encoder = Encoder { cctx, zstd_level, pack: PackEncoder::default() };
         encoder.set_zstd_level(zstd_level)?;
         Ok(encoder)
     }
@@ -142,13 +140,12 @@ impl Encoder {
             }
             Codec::ShuffleZstd => {
                 let limit = codec.payload_len_max(raw.len());
-                self.pack.encode(&mut self.cctx, Stream::Shuffle, dtype.size(), raw, limit, out)
+                let source = Source::Elems { elem_bytes: dtype.size(), bytes: raw };
+                self.pack.encode(&mut self.cctx, source, limit, out)
             }
             Codec::Bf16Zstd => {
-                self.elems.resize(raw.len() / 2, 0);
-                lossy::encode_bf16(raw, &mut self.elems);
                 let limit = codec.payload_len_max(raw.len());
-                self.pack.encode(&mut self.cctx, Stream::Bf16, 2, &self.elems, limit, out)
+                self.pack.encode(&mut self.cctx, Source::F32ToBf16(raw), limit, out)
             }
         };
         match packed {
@@ -163,7 +160,10 @@ impl Encoder {
         let fallback = codec.fallback();
         out.clear();
         match fallback {
-            Codec::Bf16 => out.extend_from_slice(&self.elems), // bf16+zstd rounded it above
+            Codec::Bf16 => {
+                out.resize(raw.len() / 2, 0);
+                lossy::encode_bf16(raw, out);
+            }
             _ => out.extend_from_slice(raw),
         }
         Ok(fallback)

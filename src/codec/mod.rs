@@ -49,6 +49,8 @@ pub mod pool;
 mod simd;
 #[cfg(test)]
 mod tests;
+mod zeros;
+mod zeros2;
 
 pub use auto::AutoPolicy;
 pub use choice::CodecChoice;
