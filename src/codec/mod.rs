@@ -51,6 +51,7 @@ mod simd;
 mod tests;
 mod zeros;
 mod zeros2;
+mod zeros4;
 
 pub use auto::AutoPolicy;
 pub use choice::CodecChoice;

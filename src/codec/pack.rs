@@ -32,19 +32,18 @@
 //!
 //! # Where the work happens
 //!
-//! For 2-byte elements (bf16+zstd, and shuffle+zstd of f16/bf16) the encoder rounds (for
-//! bf16+zstd), tests for zero, compacts and splits into the two planes in one pass over the
-//! segment (`zeros2`), and the decoder merges the two planes straight into the f32 result
-//! or sum; 4- and 8-byte elements are compacted (`zeros`), then shuffled (`planes`).
+//! For 2- and 4-byte elements (bf16+zstd, and shuffle+zstd of f16, bf16, f32 and i32) the
+//! encoder rounds (for bf16+zstd), tests for zero, compacts and splits into the planes in
+//! one pass over the segment (`zeros2`, `zeros4`), and the decoder merges the planes
+//! straight into the elements, the f32 result or the sum; 8-byte elements are compacted
+//! (`zeros`), then shuffled (`planes`).
 
 use zstd::zstd_safe::{CCtx, DCtx};
 
 use super::decoder::decompress;
 use super::encoder::compress;
-use super::simd::Sink as Merge;
-use super::{lossy, planes, zeros, zeros2, CodecError};
-use crate::core::reduce::reduce_into;
-use crate::core::{DataType, ReduceOp};
+use super::simd::{Sink as Merge, Sink4};
+use super::{lossy, planes, zeros, zeros2, zeros4, CodecError};
 
 /// Flag: zero elements are left out, a presence bitmap comes first.
 const FLAG_BITMAP: u8 = 1;
@@ -84,8 +83,8 @@ struct Policy {
     /// Element size the slots were learned for; another size starts afresh.
     elem_bytes: usize,
     skip: [u32; PLANES_MAX + 1],
-    /// 2-byte elements: the last segment had zeros, too few to leave out, so the planes
-    /// are written whole first (and compacted only if this segment has enough zeros).
+    /// 2- and 4-byte elements: the last segment had zeros, too few to leave out, so the
+    /// planes are written whole first (and compacted only if this segment has enough).
     dense_first: bool,
 }
 
@@ -147,7 +146,7 @@ struct Layout {
 /// The encoding side's scratch and what it learned about each stream's sections.
 #[derive(Debug, Default)]
 pub(crate) struct PackEncoder {
-    /// The present elements, when zeros of 4- or 8-byte elements are left out.
+    /// The present elements, when zeros of 8-byte elements are left out.
     dense: Vec<u8>,
     planes: Vec<u8>,
     bitmap: Vec<u8>,
@@ -177,8 +176,9 @@ impl PackEncoder {
         let any_due = (0..k).any(|p| self.policies[stream as usize].due(p));
         self.bitmap.resize(n.div_ceil(8), 0);
         let layout = match source {
-            Source::F32ToBf16(raw) => self.planes2(stream, raw, true),
-            Source::Elems { elem_bytes: 2, bytes } => self.planes2(stream, bytes, false),
+            Source::F32ToBf16(raw) => self.planes_fused(stream, Fused::Bf16, raw),
+            Source::Elems { elem_bytes: 2, bytes } => self.planes_fused(stream, Fused::Bytes2, bytes),
+            Source::Elems { elem_bytes: 4, bytes } => self.planes_fused(stream, Fused::Bytes4, bytes),
             Source::Elems { elem_bytes, bytes } => match self.planes_words(elem_bytes, bytes, any_due) {
                 Some(layout) => layout,
                 None => return Ok(false),
@@ -212,25 +212,28 @@ impl PackEncoder {
         Ok(true)
     }
 
-    /// The two planes (and the bitmap, when zeros are left out) of 2-byte elements: `src`
-    /// is f32 to round to bf16 when `round`, else the elements. One pass over `src` when
-    /// the stream's zeros are either worth leaving out or absent; two when a segment has
-    /// zeros but too few (the stream then writes whole planes first, see `dense_first`).
-    fn planes2(&mut self, stream: Stream, src: &[u8], round: bool) -> Layout {
-        let n = src.len() / if round { 4 } else { 2 };
-        self.planes.resize(2 * n, 0);
-        let (lo, hi) = self.planes.split_at_mut(n);
-        let bitmap = &mut self.bitmap[..];
+    /// The planes (and the bitmap, when zeros are left out) of 2- or 4-byte elements, from
+    /// the fused kernels. One pass over `src` when the stream's zeros are either worth
+    /// leaving out or absent; two when a segment has zeros but too few (the stream then
+    /// writes whole planes first, see `dense_first`).
+    fn planes_fused(&mut self, stream: Stream, kind: Fused, src: &[u8]) -> Layout {
+        let (k, n) = match kind {
+            Fused::Bf16 => (2, src.len() / 4),
+            Fused::Bytes2 => (2, src.len() / 2),
+            Fused::Bytes4 => (4, src.len() / 4),
+        };
+        self.planes.resize(k * n, 0);
+        let (bitmap, planes) = (&mut self.bitmap[..], &mut self.planes[..]);
         let policy = &mut self.policies[stream as usize];
         let (m, zeros, sparse) = if policy.dense_first {
-            let zeros = whole2(round, src, lo, hi);
-            let sparse = sparse_pays(2, n, n - zeros, bitmap.len());
-            (if sparse { split2(round, src, bitmap, lo, hi) } else { n }, zeros, sparse)
+            let zeros = kind.whole(src, planes, n);
+            let sparse = sparse_pays(k, n, n - zeros, bitmap.len());
+            (if sparse { kind.split(src, bitmap, planes, n) } else { n }, zeros, sparse)
         } else {
-            let present = split2(round, src, bitmap, lo, hi);
-            let sparse = sparse_pays(2, n, present, bitmap.len());
+            let present = kind.split(src, bitmap, planes, n);
+            let sparse = sparse_pays(k, n, present, bitmap.len());
             if !sparse && present < n {
-                whole2(round, src, lo, hi);
+                kind.whole(src, planes, n);
             }
             (if sparse { present } else { n }, n - present, sparse)
         };
@@ -238,7 +241,7 @@ impl PackEncoder {
         Layout { m, stride: n, sparse }
     }
 
-    /// The planes (and bitmap) of elements of 1, 4 or 8 bytes (or another size, never
+    /// The planes (and bitmap) of elements of 1 or 8 bytes (or another size, never
     /// sparse); `None` when no plane is `due` and there are no zeros worth leaving out,
     /// so the pack would not be smaller than the elements.
     fn planes_words(&mut self, elem_bytes: usize, elems: &[u8], due: bool) -> Option<Layout> {
@@ -252,7 +255,7 @@ impl PackEncoder {
         let dense = match present {
             Some(m) if sparse => {
                 self.dense.resize(m * k, 0);
-                zeros::compact(k, elems, &self.bitmap, &mut self.dense);
+                zeros::compact8(elems, &self.bitmap, &mut self.dense);
                 &self.dense[..]
             }
             _ => elems,
@@ -270,21 +273,41 @@ fn sparse_pays(elem_bytes: usize, n: usize, present: usize, bitmap_len: usize) -
     (n - present) * elem_bytes >= ZEROS_OVER_BITMAP_MIN * bitmap_len.max(1)
 }
 
-/// The compacting split of 2-byte elements: see [`zeros2::split_bf16`].
-fn split2(round: bool, src: &[u8], bitmap: &mut [u8], lo: &mut [u8], hi: &mut [u8]) -> usize {
-    if round {
-        zeros2::split_bf16(src, bitmap, lo, hi)
-    } else {
-        zeros2::split_bytes2(src, bitmap, lo, hi)
-    }
+/// The element streams with fused split kernels.
+#[derive(Debug, Clone, Copy)]
+enum Fused {
+    /// f32 rounded to bf16 (`zeros2::split_bf16`).
+    Bf16,
+    /// 2-byte elements (`zeros2::split_bytes2`).
+    Bytes2,
+    /// 4-byte elements (`zeros4::split`).
+    Bytes4,
 }
 
-/// The whole planes of 2-byte elements; returns how many are zero.
-fn whole2(round: bool, src: &[u8], lo: &mut [u8], hi: &mut [u8]) -> usize {
-    if round {
-        zeros2::planes_bf16(src, lo, hi)
-    } else {
-        zeros2::planes_bytes2(src, lo, hi)
+impl Fused {
+    /// The compacting split of the `n` elements in `src` into the planes at `planes[p * n..]`;
+    /// returns the number present.
+    fn split(self, src: &[u8], bitmap: &mut [u8], planes: &mut [u8], n: usize) -> usize {
+        match self {
+            Fused::Bf16 | Fused::Bytes2 => {
+                let (lo, hi) = planes.split_at_mut(n);
+                match self {
+                    Fused::Bf16 => zeros2::split_bf16(src, bitmap, lo, hi),
+                    _ => zeros2::split_bytes2(src, bitmap, lo, hi),
+                }
+            }
+            Fused::Bytes4 => zeros4::split(src, bitmap, zeros4::planes_mut(planes, n)),
+        }
+    }
+
+    /// The whole planes of the `n` elements in `src`; returns how many are zero.
+    fn whole(self, src: &[u8], planes: &mut [u8], n: usize) -> usize {
+        let (lo, hi) = planes.split_at_mut(n.min(planes.len()));
+        match self {
+            Fused::Bf16 => zeros2::planes_bf16(src, lo, hi),
+            Fused::Bytes2 => zeros2::planes_bytes2(src, lo, hi),
+            Fused::Bytes4 => zeros4::planes_bytes4(src, planes),
+        }
     }
 }
 
@@ -349,11 +372,8 @@ pub(crate) struct PackDecoder {
     /// Planes, `m` bytes each, one after the other.
     planes: Vec<u8>,
     bitmap: Vec<u8>,
-    /// The present elements, unshuffled, when zeros of 1-, 4- or 8-byte elements were left
-    /// out.
+    /// The present elements, unshuffled, when zeros of 1- or 8-byte elements were left out.
     dense: Vec<u8>,
-    /// The expanded f32 elements of a sparse shuffle+zstd pack being summed.
-    elems: Vec<u8>,
 }
 
 impl PackDecoder {
@@ -387,18 +407,12 @@ impl PackDecoder {
             Sink::Elems { elem_bytes: 2, out } => zeros2::merge(Merge::Bytes2, &self.bitmap, lo, hi, out),
             Sink::WidenBf16(out) => zeros2::merge(Merge::WidenBf16, &self.bitmap, lo, hi, out),
             Sink::AddBf16(acc) => zeros2::merge(Merge::AddBf16, &self.bitmap, lo, hi, acc),
+            Sink::Elems { elem_bytes: 4, out } => zeros4::merge(Sink4::Bytes4, &self.bitmap, planes4(planes, m), out),
+            Sink::AddF32(acc) => zeros4::merge(Sink4::AddF32, &self.bitmap, planes4(planes, m), acc),
             Sink::Elems { elem_bytes, out } => {
                 self.dense.resize(planes.len(), 0);
                 planes::unshuffle(elem_bytes, planes, &mut self.dense);
                 zeros::expand(elem_bytes, &self.bitmap, &self.dense, out)
-            }
-            Sink::AddF32(acc) => {
-                self.dense.resize(planes.len(), 0);
-                planes::unshuffle(4, planes, &mut self.dense);
-                self.elems.resize(acc.len(), 0);
-                zeros::expand(4, &self.bitmap, &self.dense, &mut self.elems)?;
-                reduce_into(DataType::F32, ReduceOp::Sum, acc, &self.elems);
-                Ok(())
             }
         }
     }
@@ -449,6 +463,12 @@ impl PackDecoder {
         }
         Ok((sparse, m))
     }
+}
+
+/// The four planes of `m` bytes at the front of `planes` (shorter ones if it is shorter,
+/// which `zeros4::merge` refuses).
+fn planes4(planes: &[u8], m: usize) -> [&[u8]; 4] {
+    std::array::from_fn(|p| planes.get(p * m..(p + 1) * m).unwrap_or_default())
 }
 
 /// Reads one section of exactly `dst.len()` bytes from the front of `rest` into `dst`.

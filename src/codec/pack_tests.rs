@@ -151,7 +151,8 @@ fn hostile_packs_are_typed_errors() {
     wrong.extend_from_slice(&(frame.len() as u32).to_le_bytes());
     wrong.extend_from_slice(&frame);
     assert_eq!(read(&wrong), Err(CodecError::SizeMismatch { what: "decoded", expected: 1001, got: 10 }));
-    assert!(zeros::expand(4, &[0xff], &[0; 28], &mut [0; 32]).is_err(), "8 present, 7 given");
+    assert!(zeros::expand(8, &[0xff], &[0; 56], &mut [0; 64]).is_err(), "8 present, 7 given");
+    assert!(zeros::expand(8, &[0xff], &[0; 64], &mut [0; 64]).is_ok());
     assert!(zeros::expand(3, &[0], &[], &mut [0; 3]).is_err(), "3-byte elements are never sparse");
 }
 

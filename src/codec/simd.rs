@@ -9,14 +9,16 @@
 //! when the CPU has AVX2 (std caches the detection: one relaxed load per call). Other
 //! targets (aarch64 has NEON in its baseline) use the portable copy.
 //!
-//! Leaving the zero elements of 2-byte elements out of a plane pack (`zeros2`) is a
-//! compaction by a data-dependent mask, which no compiler vectorizes: the scalar loop
-//! costs about 3 ns per element, more than the 2 bytes a zero saves are worth. [`split2`]
-//! and [`merge2`] do it 16 elements at a time with byte shuffles (`pshufb`) driven by a
-//! table of shuffle masks indexed by 8 presence bits; they process whole blocks of 16 and
-//! return how far they got, and `zeros2`'s portable code finishes the rest (and is all of it
-//! on CPUs without AVX2). Their loads and stores go through `bytemuck` casts of byte arrays,
-//! so the only unsafe operation is calling a function compiled for AVX2.
+//! Leaving the zero elements out of a plane pack (`zeros2`, `zeros4`) is a compaction by a
+//! data-dependent mask, which no compiler vectorizes: the scalar loop costs about 3 ns per
+//! element, more than the 2 bytes a bf16 zero saves are worth. [`split2`], [`merge2`],
+//! [`split4`] and [`merge4`] do it 16 elements at a time: the block's bytes are first
+//! sorted into planes, then each plane's 16 bytes are compacted (or expanded) with one byte
+//! shuffle (`pshufb`) driven by a table of shuffle masks indexed by 8 presence bits. They
+//! process whole blocks of 16 and return how far they got; the portable code of `zeros2`
+//! and `zeros4` finishes the rest (and is all of it on CPUs without AVX2). Their loads and
+//! stores go through `bytemuck` casts of byte arrays, so the only unsafe operation is
+//! calling a function compiled for AVX2.
 
 /// Defines `fn $name` that runs `$body` compiled with AVX2 when the CPU supports it and
 /// `fn $portable` (the same body for the target's baseline), which tests compare. The AVX2
@@ -112,6 +114,42 @@ pub(super) fn merge2(sink: Sink, bitmap: &[u8], lo: &[u8], hi: &[u8], out: &mut 
         };
     }
     let _ = (sink, bitmap, lo, hi, out);
+    (0, 0)
+}
+
+/// What [`merge4`] writes for each element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sink4 {
+    /// The 4-byte element (plane `p` gives byte `p`).
+    Bytes4,
+    /// The element as f32 (host order) added into the f32 already there.
+    AddF32,
+}
+
+/// [`split2`] for 4-byte elements as they are, into four planes (byte `p` to `planes[p]`).
+/// Every plane must hold at least as many bytes as there are elements.
+pub(super) fn split4(src: &[u8], bitmap: &mut [u8], planes: [&mut [u8]; 4]) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: `split4` only requires AVX2 and POPCNT, checked just above.
+        return unsafe { x86::split4(src, bitmap, planes) };
+    }
+    let _ = (src, bitmap, planes);
+    (0, 0)
+}
+
+/// [`merge2`] for 4-byte elements from four planes, written as `sink` says.
+pub(super) fn merge4(sink: Sink4, bitmap: &[u8], planes: [&[u8]; 4], out: &mut [u8]) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        return match sink {
+            // SAFETY: `merge4` only requires AVX2 and POPCNT, checked just above.
+            Sink4::Bytes4 => unsafe { x86::merge4::<false>(bitmap, planes, out) },
+            // SAFETY: as above.
+            Sink4::AddF32 => unsafe { x86::merge4::<true>(bitmap, planes, out) },
+        };
+    }
+    let _ = (sink, bitmap, planes, out);
     (0, 0)
 }
 
@@ -258,15 +296,9 @@ mod x86 {
             let (b0, b1) = (present as u8, (present >> 8) as u8);
             bits[0] = b0;
             bits[1] = b1;
-            let mask = _mm_set_epi64x(COMPACT_HIGH[usize::from(b1)] as i64, COMPACT_LOW[usize::from(b0)] as i64);
-            let at1 = at + b0.count_ones() as usize;
-            for (plane, v) in [(&mut *lo, l), (&mut *hi, h)] {
-                let c = _mm_shuffle_epi8(v, mask);
-                // The first 8 stores's tail is overwritten by the second, the second's by the
-                // next block (or ignored past the last present element).
-                plane[at..at + 8].copy_from_slice(&(_mm_cvtsi128_si64(c) as u64).to_le_bytes());
-                plane[at1..at1 + 8].copy_from_slice(&(_mm_extract_epi64::<1>(c) as u64).to_le_bytes());
-            }
+            let (mask, c0) = compact_mask(b0, b1);
+            store_compacted(lo, at, c0, _mm_shuffle_epi8(l, mask));
+            store_compacted(hi, at, c0, _mm_shuffle_epi8(h, mask));
             at += present.count_ones() as usize;
             done += 16;
         }
@@ -318,6 +350,110 @@ mod x86 {
                         let sum = _mm256_add_ps(_mm256_castsi256_ps(load256(dst)), _mm256_castsi256_ps(wide));
                         store256(dst, _mm256_castps_si256(sum));
                     }
+                }
+            }
+            at += (b0.count_ones() + b1.count_ones()) as usize;
+            done += 16;
+        }
+        (done, at)
+    }
+
+    /// The compaction mask for a block of 16 elements with presence bits `b0` (elements
+    /// 0..8) and `b1` (8..16), and where the second half's bytes go (`at` + `b0`'s count).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT.
+    #[target_feature(enable = "avx2,popcnt")]
+    #[inline]
+    unsafe fn compact_mask(b0: u8, b1: u8) -> (__m128i, usize) {
+        let mask = _mm_set_epi64x(COMPACT_HIGH[usize::from(b1)] as i64, COMPACT_LOW[usize::from(b0)] as i64);
+        (mask, b0.count_ones() as usize)
+    }
+
+    /// Stores the compacted bytes `c` (block elements 0..8 in the low half, 8..16 in the
+    /// high half, each compacted to its front) at `at` and `at + c0` of `plane`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT.
+    #[target_feature(enable = "avx2,popcnt")]
+    #[inline]
+    unsafe fn store_compacted(plane: &mut [u8], at: usize, c0: usize, c: __m128i) {
+        // The first store's tail is overwritten by the second, the second's by the next
+        // block (or ignored past the last present element).
+        plane[at..at + 8].copy_from_slice(&(_mm_cvtsi128_si64(c) as u64).to_le_bytes());
+        plane[at + c0..at + c0 + 8].copy_from_slice(&(_mm_extract_epi64::<1>(c) as u64).to_le_bytes());
+    }
+
+    /// See [`super::split4`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT.
+    #[target_feature(enable = "avx2,popcnt")]
+    pub(super) unsafe fn split4(src: &[u8], bitmap: &mut [u8], planes: [&mut [u8]; 4]) -> (usize, usize) {
+        // In each lane: byte 0 of its 4 elements, then bytes 1, 2, 3.
+        let by_plane = _mm256_setr_epi8(
+            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, //
+            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+        );
+        // Then qword p: byte p of the vector's 8 elements.
+        let gather = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let [p0, p1, p2, p3] = planes;
+        let (mut done, mut at) = (0, 0);
+        for (block, bits) in src.chunks_exact(64).zip(bitmap.chunks_exact_mut(2)) {
+            let (a, b) = (load256(&block[..32]), load256(&block[32..]));
+            let zero = _mm256_setzero_si256();
+            let za = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(a, zero))) as u32;
+            let zb = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(b, zero))) as u32;
+            let present = !(za | zb << 8) & 0xffff;
+            let (b0, b1) = (present as u8, (present >> 8) as u8);
+            bits[0] = b0;
+            bits[1] = b1;
+            let a = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(a, by_plane), gather);
+            let b = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(b, by_plane), gather);
+            let (a01, a23) = (_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
+            let (b01, b23) = (_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
+            let (mask, c0) = compact_mask(b0, b1);
+            let bytes = [
+                _mm_unpacklo_epi64(a01, b01),
+                _mm_unpackhi_epi64(a01, b01),
+                _mm_unpacklo_epi64(a23, b23),
+                _mm_unpackhi_epi64(a23, b23),
+            ];
+            for (plane, v) in [&mut *p0, &mut *p1, &mut *p2, &mut *p3].into_iter().zip(bytes) {
+                store_compacted(plane, at, c0, _mm_shuffle_epi8(v, mask));
+            }
+            at += present.count_ones() as usize;
+            done += 16;
+        }
+        (done, at)
+    }
+
+    /// See [`super::merge4`]; `ADD` selects [`super::Sink4::AddF32`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and POPCNT.
+    #[target_feature(enable = "avx2,popcnt")]
+    pub(super) unsafe fn merge4<const ADD: bool>(bitmap: &[u8], planes: [&[u8]; 4], out: &mut [u8]) -> (usize, usize) {
+        let (mut done, mut at) = (0, 0);
+        for (block, bits) in out.chunks_exact_mut(64).zip(bitmap.chunks_exact(2)) {
+            let (b0, b1) = (bits[0], bits[1]);
+            let c0 = u64::from(b0.count_ones());
+            let mask = _mm_set_epi64x(
+                (EXPAND[usize::from(b1)] + c0 * 0x0101_0101_0101_0101) as i64,
+                EXPAND[usize::from(b0)] as i64,
+            );
+            let [v0, v1, v2, v3] = planes.map(|p| _mm_shuffle_epi8(window(p, at), mask));
+            let (t01lo, t01hi) = (_mm_unpacklo_epi8(v0, v1), _mm_unpackhi_epi8(v0, v1));
+            let (t23lo, t23hi) = (_mm_unpacklo_epi8(v2, v3), _mm_unpackhi_epi8(v2, v3));
+            let first = _mm256_set_m128i(_mm_unpackhi_epi16(t01lo, t23lo), _mm_unpacklo_epi16(t01lo, t23lo));
+            let second = _mm256_set_m128i(_mm_unpackhi_epi16(t01hi, t23hi), _mm_unpacklo_epi16(t01hi, t23hi));
+            let (half0, half1) = block.split_at_mut(32);
+            for (dst, e) in [(half0, first), (half1, second)] {
+                if ADD {
+                    let sum = _mm256_add_ps(_mm256_castsi256_ps(load256(dst)), _mm256_castsi256_ps(e));
+                    store256(dst, _mm256_castps_si256(sum));
+                } else {
+                    store256(dst, e);
                 }
             }
             at += (b0.count_ones() + b1.count_ones()) as usize;

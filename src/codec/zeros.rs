@@ -1,6 +1,7 @@
-//! Zero elements of 1-, 4- and 8-byte elements left out of a plane pack: the presence
-//! bitmap, the compaction of the present elements and the expansion back (2-byte elements
-//! have their own fused kernels in `zeros2`).
+//! Zero elements of 8-byte elements left out of a plane pack: the presence bitmap, the
+//! compaction of the present elements and the expansion back (and the expansion of 1-byte
+//! elements, which this side never sends sparse but a peer may). 2- and 4-byte elements
+//! have their own fused kernels in `zeros2` and `zeros4`.
 //!
 //! The kernels work on whole words: a mixed group of 8 elements is unpredictable, so both
 //! directions are branch-free there; all-absent and all-present groups take a shortcut.
@@ -8,8 +9,8 @@
 use super::CodecError;
 
 /// Writes the presence bitmap of `elems` (`bitmap` has `ceil(n / 8)` bytes; present: some
-/// byte non-zero) and returns how many elements are present, for 4- and 8-byte elements;
-/// `None` for other sizes.
+/// byte non-zero) and returns how many elements are present, for 8-byte elements; `None`
+/// for other sizes.
 pub(super) fn presence(elem_bytes: usize, elems: &[u8], bitmap: &mut [u8]) -> Option<usize> {
     fn run<const K: usize>(elems: &[u8], bitmap: &mut [u8]) -> usize {
         let mut m = 0;
@@ -23,17 +24,14 @@ pub(super) fn presence(elem_bytes: usize, elems: &[u8], bitmap: &mut [u8]) -> Op
         }
         m
     }
-    Some(match elem_bytes {
-        4 => run::<4>(elems, bitmap),
-        8 => run::<8>(elems, bitmap),
-        _ => return None,
-    })
+    (elem_bytes == 8).then(|| run::<8>(elems, bitmap))
 }
 
 /// The compaction kernel for one element size.
 macro_rules! compact_kernel {
-    ($compact:ident, $word:ty) => {
-        fn $compact(elems: &[u8], bitmap: &[u8], dense: &mut [u8]) {
+    ($(#[$m:meta])* $vis:vis fn $compact:ident, $word:ty) => {
+        $(#[$m])*
+        $vis fn $compact(elems: &[u8], bitmap: &[u8], dense: &mut [u8]) {
             const K: usize = std::mem::size_of::<$word>();
             let mut at = 0;
             for (group, bits) in elems.chunks(8 * K).zip(bitmap) {
@@ -106,24 +104,17 @@ const PRESENT_BEFORE: [[u8; 8]; 256] = {
     table
 };
 
-compact_kernel!(compact4, u32);
-compact_kernel!(compact8, u64);
+compact_kernel!(
+    /// Copies the 8-byte elements of `elems` that `bitmap` marks present into `dense`, in
+    /// order. `dense` holds exactly the present elements (caller's invariant: from
+    /// [`presence`]).
+    pub(super) fn compact8, u64
+);
 expand_kernel!(expand1, u8);
-expand_kernel!(expand4, u32);
 expand_kernel!(expand8, u64);
 
-/// Copies the elements of `elems` that `bitmap` marks present into `dense`, in order, for
-/// the sizes [`presence`] takes (4 or 8). `dense` holds exactly the present elements
-/// (caller's invariant: from [`presence`]).
-pub(super) fn compact(elem_bytes: usize, elems: &[u8], bitmap: &[u8], dense: &mut [u8]) {
-    match elem_bytes {
-        4 => compact4(elems, bitmap, dense),
-        _ => compact8(elems, bitmap, dense),
-    }
-}
-
-/// Inverse of [`compact`]: the elements, absent ones zero, from the bitmap and the present
-/// elements `dense` into `out` (`n` elements of `elem_bytes`: 1, 4 or 8; a peer may send
+/// Inverse of [`compact8`] (and of its 1-byte counterpart): the elements, absent ones zero, from the bitmap and the present
+/// elements `dense` into `out` (`n` elements of `elem_bytes`: 1 or 8; a peer may send
 /// 1-byte elements sparse although this side never does).
 ///
 /// # Errors
@@ -133,12 +124,11 @@ pub(super) fn compact(elem_bytes: usize, elems: &[u8], bitmap: &[u8], dense: &mu
 pub(super) fn expand(elem_bytes: usize, bitmap: &[u8], dense: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
     let present: usize = bitmap.iter().map(|b| b.count_ones() as usize).sum();
     let k = elem_bytes;
-    if !matches!(k, 1 | 4 | 8) || present * k != dense.len() || bitmap.len() != (out.len() / k).div_ceil(8) {
+    if !matches!(k, 1 | 8) || present * k != dense.len() || bitmap.len() != (out.len() / k).div_ceil(8) {
         return Err(CodecError::Corrupt { reason: "pack bitmap and planes disagree" });
     }
     match k {
         1 => expand1(bitmap, dense, out),
-        4 => expand4(bitmap, dense, out),
         _ => expand8(bitmap, dense, out),
     }
     Ok(())
