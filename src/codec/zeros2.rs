@@ -156,12 +156,18 @@ fn merge_portable(sink: Sink, bitmap: &[u8], lo: &[u8], hi: &[u8], out: &mut [u8
 }
 
 avx2_dispatch! {
-    /// Number of bits set in `bitmap` (present elements), 8 bytes at a time.
+    /// Number of bits set in `bitmap` (present elements), 8 bytes at a time. A plain loop:
+    /// an iterator `sum` was compiled as a separate function without POPCNT.
     pub(super) fn count_present / count_present_portable(bitmap: &[u8]) -> usize {
         let words = bitmap.chunks_exact(8);
-        let tail: usize = words.remainder().iter().map(|b| b.count_ones() as usize).sum();
-        words.map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]).count_ones() as usize).sum::<usize>()
-            + tail
+        let mut total = 0;
+        for b in words.remainder() {
+            total += b.count_ones() as usize;
+        }
+        for w in words {
+            total += u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]).count_ones() as usize;
+        }
+        total
     }
 }
 
