@@ -8,11 +8,15 @@
 //! encoded on its own, as the ring sends them.
 //!
 //! Printed before criterion's timings: one summary table with, per codec at zstd level 1,
-//! the ratio (raw bytes / payload bytes; bf16/f16 count against the f32 size) and encode
-//! and decode throughput in GB/s of raw bytes (best of a few timed passes, so it is quick
-//! and rough; criterion's `codec/encode/*` and `codec/decode/*` lines are the careful
-//! figures), then the ratio of the zstd codecs at other levels. `codec/decode_reduce/*` is
-//! the reduce-scatter receive (decode and sum into the segment, fused for f32 sums).
+//! the ratio (raw bytes / payload bytes; bf16/f16 count against the f32 size) and encode,
+//! decode and decode+sum throughput in GB/s of raw bytes per core: the median of a few
+//! passes timed by the thread's own CPU time (`/proc/thread-self/schedstat`, falling back
+//! to wall time), so other processes sharing the cores do not count against it. Then the
+//! ratio of the zstd codecs at other levels. `codec/decode_reduce/*` (and the summary's
+//! `sum` column) is the reduce-scatter receive (decode and sum into the segment, fused for
+//! f32 sums). With `RINGCC_BENCH_SUMMARY_ONLY=1` only the tables are printed (no criterion
+//! run), for quick side-by-side comparisons of two builds; `RINGCC_BENCH_CODECS=bf16,...`
+//! limits the summary table to those codecs.
 //!
 //! The `parallel` group encodes the whole buffer segment by segment on one thread and
 //! with rayon (one encoder per worker), for 512 KiB and 4 MiB segments: whether spreading
@@ -36,8 +40,10 @@ const FILE_BYTES_MAX: usize = 64 << 20;
 const SYNTHETIC_SIGMA: f64 = 1e-3;
 /// zstd level of the main table (a fast level, as the ring would use).
 const LEVEL: i32 = 1;
-/// Timed passes over the data per codec and direction in the summary table (best kept).
-const SUMMARY_PASSES: usize = 3;
+/// Timed passes over the data per codec and direction in the summary table (median kept).
+const SUMMARY_PASSES: usize = 5;
+/// Wall time each timed pass of the summary table lasts at least, in seconds.
+const SUMMARY_PASS_SECS: f64 = 0.2;
 
 /// The benchmark data and its label.
 fn data() -> (String, Vec<u8>) {
@@ -82,50 +88,89 @@ fn encode_all(encoder: &mut Encoder, codec: Codec, raw: &[u8]) -> Vec<(Codec, Ve
         .collect()
 }
 
-/// Best time of [`SUMMARY_PASSES`] runs of `f`, in seconds.
-fn best_secs(mut f: impl FnMut()) -> f64 {
-    (0..SUMMARY_PASSES)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
+/// The calling thread's CPU time (run time on a core) if the OS reports it, else wall time.
+fn thread_secs() -> f64 {
+    use std::sync::OnceLock;
+    static WALL_ZERO: OnceLock<Instant> = OnceLock::new();
+    match ringcc::codec::cpu_share::thread_sched_times() {
+        Some((run, _wait)) => run.as_secs_f64(),
+        None => WALL_ZERO.get_or_init(Instant::now).elapsed().as_secs_f64(),
+    }
 }
 
-/// Per codec at [`LEVEL`]: ratio, encode and decode GB/s of raw bytes, segments that fell
-/// back to the uncompressed form.
+/// Median thread time of [`SUMMARY_PASSES`] passes of `f`, in seconds per call. A pass
+/// repeats `f` for about [`SUMMARY_PASS_SECS`] of wall time: the scheduler updates a
+/// running thread's CPU time only at its ticks (4 ms at HZ=250), too coarse for one call.
+fn median_secs(mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    f();
+    let once = start.elapsed().as_secs_f64().max(1e-6);
+    let reps = (SUMMARY_PASS_SECS / once).ceil().clamp(1.0, 10_000.0) as usize;
+    let mut times: Vec<f64> = (0..SUMMARY_PASSES)
+        .map(|_| {
+            let start = thread_secs();
+            for _ in 0..reps {
+                f();
+            }
+            (thread_secs() - start) / reps as f64
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The codecs of the summary table: those named in `RINGCC_BENCH_CODECS` (comma-separated
+/// names), else all.
+fn summary_codecs() -> Vec<Codec> {
+    let names = std::env::var("RINGCC_BENCH_CODECS").unwrap_or_default();
+    let chosen: Vec<Codec> = ALL_CODECS.into_iter().filter(|c| names.split(',').any(|n| n == c.name())).collect();
+    if chosen.is_empty() {
+        ALL_CODECS.to_vec()
+    } else {
+        chosen
+    }
+}
+
+/// Per codec at [`LEVEL`]: ratio, encode, decode and decode+sum GB/s of raw bytes per core,
+/// segments that fell back to the uncompressed form.
 fn print_summary(label: &str, raw: &[u8]) {
     println!("\ncodec benchmark data: {label}; segments of {} KiB", SEGMENT_BYTES >> 10);
+    println!("GB/s of raw f32 per core (thread CPU time, median of {SUMMARY_PASSES} passes)");
     println!(
-        "{:<14} {:>6} {:>8} {:>12} {:>12} {:>10}",
-        "codec", "level", "ratio", "encode GB/s", "decode GB/s", "fallbacks"
+        "{:<14} {:>6} {:>8} {:>12} {:>12} {:>12} {:>10}",
+        "codec", "level", "ratio", "encode GB/s", "decode GB/s", "sum GB/s", "fallbacks"
     );
     let mut encoder = Encoder::new(LEVEL).expect("encoder");
     let mut decoder = Decoder::new().expect("decoder");
     let mut out = Vec::with_capacity(SEGMENT_BYTES);
     let mut decoded = vec![0u8; raw.len()];
-    for codec in ALL_CODECS {
+    for codec in summary_codecs() {
         let segments = encode_all(&mut encoder, codec, raw);
         let payload: usize = segments.iter().map(|(_, p)| p.len()).sum();
         let fallbacks = segments.iter().filter(|(sent, _)| *sent != codec).count();
-        let encode = best_secs(|| {
+        let encode = median_secs(|| {
             for seg in raw.chunks(SEGMENT_BYTES) {
                 encoder.encode(codec, DataType::F32, black_box(seg), &mut out).expect("encode");
             }
         });
-        let decode = best_secs(|| {
+        let decode = median_secs(|| {
             for ((sent, payload), dst) in segments.iter().zip(decoded.chunks_mut(SEGMENT_BYTES)) {
                 decoder.decode(*sent, DataType::F32, black_box(payload), dst).expect("decode");
             }
         });
+        let sum = median_secs(|| {
+            for ((sent, payload), dst) in segments.iter().zip(decoded.chunks_mut(SEGMENT_BYTES)) {
+                decoder.decode_reduce(*sent, DataType::F32, ReduceOp::Sum, black_box(payload), dst).expect("sum");
+            }
+        });
         let gbs = |secs: f64| raw.len() as f64 / secs / 1e9;
         println!(
-            "{:<14} {LEVEL:>6} {:>8.3} {:>12.2} {:>12.2} {fallbacks:>4}/{:<5}",
+            "{:<14} {LEVEL:>6} {:>8.3} {:>12.2} {:>12.2} {:>12.2} {fallbacks:>4}/{:<5}",
             codec.name(),
             raw.len() as f64 / payload as f64,
             gbs(encode),
             gbs(decode),
+            gbs(sum),
             segments.len()
         );
     }
@@ -259,6 +304,9 @@ fn benches(c: &mut Criterion) {
     let (label, raw) = data();
     print_summary(&label, &raw);
     print_ratios(&raw);
+    if std::env::var_os("RINGCC_BENCH_SUMMARY_ONLY").is_some_and(|v| v == "1") {
+        return;
+    }
     bench_planes(c, &raw);
     bench_codecs(c, &raw);
     bench_parallel(c, &raw);

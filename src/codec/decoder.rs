@@ -2,8 +2,8 @@
 
 use zstd::zstd_safe::{self, DCtx};
 
-use super::pack::{self, PackDecoder, Unpacked};
-use super::{check_args, lossy, planes, Codec, CodecError};
+use super::pack::{PackDecoder, Sink};
+use super::{check_args, lossy, Codec, CodecError};
 use crate::core::reduce::reduce_into;
 use crate::core::{DataType, ReduceOp};
 
@@ -19,8 +19,6 @@ pub struct Decoder {
     dctx: DCtx<'static>,
     /// Planes (and bitmap) of the pack being decoded.
     pack: PackDecoder,
-    /// Elements expanded from a pack with a bitmap, before they are widened or added.
-    elems: Vec<u8>,
     /// Decoded segment before [`Decoder::decode_reduce`] folds it in.
     decoded: Vec<u8>,
 }
@@ -38,7 +36,7 @@ impl Decoder {
     /// [`CodecError::Zstd`] if zstd cannot allocate its context.
     pub fn new() -> Result<Decoder, CodecError> {
         let dctx = DCtx::try_create().ok_or(CodecError::Zstd { op: "create context", reason: "out of memory" })?;
-        Ok(Decoder { dctx, pack: PackDecoder::default(), elems: Vec::new(), decoded: Vec::new() })
+        Ok(Decoder { dctx, pack: PackDecoder::default(), decoded: Vec::new() })
     }
 
     /// Decodes `payload`, encoded with `codec` from elements of `dtype`, into `out`, whose
@@ -69,20 +67,10 @@ impl Decoder {
             }
             Codec::Zstd => decompress(&mut self.dctx, payload, out)?,
             Codec::ShuffleZstd => {
-                let k = dtype.size();
-                match self.pack.read(&mut self.dctx, k, out.len() / k, payload)? {
-                    Unpacked::Planes(planes) => planes::unshuffle(k, planes, out),
-                    Unpacked::Sparse { bitmap, dense } => pack::expand(k, bitmap, dense, out)?,
-                }
+                let sink = Sink::Elems { elem_bytes: dtype.size(), out };
+                self.pack.decode(&mut self.dctx, payload, sink)?;
             }
-            Codec::Bf16Zstd => match self.pack.read(&mut self.dctx, 2, out.len() / 4, payload)? {
-                Unpacked::Planes(planes) => lossy::decode_bf16_planes(planes, out),
-                Unpacked::Sparse { bitmap, dense } => {
-                    self.elems.resize(out.len() / 2, 0);
-                    pack::expand(2, bitmap, dense, &mut self.elems)?;
-                    lossy::decode_bf16(&self.elems, out);
-                }
-            },
+            Codec::Bf16Zstd => self.pack.decode(&mut self.dctx, payload, Sink::WidenBf16(out))?,
         }
         Ok(())
     }
@@ -137,22 +125,8 @@ impl Decoder {
                 expect_payload_len(payload, dst.len() / 2)?;
                 lossy::add_bf16(payload, dst);
             }
-            Codec::Bf16Zstd => match self.pack.read(&mut self.dctx, 2, dst.len() / 4, payload)? {
-                Unpacked::Planes(planes) => lossy::add_bf16_planes(planes, dst),
-                Unpacked::Sparse { bitmap, dense } => {
-                    self.elems.resize(dst.len() / 2, 0);
-                    pack::expand(2, bitmap, dense, &mut self.elems)?;
-                    lossy::add_bf16(&self.elems, dst);
-                }
-            },
-            Codec::ShuffleZstd => match self.pack.read(&mut self.dctx, 4, dst.len() / 4, payload)? {
-                Unpacked::Planes(planes) => planes::add_unshuffled_f32(planes, dst),
-                Unpacked::Sparse { bitmap, dense } => {
-                    self.elems.resize(dst.len(), 0);
-                    pack::expand(4, bitmap, dense, &mut self.elems)?;
-                    reduce_into(DataType::F32, ReduceOp::Sum, dst, &self.elems);
-                }
-            },
+            Codec::Bf16Zstd => self.pack.decode(&mut self.dctx, payload, Sink::AddBf16(dst))?,
+            Codec::ShuffleZstd => self.pack.decode(&mut self.dctx, payload, Sink::AddF32(dst))?,
             _ => return Ok(None),
         }
         Ok(Some(()))

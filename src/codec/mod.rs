@@ -49,6 +49,9 @@ pub mod pool;
 mod simd;
 #[cfg(test)]
 mod tests;
+mod zeros;
+mod zeros2;
+mod zeros4;
 
 pub use auto::AutoPolicy;
 pub use choice::CodecChoice;

@@ -29,12 +29,21 @@
 //!
 //! All sizes come from the receiver's expected `n` and from the bitmap (never more than
 //! `n` bits), so a payload can never make the decoder write outside its buffers.
+//!
+//! # Where the work happens
+//!
+//! For 2- and 4-byte elements (bf16+zstd, and shuffle+zstd of f16, bf16, f32 and i32) the
+//! encoder rounds (for bf16+zstd), tests for zero, compacts and splits into the planes in
+//! one pass over the segment (`zeros2`, `zeros4`), and the decoder merges the planes
+//! straight into the elements, the f32 result or the sum; 8-byte elements are compacted
+//! (`zeros`), then shuffled (`planes`).
 
 use zstd::zstd_safe::{CCtx, DCtx};
 
 use super::decoder::decompress;
 use super::encoder::compress;
-use super::{planes, CodecError};
+use super::simd::{Sink as Merge, Sink4};
+use super::{lossy, planes, zeros, zeros2, zeros4, CodecError};
 
 /// Flag: zero elements are left out, a presence bitmap comes first.
 const FLAG_BITMAP: u8 = 1;
@@ -61,12 +70,12 @@ pub(super) const SECTION_RETRY_SEGMENTS: u32 = 16;
 /// from 1 zero in 16; bf16: from 1 in 8).
 const ZEROS_OVER_BITMAP_MIN: usize = 2;
 
-/// Smallest element size zeros are left out of. Leaving zeros out costs about 3 ns per
-/// element (bitmap, compaction, expansion) whatever the element size; for bf16 that is more
-/// than the 2 bytes a zero saves are worth: on `grads.f32` (one core, CPU time), bf16+zstd
-/// encoded 0.69 GB/s of f32 and decoded 1.25 with zeros left out (ratio 3.8), 1.15 and 3.3
-/// without (ratio 2.9), and four ranks sharing two cores are CPU-bound at 1 Gbit/s.
-const SPARSE_ELEM_BYTES_MIN: usize = 4;
+/// Smallest element size zeros are left out of. For 2-byte elements this pays only with
+/// the fused kernels of `zeros2`: with a scalar compaction (about 3 ns per element) the
+/// bf16+zstd encoder on `grads.f32` ran at 0.69 GB/s of f32 per core against 1.15 without
+/// zeros left out, which four ranks sharing two cores could not afford at 1 Gbit/s. 1-byte
+/// elements stay dense: a zero saves one byte for one bit.
+const SPARSE_ELEM_BYTES_MIN: usize = 2;
 
 /// Per section slot (planes, then the bitmap): segments left before zstd is tried again.
 #[derive(Debug, Clone, Copy, Default)]
@@ -74,6 +83,9 @@ struct Policy {
     /// Element size the slots were learned for; another size starts afresh.
     elem_bytes: usize,
     skip: [u32; PLANES_MAX + 1],
+    /// 2- and 4-byte elements: the last segment had zeros, too few to leave out, so the
+    /// planes are written whole first (and compacted only if this segment has enough).
+    dense_first: bool,
 }
 
 impl Policy {
@@ -107,10 +119,34 @@ pub(crate) enum Stream {
     Bf16 = 1,
 }
 
+/// What a pack is made from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// Elements of `elem_bytes` bytes as they are, host order (shuffle+zstd).
+    Elems {
+        /// Size of one element.
+        elem_bytes: usize,
+        /// The elements.
+        bytes: &'a [u8],
+    },
+    /// f32 (host order) rounded to bfloat16 as `lossy::encode_bf16` does (bf16+zstd).
+    F32ToBf16(&'a [u8]),
+}
+
+/// Where the planes of a pack being encoded are: plane `p` is `planes[p * stride..][..m]`.
+struct Layout {
+    /// Elements in each plane (present elements, or all).
+    m: usize,
+    /// Distance between the planes' starts in the scratch buffer.
+    stride: usize,
+    /// Zero elements are left out (the bitmap is a section).
+    sparse: bool,
+}
+
 /// The encoding side's scratch and what it learned about each stream's sections.
 #[derive(Debug, Default)]
 pub(crate) struct PackEncoder {
-    /// The present elements, when zeros are left out.
+    /// The present elements, when zeros of 8-byte elements are left out.
     dense: Vec<u8>,
     planes: Vec<u8>,
     bitmap: Vec<u8>,
@@ -119,53 +155,50 @@ pub(crate) struct PackEncoder {
 }
 
 impl PackEncoder {
-    /// Writes the pack of `elems` (`elem_bytes`-byte elements, host order) into `out`
-    /// (empty on entry). Returns `Ok(false)`, with `out` empty, when the pack would not be
-    /// smaller than `limit` bytes: the caller then sends the uncompressed form.
+    /// Writes the pack of `source` into `out` (empty on entry). Returns `Ok(false)`, with
+    /// `out` empty, when the pack would not be smaller than `limit` bytes: the caller then
+    /// sends the uncompressed form.
     ///
     /// # Errors
     /// [`CodecError::Zstd`] if zstd cannot allocate.
     pub(crate) fn encode(
         &mut self,
         cctx: &mut CCtx<'static>,
-        stream: Stream,
-        elem_bytes: usize,
-        elems: &[u8],
+        source: Source<'_>,
         limit: usize,
         out: &mut Vec<u8>,
     ) -> Result<bool, CodecError> {
-        let policy = &mut self.policies[stream as usize];
-        policy.start(elem_bytes);
-        let n = elems.len() / elem_bytes;
+        let (stream, k, n) = match source {
+            Source::Elems { elem_bytes, bytes } => (Stream::Shuffle, elem_bytes, bytes.len() / elem_bytes.max(1)),
+            Source::F32ToBf16(raw) => (Stream::Bf16, 2, raw.len() / 4),
+        };
+        self.policies[stream as usize].start(k);
+        let any_due = (0..k).any(|p| self.policies[stream as usize].due(p));
         self.bitmap.resize(n.div_ceil(8), 0);
-        let present =
-            if elem_bytes >= SPARSE_ELEM_BYTES_MIN { presence(elem_bytes, elems, &mut self.bitmap) } else { None };
-        let sparse = present.is_some_and(|m| (n - m) * elem_bytes >= ZEROS_OVER_BITMAP_MIN * self.bitmap.len().max(1));
-        if !sparse && !(0..elem_bytes).any(|p| policy.due(p)) {
+        let layout = match source {
+            Source::F32ToBf16(raw) => self.planes_fused(stream, Fused::Bf16, raw),
+            Source::Elems { elem_bytes: 2, bytes } => self.planes_fused(stream, Fused::Bytes2, bytes),
+            Source::Elems { elem_bytes: 4, bytes } => self.planes_fused(stream, Fused::Bytes4, bytes),
+            Source::Elems { elem_bytes, bytes } => match self.planes_words(elem_bytes, bytes, any_due) {
+                Some(layout) => layout,
+                None => return Ok(false),
+            },
+        };
+        if !layout.sparse && !any_due {
             return Ok(false); // every plane raw and no zeros to leave out: no smaller than raw
         }
-        let dense = match present {
-            Some(m) if sparse => {
-                self.dense.resize(m * elem_bytes, 0);
-                compact(elem_bytes, elems, &self.bitmap, &mut self.dense);
-                &self.dense[..]
-            }
-            _ => elems,
-        };
-        let m = dense.len() / elem_bytes;
-        self.planes.resize(dense.len(), 0);
-        planes::shuffle(elem_bytes, dense, &mut self.planes);
+        let policy = &mut self.policies[stream as usize];
         out.extend_from_slice(&[0, 0]);
         let mut flags = 0;
-        if sparse {
+        if layout.sparse {
             flags |= FLAG_BITMAP;
             if section(cctx, policy, PLANES_MAX, &self.bitmap, &mut self.frame, out)? {
                 flags |= FLAG_BITMAP_ZSTD;
             }
         }
         let mut mask = 0u8;
-        for p in 0..elem_bytes {
-            let plane = &self.planes[p * m..(p + 1) * m];
+        for p in 0..k {
+            let plane = &self.planes[p * layout.stride..][..layout.m];
             if section(cctx, policy, p, plane, &mut self.frame, out)? {
                 mask |= 1 << p;
             }
@@ -177,6 +210,104 @@ impl PackEncoder {
         out[0] = flags;
         out[1] = mask;
         Ok(true)
+    }
+
+    /// The planes (and the bitmap, when zeros are left out) of 2- or 4-byte elements, from
+    /// the fused kernels. One pass over `src` when the stream's zeros are either worth
+    /// leaving out or absent; two when a segment has zeros but too few (the stream then
+    /// writes whole planes first, see `dense_first`).
+    fn planes_fused(&mut self, stream: Stream, kind: Fused, src: &[u8]) -> Layout {
+        let (k, n) = match kind {
+            Fused::Bf16 => (2, src.len() / 4),
+            Fused::Bytes2 => (2, src.len() / 2),
+            Fused::Bytes4 => (4, src.len() / 4),
+        };
+        self.planes.resize(k * n, 0);
+        let (bitmap, planes) = (&mut self.bitmap[..], &mut self.planes[..]);
+        let policy = &mut self.policies[stream as usize];
+        let (m, zeros, sparse) = if policy.dense_first {
+            let zeros = kind.whole(src, planes, n);
+            let sparse = sparse_pays(k, n, n - zeros, bitmap.len());
+            (if sparse { kind.split(src, bitmap, planes, n) } else { n }, zeros, sparse)
+        } else {
+            let present = kind.split(src, bitmap, planes, n);
+            let sparse = sparse_pays(k, n, present, bitmap.len());
+            if !sparse && present < n {
+                kind.whole(src, planes, n);
+            }
+            (if sparse { present } else { n }, n - present, sparse)
+        };
+        policy.dense_first = !sparse && zeros > 0;
+        Layout { m, stride: n, sparse }
+    }
+
+    /// The planes (and bitmap) of elements of 1 or 8 bytes (or another size, never
+    /// sparse); `None` when no plane is `due` and there are no zeros worth leaving out,
+    /// so the pack would not be smaller than the elements.
+    fn planes_words(&mut self, elem_bytes: usize, elems: &[u8], due: bool) -> Option<Layout> {
+        let k = elem_bytes;
+        let n = elems.len() / k.max(1);
+        let present = if k >= SPARSE_ELEM_BYTES_MIN { zeros::presence(k, elems, &mut self.bitmap) } else { None };
+        let sparse = present.is_some_and(|m| sparse_pays(k, n, m, self.bitmap.len()));
+        if !sparse && !due {
+            return None;
+        }
+        let dense = match present {
+            Some(m) if sparse => {
+                self.dense.resize(m * k, 0);
+                zeros::compact8(elems, &self.bitmap, &mut self.dense);
+                &self.dense[..]
+            }
+            _ => elems,
+        };
+        let m = dense.len() / k.max(1);
+        self.planes.resize(dense.len(), 0);
+        planes::shuffle(k, dense, &mut self.planes);
+        Some(Layout { m, stride: m, sparse })
+    }
+}
+
+/// Whether leaving the zeros out pays for `n` elements of `elem_bytes` of which `present`
+/// are not zero, with a bitmap of `bitmap_len` bytes ([`ZEROS_OVER_BITMAP_MIN`]).
+fn sparse_pays(elem_bytes: usize, n: usize, present: usize, bitmap_len: usize) -> bool {
+    (n - present) * elem_bytes >= ZEROS_OVER_BITMAP_MIN * bitmap_len.max(1)
+}
+
+/// The element streams with fused split kernels.
+#[derive(Debug, Clone, Copy)]
+enum Fused {
+    /// f32 rounded to bf16 (`zeros2::split_bf16`).
+    Bf16,
+    /// 2-byte elements (`zeros2::split_bytes2`).
+    Bytes2,
+    /// 4-byte elements (`zeros4::split`).
+    Bytes4,
+}
+
+impl Fused {
+    /// The compacting split of the `n` elements in `src` into the planes at `planes[p * n..]`;
+    /// returns the number present.
+    fn split(self, src: &[u8], bitmap: &mut [u8], planes: &mut [u8], n: usize) -> usize {
+        match self {
+            Fused::Bf16 | Fused::Bytes2 => {
+                let (lo, hi) = planes.split_at_mut(n);
+                match self {
+                    Fused::Bf16 => zeros2::split_bf16(src, bitmap, lo, hi),
+                    _ => zeros2::split_bytes2(src, bitmap, lo, hi),
+                }
+            }
+            Fused::Bytes4 => zeros4::split(src, bitmap, zeros4::planes_mut(planes, n)),
+        }
+    }
+
+    /// The whole planes of the `n` elements in `src`; returns how many are zero.
+    fn whole(self, src: &[u8], planes: &mut [u8], n: usize) -> usize {
+        let (lo, hi) = planes.split_at_mut(n.min(planes.len()));
+        match self {
+            Fused::Bf16 => zeros2::planes_bf16(src, lo, hi),
+            Fused::Bytes2 => zeros2::planes_bytes2(src, lo, hi),
+            Fused::Bytes4 => zeros4::planes_bytes4(src, planes),
+        }
     }
 }
 
@@ -206,44 +337,101 @@ fn section(
     Ok(false)
 }
 
+/// What the receiver wants from a pack, and where.
+#[derive(Debug)]
+pub(crate) enum Sink<'o> {
+    /// The elements' bytes, `elem_bytes` each (shuffle+zstd): `out` is the whole segment.
+    Elems {
+        /// Size of one element.
+        elem_bytes: usize,
+        /// The decoded elements.
+        out: &'o mut [u8],
+    },
+    /// bf16 elements widened to f32 (bf16+zstd decode): 4 bytes of `out` per element.
+    WidenBf16(&'o mut [u8]),
+    /// bf16 elements widened to f32 and added to the f32 in the buffer.
+    AddBf16(&'o mut [u8]),
+    /// f32 elements added to the f32 in the buffer (shuffle+zstd of f32, summed).
+    AddF32(&'o mut [u8]),
+}
+
+impl Sink<'_> {
+    /// Element size in the pack and number of elements.
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            Sink::Elems { elem_bytes, out } => (*elem_bytes, out.len() / (*elem_bytes).max(1)),
+            Sink::WidenBf16(out) | Sink::AddBf16(out) => (2, out.len() / 4),
+            Sink::AddF32(out) => (4, out.len() / 4),
+        }
+    }
+}
+
 /// The decoding side's scratch.
 #[derive(Debug, Default)]
 pub(crate) struct PackDecoder {
     /// Planes, `m` bytes each, one after the other.
     planes: Vec<u8>,
     bitmap: Vec<u8>,
-    /// The present elements, unshuffled, when zeros were left out.
+    /// The present elements, unshuffled, when zeros of 1- or 8-byte elements were left out.
     dense: Vec<u8>,
 }
 
-/// What [`PackDecoder::read`] found, in the decoder's scratch.
-pub(crate) enum Unpacked<'a> {
-    /// Every element was sent: all `k` planes, `n` bytes each, one after the other.
-    Planes(&'a [u8]),
-    /// Zero elements were left out: the presence bitmap and the present elements, for
-    /// [`expand`].
-    Sparse {
-        /// Bit `i` set: element `i` is present.
-        bitmap: &'a [u8],
-        /// The present elements in order.
-        dense: &'a [u8],
-    },
-}
-
 impl PackDecoder {
-    /// Reads the pack `payload` of `n` elements of `elem_bytes` bytes.
+    /// Decodes the pack `payload` into `sink`, whose buffer length gives the number of
+    /// elements the receiver expects.
+    ///
+    /// # Errors
+    /// As [`PackDecoder::read`]; also [`CodecError::Corrupt`] if the element size of an
+    /// `Elems` sink is not one a pack can carry sparse (1, 2, 4, 8) but the pack is. The
+    /// sink's buffer is unchanged on error.
+    pub(crate) fn decode(
+        &mut self,
+        dctx: &mut DCtx<'static>,
+        payload: &[u8],
+        sink: Sink<'_>,
+    ) -> Result<(), CodecError> {
+        let (k, n) = sink.shape();
+        let (sparse, m) = self.read(dctx, k, n, payload)?;
+        let planes = &self.planes[..m * k];
+        if !sparse {
+            match sink {
+                Sink::Elems { elem_bytes, out } => planes::unshuffle(elem_bytes, planes, out),
+                Sink::WidenBf16(out) => lossy::decode_bf16_planes(planes, out),
+                Sink::AddBf16(acc) => lossy::add_bf16_planes(planes, acc),
+                Sink::AddF32(acc) => planes::add_unshuffled_f32(planes, acc),
+            }
+            return Ok(());
+        }
+        let (lo, hi) = planes.split_at(m.min(planes.len()));
+        match sink {
+            Sink::Elems { elem_bytes: 2, out } => zeros2::merge(Merge::Bytes2, &self.bitmap, lo, hi, out),
+            Sink::WidenBf16(out) => zeros2::merge(Merge::WidenBf16, &self.bitmap, lo, hi, out),
+            Sink::AddBf16(acc) => zeros2::merge(Merge::AddBf16, &self.bitmap, lo, hi, acc),
+            Sink::Elems { elem_bytes: 4, out } => zeros4::merge(Sink4::Bytes4, &self.bitmap, planes4(planes, m), out),
+            Sink::AddF32(acc) => zeros4::merge(Sink4::AddF32, &self.bitmap, planes4(planes, m), acc),
+            Sink::Elems { elem_bytes, out } => {
+                self.dense.resize(planes.len(), 0);
+                planes::unshuffle(elem_bytes, planes, &mut self.dense);
+                zeros::expand(elem_bytes, &self.bitmap, &self.dense, out)
+            }
+        }
+    }
+
+    /// Reads the pack `payload` of `n` elements of `elem_bytes` bytes into the scratch:
+    /// the bitmap (when zeros were left out) and `k` planes of `m` bytes, one after the
+    /// other. Returns (zeros left out, `m`).
     ///
     /// # Errors
     /// [`CodecError::Corrupt`] for unknown flags, a truncated or overlong payload, a bitmap
     /// with bits past `n`, or a bad zstd frame; [`CodecError::SizeMismatch`] for a zstd
     /// frame of another content size.
-    pub(crate) fn read<'a>(
-        &'a mut self,
+    fn read(
+        &mut self,
         dctx: &mut DCtx<'static>,
         elem_bytes: usize,
         n: usize,
         payload: &[u8],
-    ) -> Result<Unpacked<'a>, CodecError> {
+    ) -> Result<(bool, usize), CodecError> {
         let corrupt = |reason| CodecError::Corrupt { reason };
         let Some(([flags, mask], mut rest)) = payload.split_first_chunk::<2>() else {
             return Err(corrupt("pack shorter than its header"));
@@ -262,7 +450,7 @@ impl PackDecoder {
             if n % 8 != 0 && self.bitmap.last().is_some_and(|b| b >> (n % 8) != 0) {
                 return Err(corrupt("bitmap bits past the last element"));
             }
-            self.bitmap.iter().map(|b| b.count_ones() as usize).sum()
+            zeros2::count_present(&self.bitmap)
         } else {
             n
         };
@@ -273,13 +461,14 @@ impl PackDecoder {
         if !rest.is_empty() {
             return Err(corrupt("bytes after the last pack section"));
         }
-        if !sparse {
-            return Ok(Unpacked::Planes(&self.planes));
-        }
-        self.dense.resize(self.planes.len(), 0);
-        planes::unshuffle(elem_bytes, &self.planes, &mut self.dense);
-        Ok(Unpacked::Sparse { bitmap: &self.bitmap, dense: &self.dense })
+        Ok((sparse, m))
     }
+}
+
+/// The four planes of `m` bytes at the front of `planes` (shorter ones if it is shorter,
+/// which `zeros4::merge` refuses).
+fn planes4(planes: &[u8], m: usize) -> [&[u8]; 4] {
+    std::array::from_fn(|p| planes.get(p * m..(p + 1) * m).unwrap_or_default())
 }
 
 /// Reads one section of exactly `dst.len()` bytes from the front of `rest` into `dst`.
@@ -296,141 +485,6 @@ fn read_section(dctx: &mut DCtx<'static>, rest: &mut &[u8], zstd: bool, dst: &mu
     let (frame, tail) = tail.split_at_checked(len).ok_or(truncated)?;
     decompress(dctx, frame, dst)?;
     *rest = tail;
-    Ok(())
-}
-
-/// Writes the presence bitmap of `elems` (`bitmap` has `ceil(n / 8)` bytes) and returns
-/// how many elements are present, for the element sizes packs leave zeros out of (1, 2, 4,
-/// 8); `None` for other sizes.
-fn presence(elem_bytes: usize, elems: &[u8], bitmap: &mut [u8]) -> Option<usize> {
-    fn run<const K: usize>(elems: &[u8], bitmap: &mut [u8]) -> usize {
-        let mut m = 0;
-        for (group, bits) in elems.chunks(8 * K).zip(bitmap.iter_mut()) {
-            let mut b = 0u8;
-            for (i, e) in group.chunks_exact(K).enumerate() {
-                b |= u8::from(e.iter().fold(0, |a, x| a | x) != 0) << i;
-            }
-            *bits = b;
-            m += b.count_ones() as usize;
-        }
-        m
-    }
-    Some(match elem_bytes {
-        1 => run::<1>(elems, bitmap),
-        2 => run::<2>(elems, bitmap),
-        4 => run::<4>(elems, bitmap),
-        8 => run::<8>(elems, bitmap),
-        _ => return None,
-    })
-}
-
-/// The kernels of [`compact`] and [`expand`] for one element size, on whole words: a mixed
-/// group of 8 elements is unpredictable, so both are branch-free there.
-macro_rules! word_kernels {
-    ($compact:ident, $expand:ident, $word:ty) => {
-        fn $compact(elems: &[u8], bitmap: &[u8], dense: &mut [u8]) {
-            const K: usize = std::mem::size_of::<$word>();
-            let mut at = 0;
-            for (group, bits) in elems.chunks(8 * K).zip(bitmap) {
-                if *bits == 0xff && group.len() == 8 * K {
-                    dense[at..at + 8 * K].copy_from_slice(group);
-                    at += 8 * K;
-                    continue;
-                }
-                for (i, e) in group.chunks_exact(K).enumerate() {
-                    // Write every element, advance past the present ones: an absent one is
-                    // overwritten by the next.
-                    if let Some(d) = dense.get_mut(at..at + K) {
-                        d.copy_from_slice(e);
-                    }
-                    at += usize::from(bits >> i & 1) * K;
-                }
-            }
-        }
-
-        fn $expand(bitmap: &[u8], dense: &[u8], out: &mut [u8]) {
-            const K: usize = std::mem::size_of::<$word>();
-            let mut at = 0;
-            for (group, bits) in out.chunks_mut(8 * K).zip(bitmap) {
-                match *bits {
-                    0 => group.fill(0),
-                    0xff if group.len() == 8 * K => {
-                        group.copy_from_slice(&dense[at..at + 8 * K]);
-                        at += 8 * K;
-                    }
-                    b => {
-                        // Each element's source from the bits before it, not from the previous
-                        // element: eight independent loads instead of a chain.
-                        let before = &PRESENT_BEFORE[usize::from(b)];
-                        for (i, e) in group.chunks_exact_mut(K).enumerate() {
-                            let present = <$word>::from(b >> i & 1);
-                            let from = at + usize::from(before[i]) * K;
-                            let mut x = [0u8; K];
-                            if let Some(src) = dense.get(from..from + K) {
-                                x.copy_from_slice(src);
-                            }
-                            let v = <$word>::from_ne_bytes(x) & (0 as $word).wrapping_sub(present);
-                            e.copy_from_slice(&v.to_ne_bytes());
-                        }
-                        at += b.count_ones() as usize * K;
-                    }
-                }
-            }
-        }
-    };
-}
-
-/// `PRESENT_BEFORE[b][i]`: bits set in `b` below bit `i` (where element `i` of a group with
-/// presence byte `b` sits among the group's present elements).
-const PRESENT_BEFORE: [[u8; 8]; 256] = {
-    let mut table = [[0u8; 8]; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut i = 0;
-        while i < 8 {
-            table[b][i] = (b & ((1 << i) - 1)).count_ones() as u8;
-            i += 1;
-        }
-        b += 1;
-    }
-    table
-};
-
-word_kernels!(compact1, expand1, u8);
-word_kernels!(compact2, expand2, u16);
-word_kernels!(compact4, expand4, u32);
-word_kernels!(compact8, expand8, u64);
-
-/// Copies the elements of `elems` that `bitmap` marks present into `dense`, in order.
-/// `dense` holds exactly the present elements (caller's invariant: from [`presence`]).
-fn compact(elem_bytes: usize, elems: &[u8], bitmap: &[u8], dense: &mut [u8]) {
-    match elem_bytes {
-        1 => compact1(elems, bitmap, dense),
-        2 => compact2(elems, bitmap, dense),
-        4 => compact4(elems, bitmap, dense),
-        _ => compact8(elems, bitmap, dense),
-    }
-}
-
-/// Inverse of [`compact`]: the elements, absent ones zero, from the bitmap and the present
-/// elements `dense` into `out` (`n` elements of `elem_bytes`: 1, 2, 4 or 8).
-///
-/// # Errors
-/// [`CodecError::Corrupt`] if `dense` holds another number of elements than the bitmap
-/// marks present, or the sizes disagree (not possible for what [`PackDecoder::read`]
-/// returns; checked, not assumed).
-pub(crate) fn expand(elem_bytes: usize, bitmap: &[u8], dense: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
-    let present: usize = bitmap.iter().map(|b| b.count_ones() as usize).sum();
-    let k = elem_bytes;
-    if !matches!(k, 1 | 2 | 4 | 8) || present * k != dense.len() || bitmap.len() != (out.len() / k).div_ceil(8) {
-        return Err(CodecError::Corrupt { reason: "pack bitmap and planes disagree" });
-    }
-    match k {
-        1 => expand1(bitmap, dense, out),
-        2 => expand2(bitmap, dense, out),
-        4 => expand4(bitmap, dense, out),
-        _ => expand8(bitmap, dense, out),
-    }
     Ok(())
 }
 

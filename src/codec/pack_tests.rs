@@ -1,4 +1,5 @@
-//! Plane packs: which sections are compressed, zeros left out, and hostile packs.
+//! Plane packs: which sections are compressed, zeros left out (4-byte and 2-byte elements,
+//! bf16 rounded from f32), and hostile packs.
 
 use zstd::zstd_safe::{CCtx, DCtx};
 
@@ -34,7 +35,7 @@ fn contexts() -> (CCtx<'static>, DCtx<'static>) {
 
 fn pack(enc: &mut PackEncoder, cctx: &mut CCtx<'static>, elems: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    assert!(enc.encode(cctx, Stream::Shuffle, 4, elems, elems.len(), &mut out).expect("encode"));
+    assert!(enc.encode(cctx, Source::Elems { elem_bytes: 4, bytes: elems }, elems.len(), &mut out).expect("encode"));
     out
 }
 
@@ -46,16 +47,17 @@ fn zeros_are_left_out_and_only_the_exponent_plane_is_compressed() {
     assert_eq!(out[0] & FLAG_BITMAP, FLAG_BITMAP, "a third of the values are zero");
     assert_eq!(out[1], 0b1000, "sign and exponent plane only");
     let mut dec = PackDecoder::default();
-    let Ok(Unpacked::Sparse { bitmap, dense }) = dec.read(&mut dctx, 4, 4096, &out) else { panic!("sparse pack") };
+    let zeros = (0..4096).filter(|i| i % 3 == 0 && i % 9 != 0).count(); // every ninth is -0.0
+    assert_eq!(dec.read(&mut dctx, 4, 4096, &out), Ok((true, 4096 - zeros)));
     let mut back = vec![0xa5; raw.len()];
-    expand(4, bitmap, dense, &mut back).expect("expand");
+    dec.decode(&mut dctx, &out, Sink::Elems { elem_bytes: 4, out: &mut back }).expect("decode");
     assert_eq!(back, raw, "-0.0 is kept: only all-zero bytes are left out");
 
     let dense_raw = gradients(4096, 0);
     let out = pack(&mut PackEncoder::default(), &mut cctx, &dense_raw);
     assert_eq!(out[..2], [0, 0b1000], "no zeros, no bitmap");
-    let Ok(Unpacked::Planes(planes)) = dec.read(&mut dctx, 4, 4096, &out) else { panic!("dense pack") };
-    crate::codec::planes::unshuffle(4, planes, &mut back);
+    assert_eq!(dec.read(&mut dctx, 4, 4096, &out), Ok((false, 4096)));
+    dec.decode(&mut dctx, &out, Sink::Elems { elem_bytes: 4, out: &mut back }).expect("decode");
     assert_eq!(back, dense_raw);
 }
 
@@ -86,7 +88,8 @@ fn a_plane_that_does_not_compress_is_retried_after_a_while() {
         })
         .collect();
     let mut out = Vec::new();
-    assert!(!enc.encode(&mut cctx, Stream::Shuffle, 4, &noise, noise.len(), &mut out).expect("encode"));
+    let source = Source::Elems { elem_bytes: 4, bytes: &noise };
+    assert!(!enc.encode(&mut cctx, source, noise.len(), &mut out).expect("encode"));
     assert!(out.is_empty());
 }
 
@@ -148,6 +151,125 @@ fn hostile_packs_are_typed_errors() {
     wrong.extend_from_slice(&(frame.len() as u32).to_le_bytes());
     wrong.extend_from_slice(&frame);
     assert_eq!(read(&wrong), Err(CodecError::SizeMismatch { what: "decoded", expected: 1001, got: 10 }));
-    assert!(expand(4, &[0xff], &[0; 28], &mut [0; 32]).is_err(), "8 present, 7 given");
-    assert!(expand(3, &[0], &[], &mut [0; 3]).is_err(), "3-byte elements are never sparse");
+    assert!(zeros::expand(8, &[0xff], &[0; 56], &mut [0; 64]).is_err(), "8 present, 7 given");
+    assert!(zeros::expand(8, &[0xff], &[0; 64], &mut [0; 64]).is_ok());
+    assert!(zeros::expand(3, &[0], &[], &mut [0; 3]).is_err(), "3-byte elements are never sparse");
+}
+
+/// A bf16+zstd stream's pack encoder and decoder.
+struct Bf16Stream {
+    cctx: CCtx<'static>,
+    dctx: DCtx<'static>,
+    enc: PackEncoder,
+    dec: PackDecoder,
+}
+
+impl Bf16Stream {
+    fn new() -> Bf16Stream {
+        let (cctx, dctx) = contexts();
+        Bf16Stream { cctx, dctx, enc: PackEncoder::default(), dec: PackDecoder::default() }
+    }
+
+    /// Packs `raw` and checks the decode against `round_in_place` and the fused sum against
+    /// decode-then-add. Returns the pack's flags byte, `None` if it would not be smaller.
+    fn round_trip(&mut self, raw: &[u8]) -> Option<u8> {
+        let mut wire = Vec::new();
+        let source = Source::F32ToBf16(raw);
+        if !self.enc.encode(&mut self.cctx, source, raw.len() / 2, &mut wire).expect("encode") {
+            return None;
+        }
+        let mut want = raw.to_vec();
+        crate::codec::round_in_place(Codec::Bf16Zstd, DataType::F32, &mut want).expect("round");
+        let mut back = vec![0x5a; raw.len()];
+        self.dec.decode(&mut self.dctx, &wire, Sink::WidenBf16(&mut back)).expect("decode");
+        assert_eq!(back, want, "{} elements", raw.len() / 4);
+        let mut sum = gradients(raw.len() / 4, 0);
+        let mut sum_want = sum.clone();
+        crate::core::reduce::reduce_into(DataType::F32, ReduceOp::Sum, &mut sum_want, &want);
+        self.dec.decode(&mut self.dctx, &wire, Sink::AddBf16(&mut sum)).expect("decode and add");
+        assert_eq!(sum, sum_want, "fused sum of {} elements", raw.len() / 4);
+        Some(wire[0])
+    }
+
+    fn dense_first(&self) -> bool {
+        self.enc.policies[Stream::Bf16 as usize].dense_first
+    }
+}
+
+#[test]
+fn bf16_zeros_are_left_out_when_they_pay_and_the_stream_adapts() {
+    let mut s = Bf16Stream::new();
+    // One in 3 zero: sparse, in one pass (the stream expects zeros).
+    assert_eq!(s.round_trip(&gradients(4096, 3)), Some(FLAG_BITMAP | FLAG_BITMAP_ZSTD));
+    assert!(!s.dense_first());
+    // One in 10: too few to pay for the bitmap. Whole planes, and the stream now writes
+    // whole planes first.
+    assert_eq!(s.round_trip(&gradients(4096, 10)), Some(0));
+    assert!(s.dense_first());
+    assert_eq!(s.round_trip(&gradients(4096, 10)), Some(0));
+    // Enough zeros again: compacted after the whole-plane pass counted them.
+    assert_eq!(s.round_trip(&gradients(4096, 2)).map(|f| f & FLAG_BITMAP), Some(FLAG_BITMAP));
+    assert!(!s.dense_first());
+    // No zeros at all: whole planes straight from the compacting pass.
+    assert_eq!(s.round_trip(&gradients(4096, 0)), Some(0));
+    assert!(!s.dense_first(), "nothing to count next time");
+    // Edge lengths, all zero, and values that round to zero (or to -0.0) in bf16.
+    for elems in [0usize, 1, 2, 7, 15, 16, 17, 33, 1001] {
+        for zero_every in [0, 1, 2, 3] {
+            s.round_trip(&gradients(elems, zero_every));
+        }
+    }
+    let tiny: Vec<u8> = (0..999u32).flat_map(|i| f32::from_bits(i % 3 * 0x4000_0000 + i).to_ne_bytes()).collect();
+    assert!(s.round_trip(&tiny).is_some());
+}
+
+#[test]
+fn two_byte_elements_of_shuffle_zstd_leave_zeros_out() {
+    let (mut cctx, mut dctx) = contexts();
+    // f16 elements: one in 3 zero (the rest small non-zero patterns, some with a zero byte).
+    let raw: Vec<u8> =
+        (0..3000u16).flat_map(|i| if i % 3 == 0 { 0 } else { 0x3c00 | (i & 0x3ff) }.to_ne_bytes()).collect();
+    let mut out = Vec::new();
+    let source = Source::Elems { elem_bytes: 2, bytes: &raw };
+    assert!(PackEncoder::default().encode(&mut cctx, source, raw.len(), &mut out).expect("encode"));
+    assert_eq!(out[0] & FLAG_BITMAP, FLAG_BITMAP);
+    let mut back = vec![0xa5; raw.len()];
+    PackDecoder::default().decode(&mut dctx, &out, Sink::Elems { elem_bytes: 2, out: &mut back }).expect("decode");
+    assert_eq!(back, raw);
+}
+
+#[test]
+fn hostile_two_byte_packs_are_typed_errors() {
+    let (mut cctx, mut dctx) = contexts();
+    let raw = gradients(1001, 3);
+    let mut good = Vec::new();
+    assert!(PackEncoder::default().encode(&mut cctx, Source::F32ToBf16(&raw), raw.len() / 2, &mut good).expect("e"));
+    assert_eq!(good[0], FLAG_BITMAP | FLAG_BITMAP_ZSTD, "zeros left out, bitmap compressed");
+    let mut dec = PackDecoder::default();
+    let mut out = vec![0u8; raw.len()];
+    assert_eq!(dec.decode(&mut dctx, &good, Sink::WidenBf16(&mut out)), Ok(()));
+    let corrupt = |reason| Err(CodecError::Corrupt { reason });
+    let mut decode = |payload: &[u8]| {
+        let mut acc = vec![7u8; raw.len()];
+        let result = dec.decode(&mut dctx, payload, Sink::AddBf16(&mut acc));
+        if result.is_err() {
+            assert!(acc.iter().all(|b| *b == 7), "the sum is untouched on error");
+        }
+        result
+    };
+    assert_eq!(decode(&good[..good.len() - 1]), corrupt("pack section truncated"));
+    assert_eq!(decode(&[good.as_slice(), &[0]].concat()), corrupt("bytes after the last pack section"));
+    assert_eq!(decode(&[0, 0b100]), corrupt("zstd mask names a plane past the element size"));
+    // Raw bitmaps (1001 elements: 126 bytes, bits 1..7 of the last unused): every element
+    // present but the planes one byte short; a bit past the end; no element present.
+    let mut pack = vec![FLAG_BITMAP, 0];
+    pack.extend(std::iter::repeat_n(0xffu8, 125));
+    pack.push(1);
+    pack.extend(std::iter::repeat_n(1u8, 2 * 1001 - 1));
+    assert_eq!(decode(&pack), corrupt("pack section truncated"));
+    pack[2 + 125] = 0b11;
+    assert_eq!(decode(&pack), corrupt("bitmap bits past the last element"));
+    let mut empty = vec![FLAG_BITMAP, 0];
+    empty.extend(std::iter::repeat_n(0u8, 126));
+    assert_eq!(decode(&empty), Ok(()));
 }
