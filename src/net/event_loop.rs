@@ -90,7 +90,7 @@ impl Driver {
         shared: Arc<super::Shared>,
     ) -> Result<Driver, Error> {
         let os = |e: std::io::Error| Error::Shutdown(format!("event loop setup: {e}"));
-        let codecs = Codecs::new(config.codec_level, Some(Instant::now))
+        let codecs = Codecs::new(config.codec_level, Some(crate::codec::cpu_share::thread_cpu_clock))
             .map(|c| c.with_sched_times(crate::codec::cpu_share::thread_sched_times))
             .map_err(|e| Error::Config(format!("codec {}: {e}", config.codec.name())))?;
         let poll = Poll::new().map_err(os)?;
@@ -585,6 +585,9 @@ impl EventLoop {
             }
             if let (Some(c), Some(rate)) = (codecs.as_mut(), l.as_mut().and_then(|l| l.rate.take_sample())) {
                 c.observe_link(link_of(i), rate);
+            }
+            if let (Some(c), Some(l)) = (codecs.as_mut(), l.as_ref()) {
+                c.observe_link_bytes(link_of(i), l.bytes_out);
             }
         }
         codecs
