@@ -264,24 +264,36 @@ impl AutoPolicy {
         }
     }
 
-    /// Records the total bytes outgoing link `link` has accepted so far (a counter that
-    /// only grows while the link lives; the driver reads it before each call). If exactly
-    /// one call ended since the last reading and it carried enough, the bytes over its time
-    /// are a rate the link has sustained: a rate estimate below it is raised to it.
+    /// Records the total bytes each outgoing link has accepted so far (by link index; a
+    /// counter that only grows while the link lives, `None` for no link), read by the
+    /// driver before each call. If exactly one call ended since the last reading and took
+    /// long enough to count, the bytes each link carried over its time are a rate that link
+    /// sustained; the least of them over the links that carried enough is a rate each of
+    /// those links sustained even where they share one network interface, and a rate
+    /// estimate below it is raised to it.
     ///
-    /// Rate samples come only from times the link could not keep up, so a low sample (a
-    /// peer descheduled for a while) would otherwise stand for good once a heavy codec
-    /// slows this rank below the link: the link never falls behind again, and the codec
-    /// that the low rate calls for is chosen for ever (measured: one of eight links of a
-    /// 10 Gbit/s ring stuck at 39 MB/s on `bf16+zstd`, an eighth of the bytes at half speed).
-    pub fn observe_link_bytes(&mut self, link: usize, total_bytes: u64) {
-        let Some(last) = self.link_bytes_out.get_mut(link) else { return };
-        let before = last.replace((total_bytes, self.calls_ended));
-        let Some((before_bytes, before_calls)) = before else { return };
-        let (Some(secs), true) = (self.last_call_secs, self.calls_ended == before_calls + 1) else { return };
-        let carried = total_bytes.checked_sub(before_bytes).filter(|b| *b >= LINK_BYTES_MIN);
-        if let (Some(bytes), Some(Some(rate))) = (carried, self.link_bytes_per_sec.get_mut(link)) {
-            *rate = rate.max(bytes as f64 / secs);
+    /// Rate samples come only from times a link could not keep up, so a low sample (a peer
+    /// descheduled for a while) would otherwise stand for good once a heavy codec slows
+    /// this rank below the link: the link never falls behind again, and the codec the low
+    /// rate calls for is chosen for ever (measured: one of eight links of a 10 Gbit/s ring
+    /// stuck at 39 MB/s on `bf16+zstd`, an eighth of the bytes at half speed). Raising each
+    /// link to what it alone carried would overrate links that share an interface: one
+    /// carries more while the other carries less.
+    pub fn observe_link_bytes(&mut self, totals: [Option<u64>; 2]) {
+        let secs = self.last_call_secs;
+        let mut carried = [None; 2];
+        for (l, total) in totals.into_iter().enumerate() {
+            let before = std::mem::replace(&mut self.link_bytes_out[l], total.map(|t| (t, self.calls_ended)));
+            if let (Some(total), Some((bytes, calls)), Some(secs)) = (total, before, secs) {
+                let sent = total.checked_sub(bytes).filter(|b| *b >= LINK_BYTES_MIN && calls + 1 == self.calls_ended);
+                carried[l] = sent.map(|b| b as f64 / secs);
+            }
+        }
+        let Some(floor) = carried.iter().flatten().copied().reduce(f64::min) else { return };
+        for (rate, carried) in self.link_bytes_per_sec.iter_mut().zip(carried) {
+            if let (Some(rate), Some(_)) = (rate.as_mut(), carried) {
+                *rate = rate.max(floor);
+            }
         }
     }
 

@@ -193,36 +193,50 @@ fn encodes_count_only_for_the_share_of_the_bytes_a_rank_originates() {
 }
 
 #[test]
-fn a_link_rate_below_what_the_link_carried_is_raised_to_it() {
+fn a_link_rate_below_what_the_links_carried_is_raised_to_it() {
     // A rate sampled while the peer was descheduled: 39 MB/s on a 10 Gbit/s link. bf16+zstd
     // then looks best, and keeps this rank too busy for the link to fall behind again.
     let mut p = measured(39e6, 0.72e-9, 0.45);
     assert_eq!(p.choose(1, true, 2), Codec::Bf16Zstd);
     let call = 96u64 << 20;
     let secs = |s: f64| Some(Duration::from_secs_f64(s));
-    p.observe_link_bytes(1, 1000);
+    p.observe_link_bytes([Some(500), Some(1000)]);
     p.end_call(call, call / 3, secs(0.3));
-    p.observe_link_bytes(1, 1000 + 18_000_000); // 60 MB/s carried: bf16 now looks better
+    // 60 MB/s carried on link 1, more on link 0: bf16 now looks better on link 1.
+    p.observe_link_bytes([Some(500 + 30_000_000), Some(1000 + 18_000_000)]);
     assert!(p.link_rate(1).is_some_and(|r| (r - 60e6).abs() < 1.0), "{:?}", p.link_rate(1));
     assert_eq!(p.choose(1, true, 2), Codec::Bf16);
+    assert_eq!(p.link_rate(0), None, "a link without a rate stays without");
+    // Links that share an interface: one carried more because the other carried less.
+    // Each is raised only to the least either carried.
+    let mut q = measured(58e6, 0.72e-9, 0.45);
+    q.observe_link(0, 58e6);
+    q.observe_link_bytes([Some(0), Some(0)]);
+    q.end_call(call, call / 3, secs(0.4));
+    q.observe_link_bytes([Some(35_200_000), Some(16_000_000)]); // 88 and 40 MB/s
+    assert_eq!((q.link_rate(0), q.link_rate(1)), (Some(58e6), Some(58e6)));
+    q.end_call(call, call / 3, secs(0.4));
+    q.observe_link_bytes([Some(35_200_000 + 26_000_000), Some(16_000_000 + 28_000_000)]); // 65, 70
+    assert!(q.link_rate(0).is_some_and(|r| (r - 65e6).abs() < 1.0), "{:?}", q.link_rate(0));
+    assert!(q.link_rate(1).is_some_and(|r| (r - 65e6).abs() < 1.0), "{:?}", q.link_rate(1));
     // Only the bytes of exactly one measured call say anything.
-    let mut q = measured(39e6, 0.72e-9, 0.45);
-    q.observe_link_bytes(1, 0);
-    q.end_call(call, call / 3, secs(0.3));
-    q.end_call(call, call / 3, secs(0.3));
-    q.observe_link_bytes(1, 36_000_000); // two calls' bytes
-    q.end_call(call, call / 3, None);
-    q.observe_link_bytes(1, 54_000_000); // a failed call
-    q.end_call(call, call / 3, secs(0.3));
-    q.observe_link_bytes(1, 1_000_000); // a new connection's counter
-    q.end_call(1 << 20, 1 << 19, secs(0.001));
-    q.observe_link_bytes(1, 2_000_000); // a small call
-    assert_eq!(q.link_rate(1), Some(39e6));
+    let mut r = measured(39e6, 0.72e-9, 0.45);
+    let one = |r: &mut AutoPolicy, total: u64| r.observe_link_bytes([None, Some(total)]);
+    one(&mut r, 0);
+    r.end_call(call, call / 3, secs(0.3));
+    r.end_call(call, call / 3, secs(0.3));
+    one(&mut r, 36_000_000); // two calls' bytes
+    r.end_call(call, call / 3, None);
+    one(&mut r, 54_000_000); // a failed call
+    r.end_call(call, call / 3, secs(0.3));
+    one(&mut r, 1_000_000); // a new connection's counter
+    r.end_call(1 << 20, 1 << 19, secs(0.001));
+    one(&mut r, 2_000_000); // a small call
+    assert_eq!(r.link_rate(1), Some(39e6));
     // A rate above what the link carried stays: the link was not the bottleneck then.
-    q.end_call(call, call / 3, secs(0.3));
-    q.observe_link_bytes(1, 7_000_000);
-    assert_eq!(q.link_rate(1), Some(39e6));
-    assert_eq!(AutoPolicy::new().link_rate(1), None);
+    r.end_call(call, call / 3, secs(0.3));
+    one(&mut r, 7_000_000);
+    assert_eq!(r.link_rate(1), Some(39e6));
 }
 
 /// Ends a call of `call` raw bytes that `codec` (if any) carried all of, in `secs`.

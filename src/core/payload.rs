@@ -88,10 +88,14 @@ impl Codecs {
         self.auto.observe_link(link_index(link), bytes_per_sec);
     }
 
-    /// Records the bytes the outgoing link `link` has accepted so far (a counter of the
-    /// link's life), read before each call: see [`AutoPolicy::observe_link_bytes`].
-    pub fn observe_link_bytes(&mut self, link: Link, total_bytes: u64) {
-        self.auto.observe_link_bytes(link_index(link), total_bytes);
+    /// Records the bytes the outgoing links `[prev, next]` have accepted so far (counters
+    /// of each link's life, `None` where there is no link), read before each call: see
+    /// [`AutoPolicy::observe_link_bytes`].
+    pub fn observe_link_bytes(&mut self, [prev, next]: [Option<u64>; 2]) {
+        let mut by_index = [None; 2];
+        by_index[link_index(Link::Prev)] = prev;
+        by_index[link_index(Link::Next)] = next;
+        self.auto.observe_link_bytes(by_index);
     }
 
     /// Records whether the outgoing link `link` leads to a peer on the same host.

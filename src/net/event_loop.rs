@@ -586,9 +586,9 @@ impl EventLoop {
             if let (Some(c), Some(rate)) = (codecs.as_mut(), l.as_mut().and_then(|l| l.rate.take_sample())) {
                 c.observe_link(link_of(i), rate);
             }
-            if let (Some(c), Some(l)) = (codecs.as_mut(), l.as_ref()) {
-                c.observe_link_bytes(link_of(i), l.bytes_out);
-            }
+        }
+        if let Some(c) = codecs.as_mut() {
+            c.observe_link_bytes([0, 1].map(|i| self.links[i].as_ref().map(|l| l.bytes_out)));
         }
         codecs
     }
