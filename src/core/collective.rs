@@ -346,7 +346,7 @@ impl Collective {
                 (Status::Done, Some(start), Some(end)) => Some(end.saturating_duration_since(start)),
                 _ => None,
             };
-            c.end_call(self.bytes_sent + self.bytes_saved, elapsed);
+            c.end_call(&self.plan, self.bytes_sent + self.bytes_saved, self.bytes_sent, elapsed);
         }
         self.plan = CallCodec::RAW;
         self.codecs.take()

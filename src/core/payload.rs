@@ -13,7 +13,7 @@
 //! ([`CallCodec::check_frame`]) and decodes into exactly the segment its own schedule
 //! expects, so a payload cannot make it write more or fewer bytes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::collective::Link;
 use super::{DataType, ReduceOp};
@@ -23,10 +23,12 @@ use crate::codec::{
 };
 use crate::wire::CollKind;
 
-/// A time source for `auto`'s probes. The TCP driver passes the wall clock; the
-/// simulator passes none (its time is virtual and encoding takes none of it), so probes
-/// measure ratios only and codecs count as free.
-pub type Clock = fn() -> Instant;
+/// What `auto` times encodes and decodes with: a monotonic reading, arbitrary origin. The
+/// TCP driver passes the thread's CPU time ([`cpu_share::thread_cpu_clock`]: a codec's
+/// cost is CPU, and the share of a core the thread gets is measured apart); the simulator
+/// passes none (its time is virtual and encoding takes none of it), so probes measure
+/// ratios only and codecs count as free.
+pub type Clock = fn() -> Duration;
 
 /// The calling thread's total time on a core and waiting for one
 /// ([`crate::codec::cpu_share::thread_sched_times`] in the TCP driver), for `auto`'s CPU
@@ -86,6 +88,16 @@ impl Codecs {
         self.auto.observe_link(link_index(link), bytes_per_sec);
     }
 
+    /// Records the bytes the outgoing links `[prev, next]` have accepted so far (counters
+    /// of each link's life, `None` where there is no link), read before each call: see
+    /// [`AutoPolicy::observe_link_bytes`].
+    pub fn observe_link_bytes(&mut self, [prev, next]: [Option<u64>; 2]) {
+        let mut by_index = [None; 2];
+        by_index[link_index(Link::Prev)] = prev;
+        by_index[link_index(Link::Next)] = next;
+        self.auto.observe_link_bytes(by_index);
+    }
+
     /// Records whether the outgoing link `link` leads to a peer on the same host.
     pub fn set_local(&mut self, link: Link, local: bool) {
         self.auto.set_local(link_index(link), local);
@@ -115,6 +127,7 @@ impl Codecs {
         let codec = match plan.choice {
             CodecChoice::Fixed(c) => c,
             CodecChoice::Auto { lossy } => {
+                self.auto.observe_segment(raw.len());
                 // A link neither known to be slow nor local is fast: raw, nothing to measure.
                 let l = link_index(link);
                 if !self.auto.knows(l) {
@@ -135,7 +148,7 @@ impl Codecs {
         let started = self.clock.map(|now| now());
         let encoded = self.encoder.encode(codec, dtype, raw, out.vec_mut());
         if let (Some(t0), Some(now), CodecChoice::Auto { .. }) = (started, self.clock, plan.choice) {
-            self.auto.observe_encode(codec, raw.len(), now().saturating_duration_since(t0));
+            self.auto.observe_encode(codec, raw.len(), now().saturating_sub(t0));
         }
         match encoded {
             Ok(Codec::Raw) | Err(_) => None,
@@ -163,8 +176,8 @@ impl Codecs {
                 continue;
             }
             let t2 = self.clock.map(|now| now());
-            let elapsed = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
-                (Some(a), Some(b)) => b.saturating_duration_since(a),
+            let elapsed = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+                (Some(a), Some(b)) => b.saturating_sub(a),
                 _ => Duration::ZERO,
             };
             self.auto.observe_probe(&Probe {
@@ -210,23 +223,28 @@ impl Codecs {
 
     /// Tells `auto` what a real decode of `raw_bytes` cost (what receiving with that codec
     /// costs this rank, which the sender's probes can only estimate).
-    fn observe_decode(&mut self, codec: Codec, raw_bytes: usize, started: Option<Instant>) {
+    fn observe_decode(&mut self, codec: Codec, raw_bytes: usize, started: Option<Duration>) {
         if let (Some(t0), Some(now)) = (started, self.clock) {
-            self.auto.observe_decode(codec, raw_bytes, now().saturating_duration_since(t0));
+            self.auto.observe_decode(codec, raw_bytes, now().saturating_sub(t0));
         }
     }
 
-    /// Tells `auto` a call ended: it sent `raw_bytes` (what it would have sent raw) in
-    /// `elapsed`, or failed (`None`).
-    pub fn end_call(&mut self, raw_bytes: u64, elapsed: Option<Duration>) {
+    /// Tells `auto` a call run as `plan` ended: it sent `raw_bytes` (what it would have
+    /// sent raw) as `wire_bytes` in `elapsed`, or failed (`None`).
+    pub fn end_call(&mut self, plan: &CallCodec, raw_bytes: u64, wire_bytes: u64, elapsed: Option<Duration>) {
         if let Some(now) = self.sched.and_then(|read| read()) {
-            let share = self.sched_last.and_then(|before| cpu_share::share_between(before, now, SCHED_SPAN_MIN));
-            if let Some(share) = share {
-                self.auto.observe_call_cpu_share(share);
+            let span = self.sched_last.and_then(|before| cpu_share::sched_between(before, now, SCHED_SPAN_MIN));
+            if let Some((ran, waited)) = span {
+                self.auto.observe_call_cpu(ran, waited);
             }
             self.sched_last = Some(now);
         }
-        self.auto.end_call(raw_bytes, elapsed);
+        if let Some(secs) = elapsed.map(|d| d.as_secs_f64()) {
+            let mib = |b: u64| b as f64 / f64::from(1 << 20);
+            let (raw, wire, summary) = (mib(raw_bytes), mib(wire_bytes), self.auto.summary(plan.links, plan.lossy));
+            tracing::debug!(target: "ringcc::auto", "call: {raw:.1} MiB as {wire:.1} in {:.1} ms, rounds {}; {summary}", secs * 1e3, plan.lossy);
+        }
+        self.auto.end_call(raw_bytes, wire_bytes, elapsed);
     }
 
     /// `raw` (bytes this rank decoded from a frame of `codec`) encoded again with `codec`,

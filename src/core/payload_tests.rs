@@ -4,6 +4,7 @@ use super::*;
 use crate::core::collective::{Algorithm, Collective, ProtocolError, Spec, Status};
 use crate::core::schedule::{next_pos, prev_pos};
 use crate::wire::{FrameKind, Header, Phase};
+use std::time::Instant;
 
 fn codecs() -> Codecs {
     Codecs::new(1, None).expect("zstd contexts")

@@ -152,6 +152,9 @@ impl EventLoop {
                 c.observe_link(link_of(i), rate);
             }
         }
+        if let Some(c) = codecs.as_mut() {
+            c.observe_link_bytes([0, 1].map(|i| self.links[i].as_ref().map(|l| l.bytes_out)));
+        }
         codecs
     }
 

@@ -95,7 +95,7 @@ impl Driver {
         shared: Arc<super::Shared>,
     ) -> Result<Driver, Error> {
         let os = |e: std::io::Error| Error::Shutdown(format!("event loop setup: {e}"));
-        let codecs = Codecs::new(config.codec_level, Some(Instant::now))
+        let codecs = Codecs::new(config.codec_level, Some(crate::codec::cpu_share::thread_cpu_clock))
             .map(|c| c.with_sched_times(crate::codec::cpu_share::thread_sched_times))
             .map_err(|e| Error::Config(format!("codec {}: {e}", config.codec.name())))?;
         let poll = Poll::new().map_err(os)?;
