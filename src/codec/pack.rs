@@ -42,7 +42,7 @@ use zstd::zstd_safe::{CCtx, DCtx};
 
 use super::decoder::decompress;
 use super::encoder::compress;
-use super::simd::{Sink as Merge, Sink4};
+use super::simd::{self, Sink as Merge, Sink4};
 use super::{lossy, planes, zeros, zeros2, zeros4, CodecError};
 
 /// Flag: zero elements are left out, a presence bitmap comes first.
@@ -73,8 +73,11 @@ const ZEROS_OVER_BITMAP_MIN: usize = 2;
 /// Smallest element size zeros are left out of. For 2-byte elements this pays only with
 /// the fused kernels of `zeros2`: with a scalar compaction (about 3 ns per element) the
 /// bf16+zstd encoder on `grads.f32` ran at 0.69 GB/s of f32 per core against 1.15 without
-/// zeros left out, which four ranks sharing two cores could not afford at 1 Gbit/s. 1-byte
-/// elements stay dense: a zero saves one byte for one bit.
+/// zeros left out, which four ranks sharing two cores could not afford at 1 Gbit/s; with
+/// them (AVX2) it encodes at 1.3 and decodes at 3.3-3.6 GB/s, ratio 3.82 against 2.89
+/// (before zstd's hash log went to 8). So 2-byte elements are left dense where those
+/// kernels are not vectorized (`simd::compaction_is_fast`). 1-byte elements stay dense: a
+/// zero saves one byte for one bit.
 const SPARSE_ELEM_BYTES_MIN: usize = 2;
 
 /// Per section slot (planes, then the bitmap): segments left before zstd is tried again.
@@ -215,7 +218,8 @@ impl PackEncoder {
     /// The planes (and the bitmap, when zeros are left out) of 2- or 4-byte elements, from
     /// the fused kernels. One pass over `src` when the stream's zeros are either worth
     /// leaving out or absent; two when a segment has zeros but too few (the stream then
-    /// writes whole planes first, see `dense_first`).
+    /// writes whole planes first, see `dense_first`). 2-byte elements are never sparse
+    /// where the kernels are not vectorized ([`SPARSE_ELEM_BYTES_MIN`]).
     fn planes_fused(&mut self, stream: Stream, kind: Fused, src: &[u8]) -> Layout {
         let (k, n) = match kind {
             Fused::Bf16 => (2, src.len() / 4),
@@ -224,6 +228,10 @@ impl PackEncoder {
         };
         self.planes.resize(k * n, 0);
         let (bitmap, planes) = (&mut self.bitmap[..], &mut self.planes[..]);
+        if k < 4 && !simd::compaction_is_fast() {
+            kind.whole(src, planes, n);
+            return Layout { m: n, stride: n, sparse: false };
+        }
         let policy = &mut self.policies[stream as usize];
         let (m, zeros, sparse) = if policy.dense_first {
             let zeros = kind.whole(src, planes, n);

@@ -199,6 +199,11 @@ impl Bf16Stream {
 #[test]
 fn bf16_zeros_are_left_out_when_they_pay_and_the_stream_adapts() {
     let mut s = Bf16Stream::new();
+    if !crate::codec::simd::compaction_is_fast() {
+        // Without vectorized kernels 2-byte elements stay dense, zeros or not.
+        assert_eq!(s.round_trip(&gradients(4096, 3)), Some(0));
+        return;
+    }
     // One in 3 zero: sparse, in one pass (the stream expects zeros).
     assert_eq!(s.round_trip(&gradients(4096, 3)), Some(FLAG_BITMAP | FLAG_BITMAP_ZSTD));
     assert!(!s.dense_first());
@@ -232,7 +237,8 @@ fn two_byte_elements_of_shuffle_zstd_leave_zeros_out() {
     let mut out = Vec::new();
     let source = Source::Elems { elem_bytes: 2, bytes: &raw };
     assert!(PackEncoder::default().encode(&mut cctx, source, raw.len(), &mut out).expect("encode"));
-    assert_eq!(out[0] & FLAG_BITMAP, FLAG_BITMAP);
+    let want = if crate::codec::simd::compaction_is_fast() { FLAG_BITMAP } else { 0 };
+    assert_eq!(out[0] & FLAG_BITMAP, want);
     let mut back = vec![0xa5; raw.len()];
     PackDecoder::default().decode(&mut dctx, &out, Sink::Elems { elem_bytes: 2, out: &mut back }).expect("decode");
     assert_eq!(back, raw);
@@ -244,7 +250,9 @@ fn hostile_two_byte_packs_are_typed_errors() {
     let raw = gradients(1001, 3);
     let mut good = Vec::new();
     assert!(PackEncoder::default().encode(&mut cctx, Source::F32ToBf16(&raw), raw.len() / 2, &mut good).expect("e"));
-    assert_eq!(good[0], FLAG_BITMAP | FLAG_BITMAP_ZSTD, "zeros left out, bitmap compressed");
+    if crate::codec::simd::compaction_is_fast() {
+        assert_eq!(good[0], FLAG_BITMAP | FLAG_BITMAP_ZSTD, "zeros left out, bitmap compressed");
+    }
     let mut dec = PackDecoder::default();
     let mut out = vec![0u8; raw.len()];
     assert_eq!(dec.decode(&mut dctx, &good, Sink::WidenBf16(&mut out)), Ok(()));
