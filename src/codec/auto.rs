@@ -44,11 +44,8 @@
 //! as much as it receives). So where the CPU, not the link, limits a call (a fast link,
 //! or ranks outnumbering cores), a codec that saves more CPU on moving bytes than it costs
 //! (`bf16` halves what the kernel copies) still pays, and zstd does not. A codec is used
-//! only if it promises at least [`GAIN_MIN`] times raw's goodput; without a probe yet the
-//! answer is raw. A link that never fell behind has no rate: until `b` is measured the
-//! answer there is raw too, then the link counts as infinitely fast and only the CPU terms
-//! decide (measured at 10 Gbit/s: with raw on such a link, `auto+bf16` trailed `bf16` in
-//! calls that rounded anyway). A link to a peer on the same host has no rate either:
+//! only if it promises at least [`GAIN_MIN`] times raw's goodput; without a link rate, or
+//! without a probe yet, the answer is raw. A link to a peer on the same host has no rate:
 //! there the "link" is memory and the peer's CPU, which zstd only loads further, so `auto`
 //! sends raw there and costs nothing; `auto+bf16` sends bf16 there (casting costs less
 //! than the copying it halves), unless its calls turn out slower.
@@ -308,26 +305,16 @@ impl AutoPolicy {
         }
     }
 
-    /// True if `link` is known to be slow (has a rate), local, or known to keep up while
-    /// the CPU cost of moving bytes is known: only then may a segment on it be anything but
-    /// raw. (Probing is worth its cost only on links with a rate.)
+    /// True if `link` is known to be slow (has a rate) or local: only then may a segment
+    /// on it be anything but raw, and only then is probing worth its cost (slow links).
     pub fn knows(&self, link: usize) -> bool {
-        self.link_rate(link).is_some() || self.local.get(link).copied().unwrap_or(false) || self.keeps_up(link)
+        self.link_rate(link).is_some() || self.local.get(link).copied().unwrap_or(false)
     }
 
-    /// True if a call may encode anything: some link is known to be slow, or the call may
-    /// round and some link is local or keeps up (where only the CPU limits a call, `bf16`
-    /// may pay by halving the bytes moved).
+    /// True if a call may encode anything: some link is known to be slow, or is local and
+    /// the call may round.
     pub fn may_encode(&self, lossy: bool) -> bool {
-        (0..self.local.len()).any(|l| self.link_rate(l).is_some() || (lossy && (self.local[l] || self.keeps_up(l))))
-    }
-
-    /// True if `link` exists (the driver reports its byte counter), has never fallen
-    /// behind (no rate), and the CPU cost of moving bytes is measured: then only the CPU
-    /// limits what it carries, and the model compares codecs on CPU alone.
-    fn keeps_up(&self, link: usize) -> bool {
-        let exists = self.link_bytes_out.get(link).is_some_and(Option::is_some);
-        exists && self.link_rate(link).is_none() && self.base_secs_per_byte.is_some()
+        (0..self.local.len()).any(|l| self.link_rate(l).is_some() || (lossy && self.local[l]))
     }
 
     /// The current rate estimate of link `link`.
@@ -480,16 +467,11 @@ impl AutoPolicy {
     /// The codec for the next segment on outgoing link `link`: the candidate (lossy ones
     /// only if `lossy`) with the most predicted goodput, if it beats raw by [`GAIN_MIN`];
     /// raw otherwise. `links` is the number of outgoing links this rank's core feeds at once.
-    /// A link that keeps up counts as infinitely fast: only CPU decides there.
     pub fn choose(&self, link: usize, lossy: bool, links: usize) -> Codec {
         if self.local.get(link).copied().unwrap_or(false) {
             return if lossy && !self.vetoed(Codec::Bf16) { Codec::Bf16 } else { Codec::Raw };
         }
-        let rate = match self.link_rate(link) {
-            Some(rate) => rate,
-            None if self.keeps_up(link) => f64::INFINITY,
-            None => return Codec::Raw,
-        };
+        let Some(rate) = self.link_rate(link) else { return Codec::Raw };
         let mut best = (Codec::Raw, self.raw_goodput_predicted(rate, links) * GAIN_MIN);
         for &codec in AutoPolicy::candidates(lossy).iter().filter(|c| !self.vetoed(**c)) {
             if let Some(g) = self.goodput(codec, rate, links) {
