@@ -5,9 +5,11 @@
 //!
 //! - the **link rate** of each outgoing link, in wire bytes per second, measured by the
 //!   driver only while the link was the bottleneck (the socket refused more bytes), so a
-//!   link that always keeps up reports nothing and is treated as fast. Before each call the
-//!   driver also reports the bytes each link accepted, and a rate estimate below what the
-//!   link carried in the last call is raised to it ([`AutoPolicy::observe_link_bytes`]);
+//!   link that always keeps up reports nothing. Before each call the driver also reports
+//!   the bytes each link accepted: what the links carried in the last call is a rate they
+//!   sustained, which raises a rate estimate below it and is the first estimate of a link
+//!   without samples ([`AutoPolicy::observe_link_bytes`]); a link with neither (no call
+//!   measured yet) is treated as fast;
 //! - **probes**: now and then (first on the first segment, then every 2, 4, ... up to
 //!   [`PROBE_INTERVAL_MAX`] segments) the sender encodes and decodes the first
 //!   [`PROBE_BYTES`] of a segment with each candidate codec and reports the ratio and the
@@ -269,16 +271,19 @@ impl AutoPolicy {
     /// driver before each call. If exactly one call ended since the last reading and took
     /// long enough to count, the bytes each link carried over its time are a rate that link
     /// sustained; the least of them over the links that carried enough is a rate each of
-    /// those links sustained even where they share one network interface, and a rate
-    /// estimate below it is raised to it.
+    /// those links sustained even where they share one network interface. A rate estimate
+    /// below it is raised to it, and a link to another host without one gets it as its
+    /// first.
     ///
     /// Rate samples come only from times a link could not keep up, so a low sample (a peer
     /// descheduled for a while) would otherwise stand for good once a heavy codec slows
     /// this rank below the link: the link never falls behind again, and the codec the low
     /// rate calls for is chosen for ever (measured: one of eight links of a 10 Gbit/s ring
-    /// stuck at 39 MB/s on `bf16+zstd`, an eighth of the bytes at half speed). Raising each
-    /// link to what it alone carried would overrate links that share an interface: one
-    /// carries more while the other carries less.
+    /// stuck at 39 MB/s on `bf16+zstd`, an eighth of the bytes at half speed). And a link
+    /// can go without any sample (measured: one link of a 1 Gbit/s ring for a whole run),
+    /// which left it raw, or treated as infinitely fast, on `bf16` next to `bf16+zstd`.
+    /// Raising each link to what it alone carried would overrate links that share an
+    /// interface: one carries more while the other carries less.
     pub fn observe_link_bytes(&mut self, totals: [Option<u64>; 2]) {
         let secs = self.last_call_secs;
         let mut carried = [None; 2];
@@ -290,10 +295,9 @@ impl AutoPolicy {
             }
         }
         let Some(floor) = carried.iter().flatten().copied().reduce(f64::min) else { return };
-        for (rate, carried) in self.link_bytes_per_sec.iter_mut().zip(carried) {
-            if let (Some(rate), Some(_)) = (rate.as_mut(), carried) {
-                *rate = rate.max(floor);
-            }
+        for l in (0..carried.len()).filter(|&l| carried[l].is_some() && !self.local[l]) {
+            let rate = &mut self.link_bytes_per_sec[l];
+            *rate = Some(rate.map_or(floor, |r| r.max(floor)));
         }
     }
 

@@ -206,7 +206,16 @@ fn a_link_rate_below_what_the_links_carried_is_raised_to_it() {
     p.observe_link_bytes([Some(500 + 30_000_000), Some(1000 + 18_000_000)]);
     assert!(p.link_rate(1).is_some_and(|r| (r - 60e6).abs() < 1.0), "{:?}", p.link_rate(1));
     assert_eq!(p.choose(1, true, 2), Codec::Bf16);
-    assert_eq!(p.link_rate(0), None, "a link without a rate stays without");
+    // A link that never yielded a sample gets what the links carried as its first rate
+    // (before, it was raw: a 1 Gbit/s link sent raw next to bf16+zstd); not a local one.
+    assert!(p.link_rate(0).is_some_and(|r| (r - 60e6).abs() < 1.0), "{:?}", p.link_rate(0));
+    assert_eq!(p.choose(0, true, 2), Codec::Bf16);
+    let mut local = AutoPolicy::new();
+    local.set_local(0, true);
+    local.observe_link_bytes([Some(0), Some(0)]);
+    local.end_call(call, call, Some(Duration::from_secs(1)));
+    local.observe_link_bytes([Some(50_000_000), Some(50_000_000)]);
+    assert_eq!((local.link_rate(0), local.link_rate(1)), (None, Some(50e6)));
     // Links that share an interface: one carried more because the other carried less.
     // Each is raised only to the least either carried.
     let mut q = measured(58e6, 0.72e-9, 0.45);
