@@ -5,9 +5,11 @@
 //!
 //! - the **link rate** of each outgoing link, in wire bytes per second, measured by the
 //!   driver only while the link was the bottleneck (the socket refused more bytes), so a
-//!   link that always keeps up reports nothing and is treated as fast. Before each call the
-//!   driver also reports the bytes each link accepted, and a rate estimate below what the
-//!   link carried in the last call is raised to it ([`AutoPolicy::observe_link_bytes`]);
+//!   link that always keeps up reports nothing. Before each call the driver also reports
+//!   the bytes each link accepted: what the links carried in the last call is a rate they
+//!   sustained, which raises a rate estimate below it and is the first estimate of a link
+//!   without samples ([`AutoPolicy::observe_link_bytes`]); a link with neither (no call
+//!   measured yet) is treated as fast;
 //! - **probes**: now and then (first on the first segment, then every 2, 4, ... up to
 //!   [`PROBE_INTERVAL_MAX`] segments) the sender encodes and decodes the first
 //!   [`PROBE_BYTES`] of a segment with each candidate codec and reports the ratio and the
@@ -44,11 +46,8 @@
 //! as much as it receives). So where the CPU, not the link, limits a call (a fast link,
 //! or ranks outnumbering cores), a codec that saves more CPU on moving bytes than it costs
 //! (`bf16` halves what the kernel copies) still pays, and zstd does not. A codec is used
-//! only if it promises at least [`GAIN_MIN`] times raw's goodput; without a probe yet the
-//! answer is raw. A link that never fell behind has no rate: until `b` is measured the
-//! answer there is raw too, then the link counts as infinitely fast and only the CPU terms
-//! decide (measured at 10 Gbit/s: with raw on such a link, `auto+bf16` trailed `bf16` in
-//! calls that rounded anyway). A link to a peer on the same host has no rate either:
+//! only if it promises at least [`GAIN_MIN`] times raw's goodput; without a link rate, or
+//! without a probe yet, the answer is raw. A link to a peer on the same host has no rate:
 //! there the "link" is memory and the peer's CPU, which zstd only loads further, so `auto`
 //! sends raw there and costs nothing; `auto+bf16` sends bf16 there (casting costs less
 //! than the copying it halves), unless its calls turn out slower.
@@ -272,16 +271,19 @@ impl AutoPolicy {
     /// driver before each call. If exactly one call ended since the last reading and took
     /// long enough to count, the bytes each link carried over its time are a rate that link
     /// sustained; the least of them over the links that carried enough is a rate each of
-    /// those links sustained even where they share one network interface, and a rate
-    /// estimate below it is raised to it.
+    /// those links sustained even where they share one network interface. A rate estimate
+    /// below it is raised to it, and a link to another host without one gets it as its
+    /// first.
     ///
     /// Rate samples come only from times a link could not keep up, so a low sample (a peer
     /// descheduled for a while) would otherwise stand for good once a heavy codec slows
     /// this rank below the link: the link never falls behind again, and the codec the low
     /// rate calls for is chosen for ever (measured: one of eight links of a 10 Gbit/s ring
-    /// stuck at 39 MB/s on `bf16+zstd`, an eighth of the bytes at half speed). Raising each
-    /// link to what it alone carried would overrate links that share an interface: one
-    /// carries more while the other carries less.
+    /// stuck at 39 MB/s on `bf16+zstd`, an eighth of the bytes at half speed). And a link
+    /// can go without any sample (measured: one link of a 1 Gbit/s ring for a whole run),
+    /// which left it raw, or treated as infinitely fast, on `bf16` next to `bf16+zstd`.
+    /// Raising each link to what it alone carried would overrate links that share an
+    /// interface: one carries more while the other carries less.
     pub fn observe_link_bytes(&mut self, totals: [Option<u64>; 2]) {
         let secs = self.last_call_secs;
         let mut carried = [None; 2];
@@ -293,10 +295,9 @@ impl AutoPolicy {
             }
         }
         let Some(floor) = carried.iter().flatten().copied().reduce(f64::min) else { return };
-        for (rate, carried) in self.link_bytes_per_sec.iter_mut().zip(carried) {
-            if let (Some(rate), Some(_)) = (rate.as_mut(), carried) {
-                *rate = rate.max(floor);
-            }
+        for l in (0..carried.len()).filter(|&l| carried[l].is_some() && !self.local[l]) {
+            let rate = &mut self.link_bytes_per_sec[l];
+            *rate = Some(rate.map_or(floor, |r| r.max(floor)));
         }
     }
 
@@ -308,26 +309,16 @@ impl AutoPolicy {
         }
     }
 
-    /// True if `link` is known to be slow (has a rate), local, or known to keep up while
-    /// the CPU cost of moving bytes is known: only then may a segment on it be anything but
-    /// raw. (Probing is worth its cost only on links with a rate.)
+    /// True if `link` is known to be slow (has a rate) or local: only then may a segment
+    /// on it be anything but raw, and only then is probing worth its cost (slow links).
     pub fn knows(&self, link: usize) -> bool {
-        self.link_rate(link).is_some() || self.local.get(link).copied().unwrap_or(false) || self.keeps_up(link)
+        self.link_rate(link).is_some() || self.local.get(link).copied().unwrap_or(false)
     }
 
-    /// True if a call may encode anything: some link is known to be slow, or the call may
-    /// round and some link is local or keeps up (where only the CPU limits a call, `bf16`
-    /// may pay by halving the bytes moved).
+    /// True if a call may encode anything: some link is known to be slow, or is local and
+    /// the call may round.
     pub fn may_encode(&self, lossy: bool) -> bool {
-        (0..self.local.len()).any(|l| self.link_rate(l).is_some() || (lossy && (self.local[l] || self.keeps_up(l))))
-    }
-
-    /// True if `link` exists (the driver reports its byte counter), has never fallen
-    /// behind (no rate), and the CPU cost of moving bytes is measured: then only the CPU
-    /// limits what it carries, and the model compares codecs on CPU alone.
-    fn keeps_up(&self, link: usize) -> bool {
-        let exists = self.link_bytes_out.get(link).is_some_and(Option::is_some);
-        exists && self.link_rate(link).is_none() && self.base_secs_per_byte.is_some()
+        (0..self.local.len()).any(|l| self.link_rate(l).is_some() || (lossy && self.local[l]))
     }
 
     /// The current rate estimate of link `link`.
@@ -480,16 +471,11 @@ impl AutoPolicy {
     /// The codec for the next segment on outgoing link `link`: the candidate (lossy ones
     /// only if `lossy`) with the most predicted goodput, if it beats raw by [`GAIN_MIN`];
     /// raw otherwise. `links` is the number of outgoing links this rank's core feeds at once.
-    /// A link that keeps up counts as infinitely fast: only CPU decides there.
     pub fn choose(&self, link: usize, lossy: bool, links: usize) -> Codec {
         if self.local.get(link).copied().unwrap_or(false) {
             return if lossy && !self.vetoed(Codec::Bf16) { Codec::Bf16 } else { Codec::Raw };
         }
-        let rate = match self.link_rate(link) {
-            Some(rate) => rate,
-            None if self.keeps_up(link) => f64::INFINITY,
-            None => return Codec::Raw,
-        };
+        let Some(rate) = self.link_rate(link) else { return Codec::Raw };
         let mut best = (Codec::Raw, self.raw_goodput_predicted(rate, links) * GAIN_MIN);
         for &codec in AutoPolicy::candidates(lossy).iter().filter(|c| !self.vetoed(**c)) {
             if let Some(g) = self.goodput(codec, rate, links) {
