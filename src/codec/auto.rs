@@ -66,8 +66,15 @@
 //! Every rank decides for itself, per segment, and names the codec in each frame header,
 //! so ranks need not agree; but a ring goes at the pace of its slowest link, which is why
 //! the measurements above are made robust rather than quick: one rank that falls back to
-//! raw, or stays on a heavy codec, slows every rank's call. With `RINGCC_LOG=ringcc::auto=debug`
-//! each rank logs, per call, what it measured, predicted and sent ([`AutoPolicy::summary`]).
+//! raw, or stays on a heavy codec, slows every rank's call. What per-rank decisions cannot
+//! see: where other work loads a host's cores unevenly, each rank predicts with its own
+//! share of a core while the ring goes at the pace of the rank with the least, so near the
+//! point where `bf16+zstd` (CPU-bound) and `bf16` (link-bound) promise the same, the model
+//! is optimistic for the CPU-bound codec (measured at 1 Gbit/s with a foreign busy process:
+//! `bf16+zstd` calls reached 0.7-0.8 of the goodput predicted, and `auto+bf16` mixing both
+//! trailed fixed `bf16` by 5-9%; on a quiet host it matches or beats the best fixed codec).
+//! With `RINGCC_LOG=ringcc::auto=debug` each rank logs, per call, what it measured,
+//! predicted and sent ([`AutoPolicy::summary`]).
 
 use std::time::Duration;
 
