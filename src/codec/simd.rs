@@ -1,5 +1,5 @@
 //! Run-time selection of AVX2 for the byte kernels, and the few kernels written with AVX2
-//! intrinsics: the only `unsafe` in the codecs.
+//! intrinsics. With the thread-clock read in `cpu_share`, the only `unsafe` in the codecs.
 //!
 //! The kernels in `planes` and `lossy` are plain loops that the compiler vectorizes. For
 //! the x86-64 baseline (SSE2) it cannot vectorize the byte transposes well: measured on
