@@ -99,9 +99,9 @@ fn run(world: usize, len_elems: usize, algorithm: Algorithm, op: ReduceOp) -> us
 
 #[test]
 fn the_input_is_restorable_at_every_point_of_every_ring() {
-    for world in [2, 3, 5] {
-        for algorithm in [Algorithm::Ring, Algorithm::Bidir, Algorithm::Direct] {
-            let len = if algorithm == Algorithm::Direct { 50 } else { 1000 };
+    for world in [2, 3, 4, 5] {
+        for algorithm in [Algorithm::Ring, Algorithm::Bidir, Algorithm::Direct, Algorithm::Doubling] {
+            let len = if matches!(algorithm, Algorithm::Direct | Algorithm::Doubling) { 50 } else { 1000 };
             for op in [ReduceOp::Sum, ReduceOp::Avg] {
                 assert!(run(world, len, algorithm, op) > 0);
             }

@@ -27,7 +27,7 @@ use ringcc::sim::{oracle, Call, LinkModel, Sim, SimConfig, SimOutcome, SimRng};
 use ringcc::wire::CollKind;
 use ringcc::{DataType, ReduceOp};
 
-const WORLDS: [usize; 6] = [1, 2, 3, 5, 8, 33];
+const WORLDS: [usize; 7] = [1, 2, 3, 4, 5, 8, 33];
 const DTYPES: [DataType; 7] =
     [DataType::F32, DataType::F64, DataType::F16, DataType::Bf16, DataType::I32, DataType::I64, DataType::U8];
 const OPS: [ReduceOp; 5] = [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Prod, ReduceOp::Min, ReduceOp::Max];
@@ -41,12 +41,12 @@ struct Combo {
     dtype: DataType,
 }
 
-/// all_reduce x {ring, bidir} x ops x dtypes, reduce_scatter x ops x dtypes, all_gather and
-/// broadcast x dtypes, barrier: 155 combinations.
+/// all_reduce x {ring, bidir, direct, rd} x ops x dtypes, reduce_scatter x ops x dtypes,
+/// all_gather and broadcast x dtypes, barrier.
 fn combos() -> Vec<Combo> {
     let mut v = Vec::new();
     let c = |coll, algorithm, op, dtype| Combo { coll, algorithm, op, dtype };
-    for algorithm in [Algorithm::Ring, Algorithm::Bidir, Algorithm::Direct] {
+    for algorithm in [Algorithm::Ring, Algorithm::Bidir, Algorithm::Direct, Algorithm::Doubling] {
         for op in OPS {
             v.extend(DTYPES.map(|d| c(CollKind::AllReduce, algorithm, op, d)));
         }

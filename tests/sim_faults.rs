@@ -39,7 +39,7 @@ fn case(seed: u64) -> Case {
     let mut config = SimConfig::new(world, seed);
     config.progress_timeout = TIMEOUT;
     config.segment_bytes = [64, 256, 4096][rng.index(3)];
-    config.algorithm = [Algorithm::Ring, Algorithm::Bidir, Algorithm::Direct][rng.index(3)];
+    config.algorithm = [Algorithm::Ring, Algorithm::Bidir, Algorithm::Direct, Algorithm::Doubling][rng.index(4)];
     config.link.jitter = Duration::from_micros(rng.below(20));
     let len = 200 + rng.index(3000);
     let dtype = [DataType::F32, DataType::I64, DataType::Bf16, DataType::U8][rng.index(4)];

@@ -220,10 +220,7 @@ pub fn parse_codec(s: &str) -> Result<CodecChoice, String> {
 /// # Errors
 /// A message listing the accepted names.
 pub fn parse_algo(s: &str) -> Result<Algorithm, String> {
-    [Algorithm::Auto, Algorithm::Ring, Algorithm::Bidir, Algorithm::Direct]
-        .into_iter()
-        .find(|a| a.name() == s)
-        .ok_or_else(|| format!("unknown algo {s:?}: use auto ring bidir direct"))
+    Algorithm::from_name(s).ok_or_else(|| format!("unknown algo {s:?}: use one of {}", Algorithm::names()))
 }
 
 /// Parses a collective name.

@@ -389,13 +389,9 @@ fn run(args: &Args) -> Result<Checker, ringcc::Error> {
         config.segment_bytes = s;
     }
     if let Some(a) = &args.algo {
-        config.algorithm = match a.as_str() {
-            "ring" => ringcc::core::collective::Algorithm::Ring,
-            "bidir" => ringcc::core::collective::Algorithm::Bidir,
-            "auto" => ringcc::core::collective::Algorithm::Auto,
-            "direct" => ringcc::core::collective::Algorithm::Direct,
-            other => return Err(ringcc::Error::Config(format!("--algo {other}: expected auto, ring or bidir"))),
-        };
+        use ringcc::core::collective::Algorithm;
+        config.algorithm = Algorithm::from_name(a)
+            .ok_or_else(|| ringcc::Error::Config(format!("--algo {a}: expected one of {}", Algorithm::names())))?;
     }
     if let Some(codec) = args.codec {
         config.codec = codec;

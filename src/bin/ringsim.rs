@@ -64,12 +64,7 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
 }
 
 fn algorithm(name: &str) -> Result<Algorithm, String> {
-    match name {
-        "ring" => Ok(Algorithm::Ring),
-        "bidir" => Ok(Algorithm::Bidir),
-        "direct" => Ok(Algorithm::Direct),
-        other => Err(format!("unknown algorithm {other:?} (ring, bidir)")),
-    }
+    Algorithm::from_name(name).ok_or_else(|| format!("unknown algorithm {name:?} ({})", Algorithm::names()))
 }
 
 /// Segment size for `spec`: a byte count, or `whole` = the largest chunk (capped by the

@@ -214,9 +214,8 @@ fn options(get: Get<'_>, c: &mut Config) -> Result<(), Error> {
         c.segment_bytes = segment_bytes(&v)?;
     }
     if let Some(v) = var(get, "RINGCC_ALGO") {
-        let all = [Algorithm::Auto, Algorithm::Ring, Algorithm::Bidir, Algorithm::Direct];
-        let Some(a) = all.into_iter().find(|a| v.text.eq_ignore_ascii_case(a.name())) else {
-            return v.bad("is not an algorithm (accepted: auto, ring, bidir, direct)");
+        let Some(a) = Algorithm::from_name(&v.text) else {
+            return v.bad(&format!("is not an algorithm (accepted: {})", Algorithm::names()));
         };
         c.algorithm = a;
     }

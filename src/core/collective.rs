@@ -17,8 +17,9 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::Instant;
 
-use super::direct::{Direct, DIRECT_MAX_BYTES, DIRECT_STORE_MAX_BYTES};
+use super::direct::{DIRECT_MAX_BYTES, DIRECT_STORE_MAX_BYTES};
 use super::fin::Fins;
+use super::latency::Latency;
 use super::payload::{CallCodec, Codecs};
 use super::schedule::{
     all_gather_recv_chunk, all_gather_send_chunk, chunk_range, reduce_scatter_recv_chunk, reduce_scatter_send_chunk,
@@ -76,7 +77,7 @@ pub struct Collective {
     seg_elems: usize,
     parts: Vec<Part>,
     /// The latency path, instead of `parts`, for small all-reduces and barriers.
-    direct: Option<Direct>,
+    direct: Option<Latency>,
     status: Status,
     last_progress: Instant,
     bytes_sent: u64,
@@ -146,7 +147,7 @@ impl Collective {
             && bytes <= spec.segment_bytes
             && bytes.saturating_mul(w) <= DIRECT_STORE_MAX_BYTES;
         let direct = direct_fits
-            && (spec.algorithm == Algorithm::Direct
+            && (matches!(spec.algorithm, Algorithm::Direct | Algorithm::Doubling)
                 || (spec.algorithm == Algorithm::Auto && bytes <= DIRECT_MAX_BYTES));
         if direct {
             // The parts stay empty: the latency path carries the whole call.
@@ -164,7 +165,7 @@ impl Collective {
         let mut c = Collective {
             seg_elems,
             parts,
-            direct: direct.then(|| Direct::start(w, spec.pos, buf)),
+            direct: direct.then(|| Latency::start(spec.algorithm, w, spec.pos, buf)),
             status: Status::Running,
             last_progress: now,
             bytes_sent: 0,
@@ -226,7 +227,7 @@ impl Collective {
             (Phase::AllGather, true) => all_gather_send_chunk(p, w, s),
             (Phase::AllGather, false) => all_gather_recv_chunk(p, w, s),
             // Parts never run the gather phase (the latency path has its own state).
-            (Phase::Broadcast | Phase::Gather, _) => return (0, part.elems.clone()),
+            (Phase::Broadcast | Phase::Gather | Phase::Doubling, _) => return (0, part.elems.clone()),
         };
         let block = part.block_of_pos[q];
         let r = chunk_range(part.elems.len(), w, block);
@@ -301,7 +302,7 @@ impl Collective {
         let direct = self.direct.as_ref().and_then(|d| {
             [Link::Prev, Link::Next]
                 .into_iter()
-                .find_map(|l| d.expected(l).map(|(step, _)| (l, phase_name(Phase::Gather), step)))
+                .find_map(|l| d.expected(l).map(|(step, _)| (l, phase_name(d.phase()), step)))
         });
         let data = direct.or_else(|| {
             self.parts.iter().find_map(|p| p.expect.map(|c| (p.send_link.opposite(), phase_name(c.phase), c.step)))
@@ -390,7 +391,7 @@ impl Part {
         match cur.phase {
             Phase::AllGather => cur.step > 0,
             Phase::Broadcast => self.pos != self.root_pos,
-            Phase::ReduceScatter | Phase::Gather => false,
+            Phase::ReduceScatter | Phase::Gather | Phase::Doubling => false,
         }
     }
 
@@ -415,5 +416,6 @@ pub fn phase_name(phase: Phase) -> &'static str {
         Phase::AllGather => "all-gather",
         Phase::Broadcast => "broadcast",
         Phase::Gather => "gather",
+        Phase::Doubling => "doubling",
     }
 }

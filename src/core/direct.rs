@@ -118,11 +118,6 @@ impl Direct {
         self.finished && self.ready.is_empty()
     }
 
-    /// True while frames are still expected on `link`.
-    pub(super) fn expects_on(&self, link: Link) -> bool {
-        self.expected(link).is_some()
-    }
-
     /// Reduces the n inputs in position order into `out` (every rank computes the same
     /// bits), then divides for `Avg`.
     pub(super) fn finish(&mut self, dtype: DataType, op: ReduceOp, out: &mut [u8], contributors: usize) {

@@ -5,8 +5,10 @@
 
 pub mod collective;
 pub mod direct;
+mod doubling;
 pub mod fin;
 pub mod joins;
+mod latency;
 pub mod membership;
 pub mod payload;
 pub mod reduce;

@@ -78,6 +78,9 @@ wire_enum!(
         Broadcast = 3,
         /// Whole inputs travelling both ways round the ring (the small all-reduce path).
         Gather = 4,
+        /// Running values swapped between partners (recursive doubling, the small
+        /// all-reduce path on worlds of up to four).
+        Doubling = 5,
     }
 );
 

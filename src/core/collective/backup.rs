@@ -64,7 +64,7 @@ impl Collective {
     /// false if it cannot (a call that wrote its buffer without a backup attached).
     pub fn restore_input(&self, buf: &mut [u8]) -> bool {
         if let Some(d) = &self.direct {
-            let input = d.payload(self.spec.pos);
+            let input = d.input(self.spec.pos);
             if input.len() == buf.len() {
                 buf.copy_from_slice(input);
             }

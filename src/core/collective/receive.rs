@@ -160,7 +160,7 @@ impl Collective {
             (Phase::ReduceScatter, _) => Some(Cursor { step: cur.step + 1, ..cur }),
             (Phase::AllGather, _) if cur.step + 2 < w => Some(Cursor { step: cur.step + 1, ..cur }),
             (Phase::AllGather, _) => None,
-            (Phase::Gather, _) => None,
+            (Phase::Gather | Phase::Doubling, _) => None,
             (Phase::Broadcast, _) => {
                 let part = &self.parts[i];
                 (crate::core::schedule::next_pos(part.pos, self.spec.world) != part.root_pos).then_some(cur)
@@ -251,17 +251,14 @@ impl Collective {
             return Err(ProtocolError::Unexpected { peer: h.sender, detail: format!("no more frames on {link:?}") });
         };
         let got = (h.phase, h.step, h.chunk as usize, h.segment, h.payload_len as usize, h.raw_len as usize, h.codec);
-        let want = (Phase::Gather, step, origin, 0, d.bytes(), d.bytes(), Codec::Raw);
+        let want = (d.phase(), step, origin, 0, d.bytes(), d.bytes(), Codec::Raw);
         let Some(payload) = payload.filter(|_| got == want) else {
             return Err(ProtocolError::Unexpected {
                 peer: h.sender,
                 detail: format!("expected (phase, step, chunk, segment, bytes, raw, codec) = {want:?}, got {got:?}"),
             });
         };
-        d.accept(link, payload);
-        if d.complete() {
-            d.finish(self.spec.dtype, self.spec.op, buf, self.spec.contributors);
-        }
+        d.accept(link, payload, (self.spec.dtype, self.spec.op, self.spec.contributors), buf);
         Ok(())
     }
 

@@ -94,14 +94,15 @@ impl Collective {
 
     pub(super) fn poll_direct(&mut self, buf: &[u8]) -> Option<Transmit> {
         let d = self.direct.as_mut()?;
-        let (link, step, origin) = d.next_send()?;
+        let phase = d.phase();
+        let (link, step, chunk, bytes) = d.next_send()?;
         let s = &self.spec;
-        // Every payload is sent from the gathered copy, never from the caller's buffer:
-        // the result overwrites that buffer as soon as the last input arrives, possibly
-        // before this rank's own input has left (the simulator's hazard check found it).
+        // Every payload is sent from the latency path's own copy, never from the caller's
+        // buffer: the result overwrites that buffer as soon as the last input arrives,
+        // possibly before this rank's own input has left (the simulator's hazard check
+        // found it).
         let _ = buf;
-        let bytes: &[u8] = d.payload(origin);
-        let header = s.encode_header(link, FrameKind::Data, Phase::Gather, (step, origin as u32, 0), bytes);
+        let header = s.encode_header(link, FrameKind::Data, phase, (step, chunk as u32, 0), bytes);
         self.bytes_sent += (HEADER_LEN + bytes.len()) as u64;
         let owned = match &self.codecs {
             Some(c) => c.keep(bytes),

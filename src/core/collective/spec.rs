@@ -48,9 +48,27 @@ pub enum Algorithm {
     /// Latency path: whole inputs both ways round the ring, reduced locally
     /// (`core::direct`); for small buffers only.
     Direct,
+    /// Latency path: recursive doubling (`core::doubling`), log2(n) rounds; for small
+    /// buffers only, and only where its partners are ring neighbours (worlds of 2 to 4;
+    /// larger ones run `Direct`).
+    Doubling,
 }
 
 impl Algorithm {
+    /// Every algorithm, in the order names are listed to users.
+    pub const ALL: [Algorithm; 5] =
+        [Algorithm::Auto, Algorithm::Ring, Algorithm::Bidir, Algorithm::Direct, Algorithm::Doubling];
+
+    /// The algorithm named `name` (case-insensitive), as [`Algorithm::name`] spells it.
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| name.eq_ignore_ascii_case(a.name()))
+    }
+
+    /// The accepted names, comma-separated, for error messages.
+    pub fn names() -> String {
+        Algorithm::ALL.map(Algorithm::name).join(", ")
+    }
+
     /// Name as accepted by `ringbench --algo` and `RINGCC_ALGO`.
     pub fn name(self) -> &'static str {
         match self {
@@ -58,6 +76,7 @@ impl Algorithm {
             Algorithm::Ring => "ring",
             Algorithm::Bidir => "bidir",
             Algorithm::Direct => "direct",
+            Algorithm::Doubling => "rd",
         }
     }
 }

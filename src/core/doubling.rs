@@ -1,0 +1,352 @@
+//! Recursive doubling for small all-reduces: log2(n) exchange rounds in which partners swap
+//! their running values and both reduce them, so after round j every group of 2^(j+1)
+//! positions holds the reduction of its inputs. A world that is not a power of two first
+//! folds its extra positions in (position 2i sends its input to 2i+1, for i < n - 2^k) and
+//! hands them the result at the end: log2(2^k) + 2 rounds.
+//!
+//! Exactness: partners hold the same two values and both compute `lower op higher` (the
+//! value of the group with the lower indices first), so both get the same bits; by
+//! induction every position ends with the same bits, and `Avg` divides once, on identical
+//! values.
+//!
+//! Partners: in round j, index v exchanges with `v ^ (2^(j+1) - 1)`, the mirror of v in its
+//! group of 2^(j+1), rather than the textbook `v ^ 2^j` (any pairing between the two halves
+//! of the group is correct). With the mirror, every partner of a world of 2, 3 or 4 positions
+//! is a ring neighbour, so the rounds run on the ring's own two links; larger worlds would
+//! need connections between non-neighbours, which the ring does not have, and take the
+//! direct path (`core::direct`) instead ([`Doubling::fits`]).
+
+use std::collections::VecDeque;
+
+use super::collective::Link;
+use super::reduce;
+use super::{DataType, ReduceOp};
+
+/// One round of this position: whom it sends to and receives from, on which link.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    /// Round number carried in the header: 0 folds in, 1..=log2(2^k) exchange, then one
+    /// round hands the result back.
+    round: u32,
+    /// Link and peer position this step sends on.
+    send: Option<(Link, usize)>,
+    /// Link and peer position this step receives from.
+    recv: Option<(Link, usize)>,
+    /// What a received value does: reduced with this rank's (and which is lower), or taking
+    /// its place (the result handed back to a folded position).
+    take: Take,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Take {
+    /// `received op own`: the sender's group has the lower indices.
+    ReduceLowerFirst,
+    /// `own op received`.
+    ReduceOwnFirst,
+    /// The received value is the result.
+    Replace,
+}
+
+/// Rounds, and the link to each partner, of position `pos` in a world of `world`; `None` if
+/// some partner is not a ring neighbour.
+fn plan(world: usize, pos: usize) -> Option<Vec<Step>> {
+    let p2 = 1usize << (usize::BITS - 1 - world.leading_zeros());
+    let rem = world - p2;
+    let next = (pos + 1) % world;
+    let prev = (pos + world - 1) % world;
+    // Sending to `q` goes on Next if it follows this position; receiving from `q` comes on
+    // Prev if it precedes it (checked first, so that with two positions, where the peer is
+    // both, the sender's Next meets the receiver's Prev).
+    let send_link = |q: usize| {
+        if q == next {
+            Some((Link::Next, q))
+        } else if q == prev {
+            Some((Link::Prev, q))
+        } else {
+            None
+        }
+    };
+    let recv_link = |q: usize| {
+        if q == prev {
+            Some((Link::Prev, q))
+        } else if q == next {
+            Some((Link::Next, q))
+        } else {
+            None
+        }
+    };
+    // Index of the positions that take part in the exchange rounds, and back.
+    let index_of = |p: usize| (p >= 2 * rem || p % 2 == 1).then(|| if p < 2 * rem { p / 2 } else { p - rem });
+    let pos_of = |v: usize| if v < rem { 2 * v + 1 } else { v + rem };
+    let rounds = p2.trailing_zeros();
+    let mut steps = Vec::new();
+    let Some(v) = index_of(pos) else {
+        // Folded in: send the input up, get the result back.
+        steps.push(Step { round: 0, send: Some(send_link(pos + 1)?), recv: None, take: Take::Replace });
+        steps.push(Step { round: rounds + 1, send: None, recv: Some(recv_link(pos + 1)?), take: Take::Replace });
+        return Some(steps);
+    };
+    if pos < 2 * rem {
+        let from = recv_link(pos - 1)?;
+        steps.push(Step { round: 0, send: None, recv: Some(from), take: Take::ReduceLowerFirst });
+    }
+    for j in 0..rounds {
+        let w = v ^ ((2usize << j) - 1);
+        let q = pos_of(w);
+        let take = if w < v { Take::ReduceLowerFirst } else { Take::ReduceOwnFirst };
+        steps.push(Step { round: j + 1, send: Some(send_link(q)?), recv: Some(recv_link(q)?), take });
+    }
+    if pos < 2 * rem {
+        steps.push(Step { round: rounds + 1, send: Some(send_link(pos - 1)?), recv: None, take: Take::Replace });
+    }
+    Some(steps)
+}
+
+/// One rank's state in a recursive-doubling all-reduce.
+#[derive(Debug)]
+pub(super) struct Doubling {
+    bytes: usize,
+    pos: usize,
+    steps: Vec<Step>,
+    /// Index of the step being worked on; `steps.len()` once all are done.
+    cur: usize,
+    /// This rank's input, kept for a redo.
+    input: Vec<u8>,
+    /// The running value.
+    acc: Vec<u8>,
+    /// Received values, step k's at `k * bytes`, and which have arrived.
+    received: Vec<u8>,
+    have: Vec<bool>,
+    /// Per link, index of the next step that receives on it.
+    recv_next: [usize; 2],
+    /// Values to send, step k's at `k * bytes` (snapshots of the running value as the step
+    /// began, so a later reduction cannot change a frame not yet sent).
+    outgoing: Vec<u8>,
+    /// Steps whose frame is ready to send.
+    ready: VecDeque<usize>,
+    finished: bool,
+}
+
+impl Doubling {
+    /// True if every partner of every position is a ring neighbour (worlds of 2, 3 and 4).
+    pub(super) fn fits(world: usize) -> bool {
+        world > 1 && (0..world).all(|p| plan(world, p).is_some())
+    }
+
+    /// Rounds a call takes (the latency it pays, in hops).
+    pub(super) fn rounds(world: usize) -> u32 {
+        let p2 = 1usize << (usize::BITS - 1 - world.leading_zeros());
+        p2.trailing_zeros() + if world > p2 { 2 } else { 0 }
+    }
+
+    /// Starts with this rank's input; queues its first send.
+    ///
+    /// # Panics
+    /// If the world does not [`Doubling::fits`].
+    pub(super) fn start(world: usize, pos: usize, input: &[u8]) -> Doubling {
+        let steps = plan(world, pos).expect("recursive doubling needs ring-neighbour partners");
+        let bytes = input.len();
+        let n = steps.len();
+        let mut d = Doubling {
+            bytes,
+            pos,
+            cur: 0,
+            input: input.to_vec(),
+            acc: input.to_vec(),
+            received: vec![0; n * bytes],
+            have: vec![false; n],
+            recv_next: [0; 2],
+            outgoing: vec![0; n * bytes],
+            ready: VecDeque::new(),
+            finished: false,
+            steps,
+        };
+        d.recv_next = [Link::Prev, Link::Next].map(|l| d.next_recv_from(l, 0));
+        d.enter_step();
+        d
+    }
+
+    fn next_recv_from(&self, link: Link, from: usize) -> usize {
+        (from..self.steps.len()).find(|&k| self.steps[k].recv.is_some_and(|(l, _)| l == link)).unwrap_or(usize::MAX)
+    }
+
+    /// Queues the current step's send, from a snapshot of the running value.
+    fn enter_step(&mut self) {
+        let k = self.cur;
+        if self.steps.get(k).is_some_and(|s| s.send.is_some()) {
+            self.outgoing[k * self.bytes..(k + 1) * self.bytes].copy_from_slice(&self.acc);
+            self.ready.push_back(k);
+        }
+    }
+
+    /// The (round, sender position) of the next frame expected on `link`, if any.
+    pub(super) fn expected(&self, link: Link) -> Option<(u32, usize)> {
+        let s = self.steps.get(self.recv_next[link.index()])?;
+        Some((s.round, s.recv?.1))
+    }
+
+    /// Bytes per rank.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Stores the expected frame's payload (the caller checked it is the expected one and
+    /// of `bytes` length), then runs every step whose value is in; once the last is done,
+    /// writes the result (divided for `Avg`) into `out`.
+    pub(super) fn accept(
+        &mut self,
+        link: Link,
+        payload: &[u8],
+        (dtype, op, contributors): (DataType, ReduceOp, usize),
+        out: &mut [u8],
+    ) {
+        let k = self.recv_next[link.index()];
+        if k >= self.steps.len() {
+            return;
+        }
+        self.received[k * self.bytes..(k + 1) * self.bytes].copy_from_slice(payload);
+        self.have[k] = true;
+        self.recv_next[link.index()] = self.next_recv_from(link, k + 1);
+        while self.cur < self.steps.len() {
+            let s = self.steps[self.cur];
+            if s.recv.is_some() {
+                if !self.have[self.cur] {
+                    break;
+                }
+                let got = &self.received[self.cur * self.bytes..(self.cur + 1) * self.bytes];
+                match s.take {
+                    Take::ReduceOwnFirst => reduce::reduce_into(dtype, op, &mut self.acc, got),
+                    Take::ReduceLowerFirst => {
+                        // `got op acc`, computed in the step's own slot (no longer needed).
+                        let slot = &mut self.received[self.cur * self.bytes..(self.cur + 1) * self.bytes];
+                        reduce::reduce_into(dtype, op, slot, &self.acc);
+                        self.acc.copy_from_slice(slot);
+                    }
+                    Take::Replace => self.acc.copy_from_slice(got),
+                }
+            }
+            self.cur += 1;
+            // The last reduction is done once no later step receives anything but the
+            // result; a folded position's result arrives already divided.
+            let reduced = self.steps[self.cur..].iter().all(|s| s.recv.is_none());
+            if reduced && !self.finished {
+                if op == ReduceOp::Avg && s.take != Take::Replace {
+                    reduce::divide(dtype, &mut self.acc, contributors);
+                }
+                out.copy_from_slice(&self.acc);
+                self.finished = true;
+            }
+            self.enter_step();
+        }
+    }
+
+    /// Next frame to send: link, round, this rank's position (the header's chunk), payload.
+    pub(super) fn next_send(&mut self) -> Option<(Link, u32, usize, &[u8])> {
+        let k = self.ready.pop_front()?;
+        let (link, _) = self.steps[k].send?;
+        Some((link, self.steps[k].round, self.pos, &self.outgoing[k * self.bytes..(k + 1) * self.bytes]))
+    }
+
+    /// This rank's input.
+    pub(super) fn input(&self) -> &[u8] {
+        &self.input
+    }
+
+    /// True once the result is in the caller's buffer.
+    pub(super) fn complete(&self) -> bool {
+        self.finished
+    }
+
+    /// True once the result is in the caller's buffer and nothing is left to send.
+    pub(super) fn done(&self) -> bool {
+        self.finished && self.cur == self.steps.len() && self.ready.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a whole call among `world` positions in memory, delivering frames in the order
+    /// `pick` chooses among those sent, and returns every position's result.
+    fn run(world: usize, inputs: &[Vec<f32>], op: ReduceOp, mut pick: impl FnMut(usize) -> usize) -> Vec<Vec<f32>> {
+        let bytes: Vec<Vec<u8>> = inputs.iter().map(|v| bytemuck::cast_slice(v).to_vec()).collect();
+        let mut ranks: Vec<Doubling> = (0..world).map(|p| Doubling::start(world, p, &bytes[p])).collect();
+        let mut outs: Vec<Vec<u8>> = bytes.iter().map(|b| vec![0; b.len()]).collect();
+        // In flight: (to position, arriving link, round, from position, payload).
+        let mut wire: Vec<(usize, Link, u32, usize, Vec<u8>)> = Vec::new();
+        for _ in 0..1000 {
+            for (p, r) in ranks.iter_mut().enumerate() {
+                while let Some((link, round, from, payload)) = r.next_send() {
+                    assert_eq!(from, p);
+                    let to = match link {
+                        Link::Next => (p + 1) % world,
+                        Link::Prev => (p + world - 1) % world,
+                    };
+                    wire.push((to, link.opposite(), round, p, payload.to_vec()));
+                }
+            }
+            if wire.is_empty() {
+                break;
+            }
+            // Deliver one frame that its receiver expects next on its link (links are FIFO).
+            let deliverable: Vec<usize> = (0..wire.len())
+                .filter(|&i| {
+                    let (to, link, ..) = wire[i];
+                    wire[..i].iter().all(|w| (w.0, w.1) != (to, link))
+                })
+                .collect();
+            let (to, link, round, from, payload) = wire.remove(deliverable[pick(deliverable.len())]);
+            assert_eq!(ranks[to].expected(link), Some((round, from)), "frame {round} from {from} at {to}");
+            let ctx = (DataType::F32, op, world);
+            ranks[to].accept(link, &payload, ctx, &mut outs[to]);
+        }
+        assert!(ranks.iter().all(|r| r.done()), "every position finishes");
+        outs.iter().map(|o| bytemuck::cast_slice(o).to_vec()).collect()
+    }
+
+    #[test]
+    fn worlds_of_two_three_and_four_fit_larger_ones_do_not() {
+        assert!(!Doubling::fits(1));
+        assert!(Doubling::fits(2) && Doubling::fits(3) && Doubling::fits(4));
+        assert!((5..40).all(|w| !Doubling::fits(w)));
+        assert_eq!([2, 3, 4, 5, 8].map(Doubling::rounds), [1, 3, 2, 4, 3]);
+    }
+
+    #[test]
+    fn every_position_ends_with_the_same_bits_in_any_delivery_order() {
+        for world in 2..=4 {
+            for seed in 0..50u64 {
+                // Values whose sum depends on the order of addition.
+                let inputs: Vec<Vec<f32>> = (0..world)
+                    .map(|p| {
+                        (0..37)
+                            .map(|i| ((p * 7919 + i * 104729) as f32).sin() * 10f32.powi((p + i) as i32 % 9 - 4))
+                            .collect()
+                    })
+                    .collect();
+                let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let mut pick = |n: usize| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (state >> 33) as usize % n
+                };
+                for op in [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max] {
+                    let outs = run(world, &inputs, op, &mut pick);
+                    for o in &outs[1..] {
+                        let same = o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "world {world} seed {seed} {op:?}: positions differ");
+                    }
+                    for (i, &got) in outs[0].iter().enumerate() {
+                        let column = inputs.iter().map(|v| v[i] as f64);
+                        let want = match op {
+                            ReduceOp::Sum => column.sum::<f64>(),
+                            ReduceOp::Avg => column.sum::<f64>() / world as f64,
+                            _ => column.fold(f64::MIN, f64::max),
+                        };
+                        assert!((got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "{op:?} element {i}");
+                    }
+                }
+            }
+        }
+    }
+}

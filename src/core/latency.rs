@@ -1,0 +1,146 @@
+//! The latency path for small all-reduces and barriers: one of two algorithms that trade
+//! bandwidth for fewer hops, chosen per call (`Collective::start_with`).
+//! * [`Direct`]: every input travels both ways round the ring, ceil((n-1)/2) hops, n-1
+//!   frames in and out per rank.
+//! * [`Doubling`]: recursive doubling, log2(n) rounds (+2 when n is not a power of two), one
+//!   frame in and out per round; its partners must be ring neighbours (n <= 4).
+//!
+//! Both are exact: every rank computes the same bits (see each module).
+
+use super::collective::{Algorithm, Link};
+use super::direct::Direct;
+use super::doubling::Doubling;
+use super::{DataType, ReduceOp};
+use crate::wire::Phase;
+
+/// One rank's state on the latency path.
+#[derive(Debug)]
+pub(super) enum Latency {
+    Direct(Direct),
+    Doubling(Doubling),
+}
+
+impl Latency {
+    /// Starts the algorithm `algorithm` names for a world of `world` (`Auto` and `Doubling`
+    /// where its partners are not all ring neighbours fall back as documented on
+    /// [`Latency::pick`]).
+    pub(super) fn start(algorithm: Algorithm, world: usize, pos: usize, input: &[u8]) -> Latency {
+        if Latency::pick(algorithm, world) == Algorithm::Doubling {
+            Latency::Doubling(Doubling::start(world, pos, input))
+        } else {
+            Latency::Direct(Direct::start(world, pos, input))
+        }
+    }
+
+    /// The latency algorithm a call with `algorithm` runs in a world of `world`: `Direct`
+    /// when asked for; recursive doubling when asked for and its partners are ring
+    /// neighbours; otherwise (`Auto`, or doubling that does not fit) the one with fewer
+    /// hops, doubling on a tie (it moves fewer frames: 2 per rank instead of 3 at n = 4).
+    pub(super) fn pick(algorithm: Algorithm, world: usize) -> Algorithm {
+        let direct_hops = (world as u32).saturating_sub(1).div_ceil(2);
+        match algorithm {
+            Algorithm::Direct => Algorithm::Direct,
+            _ if Doubling::fits(world)
+                && (algorithm == Algorithm::Doubling || Doubling::rounds(world) <= direct_hops) =>
+            {
+                Algorithm::Doubling
+            }
+            _ => Algorithm::Direct,
+        }
+    }
+
+    /// The phase its frames carry.
+    pub(super) fn phase(&self) -> Phase {
+        match self {
+            Latency::Direct(_) => Phase::Gather,
+            Latency::Doubling(_) => Phase::Doubling,
+        }
+    }
+
+    /// The (step, chunk) fields of the next frame expected on `link`, if any.
+    pub(super) fn expected(&self, link: Link) -> Option<(u32, usize)> {
+        match self {
+            Latency::Direct(d) => d.expected(link),
+            Latency::Doubling(d) => d.expected(link),
+        }
+    }
+
+    /// Bytes per rank (every frame's payload length).
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            Latency::Direct(d) => d.bytes(),
+            Latency::Doubling(d) => d.bytes(),
+        }
+    }
+
+    /// Takes the expected frame's payload (checked by the caller); writes the result into
+    /// `out` once it is known.
+    pub(super) fn accept(&mut self, link: Link, payload: &[u8], ctx: (DataType, ReduceOp, usize), out: &mut [u8]) {
+        match self {
+            Latency::Direct(d) => {
+                d.accept(link, payload);
+                if d.complete() {
+                    d.finish(ctx.0, ctx.1, out, ctx.2);
+                }
+            }
+            Latency::Doubling(d) => d.accept(link, payload, ctx, out),
+        }
+    }
+
+    /// Next frame to send: link, step and chunk fields, payload.
+    pub(super) fn next_send(&mut self) -> Option<(Link, u32, usize, &[u8])> {
+        match self {
+            Latency::Direct(d) => {
+                let (link, step, origin) = d.next_send()?;
+                Some((link, step, origin, d.payload(origin)))
+            }
+            Latency::Doubling(d) => d.next_send(),
+        }
+    }
+
+    /// This rank's input (kept whole by both algorithms, so a redo needs no backup).
+    pub(super) fn input(&self, pos: usize) -> &[u8] {
+        match self {
+            Latency::Direct(d) => d.payload(pos),
+            Latency::Doubling(d) => d.input(),
+        }
+    }
+
+    /// True once the result is in the caller's buffer.
+    pub(super) fn complete(&self) -> bool {
+        match self {
+            Latency::Direct(d) => d.complete(),
+            Latency::Doubling(d) => d.complete(),
+        }
+    }
+
+    /// True once the result is in the caller's buffer and nothing is left to send.
+    pub(super) fn done(&self) -> bool {
+        match self {
+            Latency::Direct(d) => d.done(),
+            Latency::Doubling(d) => d.done(),
+        }
+    }
+
+    /// True while frames are still expected on `link`.
+    pub(super) fn expects_on(&self, link: Link) -> bool {
+        self.expected(link).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_picks_doubling_where_it_fits_and_takes_no_more_hops() {
+        let pick = |w| Latency::pick(Algorithm::Auto, w);
+        assert_eq!(
+            [2, 3, 4, 5, 8].map(pick),
+            [Algorithm::Doubling, Algorithm::Direct, Algorithm::Doubling, Algorithm::Direct, Algorithm::Direct]
+        );
+        assert_eq!(Latency::pick(Algorithm::Doubling, 3), Algorithm::Doubling);
+        assert_eq!(Latency::pick(Algorithm::Doubling, 8), Algorithm::Direct);
+        assert_eq!(Latency::pick(Algorithm::Direct, 4), Algorithm::Direct);
+    }
+}
