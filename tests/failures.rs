@@ -20,17 +20,18 @@ fn coordinator(world: usize, min_world: usize) -> Server {
 }
 
 fn rank_process(rank: usize, world: usize, coord: &str, iterations: usize, len: usize, fault: Option<&str>) -> Child {
-    rank_process_logged(rank, world, coord, iterations, len, fault, false)
+    rank_process_algo(rank, world, coord, (iterations, len), fault, false, "auto")
 }
 
-fn rank_process_logged(
+/// A ringcheck rank running `calls` = (iterations, elements) with `RINGCC_ALGO=algo`.
+fn rank_process_algo(
     rank: usize,
     world: usize,
     coord: &str,
-    iterations: usize,
-    len: usize,
+    (iterations, len): (usize, usize),
     fault: Option<&str>,
     log: bool,
+    algo: &str,
 ) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcheck"));
     cmd.args(["--survive", &iterations.to_string(), "--survive-len", &len.to_string(), "--pause-ms", "2"])
@@ -39,6 +40,7 @@ fn rank_process_logged(
         .env("RINGCC_COORDINATOR", coord)
         .env("RINGCC_HEARTBEAT_TIMEOUT", HEARTBEAT_SECS)
         .env("RINGCC_PROGRESS_TIMEOUT", "10")
+        .env("RINGCC_ALGO", algo)
         .env_remove("RINGCC_FAULT")
         .env_remove("RINGCC_LOG")
         .stdout(Stdio::piped())
@@ -79,13 +81,18 @@ fn survive_all(world: usize, len: usize, fault: (usize, &str)) {
 
 /// Runs the ranks with `RINGCC_LOG=ringcc=info`; returns what the survivors printed.
 fn run(world: usize, len: usize, faults: &[(usize, &str)], victims: Vec<usize>) -> String {
+    run_algo(world, len, faults, victims, "auto")
+}
+
+/// Like `run`, with every rank on `RINGCC_ALGO=algo`.
+fn run_algo(world: usize, len: usize, faults: &[(usize, &str)], victims: Vec<usize>, algo: &str) -> String {
     let iterations = 24;
     let server = coordinator(world, 2);
     let addr = server.local_addr().to_string();
     let mut ranks: Vec<Child> = (0..world)
         .map(|r| {
             let plan = faults.iter().find(|(v, _)| *v == r).map(|(_, f)| format!("rank={r},{f}"));
-            rank_process_logged(r, world, &addr, iterations, len, plan.as_deref(), true)
+            rank_process_algo(r, world, &addr, (iterations, len), plan.as_deref(), true, algo)
         })
         .collect();
     let mut printed = String::new();
@@ -126,15 +133,21 @@ fn a_rank_killed_in_each_phase_world_4_and_on_the_latency_path() {
         survive(4, 65_536, &[(2, &format!("seq=8,phase={phase},action=exit"))]);
     }
     // The latency path has no completion tokens: a rank returns as soon as it holds the
-    // result, so a rank can die holding it (`result`) while others lack it.
-    for phase in ["gather", "gather,step=1", "result"] {
+    // result, so a rank can die holding it (`result`) while others lack it. At N=4 it runs
+    // recursive doubling (rounds 1 and 2); the direct path too when asked for.
+    for phase in ["doubling", "doubling,step=2", "result"] {
         survive(4, 1024, &[(3, &format!("seq=8,phase={phase},action=exit"))]);
+    }
+    for phase in ["gather", "gather,step=1"] {
+        let fault = format!("seq=8,phase={phase},action=exit");
+        run_algo(4, 1024, &[(3, &fault)], vec![3], "direct");
     }
 }
 
-/// Rank 1 closes its ring links (and lives on) right after the first gather step: the
-/// forward it just queued never leaves, so rank 1 and rank 2 lack the result while ranks 3
-/// and 0 hold it or already returned it (and went on to call 9). The coordinator finishes
+/// Rank 1 closes its ring links (and lives on) once it waits for the second round of
+/// recursive doubling: the value it just queued for rank 2 never leaves, so rank 1 and rank
+/// 2 lack the result while ranks 3 and 0 (partners in that round) hold it or already
+/// returned it (and went on to call 9). The coordinator finishes
 /// call 8 for ranks 1 and 2 with a copy handed over by one of them: every rank ends with
 /// the same, exact result, and nobody is evicted.
 ///
@@ -146,7 +159,7 @@ fn survivors_that_lack_a_small_result_finish_with_a_copy_world_4() {
     const ATTEMPTS: usize = 6;
     let mut outputs = Vec::new();
     for _ in 0..ATTEMPTS {
-        let printed = run(4, 1024, &[(1, "seq=8,phase=gather,step=1,action=close")], Vec::new());
+        let printed = run(4, 1024, &[(1, "seq=8,phase=doubling,step=2,action=close")], Vec::new());
         if printed.contains("interrupted call finished with a result handed over") {
             return;
         }

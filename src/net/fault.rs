@@ -5,7 +5,8 @@
 //! * `rank`: the rank that fails (default: any rank that sees the variable).
 //! * `seq`: the call (0-based count of collectives on the communicator). Required.
 //! * `phase`: `start` (the call was just started), `reduce-scatter`/`rs`,
-//!   `all-gather`/`ag`, `broadcast`, `gather`, `fin` (waiting for completion tokens),
+//!   `all-gather`/`ag`, `broadcast`, `gather` and `doubling` (the latency path's two
+//!   algorithms), `fin` (waiting for completion tokens),
 //!   `result` (the last frame it expects just arrived: it holds the result, and its own
 //!   last frames may not have left yet), or `recovery` (installing the next new view after
 //!   that call started). Default `start`.
@@ -68,7 +69,7 @@ impl FaultPlan {
                 "step" => step = Some(num(v)? as u32),
                 "phase" => {
                     phase = match v {
-                        "start" | "fin" | "gather" | "broadcast" | "recovery" | "result" => v.to_string(),
+                        "start" | "fin" | "gather" | "doubling" | "broadcast" | "recovery" | "result" => v.to_string(),
                         "rs" | "reduce-scatter" | "reducescatter" => "reduce-scatter".into(),
                         "ag" | "all-gather" | "allgather" => "all-gather".into(),
                         _ => return Err(bad(format!("unknown phase {v:?}"))),
