@@ -512,3 +512,39 @@ fn help_and_version_print_to_stdout_and_exit_0() {
     let r = run(cmd);
     assert_eq!((r.code, r.stdout.trim()), (Some(0), format!("ringrun {}", env!("CARGO_PKG_VERSION")).as_str()));
 }
+
+/// CPU list from a `Cpus_allowed_list:` line of /proc/PID/status ("0-3,6").
+fn cpu_list(line: &str) -> Vec<usize> {
+    let list = line.split(':').nth(1).expect("list").trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(a.parse::<usize>().expect("cpu")..=b.parse::<usize>().expect("cpu"));
+    }
+    cpus
+}
+
+#[test]
+fn local_ranks_are_bound_to_their_share_of_the_cpus_unless_told_not_to() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let allowed = cpu_list(status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).expect("line"));
+    let script = "grep Cpus_allowed_list: /proc/self/status";
+    let ranks = 2 * allowed.len();
+    let bound = |args: &[&str]| {
+        let mark = marker("bind");
+        let r = run(ringrun_sh(&mark, args, script));
+        assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+        by_rank(&r.stdout).into_iter().map(|(rank, lines)| (rank, cpu_list(&lines[0]))).collect::<Vec<_>>()
+    };
+    // More ranks than CPUs: one CPU each, neighbours on different CPUs.
+    let got = bound(&["-n", &ranks.to_string(), "--tag-output"]);
+    assert_eq!(got.len(), ranks);
+    for (rank, cpus) in &got {
+        assert_eq!(cpus, &vec![allowed[rank % allowed.len()]], "rank {rank}");
+    }
+    // One rank: every CPU; told not to bind: every CPU for every rank.
+    assert_eq!(bound(&["-n", "1", "--tag-output"]), vec![(0, allowed.clone())]);
+    for (rank, cpus) in bound(&["-n", &ranks.to_string(), "--tag-output", "--bind-to", "none"]) {
+        assert_eq!(cpus, allowed, "rank {rank}");
+    }
+}

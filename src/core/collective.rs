@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::Instant;
 
-use super::direct::{DIRECT_MAX_BYTES, DIRECT_STORE_MAX_BYTES};
+use super::direct::DIRECT_STORE_MAX_BYTES;
 use super::fin::Fins;
 use super::latency::Latency;
 use super::payload::{CallCodec, Codecs};
@@ -148,7 +148,7 @@ impl Collective {
             && bytes.saturating_mul(w) <= DIRECT_STORE_MAX_BYTES;
         let direct = direct_fits
             && (matches!(spec.algorithm, Algorithm::Direct | Algorithm::Doubling)
-                || (spec.algorithm == Algorithm::Auto && bytes <= DIRECT_MAX_BYTES));
+                || (spec.algorithm == Algorithm::Auto && bytes <= Latency::auto_max_bytes(w)));
         if direct {
             // The parts stay empty: the latency path carries the whole call.
         } else if bidir {

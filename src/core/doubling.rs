@@ -22,6 +22,11 @@ use super::collective::Link;
 use super::reduce;
 use super::{DataType, ReduceOp};
 
+/// Largest all-reduce (bytes per rank) `Algorithm::Auto` sends by recursive doubling
+/// (measured at N=4 on loopback: it beats the ring up to 96 KiB, the ring wins from
+/// 128 KiB; docs/BENCHMARKS.md).
+pub const DOUBLING_MAX_BYTES: usize = 64 << 10;
+
 /// One round of this position: whom it sends to and receives from, on which link.
 #[derive(Debug, Clone, Copy)]
 struct Step {
@@ -102,7 +107,10 @@ fn plan(world: usize, pos: usize) -> Option<Vec<Step>> {
     Some(steps)
 }
 
-/// One rank's state in a recursive-doubling all-reduce.
+/// One rank's state in a recursive-doubling all-reduce. The running value is the caller's
+/// buffer itself (the result ends there with no final copy); a frame is sent from a copy the
+/// driver takes when it polls it, so the buffer is copied aside only when a reduction must
+/// change it before a queued send of the older value has been polled.
 #[derive(Debug)]
 pub(super) struct Doubling {
     bytes: usize,
@@ -112,17 +120,16 @@ pub(super) struct Doubling {
     cur: usize,
     /// This rank's input, kept for a redo.
     input: Vec<u8>,
-    /// The running value.
-    acc: Vec<u8>,
-    /// Received values, step k's at `k * bytes`, and which have arrived.
-    received: Vec<u8>,
+    /// Values that arrived before their step, step k's at `k * bytes` (sized on first use).
+    early: Vec<u8>,
     have: Vec<bool>,
     /// Per link, index of the next step that receives on it.
     recv_next: [usize; 2],
-    /// Values to send, step k's at `k * bytes` (snapshots of the running value as the step
-    /// began, so a later reduction cannot change a frame not yet sent).
-    outgoing: Vec<u8>,
-    /// Steps whose frame is ready to send.
+    /// Sends whose value had to be copied aside before the buffer changed, step k's at
+    /// `k * bytes` (sized on first use), and which steps have one.
+    aside: Vec<u8>,
+    set_aside: Vec<bool>,
+    /// Steps whose frame is queued and not yet polled.
     ready: VecDeque<usize>,
     finished: bool,
 }
@@ -139,24 +146,24 @@ impl Doubling {
         p2.trailing_zeros() + if world > p2 { 2 } else { 0 }
     }
 
-    /// Starts with this rank's input; queues its first send.
+    /// Starts with this rank's input (the caller's buffer, which then holds the running
+    /// value); queues its first send.
     ///
     /// # Panics
     /// If the world does not [`Doubling::fits`].
     pub(super) fn start(world: usize, pos: usize, input: &[u8]) -> Doubling {
         let steps = plan(world, pos).expect("recursive doubling needs ring-neighbour partners");
-        let bytes = input.len();
         let n = steps.len();
         let mut d = Doubling {
-            bytes,
+            bytes: input.len(),
             pos,
             cur: 0,
             input: input.to_vec(),
-            acc: input.to_vec(),
-            received: vec![0; n * bytes],
+            early: Vec::new(),
             have: vec![false; n],
             recv_next: [0; 2],
-            outgoing: vec![0; n * bytes],
+            aside: Vec::new(),
+            set_aside: vec![false; n],
             ready: VecDeque::new(),
             finished: false,
             steps,
@@ -170,12 +177,10 @@ impl Doubling {
         (from..self.steps.len()).find(|&k| self.steps[k].recv.is_some_and(|(l, _)| l == link)).unwrap_or(usize::MAX)
     }
 
-    /// Queues the current step's send, from a snapshot of the running value.
+    /// Queues the current step's send (of the buffer as it is now).
     fn enter_step(&mut self) {
-        let k = self.cur;
-        if self.steps.get(k).is_some_and(|s| s.send.is_some()) {
-            self.outgoing[k * self.bytes..(k + 1) * self.bytes].copy_from_slice(&self.acc);
-            self.ready.push_back(k);
+        if self.steps.get(self.cur).is_some_and(|s| s.send.is_some()) {
+            self.ready.push_back(self.cur);
         }
     }
 
@@ -190,61 +195,87 @@ impl Doubling {
         self.bytes
     }
 
-    /// Stores the expected frame's payload (the caller checked it is the expected one and
-    /// of `bytes` length), then runs every step whose value is in; once the last is done,
-    /// writes the result (divided for `Avg`) into `out`.
-    pub(super) fn accept(
-        &mut self,
-        link: Link,
-        payload: &[u8],
-        (dtype, op, contributors): (DataType, ReduceOp, usize),
-        out: &mut [u8],
-    ) {
+    /// Takes the expected frame's payload (the caller checked it is the expected one and of
+    /// `bytes` length): reduced into `buf` (the running value) if its step is the current
+    /// one, else kept until it is; then runs every step whose value is in. Once the last
+    /// reduction is done `buf` holds the result (divided for `Avg`).
+    pub(super) fn accept(&mut self, link: Link, payload: &[u8], ctx: (DataType, ReduceOp, usize), buf: &mut [u8]) {
         let k = self.recv_next[link.index()];
         if k >= self.steps.len() {
             return;
         }
-        self.received[k * self.bytes..(k + 1) * self.bytes].copy_from_slice(payload);
-        self.have[k] = true;
         self.recv_next[link.index()] = self.next_recv_from(link, k + 1);
+        if k == self.cur {
+            self.apply(payload, ctx, buf);
+        } else {
+            let b = self.bytes;
+            if self.early.is_empty() {
+                self.early = vec![0; self.steps.len() * b];
+            }
+            self.early[k * b..(k + 1) * b].copy_from_slice(payload);
+            self.have[k] = true;
+        }
         while self.cur < self.steps.len() {
-            let s = self.steps[self.cur];
-            if s.recv.is_some() {
-                if !self.have[self.cur] {
-                    break;
-                }
-                let got = &self.received[self.cur * self.bytes..(self.cur + 1) * self.bytes];
-                match s.take {
-                    Take::ReduceOwnFirst => reduce::reduce_into(dtype, op, &mut self.acc, got),
-                    Take::ReduceLowerFirst => {
-                        // `got op acc`, computed in the step's own slot (no longer needed).
-                        let slot = &mut self.received[self.cur * self.bytes..(self.cur + 1) * self.bytes];
-                        reduce::reduce_into(dtype, op, slot, &self.acc);
-                        self.acc.copy_from_slice(slot);
-                    }
-                    Take::Replace => self.acc.copy_from_slice(got),
-                }
+            if self.steps[self.cur].recv.is_none() {
+                self.advance(ctx, buf);
+            } else if self.have[self.cur] {
+                let (b, k) = (self.bytes, self.cur);
+                let early = std::mem::take(&mut self.early);
+                self.apply(&early[k * b..(k + 1) * b], ctx, buf);
+                self.early = early;
+            } else {
+                break;
             }
-            self.cur += 1;
-            // The last reduction is done once no later step receives anything but the
-            // result; a folded position's result arrives already divided.
-            let reduced = self.steps[self.cur..].iter().all(|s| s.recv.is_none());
-            if reduced && !self.finished {
-                if op == ReduceOp::Avg && s.take != Take::Replace {
-                    reduce::divide(dtype, &mut self.acc, contributors);
-                }
-                out.copy_from_slice(&self.acc);
-                self.finished = true;
-            }
-            self.enter_step();
         }
     }
 
-    /// Next frame to send: link, round, this rank's position (the header's chunk), payload.
-    pub(super) fn next_send(&mut self) -> Option<(Link, u32, usize, &[u8])> {
+    /// Applies the current step's received value to `buf`, then moves to the next step.
+    fn apply(&mut self, got: &[u8], ctx: (DataType, ReduceOp, usize), buf: &mut [u8]) {
+        // A queued send still needs the value `buf` holds now: copy it aside first.
+        let b = self.bytes;
+        for &k in &self.ready {
+            if !self.set_aside[k] {
+                if self.aside.is_empty() {
+                    self.aside = vec![0; self.steps.len() * b];
+                }
+                self.aside[k * b..(k + 1) * b].copy_from_slice(buf);
+                self.set_aside[k] = true;
+            }
+        }
+        let (dtype, op, _) = ctx;
+        match self.steps[self.cur].take {
+            Take::ReduceOwnFirst => reduce::reduce_into(dtype, op, buf, got),
+            Take::ReduceLowerFirst => reduce::reduce_into_rev(dtype, op, buf, got),
+            Take::Replace => buf.copy_from_slice(got),
+        }
+        self.advance(ctx, buf);
+    }
+
+    /// Moves past the current step; once no later step receives anything but the result,
+    /// the reduction is complete (`Avg` divides then; a folded position's result arrives
+    /// already divided).
+    fn advance(&mut self, (dtype, op, contributors): (DataType, ReduceOp, usize), buf: &mut [u8]) {
+        let took = self.steps[self.cur].recv.map(|_| self.steps[self.cur].take);
+        self.cur += 1;
+        let reduced = self.steps[self.cur..].iter().all(|s| s.recv.is_none());
+        if reduced && !self.finished {
+            if op == ReduceOp::Avg && took != Some(Take::Replace) {
+                reduce::divide(dtype, buf, contributors);
+            }
+            self.finished = true;
+        }
+        self.enter_step();
+    }
+
+    /// Next frame to send: link, round, this rank's position (the header's chunk) and its
+    /// payload: the value copied aside for it, or `buf` as it is (it has not changed since
+    /// the step began).
+    pub(super) fn next_send<'a>(&'a mut self, buf: &'a [u8]) -> Option<(Link, u32, usize, &'a [u8])> {
         let k = self.ready.pop_front()?;
         let (link, _) = self.steps[k].send?;
-        Some((link, self.steps[k].round, self.pos, &self.outgoing[k * self.bytes..(k + 1) * self.bytes]))
+        let b = self.bytes;
+        let payload = if self.set_aside[k] { &self.aside[k * b..(k + 1) * b] } else { buf };
+        Some((link, self.steps[k].round, self.pos, payload))
     }
 
     /// This rank's input.
@@ -269,15 +300,25 @@ mod tests {
 
     /// Runs a whole call among `world` positions in memory, delivering frames in the order
     /// `pick` chooses among those sent, and returns every position's result.
-    fn run(world: usize, inputs: &[Vec<f32>], op: ReduceOp, mut pick: impl FnMut(usize) -> usize) -> Vec<Vec<f32>> {
-        let bytes: Vec<Vec<u8>> = inputs.iter().map(|v| bytemuck::cast_slice(v).to_vec()).collect();
-        let mut ranks: Vec<Doubling> = (0..world).map(|p| Doubling::start(world, p, &bytes[p])).collect();
-        let mut outs: Vec<Vec<u8>> = bytes.iter().map(|b| vec![0; b.len()]).collect();
+    /// Also returns how many sends had to be copied aside.
+    fn run(
+        world: usize,
+        inputs: &[Vec<f32>],
+        op: ReduceOp,
+        mut pick: impl FnMut(usize) -> usize,
+    ) -> (Vec<Vec<f32>>, usize) {
+        let mut outs: Vec<Vec<u8>> = inputs.iter().map(|v| bytemuck::cast_slice(v).to_vec()).collect();
+        let mut ranks: Vec<Doubling> = (0..world).map(|p| Doubling::start(world, p, &outs[p])).collect();
         // In flight: (to position, arriving link, round, from position, payload).
         let mut wire: Vec<(usize, Link, u32, usize, Vec<u8>)> = Vec::new();
         for _ in 0..1000 {
             for (p, r) in ranks.iter_mut().enumerate() {
-                while let Some((link, round, from, payload)) = r.next_send() {
+                // Polled only now and then, so that sends queued before a reduction
+                // must be copied aside.
+                if pick(3) == 0 {
+                    continue;
+                }
+                while let Some((link, round, from, payload)) = r.next_send(&outs[p]) {
                     assert_eq!(from, p);
                     let to = match link {
                         Link::Next => (p + 1) % world,
@@ -287,7 +328,10 @@ mod tests {
                 }
             }
             if wire.is_empty() {
-                break;
+                if ranks.iter().all(|r| r.ready.is_empty()) {
+                    break;
+                }
+                continue;
             }
             // Deliver one frame that its receiver expects next on its link (links are FIFO).
             let deliverable: Vec<usize> = (0..wire.len())
@@ -302,7 +346,8 @@ mod tests {
             ranks[to].accept(link, &payload, ctx, &mut outs[to]);
         }
         assert!(ranks.iter().all(|r| r.done()), "every position finishes");
-        outs.iter().map(|o| bytemuck::cast_slice(o).to_vec()).collect()
+        let aside = ranks.iter().map(|r| r.set_aside.iter().filter(|&&a| a).count()).sum();
+        (outs.iter().map(|o| bytemuck::cast_slice(o).to_vec()).collect(), aside)
     }
 
     #[test]
@@ -315,6 +360,7 @@ mod tests {
 
     #[test]
     fn every_position_ends_with_the_same_bits_in_any_delivery_order() {
+        let mut set_aside = 0;
         for world in 2..=4 {
             for seed in 0..50u64 {
                 // Values whose sum depends on the order of addition.
@@ -331,7 +377,8 @@ mod tests {
                     (state >> 33) as usize % n
                 };
                 for op in [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max] {
-                    let outs = run(world, &inputs, op, &mut pick);
+                    let (outs, aside) = run(world, &inputs, op, &mut pick);
+                    set_aside += aside;
                     for o in &outs[1..] {
                         let same = o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits());
                         assert!(same, "world {world} seed {seed} {op:?}: positions differ");
@@ -348,5 +395,6 @@ mod tests {
                 }
             }
         }
+        assert!(set_aside > 0, "no run polled a send late: the copy-aside path went untested");
     }
 }

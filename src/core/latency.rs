@@ -8,8 +8,8 @@
 //! Both are exact: every rank computes the same bits (see each module).
 
 use super::collective::{Algorithm, Link};
-use super::direct::Direct;
-use super::doubling::Doubling;
+use super::direct::{Direct, DIRECT_MAX_BYTES};
+use super::doubling::{Doubling, DOUBLING_MAX_BYTES};
 use super::{DataType, ReduceOp};
 use crate::wire::Phase;
 
@@ -49,6 +49,15 @@ impl Latency {
         }
     }
 
+    /// Largest all-reduce (bytes per rank) `Algorithm::Auto` sends on the latency path in a
+    /// world of `world`: the limit of the algorithm it would pick.
+    pub(super) fn auto_max_bytes(world: usize) -> usize {
+        match Latency::pick(Algorithm::Auto, world) {
+            Algorithm::Doubling => DOUBLING_MAX_BYTES,
+            _ => DIRECT_MAX_BYTES,
+        }
+    }
+
     /// The phase its frames carry.
     pub(super) fn phase(&self) -> Phase {
         match self {
@@ -73,8 +82,8 @@ impl Latency {
         }
     }
 
-    /// Takes the expected frame's payload (checked by the caller); writes the result into
-    /// `out` once it is known.
+    /// Takes the expected frame's payload (checked by the caller); `out` (the caller's
+    /// buffer) holds the result once it is known.
     pub(super) fn accept(&mut self, link: Link, payload: &[u8], ctx: (DataType, ReduceOp, usize), out: &mut [u8]) {
         match self {
             Latency::Direct(d) => {
@@ -87,14 +96,15 @@ impl Latency {
         }
     }
 
-    /// Next frame to send: link, step and chunk fields, payload.
-    pub(super) fn next_send(&mut self) -> Option<(Link, u32, usize, &[u8])> {
+    /// Next frame to send: link, step and chunk fields, payload (`buf` is the caller's
+    /// buffer, which recursive doubling reduces into).
+    pub(super) fn next_send<'a>(&'a mut self, buf: &'a [u8]) -> Option<(Link, u32, usize, &'a [u8])> {
         match self {
             Latency::Direct(d) => {
                 let (link, step, origin) = d.next_send()?;
                 Some((link, step, origin, d.payload(origin)))
             }
-            Latency::Doubling(d) => d.next_send(),
+            Latency::Doubling(d) => d.next_send(buf),
         }
     }
 

@@ -5,7 +5,7 @@
 
 pub mod collective;
 pub mod direct;
-mod doubling;
+pub mod doubling;
 pub mod fin;
 pub mod joins;
 mod latency;

@@ -33,6 +33,28 @@ pub fn reduce_into(dtype: DataType, op: ReduceOp, dst: &mut [u8], src: &[u8]) {
     }
 }
 
+/// `dst[i] = op(src[i], dst[i])`: [`reduce_into`] with the operands the other way round.
+/// The same two values in the same order give the same bits (`op` need not be commutative
+/// bit for bit: a NaN's payload, or which zero `Min` returns, can depend on the order).
+///
+/// # Panics
+/// As [`reduce_into`].
+pub fn reduce_into_rev(dtype: DataType, op: ReduceOp, dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "reduce lengths");
+    // Through an aligned block on the stack, which stays in cache.
+    let mut block = [0u64; REV_BLOCK_BYTES / 8];
+    let tmp: &mut [u8] = bytemuck::cast_slice_mut(&mut block);
+    for (d, s) in dst.chunks_mut(REV_BLOCK_BYTES).zip(src.chunks(REV_BLOCK_BYTES)) {
+        let t = &mut tmp[..d.len()];
+        t.copy_from_slice(s);
+        reduce_into(dtype, op, t, d);
+        d.copy_from_slice(t);
+    }
+}
+
+/// Bytes per block of [`reduce_into_rev`] (a multiple of every element size).
+const REV_BLOCK_BYTES: usize = 4096;
+
 /// Divides every element by `count` (the Avg finish): float division, or integer division
 /// truncating toward zero. `count == 0` leaves the data unchanged.
 pub fn divide(dtype: DataType, dst: &mut [u8], count: usize) {
@@ -260,6 +282,24 @@ mod tests {
             check_half(DataType::Bf16, op, bf16::from_bits, bf16::to_f32, bf16::from_f32, |v| v.is_nan());
             check_half(DataType::F16, op, f16::from_bits, f16::to_f32, f16::from_f32, |v| v.is_nan());
         }
+    }
+
+    #[test]
+    fn reversed_operands_give_the_bits_of_the_other_order() {
+        let a: Vec<f32> = (0..3000).map(|i| if i % 7 == 0 { f32::from_bits(0x7fc0_0001 + i) } else { -0.0 }).collect();
+        let b: Vec<f32> = (0..3000).map(|i| if i % 7 == 0 { f32::from_bits(0x7fc0_1000 + i) } else { 0.0 }).collect();
+        for op in [ReduceOp::Sum, ReduceOp::Min, ReduceOp::Max] {
+            let want = run(DataType::F32, op, &b, &a);
+            let mut d = a.clone();
+            reduce_into_rev(DataType::F32, op, bytemuck::cast_slice_mut(&mut d), bytemuck::cast_slice(&b));
+            assert_eq!(bytemuck::cast_slice::<f32, u32>(&d), bytemuck::cast_slice::<f32, u32>(&want), "{op:?}");
+        }
+        // The order matters for some op on these operands, so the check above can fail.
+        let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let differs = [ReduceOp::Sum, ReduceOp::Min, ReduceOp::Max]
+            .into_iter()
+            .any(|op| bits(run(DataType::F32, op, &a, &b)) != bits(run(DataType::F32, op, &b, &a)));
+        assert!(differs, "operands whose order changes no bits test nothing");
     }
 
     #[test]

@@ -82,6 +82,13 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DIR")]
     pub(crate) output_filename: Option<PathBuf>,
 
+    /// Bind each rank on this machine to its share of the CPUs ringrun may use (`core`: a
+    /// block of CPUs per rank, or with more ranks than CPUs CPU `local rank % CPUs`, so
+    /// ring neighbours run on different CPUs), or not at all (`none`). Ranks started
+    /// through --rsh are not bound.
+    #[arg(long, value_name = "core|none", value_enum, default_value = "core")]
+    pub(crate) bind_to: super::bind::BindTo,
+
     /// Allow more ranks than slots (extra ranks are spread over the hosts).
     #[arg(long)]
     pub(crate) oversubscribe: bool,

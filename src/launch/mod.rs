@@ -58,6 +58,7 @@
 //! restarted process rejoins through the coordinator this process already hosts.
 
 mod args;
+mod bind;
 mod hosts;
 mod output;
 mod plan;

@@ -135,7 +135,11 @@ fn launch(args: &Args, any_remote: bool) -> Result<Launch, String> {
     }
     let program_args: Vec<OsString> = program_args.to_vec();
     let secret = new_secret()?;
-    Ok(Launch { program, args: program_args, exports, rsh, cwd, secret })
+    let bind_cpus = match args.bind_to {
+        super::bind::BindTo::Core => super::sys::allowed_cpus(),
+        super::bind::BindTo::None => Vec::new(),
+    };
+    Ok(Launch { program, args: program_args, exports, rsh, cwd, secret, bind_cpus })
 }
 
 /// 32 random bytes.

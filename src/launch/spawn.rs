@@ -115,6 +115,9 @@ pub(crate) struct Launch {
     pub(crate) cwd: PathBuf,
     /// The job secret (`RINGCC_SECRET`).
     pub(crate) secret: JobSecret,
+    /// CPUs ringrun may use, to share among local ranks (`--bind-to core`); empty: no
+    /// binding.
+    pub(crate) bind_cpus: Vec<usize>,
 }
 
 /// Where a rank runs.
@@ -149,6 +152,7 @@ pub(crate) fn start_rank(
             cmd.envs(launch.exports.iter().map(|(k, v)| (k, v)));
             cmd.env("RINGCC_SECRET", launch.secret.hex()).env_remove("RINGCC_SECRET_FILE");
             cmd.stdin(Stdio::null());
+            sys::bind_to_cpus(&mut cmd, &super::bind::cpus_for(env.local_rank, env.local_size, &launch.bind_cpus));
             cmd
         }
         Site::Remote(host) => {
@@ -275,6 +279,7 @@ mod tests {
             rsh: vec!["ssh".into()],
             cwd: "/work".into(),
             secret: JobSecret(vec![0xab; 32]),
+            bind_cpus: vec![0, 1],
         };
         let line = remote_command_line(&launch, &env());
         let line = line.to_str().expect("utf-8");

@@ -1,5 +1,5 @@
 //! The few POSIX calls the launcher needs that std does not offer: death signal, process
-//! group signals, waiting without reaping, and signal handlers. All `unsafe` of the
+//! group signals, waiting without reaping, signal handlers and CPU affinity. All `unsafe` of the
 //! launcher lives here.
 
 use std::io;
@@ -16,6 +16,41 @@ static RECEIVED_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// Set by SIGUSR1 (print the job's status); the status thread polls it with
 /// [`take_status_request`].
 static STATUS_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// The CPUs this process may run on, in order (empty if the kernel does not say).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data for which all-zero bytes is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Vec::new();
+    }
+    // SAFETY: CPU_ISSET only reads the set, for indices below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+}
+
+/// Makes the child of `cmd` run only on `cpus` (nothing changes if `cpus` is empty). A
+/// failure to bind (a CPU gone offline meanwhile) leaves the child unbound rather than
+/// failing the launch.
+pub fn bind_to_cpus(cmd: &mut Command, cpus: &[usize]) {
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: cpu_set_t is plain data for which all-zero bytes is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        // SAFETY: CPU_SET writes bit `c` of `set`, and c < CPU_SETSIZE.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: the closure runs between fork and exec and only calls sched_setaffinity,
+    // async-signal-safe, on a set built before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            Ok(())
+        });
+    }
+}
 
 /// Makes the child of `cmd` die with SIGKILL when the thread that spawns it exits
 /// (`PR_SET_PDEATHSIG`), and if ringrun is already gone by the time the child runs.

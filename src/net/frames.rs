@@ -168,7 +168,14 @@ impl EventLoop {
                 Rx::Payload { header, target, filled, .. } => {
                     let len = header.payload_len as usize;
                     let mut f = *filled;
-                    let r = match target.clone() {
+                    let target = target.clone();
+                    if f == 0 && len > 0 && target == Target::Scratch && l.payload_in_ahead(len) {
+                        // Handed on from the read-ahead buffer: no copy into scratch.
+                        self.complete_frame_from(i, now, true);
+                        progressed = true;
+                        continue;
+                    }
+                    let r = match target {
                         Target::Scratch | Target::Ahead => l.read_payload(len, &mut f, None),
                         Target::Job(range) => {
                             let job = self.active.as_mut().map(|a| &mut a.job.buf.bytes_mut()[range]);
@@ -204,6 +211,12 @@ impl EventLoop {
 
     /// A whole frame is in: check its CRC, hand it to the collective, queue what follows.
     pub(super) fn complete_frame(&mut self, i: usize, now: Instant) {
+        self.complete_frame_from(i, now, false);
+    }
+
+    /// [`EventLoop::complete_frame`] for a payload in scratch, or still in the link's
+    /// read-ahead buffer (`from_ahead`, for a frame routed to scratch), which it consumes.
+    fn complete_frame_from(&mut self, i: usize, now: Instant, from_ahead: bool) {
         let Some(l) = self.links[i].as_mut() else { return };
         let Rx::Payload { header, crc, target, .. } = std::mem::replace(&mut l.rx, Rx::Header { filled: 0 }) else {
             return;
@@ -233,17 +246,23 @@ impl EventLoop {
             self.unpark_link(i);
             return;
         }
-        if discard || !ours {
+        let Some(a) = self.active.as_mut().filter(|_| !discard && ours) else {
+            if from_ahead {
+                l.consume_ahead(len);
+            }
             return;
-        }
-        let Some(a) = self.active.as_mut() else { return };
+        };
         let link = link_of(i);
         let _ = match target {
             Target::Scratch | Target::Ahead => {
-                a.coll.handle_frame(now, link, &header, l.scratch(len), a.job.buf.bytes_mut())
+                let payload = if from_ahead { l.ahead_payload(len) } else { l.scratch(len) };
+                a.coll.handle_frame(now, link, &header, payload, a.job.buf.bytes_mut())
             }
             Target::Job(_) => a.coll.handle_frame_in_place(now, link, &header, a.job.buf.bytes_mut()),
         };
+        if from_ahead {
+            l.consume_ahead(len);
+        }
         self.drain_transmits();
         if self.fault.is_some() {
             // Nothing more expected: phase `result` (its last frames may not have left yet).

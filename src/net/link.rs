@@ -213,6 +213,28 @@ impl Link {
         &bytemuck::cast_slice(&self.scratch)[..len]
     }
 
+    /// True if the read-ahead buffer already holds the whole next payload of `len` bytes
+    /// (a frame that came with its header in one `recv`); then it has gone through the
+    /// frame's CRC, and [`Link::ahead_payload`] hands it on without a copy into scratch
+    /// until [`Link::consume_ahead`].
+    pub(super) fn payload_in_ahead(&mut self, len: usize) -> bool {
+        let Some(bytes) = self.ahead.peek(len) else { return false };
+        if self.payload_crc {
+            self.rx_crc.update(bytes);
+        }
+        true
+    }
+
+    /// The payload [`Link::payload_in_ahead`] found (empty if it is no longer there).
+    pub(super) fn ahead_payload(&self, len: usize) -> &[u8] {
+        self.ahead.peek(len).unwrap_or_default()
+    }
+
+    /// Drops the payload [`Link::payload_in_ahead`] found from the read-ahead buffer.
+    pub(super) fn consume_ahead(&mut self, len: usize) {
+        self.ahead.consume(len);
+    }
+
     fn read_into(&mut self, dst: &mut [u8]) -> std::io::Result<ReadStep> {
         if dst.is_empty() {
             self.last_read = 0;

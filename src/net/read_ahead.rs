@@ -45,6 +45,16 @@ impl ReadAhead {
         self.start += n;
         Ok((n, received))
     }
+
+    /// The next `len` bytes, if the buffer holds them all (without consuming them).
+    pub(super) fn peek(&self, len: usize) -> Option<&[u8]> {
+        (self.end - self.start >= len).then(|| &self.buf[self.start..self.start + len])
+    }
+
+    /// Consumes `len` bytes [`ReadAhead::peek`] returned.
+    pub(super) fn consume(&mut self, len: usize) {
+        self.start += len.min(self.end - self.start);
+    }
 }
 
 #[cfg(test)]
@@ -75,6 +85,22 @@ mod tests {
             }
             Ok(n)
         }
+    }
+
+    #[test]
+    fn peeked_bytes_are_the_next_ones_and_consumed_once() {
+        let data: Vec<u8> = (0..500u32).map(|i| (i * 3) as u8).collect();
+        let mut s = Chunked { data: data.clone(), pos: 0, chunks: vec![500], reads: 0 };
+        let mut ra = ReadAhead::new();
+        let mut head = [0u8; 72];
+        ra.read(&mut s, &mut head).unwrap();
+        assert_eq!(ra.peek(429), None, "only 428 bytes are buffered");
+        assert_eq!(ra.peek(400), Some(&data[72..472]));
+        ra.consume(400);
+        let mut rest = [0u8; 28];
+        assert_eq!(ra.read(&mut s, &mut rest).unwrap(), (28, 0));
+        assert_eq!(&rest[..], &data[472..]);
+        assert_eq!(s.reads, 1);
     }
 
     #[test]

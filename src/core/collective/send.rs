@@ -95,13 +95,12 @@ impl Collective {
     pub(super) fn poll_direct(&mut self, buf: &[u8]) -> Option<Transmit> {
         let d = self.direct.as_mut()?;
         let phase = d.phase();
-        let (link, step, chunk, bytes) = d.next_send()?;
+        let (link, step, chunk, bytes) = d.next_send(buf)?;
         let s = &self.spec;
-        // Every payload is sent from the latency path's own copy, never from the caller's
-        // buffer: the result overwrites that buffer as soon as the last input arrives,
-        // possibly before this rank's own input has left (the simulator's hazard check
-        // found it).
-        let _ = buf;
+        // Every payload leaves from a copy taken now (below), never by reference to the
+        // caller's buffer: the latency path changes that buffer as soon as the next value
+        // arrives, possibly before this frame has been written (the simulator's hazard
+        // check found it).
         let header = s.encode_header(link, FrameKind::Data, phase, (step, chunk as u32, 0), bytes);
         self.bytes_sent += (HEADER_LEN + bytes.len()) as u64;
         let owned = match &self.codecs {
