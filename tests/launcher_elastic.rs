@@ -119,7 +119,7 @@ fn train_mlp_with_rank_2_killed(policy: &[&str]) -> (String, String, String) {
         "120",
         "--tag-output",
         "-x",
-        "RINGCC_FAULT=rank=2,seq=60,phase=rs,action=exit",
+        "RINGCC_FAULT=rank=2,seq=60,phase=start,action=exit",
     ]);
     args.push(example.to_str().expect("utf-8 path"));
     let (code, stdout, stderr) = ringrun(&args);
