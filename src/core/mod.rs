@@ -13,6 +13,7 @@ pub mod membership;
 pub mod payload;
 pub mod reduce;
 pub mod schedule;
+pub mod stream;
 
 use bytemuck::Pod;
 use half::{bf16, f16};

@@ -55,7 +55,7 @@ impl Collective {
         let Some(b) = self.backup.as_mut() else { return };
         let Some(done) = b.saved.get_mut(i).and_then(|p| p.get_mut(block)) else { return };
         if segment >= *done && bytes.end <= buf.len() && bytes.end <= b.bytes.len() {
-            b.bytes[bytes.clone()].copy_from_slice(&buf[bytes]);
+            crate::core::stream::copy_bypassing_cache(&mut b.bytes[bytes.clone()], &buf[bytes]);
             *done = segment + 1;
         }
     }
