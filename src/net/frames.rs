@@ -81,10 +81,14 @@ impl EventLoop {
 
     /// Decides where the payload of a just-read header goes, and sets the link's state.
     pub(super) fn route_header(&mut self, i: usize, header: Header, crc: u32) {
+        let lane = self.links[i].as_ref().is_some_and(|l| l.lanes.rx_frame);
         let route = if header.job != self.job {
             let peer = self.links[i].as_ref().map_or(0, |l| l.peer);
             self.fail_link(i, format!("frame of job {:#x}, this job is {:#x}", header.job, self.job), peer);
             return;
+        } else if super::lane_loop::is_lane_control(header.kind) {
+            // Connection-level: read into scratch, handled in `complete_frame`.
+            Route::Active(Target::Scratch)
         } else {
             let here = self.key();
             let theirs = (header.epoch, header.seq);
@@ -106,6 +110,9 @@ impl EventLoop {
                 (None, _) | (_, std::cmp::Ordering::Greater) => Route::Park,
                 // The attempt of an older view waits for the coordinator's decision.
                 (Some(a), std::cmp::Ordering::Equal) if a.epoch != self.epoch || self.awaiting.is_some() => Route::Park,
+                // A lane payload is handed over from its slot (the collective copies it
+                // into place if it belongs there).
+                (Some(_), std::cmp::Ordering::Equal) if lane => Route::Active(Target::Scratch),
                 (Some(a), std::cmp::Ordering::Equal) => {
                     Route::Active(a.coll.recv_target(link_of(i), &header).map_or(Target::Scratch, Target::Job))
                 }
@@ -150,18 +157,23 @@ impl EventLoop {
                     let r = l.read_header(&mut f);
                     l.rx = Rx::Header { filled: f };
                     match r {
-                        Ok(ReadStep::Progress) if f == crate::wire::HEADER_LEN => match Header::decode(&l.header_bytes)
-                        {
-                            Ok((h, crc)) => {
-                                self.route_header(i, h, crc);
-                                Ok(ReadStep::Progress)
+                        Ok(ReadStep::Progress) if f == crate::wire::HEADER_LEN => {
+                            match Header::decode_flagged(&l.header_bytes) {
+                                Ok((h, crc, flags)) => {
+                                    if flags & crate::net::lane::FLAG_LANE != 0 {
+                                        self.route_lane_header(i, h, crc, now);
+                                    } else {
+                                        self.route_header(i, h, crc);
+                                    }
+                                    Ok(ReadStep::Progress)
+                                }
+                                Err(e) => {
+                                    let peer = l.peer;
+                                    self.fail_link(i, format!("bad header: {e}"), peer);
+                                    return true;
+                                }
                             }
-                            Err(e) => {
-                                let peer = l.peer;
-                                self.fail_link(i, format!("bad header: {e}"), peer);
-                                return true;
-                            }
-                        },
+                        }
                         other => other,
                     }
                 }
@@ -203,7 +215,23 @@ impl EventLoop {
     }
 
     /// A whole frame is in: check its CRC, hand it to the collective, queue what follows.
+    /// A lane frame's slot goes back to the sender once the frame is used or dropped (a
+    /// frame parked for a later call keeps it).
     pub(super) fn complete_frame(&mut self, i: usize, now: Instant) {
+        let len = match self.links[i].as_ref().map(|l| &l.rx) {
+            Some(Rx::Payload { header, .. }) => header.payload_len as usize,
+            _ => 0,
+        };
+        self.complete_frame_here(i, now);
+        let credit = self.lane_header(crate::wire::FrameKind::LaneCredit);
+        if let Some(l) = self.links[i].as_mut() {
+            if !matches!(l.rx, Rx::Parked { .. }) && l.lanes.release_frame(len) {
+                l.push_control(credit, Vec::new());
+            }
+        }
+    }
+
+    fn complete_frame_here(&mut self, i: usize, now: Instant) {
         let Some(l) = self.links[i].as_mut() else { return };
         let Rx::Payload { header, crc, target, .. } = std::mem::replace(&mut l.rx, Rx::Header { filled: 0 }) else {
             return;
@@ -226,6 +254,10 @@ impl EventLoop {
             self.fail_link(i, format!("{e}"), peer);
             return;
         }
+        if super::lane_loop::is_lane_control(header.kind) {
+            self.handle_lane_control(i, &header);
+            return;
+        }
         if target == Target::Ahead {
             // Its call may have started while the payload was arriving: route it again
             // (it parks if it still cannot go anywhere).
@@ -240,7 +272,7 @@ impl EventLoop {
         let link = link_of(i);
         let _ = match target {
             Target::Scratch | Target::Ahead => {
-                a.coll.handle_frame(now, link, &header, l.scratch(len), a.job.buf.bytes_mut())
+                a.coll.handle_frame(now, link, &header, l.payload(len), a.job.buf.bytes_mut())
             }
             Target::Job(_) => a.coll.handle_frame_in_place(now, link, &header, a.job.buf.bytes_mut()),
         };
