@@ -100,7 +100,10 @@ impl EventLoop {
     pub(super) fn route_lane_header(&mut self, i: usize, header: Header, crc: u32, now: Instant) {
         let Some(l) = self.links[i].as_mut() else { return };
         let len = header.payload_len as usize;
-        let checked = match l.lanes.rx.as_ref() {
+        // Where the CRC covers the header alone, check it first: a damaged header is then
+        // reported as damage, not as a lane violation.
+        let early = if l.payload_crc { Ok(()) } else { l.rx_crc.verify(crc).map_err(|e| e.to_string()) };
+        let checked = early.and_then(|()| match l.lanes.rx.as_ref() {
             None => Err("lane flag on a connection without an accepted lane".to_string()),
             Some(_) if header.kind != FrameKind::Data => Err(format!("lane flag on a {:?} frame", header.kind)),
             Some(rx) => rx.payload(len).map(|p| {
@@ -108,7 +111,7 @@ impl EventLoop {
                     l.rx_crc.update(p);
                 }
             }),
-        };
+        });
         if let Err(why) = checked.and_then(|()| l.rx_crc.verify(crc).map_err(|e| e.to_string())) {
             let peer = l.peer;
             self.fail_link(i, why, peer);
