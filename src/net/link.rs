@@ -416,7 +416,7 @@ impl Link {
     }
 
     /// Moves the payloads of the frames about to be written into the lane, in queue order:
-    /// raw data frames of at least the lane minimum whose bytes have not started to leave.
+    /// raw data frames large enough (`Lanes::try_send`) whose bytes have not started to leave.
     /// Returns how many frames at the head of the queue may be written now: all of them,
     /// or those before the first one that waits for a free slot (the peer sends a
     /// `LaneCredit` once it has consumed half the lane). Waiting there instead of sending
@@ -444,7 +444,7 @@ impl Link {
                 continue;
             }
             let len = payload.len();
-            match self.lanes.try_send(payload) {
+            match self.lanes.try_send(payload, job.map_or(0, <[u8]>::len)) {
                 super::lane::Put::Copied => {}
                 super::lane::Put::Unfit => continue,
                 super::lane::Put::Full => {
