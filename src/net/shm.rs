@@ -39,7 +39,7 @@ impl Mapping {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
         // The umask may have cleared bits of 0600; the receiver wants exactly 0600.
-        let made = file.set_permissions(std::fs::Permissions::from_mode(0o600)).and_then(|()| file.set_len(len as u64));
+        let made = file.set_permissions(std::fs::Permissions::from_mode(0o600)).and_then(|()| reserve(&file, len));
         match made.and_then(|()| Mapping::map(&file, len)) {
             Ok(m) => Ok(m),
             Err(e) => {
@@ -59,6 +59,8 @@ impl Mapping {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            // O_NONBLOCK: a FIFO planted under a lane's name cannot block the open; it is
+            // then refused as not a regular file.
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(path)
             .map_err(|e| format!("open: {e}"))?;
@@ -143,6 +145,21 @@ impl Mapping {
         // SAFETY: in range; `&mut self` makes this the only view in this process, and the
         // lane protocol keeps the peer off a slot until it is published (see `bytes`).
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset), len) }
+    }
+}
+
+/// Sizes `file` to `len` bytes with every block allocated now: a full tmpfs (Docker gives
+/// containers 64 MiB of `/dev/shm` by default) is then an error here, the lane is not
+/// offered and the link keeps to TCP, instead of a SIGBUS at the first write to a page
+/// the filesystem cannot back.
+fn reserve(file: &File, len: usize) -> std::io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::other("lane too large"))?;
+    // SAFETY: posix_fallocate on an open descriptor we own; it touches no memory of ours.
+    let err = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    if err == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(err))
     }
 }
 
