@@ -133,3 +133,15 @@ pub const RESULT_RETAIN_BYTES_MAX: usize = 128 << 10;
 /// one `recv` then serves several small frames (headers, latency-path payloads of a few
 /// KiB). Two per link; reads beyond a quarter of it go straight to their destination.
 pub const READ_AHEAD_BYTES: usize = 64 << 10;
+
+/// Most slots of a same-host lane (`net::lane`), each one segment (`Config::segment_bytes`):
+/// how many payloads the sender may copy ahead of the receiver before its frames go over
+/// TCP again. 16 segments of the default 512 KiB are 8 MiB, about what the two socket
+/// buffers of a TCP link hold (`SOCKET_BUFFER_BYTES` each way), so the lane keeps as much
+/// in flight as the socket it replaces.
+pub const LANE_SLOTS: usize = 16;
+
+/// Most bytes of slots in one lane: with large segments a lane gets fewer slots (at least
+/// two), so the shared memory a rank maps stays at most 2 x 2 x 16 MiB (two links, both
+/// directions) however large `Config::segment_bytes` is.
+pub const LANE_BYTES_MAX: usize = 16 << 20;

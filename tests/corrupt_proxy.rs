@@ -21,8 +21,9 @@ use ringcc::comm::Checksum;
 use ringcc::coord::{Server, ServerOptions};
 use ringcc::core::collective::Algorithm;
 use ringcc::wire::control::Control;
+use ringcc::wire::header::{set_flags, FLAG_LANE};
 use ringcc::wire::hello::HELLO_LEN;
-use ringcc::wire::HEADER_LEN;
+use ringcc::wire::{FrameKind, HEADER_LEN};
 use ringcc::{Communicator, Config, ReduceOp};
 
 const WORLD: usize = 3;
@@ -61,6 +62,15 @@ struct Plan {
     frame: usize,
     in_payload: bool,
     bit: usize,
+    /// Instead of a bit flip: rewrites the first frame (header and payload) for which it
+    /// returns true, whatever its index.
+    rewrite: Option<fn(&mut [u8]) -> bool>,
+}
+
+impl Plan {
+    fn flip(dir: usize, frame: usize, in_payload: bool, bit: usize) -> Plan {
+        Plan { dir, frame, in_payload, bit, rewrite: None }
+    }
 }
 
 /// What the ring proxy did.
@@ -138,7 +148,12 @@ fn pump(
             }
             frame.resize(HEADER_LEN + len, 0);
             src.read_exact(&mut frame[HEADER_LEN..])?;
-            if let Some(p) = plan.filter(|p| p.frame == index) {
+            if let Some(rewrite) = plan.and_then(|p| p.rewrite) {
+                if armed.load(Ordering::SeqCst) && rewrite(&mut frame) {
+                    armed.store(false, Ordering::SeqCst);
+                    flip.lock().unwrap_or_else(|p| p.into_inner()).done = Some((0, "rewrite"));
+                }
+            } else if let Some(p) = plan.filter(|p| p.frame == index) {
                 if armed.swap(false, Ordering::SeqCst) {
                     let bit = if p.in_payload && len > 0 {
                         HEADER_LEN * 8 + p.bit % (len * 8)
@@ -264,6 +279,16 @@ fn round(
     algorithm: Algorithm,
     plan: Option<Plan>,
 ) -> (Vec<Vec<Result<bool, String>>>, Flip, String) {
+    round_with(checksum, algorithm, plan, true)
+}
+
+/// [`round`] with same-host lanes (`Config::lanes`) on or off in every rank.
+fn round_with(
+    checksum: Checksum,
+    algorithm: Algorithm,
+    plan: Option<Plan>,
+    lanes: bool,
+) -> (Vec<Vec<Result<bool, String>>>, Flip, String) {
     let mut options = ServerOptions::new(WORLD, 42, Duration::from_secs(20));
     options.secret = SECRET.as_bytes().to_vec();
     let server = Server::start(TcpListener::bind("127.0.0.1:0").expect("bind"), options).expect("coordinator");
@@ -319,6 +344,7 @@ fn round(
             config.progress_timeout = PROGRESS_TIMEOUT;
             config.algorithm = algorithm;
             config.checksum = checksum;
+            config.lanes = lanes;
             let seen = match Communicator::connect(config) {
                 Ok(comm) => rank_calls(&comm),
                 Err(e) => vec![Err(format!("connect: {e}"))],
@@ -340,12 +366,16 @@ fn round(
 /// The check that caught a flip sent by `sender`: a link failure logged against `sender`
 /// naming the check, or a collective that stalled past its progress deadline.
 fn detection(log: &str, calls: &[Vec<Result<bool, String>>], sender: usize) -> Option<&'static str> {
-    const CHECKS: [(&str, &str); 5] = [
+    const CHECKS: [(&str, &str); 7] = [
         ("checksum mismatch", "crc32c"),
         ("bad header", "header decode"),
         ("frame of job", "job id"),
         ("exceeds the agreed segment size", "length cap"),
         ("further ahead than a neighbour can be", "seq/epoch window"),
+        // A flipped lane flag (`docs/PROTOCOL.md`, same-host lanes) names a payload that
+        // is not in the lane.
+        ("before its payload was written", "lane slot"),
+        ("without an accepted lane", "lane flag"),
     ];
     let from_sender = format!("peer={sender} ");
     let failed = |needle: &str| log.lines().any(|l| l.contains(needle) && l.contains(&from_sender));
@@ -403,7 +433,7 @@ fn random_flips(checksum: Checksum, frames: [usize; 2], rounds: usize, payloads:
     let started = Instant::now();
     for r in 0..rounds {
         let dir = r % 2;
-        let plan = Plan { dir, frame: next() % frames[dir], in_payload: payloads && r % 4 >= 2, bit: next() };
+        let plan = Plan::flip(dir, next() % frames[dir], payloads && r % 4 >= 2, next());
         let (calls, hit, log) = round(checksum, ALGORITHMS[dir], Some(plan));
         let (offset, name) = hit.done.unwrap_or_else(|| panic!("round {r}: {plan:?} never reached its frame"));
         assert!(!hit.desync, "round {r}: the proxy lost track of frames");
@@ -432,7 +462,7 @@ fn random_flips(checksum: Checksum, frames: [usize; 2], rounds: usize, payloads:
 fn bent_headers(checksum: Checksum, frames: [usize; 2]) {
     let seq_epoch = [(0, 1, 32 * 8), (1, 2, 32 * 8), (0, 4, 32 * 8 + 1), (1, 3, 24 * 8), (0, 2, 24 * 8 + 1)];
     for (dir, frame, bit) in seq_epoch {
-        let plan = Plan { dir, frame: frame % frames[dir], in_payload: false, bit };
+        let plan = Plan::flip(dir, frame % frames[dir], false, bit);
         let (calls, hit, log) = round(checksum, ALGORITHMS[dir], Some(plan));
         let (offset, name) = hit.done.unwrap_or_else(|| panic!("{plan:?} never reached its frame"));
         for (rank, c) in calls.iter().enumerate() {
@@ -470,4 +500,79 @@ fn header_flips_are_detected_on_links_within_one_host_by_default() {
     let frames = control(Checksum::Remote);
     random_flips(Checksum::Remote, frames, 8, false);
     bent_headers(Checksum::Remote, frames);
+}
+
+/// Sets the lane flag, CRC fixed up, on the first data frame: a frame that says its payload
+/// is in a same-host lane on a link that has none.
+fn flag_first_data_frame(frame: &mut [u8]) -> bool {
+    if frame[5] != FrameKind::Data as u8 {
+        return false;
+    }
+    let mut header = [0u8; HEADER_LEN];
+    header.copy_from_slice(&frame[..HEADER_LEN]);
+    set_flags(&mut header, FLAG_LANE, 0);
+    frame[..HEADER_LEN].copy_from_slice(&header);
+    true
+}
+
+/// Points the lane offer at another file (the last hex digit of its name changed).
+fn offer_another_file(frame: &mut [u8]) -> bool {
+    if frame[5] != FrameKind::LaneOffer as u8 || frame.len() <= HEADER_LEN + 8 {
+        return false;
+    }
+    let last = frame.len() - 1;
+    frame[last] = if frame[last] == b'0' { b'1' } else { b'0' };
+    true
+}
+
+/// Offers one slot more than the lane has (the file's size no longer matches).
+fn offer_wrong_size(frame: &mut [u8]) -> bool {
+    if frame[5] != FrameKind::LaneOffer as u8 || frame.len() <= HEADER_LEN + 8 {
+        return false;
+    }
+    frame[HEADER_LEN] = frame[HEADER_LEN].wrapping_add(1);
+    true
+}
+
+/// A data frame flagged as carried by a same-host lane, on a link without one (lanes off),
+/// fails the link with a typed error naming it, never a panic, a hang or a wrong sum.
+#[test]
+fn a_lane_flag_on_a_link_without_a_lane_fails_the_link() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    init_log();
+    let plan = Plan { rewrite: Some(flag_first_data_frame), ..Plan::flip(0, 0, false, 0) };
+    let (calls, hit, log) = round_with(Checksum::Remote, Algorithm::Auto, Some(plan), false);
+    assert!(hit.done.is_some(), "no data frame went through the proxy");
+    for (rank, c) in calls.iter().enumerate() {
+        assert!(!c.contains(&Ok(false)), "rank {rank} returned a WRONG sum: {c:?}");
+    }
+    let named = log.lines().any(|l| l.contains("without an accepted lane") && l.contains("peer=0 "));
+    assert!(named, "the receiver did not fail the link naming the lane flag: {calls:?}\n{log}");
+}
+
+/// A lane offer naming another file, or the wrong size, is refused: the link stays on TCP
+/// and every call is exact; the offered file is removed.
+#[test]
+fn bad_lane_offers_are_refused_and_the_link_keeps_to_tcp() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    init_log();
+    for rewrite in [offer_another_file as fn(&mut [u8]) -> bool, offer_wrong_size] {
+        let plan = Plan { rewrite: Some(rewrite), ..Plan::flip(0, 0, false, 0) };
+        let (calls, hit, log) = round_with(Checksum::Remote, Algorithm::Auto, Some(plan), true);
+        assert!(hit.done.is_some(), "no lane offer went through the proxy");
+        for (rank, c) in calls.iter().enumerate() {
+            assert_eq!(c.len(), CALLS, "rank {rank}: {c:?}\n{log}");
+            assert!(c.iter().all(|r| r == &Ok(true)), "rank {rank}: {c:?}\n{log}");
+        }
+        assert!(log.contains("refused a same-host lane"), "{log}");
+        assert!(log.contains("peer refused the same-host lane"), "{log}");
+        let left = std::fs::read_dir("/dev/shm")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("ringcc-lane-000000000000002a-"))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(left, 0, "lane files of the job left behind");
+    }
 }

@@ -402,6 +402,8 @@ mod tests {
                 recv_transfer: ms(125),
                 send_blocked: ms(0),
                 active: ms(1000),
+                lane_bytes_sent: 0,
+                lane_bytes_received: 0,
             }],
             collectives: vec![CollectiveStats {
                 collective: "all_reduce",

@@ -433,6 +433,15 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(c) if c.wrong == 0 => {
+            let links = c.comm.local_stats().links;
+            let lane = |f: fn(&ringcc::comm::LinkStats) -> u64| links.iter().map(f).sum::<u64>();
+            println!(
+                "ringcheck: rank {}: bytes sent {}, through lanes: sent {} received {}",
+                c.comm.rank(),
+                lane(|l| l.bytes_sent),
+                lane(|l| l.lane_bytes_sent),
+                lane(|l| l.lane_bytes_received)
+            );
             println!("ringcheck: rank {} of {}: {} collectives, all exact", c.comm.rank(), c.comm.world_size(), c.runs);
             ExitCode::SUCCESS
         }

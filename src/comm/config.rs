@@ -107,6 +107,13 @@ pub struct Config {
     /// Which ring links' frame payloads the CRC32C covers (*fingerprint*); headers are
     /// always covered. Default [`Checksum::Remote`]; `RINGCC_CHECKSUM=all|remote`.
     pub checksum: Checksum,
+    /// Move the payloads of ring links between ranks of one host through shared memory
+    /// (`/dev/shm`) instead of the socket: one copy per byte instead of the kernel's two,
+    /// far fewer syscalls (`docs/ARCHITECTURE.md`, "Same-host lanes"). Each link offers
+    /// and accepts its lane on its own, so this is not a fingerprint field: a rank with it
+    /// off refuses its peers' offers and everything goes over TCP. Default on;
+    /// `RINGCC_LANES=0` turns it off.
+    pub lanes: bool,
 }
 
 /// Which ring links checksum frame payloads (`Config::checksum`). Every frame header is
@@ -265,6 +272,7 @@ impl Config {
             spin: Duration::from_micros(100),
             test_frame_delay: Duration::ZERO,
             checksum: Checksum::Remote,
+            lanes: true,
         }
     }
 
@@ -309,6 +317,12 @@ impl Config {
             Some("all") => config.checksum = Checksum::All,
             Some("remote") => config.checksum = Checksum::Remote,
             Some(v) => return Err(crate::Error::Config(format!("RINGCC_CHECKSUM={v} is not all or remote"))),
+        }
+        match get("RINGCC_LANES").as_deref() {
+            None => {}
+            Some("1" | "true") => config.lanes = true,
+            Some("0" | "false") => config.lanes = false,
+            Some(v) => return Err(crate::Error::Config(format!("RINGCC_LANES={v} is not 0 or 1"))),
         }
         if let Some(v) = get("RINGCC_SPIN_US") {
             config.spin = spin_from(&v)?;

@@ -43,9 +43,10 @@ pub struct LinkStats {
     pub side: Side,
     /// The neighbour's rank.
     pub peer: Rank,
-    /// Bytes written to the link, frame headers included.
+    /// Bytes sent to the neighbour, frame headers included (through the socket, or the
+    /// same-host lane for payloads: see `lane_bytes_sent`).
     pub bytes_sent: u64,
-    /// Bytes read from the link, frame headers included.
+    /// Bytes received from the neighbour, frame headers included (as `bytes_sent`).
     pub bytes_received: u64,
     /// Frames received.
     pub frames_received: u64,
@@ -61,6 +62,11 @@ pub struct LinkStats {
     pub send_blocked: Duration,
     /// Time collectives ran while this link was up.
     pub active: Duration,
+    /// Of `bytes_sent`, the payload bytes that went through the same-host lane (shared
+    /// memory, `Config::lanes`) instead of the socket.
+    pub lane_bytes_sent: u64,
+    /// Of `bytes_received`, the payload bytes that came through the same-host lane.
+    pub lane_bytes_received: u64,
 }
 
 impl LinkStats {
@@ -412,6 +418,8 @@ mod tests {
             recv_transfer: Duration::from_millis(transfer_ms),
             send_blocked: Duration::from_millis(transfer_ms / 2),
             active: Duration::from_millis(2),
+            lane_bytes_sent: 0,
+            lane_bytes_received: 0,
         }
     }
 

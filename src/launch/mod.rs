@@ -116,6 +116,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
     let status = status::StatusService::start(server.status_handle(), program);
     let on_timeout = || eprint!("{}", status.table());
     let code = supervise::run_job(&plan, job_id, coordinator.to_string(), &on_timeout);
+    // A rank killed between creating a same-host lane and its peer mapping it leaves the
+    // file behind (`net::lane`); the job is over, so all of its lane files can go.
+    crate::net::lane::remove_leftovers(job_id);
     drop(status);
     drop(server);
     code

@@ -153,7 +153,7 @@ impl EventLoop {
             }
         }
         if let Some(c) = codecs.as_mut() {
-            c.observe_link_bytes([0, 1].map(|i| self.links[i].as_ref().map(|l| l.bytes_out)));
+            c.observe_link_bytes([0, 1].map(|i| self.links[i].as_ref().map(|l| l.bytes_out + l.lanes.bytes_sent)));
         }
         codecs
     }

@@ -133,6 +133,8 @@ impl EventLoop {
         self.pos = ring.pos;
         self.broken = None;
         self.shared.set(self.epoch, self.sorted.clone());
+        self.offer_lane(0);
+        self.offer_lane(1);
         Ok(())
     }
 }

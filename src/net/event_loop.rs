@@ -32,6 +32,8 @@ mod calls;
 mod coordination;
 #[path = "frames.rs"]
 mod frames;
+#[path = "lane_loop.rs"]
+mod lane_loop;
 
 #[path = "progress.rs"]
 mod progress;
@@ -143,6 +145,7 @@ impl Driver {
             incarnation: config.incarnation,
             join_points: config.join_points,
             checksum: config.checksum,
+            lanes: config.lanes,
             join_wait: None,
             broken: None,
             pending_view: None,
@@ -281,6 +284,8 @@ struct EventLoop {
     join_points: bool,
     /// `Config::checksum`: which links' payloads the frame CRC covers.
     checksum: crate::comm::Checksum,
+    /// `Config::lanes`: offer and accept same-host lanes (`net::lane`).
+    lanes: bool,
     /// The application waits at a join point (`net::joining`).
     join_wait: Option<joining::JoinWait>,
     /// Set once a link has failed, with when: later jobs wait for a new view, and fail with

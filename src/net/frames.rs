@@ -81,10 +81,14 @@ impl EventLoop {
 
     /// Decides where the payload of a just-read header goes, and sets the link's state.
     pub(super) fn route_header(&mut self, i: usize, header: Header, crc: u32) {
+        let lane = self.links[i].as_ref().is_some_and(|l| l.lanes.rx_frame);
         let route = if header.job != self.job {
             let peer = self.links[i].as_ref().map_or(0, |l| l.peer);
             self.fail_link(i, format!("frame of job {:#x}, this job is {:#x}", header.job, self.job), peer);
             return;
+        } else if super::lane_loop::is_lane_control(header.kind) {
+            // Connection-level: read into scratch, handled in `complete_frame`.
+            Route::Active(Target::Scratch)
         } else {
             let here = self.key();
             let theirs = (header.epoch, header.seq);
@@ -106,6 +110,9 @@ impl EventLoop {
                 (None, _) | (_, std::cmp::Ordering::Greater) => Route::Park,
                 // The attempt of an older view waits for the coordinator's decision.
                 (Some(a), std::cmp::Ordering::Equal) if a.epoch != self.epoch || self.awaiting.is_some() => Route::Park,
+                // A lane payload is handed over from its slot (the collective copies it
+                // into place if it belongs there).
+                (Some(_), std::cmp::Ordering::Equal) if lane => Route::Active(Target::Scratch),
                 (Some(a), std::cmp::Ordering::Equal) => {
                     Route::Active(a.coll.recv_target(link_of(i), &header).map_or(Target::Scratch, Target::Job))
                 }
@@ -150,18 +157,23 @@ impl EventLoop {
                     let r = l.read_header(&mut f);
                     l.rx = Rx::Header { filled: f };
                     match r {
-                        Ok(ReadStep::Progress) if f == crate::wire::HEADER_LEN => match Header::decode(&l.header_bytes)
-                        {
-                            Ok((h, crc)) => {
-                                self.route_header(i, h, crc);
-                                Ok(ReadStep::Progress)
+                        Ok(ReadStep::Progress) if f == crate::wire::HEADER_LEN => {
+                            match Header::decode_flagged(&l.header_bytes) {
+                                Ok((h, crc, flags)) => {
+                                    if flags & crate::net::lane::FLAG_LANE != 0 {
+                                        self.route_lane_header(i, h, crc, now);
+                                    } else {
+                                        self.route_header(i, h, crc);
+                                    }
+                                    Ok(ReadStep::Progress)
+                                }
+                                Err(e) => {
+                                    let peer = l.peer;
+                                    self.fail_link(i, format!("bad header: {e}"), peer);
+                                    return true;
+                                }
                             }
-                            Err(e) => {
-                                let peer = l.peer;
-                                self.fail_link(i, format!("bad header: {e}"), peer);
-                                return true;
-                            }
-                        },
+                        }
                         other => other,
                     }
                 }
@@ -169,7 +181,10 @@ impl EventLoop {
                     let len = header.payload_len as usize;
                     let mut f = *filled;
                     let target = target.clone();
-                    if f == 0 && len > 0 && target == Target::Scratch && l.payload_in_ahead(len) {
+                    // Data frames only: connection-level lane frames read their payload
+                    // from scratch, and a lane frame's payload is in its slot.
+                    let data = !super::lane_loop::is_lane_control(header.kind) && !l.lanes.rx_frame;
+                    if f == 0 && len > 0 && data && target == Target::Scratch && l.payload_in_ahead(len) {
                         // Handed on from the read-ahead buffer: no copy into scratch.
                         self.complete_frame_from(i, now, true);
                         progressed = true;
@@ -210,13 +225,30 @@ impl EventLoop {
     }
 
     /// A whole frame is in: check its CRC, hand it to the collective, queue what follows.
+    /// A lane frame's slot goes back to the sender once the frame is used or dropped (a
+    /// frame parked for a later call keeps it).
     pub(super) fn complete_frame(&mut self, i: usize, now: Instant) {
         self.complete_frame_from(i, now, false);
     }
 
-    /// [`EventLoop::complete_frame`] for a payload in scratch, or still in the link's
-    /// read-ahead buffer (`from_ahead`, for a frame routed to scratch), which it consumes.
+    /// [`EventLoop::complete_frame`] for a payload in scratch or a lane slot, or still in
+    /// the link's read-ahead buffer (`from_ahead`, for a frame routed to scratch), which it
+    /// consumes.
     fn complete_frame_from(&mut self, i: usize, now: Instant, from_ahead: bool) {
+        let len = match self.links[i].as_ref().map(|l| &l.rx) {
+            Some(Rx::Payload { header, .. }) => header.payload_len as usize,
+            _ => 0,
+        };
+        self.complete_frame_here(i, now, from_ahead);
+        let credit = self.lane_header(crate::wire::FrameKind::LaneCredit);
+        if let Some(l) = self.links[i].as_mut() {
+            if !matches!(l.rx, Rx::Parked { .. }) && l.lanes.release_frame(len) {
+                l.push_control(credit, Vec::new());
+            }
+        }
+    }
+
+    fn complete_frame_here(&mut self, i: usize, now: Instant, from_ahead: bool) {
         let Some(l) = self.links[i].as_mut() else { return };
         let Rx::Payload { header, crc, target, .. } = std::mem::replace(&mut l.rx, Rx::Header { filled: 0 }) else {
             return;
@@ -239,6 +271,10 @@ impl EventLoop {
             self.fail_link(i, format!("{e}"), peer);
             return;
         }
+        if super::lane_loop::is_lane_control(header.kind) {
+            self.handle_lane_control(i, &header);
+            return;
+        }
         if target == Target::Ahead {
             // Its call may have started while the payload was arriving: route it again
             // (it parks if it still cannot go anywhere).
@@ -255,7 +291,7 @@ impl EventLoop {
         let link = link_of(i);
         let _ = match target {
             Target::Scratch | Target::Ahead => {
-                let payload = if from_ahead { l.ahead_payload(len) } else { l.scratch(len) };
+                let payload = if from_ahead { l.ahead_payload(len) } else { l.payload(len) };
                 a.coll.handle_frame(now, link, &header, payload, a.job.buf.bytes_mut())
             }
             Target::Job(_) => a.coll.handle_frame_in_place(now, link, &header, a.job.buf.bytes_mut()),

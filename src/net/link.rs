@@ -53,6 +53,9 @@ pub(super) enum OutPayload {
     /// Bytes the collective made (an encoded segment, a frame forwarded as it came); the
     /// buffer goes back to its pool when the frame is written or dropped.
     Pooled(PooledBytes),
+    /// Already copied into the link's lane (`net::lane`): only the header, flagged, goes
+    /// over TCP.
+    Lane,
 }
 
 /// A frame waiting to be written.
@@ -106,6 +109,8 @@ pub(super) struct Link {
     pub(super) counters: Counters,
     /// Drain rate of the outgoing direction while it is the bottleneck (for codec `auto`).
     pub(super) rate: RateMeter,
+    /// Same-host lanes of this connection (`net::lane`).
+    pub(super) lanes: super::lane::Lanes,
 }
 
 /// What a link waited for while the event loop was idle (see [`Link::waiting`]).
@@ -115,7 +120,7 @@ pub(super) struct Waiting {
     pub(super) frame: bool,
     /// The rest of a frame of which a part has arrived.
     pub(super) rest: bool,
-    /// Room in a full socket, with frames queued.
+    /// Room in a full socket (or a full same-host lane), with frames queued.
     pub(super) socket: bool,
 }
 
@@ -164,6 +169,7 @@ impl Link {
             last_read: 0,
             counters: Counters::default(),
             rate: RateMeter::new(local.map(|a| a.ip()), addr.ip()),
+            lanes: super::lane::Lanes::default(),
         }
     }
 
@@ -171,7 +177,8 @@ impl Link {
     /// collective `expected` one, the rest of a frame if part of it is in, a full socket.
     pub(super) fn waiting(&self, expected: bool) -> Waiting {
         let mid_frame = matches!(self.rx, Rx::Header { filled } if filled > 0) || matches!(self.rx, Rx::Payload { .. });
-        Waiting { frame: expected, rest: expected && mid_frame, socket: !self.out.is_empty() && !self.writable }
+        let blocked = !self.writable || self.lanes.tx_blocked;
+        Waiting { frame: expected, rest: expected && mid_frame, socket: !self.out.is_empty() && blocked }
     }
 
     /// Accounts `idle` time of the event loop during a collective to what the link was
@@ -194,13 +201,15 @@ impl Link {
         crate::comm::LinkStats {
             side,
             peer: self.peer,
-            bytes_sent: self.bytes_out,
-            bytes_received: self.bytes_in,
+            bytes_sent: self.bytes_out + self.lanes.bytes_sent,
+            bytes_received: self.bytes_in + self.lanes.bytes_received,
             frames_received: c.frames_in,
             recv_wait: c.recv_wait,
             recv_transfer: c.recv_transfer,
             send_blocked: c.send_blocked,
             active: c.active,
+            lane_bytes_sent: self.lanes.bytes_sent,
+            lane_bytes_received: self.lanes.bytes_received,
         }
     }
 
@@ -233,6 +242,15 @@ impl Link {
     /// Drops the payload [`Link::payload_in_ahead`] found from the read-ahead buffer.
     pub(super) fn consume_ahead(&mut self, len: usize) {
         self.ahead.consume(len);
+    }
+
+    /// The payload of the frame being completed: its lane slot for a lane frame (checked
+    /// when its header arrived), else scratch.
+    pub(super) fn payload(&self, len: usize) -> &[u8] {
+        match self.lanes.rx.as_ref().filter(|_| self.lanes.rx_frame) {
+            Some(rx) => rx.payload(len).unwrap_or_default(),
+            None => self.scratch(len),
+        }
     }
 
     fn read_into(&mut self, dst: &mut [u8]) -> std::io::Result<ReadStep> {
@@ -316,15 +334,21 @@ impl Link {
     pub(super) fn flush(&mut self, job: Option<&[u8]>) -> std::io::Result<usize> {
         let mut done = 0;
         while self.writable && !self.out.is_empty() {
+            // Frames from the first one that waits for a lane slot on stay queued.
+            let ready = self.move_to_lane(job);
+            if ready == 0 {
+                break;
+            }
             // On the stack: this runs for every write, it must not allocate.
             let mut iov = [IoSlice::new(&[]); IOVECS_MAX];
             let mut used = 0;
             let mut skip = self.out_written;
-            for f in self.out.iter().take(IOVECS_MAX / 2) {
+            for f in self.out.iter().take(ready.min(IOVECS_MAX / 2)) {
                 let payload: &[u8] = match &f.payload {
                     OutPayload::Job(r) => &job.expect("job payload queued without an active job")[r.clone()],
                     OutPayload::Owned(v) => v,
                     OutPayload::Pooled(p) => p,
+                    OutPayload::Lane => &[],
                 };
                 for part in [&f.header[..], payload] {
                     if skip >= part.len() {
@@ -350,7 +374,7 @@ impl Link {
             self.rate.wrote(n);
             self.out_written += n;
             while let Some(f) = self.out.front() {
-                let len = HEADER_LEN + f.payload_len();
+                let len = HEADER_LEN + f.stream_len();
                 if self.out_written < len {
                     break;
                 }
@@ -391,11 +415,69 @@ impl Link {
 }
 
 impl OutFrame {
-    fn payload_len(&self) -> usize {
+    /// Payload bytes that follow the header on the TCP stream.
+    fn stream_len(&self) -> usize {
         match &self.payload {
             OutPayload::Job(r) => r.len(),
             OutPayload::Owned(v) => v.len(),
             OutPayload::Pooled(p) => p.len(),
+            OutPayload::Lane => 0,
         }
+    }
+}
+
+impl Link {
+    /// Queues a connection-level frame (`net::lane`) ahead of every frame not yet started:
+    /// it must not wait behind data frames that may themselves wait for the peer.
+    pub(super) fn push_control(&mut self, mut header: Header, payload: Vec<u8>) {
+        header.payload_len = payload.len() as u32;
+        header.raw_len = header.payload_len;
+        let header = if self.payload_crc { header.encode(&payload) } else { header.encode_header_only() };
+        let at = usize::from(self.out_written > 0).min(self.out.len());
+        self.out.insert(at, OutFrame { header, payload: OutPayload::Owned(payload) });
+    }
+
+    /// Moves the payloads of the frames about to be written into the lane, in queue order:
+    /// raw data frames large enough (`Lanes::try_send`) whose bytes have not started to leave.
+    /// Returns how many frames at the head of the queue may be written now: all of them,
+    /// or those before the first one that waits for a free slot (the peer sends a
+    /// `LaneCredit` once it has consumed half the lane). Waiting there instead of sending
+    /// that frame over TCP keeps slots in the order their headers go out, and keeps the
+    /// bytes on the one-copy path: measured, falling back to TCP whenever the lane was full
+    /// sent half of them through the socket.
+    fn move_to_lane(&mut self, job: Option<&[u8]>) -> usize {
+        self.lanes.tx_blocked = false;
+        if !matches!(self.lanes.tx, super::lane::Tx::Active(_)) {
+            return usize::MAX;
+        }
+        let skip = usize::from(self.out_written > 0);
+        for (k, f) in self.out.iter_mut().enumerate().skip(skip).take(IOVECS_MAX / 2) {
+            let payload: &[u8] = match &f.payload {
+                OutPayload::Job(r) => match job.and_then(|j| j.get(r.clone())) {
+                    Some(p) => p,
+                    None => return usize::MAX,
+                },
+                OutPayload::Pooled(p) => p,
+                OutPayload::Owned(_) | OutPayload::Lane => continue,
+            };
+            let raw_data =
+                f.header[5] == crate::wire::FrameKind::Data as u8 && f.header[6] == crate::codec::Codec::Raw as u8;
+            if !raw_data {
+                continue;
+            }
+            let len = payload.len();
+            match self.lanes.try_send(payload, job.map_or(0, <[u8]>::len)) {
+                super::lane::Put::Copied => {}
+                super::lane::Put::Unfit => continue,
+                super::lane::Put::Full => {
+                    self.lanes.tx_blocked = true;
+                    return k;
+                }
+            }
+            let covered = if self.payload_crc { len } else { 0 };
+            crate::wire::header::set_flags(&mut f.header, super::lane::FLAG_LANE, covered);
+            f.payload = OutPayload::Lane;
+        }
+        usize::MAX
     }
 }

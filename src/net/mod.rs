@@ -12,9 +12,11 @@ mod establish;
 mod event_loop;
 mod fault;
 pub(crate) mod handshake;
+pub(crate) mod lane;
 mod link;
 mod rate;
 mod read_ahead;
+mod shm;
 
 use std::any::Any;
 use std::time::Instant;

@@ -48,7 +48,7 @@ impl EventLoop {
             completed: self.completed,
             activity,
             queued: u32::try_from(self.queue.len()).unwrap_or(u32::MAX),
-            received_bytes: self.links.iter().flatten().map(|l| l.bytes_in).sum(),
+            received_bytes: self.links.iter().flatten().map(|l| l.bytes_in + l.lanes.bytes_received).sum(),
             call,
         }
     }

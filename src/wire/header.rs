@@ -12,7 +12,7 @@
 //! | 8      | coll        | [`CollKind`]: which collective (fingerprint)          |
 //! | 9      | op          | [`crate::ReduceOp`] (fingerprint)                     |
 //! | 10     | dtype       | [`crate::DataType`] (fingerprint)                     |
-//! | 11     | flags       | reserved, zero                                        |
+//! | 11     | flags       | [`FLAG_LANE`] or zero; other bits are refused         |
 //! | 12..16 | step        | step within the phase                                 |
 //! | 16..24 | job         | job id: frames of another job are refused             |
 //! | 24..32 | epoch       | membership view the frame was sent in                 |
@@ -35,6 +35,14 @@ pub const HEADER_LEN: usize = 72;
 
 /// Offset of the CRC field; the CRC covers the bytes before it and then the payload.
 const CRC_OFFSET: usize = 68;
+
+/// Offset of the flags byte.
+const FLAGS_OFFSET: usize = 11;
+
+/// Header flag: the payload is not in the stream after the header but in the next slot of
+/// the link's same-host lane (`net::lane`; `docs/PROTOCOL.md`). `payload_len` still says
+/// how many bytes it has, and the CRC covers them if the link checks payloads.
+pub const FLAG_LANE: u8 = 1;
 
 macro_rules! wire_enum {
     ($(#[$m:meta])* $name:ident, $field:literal { $($(#[$vm:meta])* $v:ident = $id:literal),* $(,)? }) => {
@@ -64,6 +72,15 @@ wire_enum!(
         /// Completion token (`core::fin`): the position in `chunk` holds the result of
         /// call `seq`; `step` counts the hops it travelled. No payload.
         Fin = 3,
+        /// Connection-level, never seen by a collective: the sender offers a same-host
+        /// lane for its frames on this connection (`net::lane`); the payload names it.
+        LaneOffer = 4,
+        /// Connection-level: the answer to a [`FrameKind::LaneOffer`]; the payload's first
+        /// byte is 1 (accepted) or 0 (refused, a UTF-8 reason follows).
+        LaneReply = 5,
+        /// Connection-level: the receiver of a lane has freed half its slots while the
+        /// sender waited for one (`net::lane`). No payload.
+        LaneCredit = 6,
     }
 );
 
@@ -207,6 +224,29 @@ impl Header {
     /// # Errors
     /// A [`WireError`] naming the first bad field.
     pub fn decode(b: &[u8; HEADER_LEN]) -> Result<(Header, u32), WireError> {
+        if b[FLAGS_OFFSET] != 0 {
+            return Err(WireError::UnknownId { field: "flags", value: b[FLAGS_OFFSET].into() });
+        }
+        Header::decode_fields(b)
+    }
+
+    /// Like [`Header::decode`] for a receiver that knows the flags of this build: also
+    /// returns the flags byte, which may hold [`FLAG_LANE`] (whether the link allows it is
+    /// the receiver's check).
+    ///
+    /// # Errors
+    /// As [`Header::decode`]; an unknown flag bit is [`WireError::UnknownId`].
+    pub fn decode_flagged(b: &[u8; HEADER_LEN]) -> Result<(Header, u32, u8), WireError> {
+        let flags = b[FLAGS_OFFSET];
+        if flags & !FLAG_LANE != 0 {
+            return Err(WireError::UnknownId { field: "flags", value: flags.into() });
+        }
+        let (h, crc) = Header::decode_fields(b)?;
+        Ok((h, crc, flags))
+    }
+
+    /// Every field but the flags byte.
+    fn decode_fields(b: &[u8; HEADER_LEN]) -> Result<(Header, u32), WireError> {
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         let u64_at = |o: usize| {
             let mut a = [0u8; 8];
@@ -219,9 +259,6 @@ impl Header {
         }
         if b[4] != PROTOCOL_VERSION {
             return Err(WireError::BadVersion { found: b[4], expected: PROTOCOL_VERSION });
-        }
-        if b[11] != 0 {
-            return Err(WireError::UnknownId { field: "flags", value: b[11].into() });
         }
         let h = Header {
             kind: FrameKind::from_u8(b[5])?,
@@ -249,6 +286,24 @@ impl Header {
         }
         Ok((h, u32_at(CRC_OFFSET)))
     }
+}
+
+/// Sets `flags` in an encoded header and updates its CRC to match, without a pass over the
+/// payload: `covered_len` is how many payload bytes the CRC covers (the payload length on a
+/// link that checks payloads, else 0). CRC32C is linear, so the change of the header's
+/// bytes is carried across the payload by `crc32c_combine` (a few dozen operations).
+pub fn set_flags(header: &mut [u8; HEADER_LEN], flags: u8, covered_len: usize) {
+    let before = crc32c::crc32c(&header[..CRC_OFFSET]);
+    header[FLAGS_OFFSET] = flags;
+    if cfg!(feature = "unchecked") {
+        return;
+    }
+    let after = crc32c::crc32c(&header[..CRC_OFFSET]);
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&header[CRC_OFFSET..]);
+    let old = u32::from_le_bytes(crc);
+    let new = old ^ crc32c::crc32c_combine(before ^ after, 0, covered_len);
+    header[CRC_OFFSET..].copy_from_slice(&new.to_le_bytes());
 }
 
 /// Checks the CRC32C carried in an encoded header against the header bytes and payload.
@@ -388,6 +443,28 @@ mod tests {
             let mut hb = b;
             hb[byte] ^= 0x04;
             assert!(FrameCrc::start(&hb).verify(crc).is_err(), "header byte {byte} is covered");
+        }
+    }
+
+    /// Setting the lane flag keeps the CRC right with and without the payload covered, and
+    /// only `decode_flagged` accepts the flag; unknown bits are refused by both.
+    #[test]
+    fn set_flags_keeps_the_crc_and_unknown_flags_are_refused() {
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let mut full = sample(3000).encode(&payload);
+        set_flags(&mut full, FLAG_LANE, payload.len());
+        let (h, crc, flags) = Header::decode_flagged(&full).unwrap();
+        assert_eq!((h, flags), (sample(3000), FLAG_LANE));
+        verify_crc(&full, crc, &payload).unwrap();
+        let mut only = sample(3000).encode_header_only();
+        set_flags(&mut only, FLAG_LANE, 0);
+        let (_, crc, _) = Header::decode_flagged(&only).unwrap();
+        FrameCrc::start(&only).verify(crc).unwrap();
+        assert!(matches!(Header::decode(&only), Err(WireError::UnknownId { field: "flags", .. })));
+        for bad in [2u8, 0x80, 3] {
+            let mut b = only;
+            b[FLAGS_OFFSET] = bad;
+            assert!(matches!(Header::decode_flagged(&b), Err(WireError::UnknownId { field: "flags", .. })));
         }
     }
 
