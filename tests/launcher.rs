@@ -542,6 +542,11 @@ fn local_ranks_are_bound_to_their_share_of_the_cpus_unless_told_not_to() {
     for (rank, cpus) in &got {
         assert_eq!(cpus, &vec![allowed[rank % allowed.len()]], "rank {rank}");
     }
+    // Two names of this machine are one machine: its ranks share the CPUs as one set.
+    let hosts = format!("localhost:1,127.0.0.1:{}", ranks - 1);
+    for (rank, cpus) in bound(&["-H", &hosts, "--tag-output"]) {
+        assert_eq!(cpus, vec![allowed[rank % allowed.len()]], "rank {rank} of {hosts}");
+    }
     // One rank: every CPU; told not to bind: every CPU for every rank.
     assert_eq!(bound(&["-n", "1", "--tag-output"]), vec![(0, allowed.clone())]);
     for (rank, cpus) in bound(&["-n", &ranks.to_string(), "--tag-output", "--bind-to", "none"]) {

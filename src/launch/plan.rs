@@ -48,6 +48,15 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// Where rank `local_rank` of host `host` stands among all ranks this machine runs
+    /// (every local host name counts: `-H localhost:2,127.0.0.1:2` is four ranks of one
+    /// machine): (index, count), for CPU binding.
+    pub(crate) fn machine_slot(&self, host: usize, local_rank: usize) -> (usize, usize) {
+        let before: usize = self.hosts.iter().take(host).filter(|h| h.local).map(|h| h.local_size).sum();
+        let count = self.hosts.iter().filter(|h| h.local).map(|h| h.local_size).sum();
+        (before + local_rank, count)
+    }
+
     /// Number of ranks.
     pub(crate) fn world_size(&self) -> usize {
         self.placement.len()

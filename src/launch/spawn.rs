@@ -130,8 +130,9 @@ pub(crate) enum Site<'a> {
 }
 
 /// Starts one rank with the given stdout and stderr. A local rank's stdin is /dev/null
-/// (ringrun does not forward its input); a remote rank's stdin carries the job secret,
-/// then ends.
+/// (ringrun does not forward its input), and with `--bind-to core` it is bound to its share
+/// of the CPUs as rank `machine_index` of the `machine_ranks` this machine runs; a remote
+/// rank's stdin carries the job secret, then ends.
 ///
 /// Contract: call from the supervisor's thread (see [`sys::die_with_parent`]).
 ///
@@ -141,8 +142,8 @@ pub(crate) fn start_rank(
     launch: &Launch,
     site: Site<'_>,
     env: &RankEnv,
-    stdout: Stdio,
-    stderr: Stdio,
+    (machine_index, machine_ranks): (usize, usize),
+    (stdout, stderr): (Stdio, Stdio),
 ) -> std::io::Result<Child> {
     let mut cmd = match site {
         Site::Local => {
@@ -152,7 +153,7 @@ pub(crate) fn start_rank(
             cmd.envs(launch.exports.iter().map(|(k, v)| (k, v)));
             cmd.env("RINGCC_SECRET", launch.secret.hex()).env_remove("RINGCC_SECRET_FILE");
             cmd.stdin(Stdio::null());
-            sys::bind_to_cpus(&mut cmd, &super::bind::cpus_for(env.local_rank, env.local_size, &launch.bind_cpus));
+            sys::bind_to_cpus(&mut cmd, &super::bind::cpus_for(machine_index, machine_ranks, &launch.bind_cpus));
             cmd
         }
         Site::Remote(host) => {

@@ -119,7 +119,8 @@ impl Supervisor<'_> {
             Site::Local => self.plan.launch.program.display().to_string(),
             Site::Remote(h) => format!("{} {h}", self.plan.launch.rsh.join(" ")),
         };
-        let mut child = spawn::start_rank(&self.plan.launch, site, &env, stdout, stderr)
+        let bind = self.plan.machine_slot(slot.host, slot.local_rank);
+        let mut child = spawn::start_rank(&self.plan.launch, site, &env, bind, (stdout, stderr))
             .map_err(|e| format!("{shown} on host {}: {e}", host.name))?;
         let pid = child.id();
         let (out, err) = (child.stdout.take(), child.stderr.take());
