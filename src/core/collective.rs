@@ -77,7 +77,7 @@ pub struct Collective {
     seg_elems: usize,
     parts: Vec<Part>,
     /// The latency path, instead of `parts`, for small all-reduces and barriers.
-    direct: Option<Latency>,
+    latency: Option<Latency>,
     status: Status,
     last_progress: Instant,
     bytes_sent: u64,
@@ -165,7 +165,7 @@ impl Collective {
         let mut c = Collective {
             seg_elems,
             parts,
-            direct: direct.then(|| Latency::start(spec.algorithm, w, spec.pos, buf)),
+            latency: direct.then(|| Latency::start(spec.algorithm, w, spec.pos, buf)),
             status: Status::Running,
             last_progress: now,
             bytes_sent: 0,
@@ -248,16 +248,16 @@ impl Collective {
     /// True once the caller's buffer holds this rank's whole result (it may still have
     /// frames to send, and completion tokens to exchange).
     pub fn holds_result(&self) -> bool {
-        self.direct.as_ref().is_none_or(|d| d.complete()) && self.parts.iter().all(|p| p.expect.is_none())
+        self.latency.as_ref().is_none_or(|d| d.complete()) && self.parts.iter().all(|p| p.expect.is_none())
     }
 
     /// True once every data frame of this rank has been handed out.
     fn data_sent(&self) -> bool {
-        self.direct.as_ref().is_none_or(|d| d.done()) && self.parts.iter().all(|p| p.ready.is_empty())
+        self.latency.as_ref().is_none_or(|d| d.done()) && self.parts.iter().all(|p| p.ready.is_empty())
     }
 
     fn data_expects_on(&self, link: Link) -> bool {
-        self.direct.as_ref().is_some_and(|d| d.expects_on(link))
+        self.latency.as_ref().is_some_and(|d| d.expects_on(link))
             || self.parts.iter().any(|p| p.send_link.opposite() == link && p.expect.is_some())
     }
 
@@ -299,7 +299,7 @@ impl Collective {
 
     /// The link and schedule position this rank waits on, for status displays.
     pub fn waiting_on(&self) -> Option<(Link, &'static str, u32)> {
-        let direct = self.direct.as_ref().and_then(|d| {
+        let direct = self.latency.as_ref().and_then(|d| {
             [Link::Prev, Link::Next]
                 .into_iter()
                 .find_map(|l| d.expected(l).map(|(step, _)| (l, phase_name(d.phase()), step)))
@@ -364,7 +364,7 @@ impl Collective {
     }
 
     fn update_status(&mut self, now: Instant) {
-        let direct_done = self.direct.as_ref().is_none_or(|d| d.complete());
+        let direct_done = self.latency.as_ref().is_none_or(|d| d.complete());
         let rs_done =
             direct_done && self.parts.iter().all(|p| p.expect.is_none_or(|c| c.phase != Phase::ReduceScatter));
         if rs_done && self.phase_marks.reduce_scatter_done.is_none() {

@@ -62,24 +62,9 @@ fn plan(world: usize, pos: usize) -> Option<Vec<Step>> {
     // Sending to `q` goes on Next if it follows this position; receiving from `q` comes on
     // Prev if it precedes it (checked first, so that with two positions, where the peer is
     // both, the sender's Next meets the receiver's Prev).
-    let send_link = |q: usize| {
-        if q == next {
-            Some((Link::Next, q))
-        } else if q == prev {
-            Some((Link::Prev, q))
-        } else {
-            None
-        }
-    };
-    let recv_link = |q: usize| {
-        if q == prev {
-            Some((Link::Prev, q))
-        } else if q == next {
-            Some((Link::Next, q))
-        } else {
-            None
-        }
-    };
+    let first_of = |q: usize, order: [(Link, usize); 2]| order.into_iter().find(|&(_, p)| p == q).map(|(l, _)| (l, q));
+    let send_link = |q: usize| first_of(q, [(Link::Next, next), (Link::Prev, prev)]);
+    let recv_link = |q: usize| first_of(q, [(Link::Prev, prev), (Link::Next, next)]);
     // Index of the positions that take part in the exchange rounds, and back.
     let index_of = |p: usize| (p >= 2 * rem || p % 2 == 1).then(|| if p < 2 * rem { p / 2 } else { p - rem });
     let pos_of = |v: usize| if v < rem { 2 * v + 1 } else { v + rem };

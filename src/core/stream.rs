@@ -33,9 +33,8 @@ pub fn copy_bypassing_cache(dst: &mut [u8], src: &[u8]) {
         // every later store, as ordinary stores are ordered.
         unsafe { _mm_sfence() };
         dst[head + body..].copy_from_slice(&src[head + body..]);
-        return;
     }
-    #[allow(unreachable_code)]
+    #[cfg(not(target_arch = "x86_64"))]
     dst.copy_from_slice(src);
 }
 

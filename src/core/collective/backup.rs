@@ -24,7 +24,7 @@ impl Collective {
     /// [`Collective::restore_input`] can put the input back for a redo. Call it right after
     /// `start`. The latency path keeps every input anyway and needs none.
     pub fn attach_backup(&mut self, mut bytes: Vec<u8>, buf_len: usize) {
-        if self.direct.is_some() || self.parts.is_empty() {
+        if self.latency.is_some() || self.parts.is_empty() {
             return;
         }
         bytes.resize(buf_len, 0);
@@ -63,7 +63,7 @@ impl Collective {
     /// Puts this rank's input back into `buf`, wherever this call overwrote it. Returns
     /// false if it cannot (a call that wrote its buffer without a backup attached).
     pub fn restore_input(&self, buf: &mut [u8]) -> bool {
-        if let Some(d) = &self.direct {
+        if let Some(d) = &self.latency {
             let input = d.input(self.spec.pos);
             if input.len() == buf.len() {
                 buf.copy_from_slice(input);

@@ -108,8 +108,8 @@ impl Collective {
         if h.kind == FrameKind::Fin {
             return self.apply_fin(link, h);
         }
-        if self.direct.is_some() {
-            return self.apply_direct(link, h, payload, buf);
+        if self.latency.is_some() {
+            return self.apply_latency(link, h, payload, buf);
         }
         let i = self
             .parts
@@ -239,14 +239,14 @@ impl Collective {
         })
     }
 
-    pub(super) fn apply_direct(
+    pub(super) fn apply_latency(
         &mut self,
         link: Link,
         h: &Header,
         payload: Option<&[u8]>,
         buf: &mut [u8],
     ) -> Result<(), ProtocolError> {
-        let Some(d) = self.direct.as_mut() else { return Ok(()) };
+        let Some(d) = self.latency.as_mut() else { return Ok(()) };
         let Some((step, origin)) = d.expected(link) else {
             return Err(ProtocolError::Unexpected { peer: h.sender, detail: format!("no more frames on {link:?}") });
         };

@@ -24,7 +24,7 @@ impl Collective {
         }
         // Latency-path frames and FINs are small and never encoded: nothing to pace. A FIN
         // goes only after every data frame, so pacing cannot put one ahead of data.
-        let data = if self.direct.is_some() { self.poll_direct(buf) } else { self.poll_parts(buf, &may_send) };
+        let data = if self.latency.is_some() { self.poll_latency(buf) } else { self.poll_parts(buf, &may_send) };
         data.or_else(|| self.poll_fin())
     }
 
@@ -92,8 +92,8 @@ impl Collective {
         Some(t)
     }
 
-    pub(super) fn poll_direct(&mut self, buf: &[u8]) -> Option<Transmit> {
-        let d = self.direct.as_mut()?;
+    pub(super) fn poll_latency(&mut self, buf: &[u8]) -> Option<Transmit> {
+        let d = self.latency.as_mut()?;
         let phase = d.phase();
         let (link, step, chunk, bytes) = d.next_send(buf)?;
         let s = &self.spec;
