@@ -37,7 +37,8 @@ fn spec(pos: usize, len_elems: usize) -> Spec {
         algorithm: Algorithm::Auto,
         progress_timeout: Duration::from_secs(30),
         fin: false,
-        payload_crc: [true, true],
+        payload_crc: [true, true, true],
+        partner_links: false,
     }
 }
 
@@ -88,14 +89,15 @@ fn ring_all_reduce(bufs: &mut [Vec<u8>], pool: &mut Vec<Vec<u8>>) -> usize {
     for _ in 0..1_000_000 {
         for (p, coll) in colls.iter_mut().enumerate() {
             while let Some(t) = coll.poll_transmit(&bufs[p]) {
-                let to = match t.link {
-                    Link::Next => (p + 1) % WORLD,
-                    Link::Prev => (p + WORLD - 1) % WORLD,
+                let (to, link) = match t.link {
+                    Link::Next => ((p + 1) % WORLD, Link::Prev),
+                    Link::Prev => ((p + WORLD - 1) % WORLD, Link::Next),
+                    Link::Partner(q) => (q as usize, Link::Partner(p as u32)),
                 };
                 let mut payload = pool.pop().unwrap_or_default();
                 payload.clear();
                 payload.extend_from_slice(&bufs[p][t.payload]);
-                wire.push_back(Frame { to, link: t.link.opposite(), header: t.header, payload });
+                wire.push_back(Frame { to, link, header: t.header, payload });
             }
         }
         let Some(f) = wire.pop_front() else { break };

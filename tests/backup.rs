@@ -31,7 +31,8 @@ fn spec(world: usize, pos: usize, len_elems: usize, algorithm: Algorithm, op: Re
         algorithm,
         progress_timeout: Duration::from_secs(30),
         fin: true,
-        payload_crc: [true, true],
+        payload_crc: [true, true, true],
+        partner_links: false,
     }
 }
 
@@ -66,6 +67,7 @@ fn run(world: usize, len_elems: usize, algorithm: Algorithm, op: ReduceOp) -> us
                 let (to, rx) = match t.link {
                     Link::Next => ((p + 1) % world, Link::Prev),
                     Link::Prev => ((p + world - 1) % world, Link::Next),
+                    Link::Partner(q) => (q as usize, Link::Partner(p as u32)),
                 };
                 wire.push_back((to, rx, frame));
             }

@@ -176,7 +176,8 @@ fn spec(pos: usize, len_elems: usize, codec: CodecChoice) -> Spec {
         algorithm: Algorithm::Ring,
         progress_timeout: Duration::from_secs(10),
         fin: false,
-        payload_crc: [true, true],
+        payload_crc: [true, true, true],
+        partner_links: false,
     }
 }
 

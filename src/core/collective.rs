@@ -148,7 +148,7 @@ impl Collective {
             && bytes.saturating_mul(w) <= DIRECT_STORE_MAX_BYTES;
         let direct = direct_fits
             && (matches!(spec.algorithm, Algorithm::Direct | Algorithm::Doubling)
-                || (spec.algorithm == Algorithm::Auto && bytes <= Latency::auto_max_bytes(w)));
+                || (spec.algorithm == Algorithm::Auto && bytes <= Latency::auto_max_bytes(w, spec.partner_links)));
         if direct {
             // The parts stay empty: the latency path carries the whole call.
         } else if bidir {
@@ -165,7 +165,7 @@ impl Collective {
         let mut c = Collective {
             seg_elems,
             parts,
-            latency: direct.then(|| Latency::start(spec.algorithm, w, spec.pos, buf)),
+            latency: direct.then(|| Latency::start(spec.algorithm, w, spec.pos, spec.partner_links, buf)),
             status: Status::Running,
             last_progress: now,
             bytes_sent: 0,

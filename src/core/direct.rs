@@ -17,10 +17,13 @@ pub const DIRECT_MAX_BYTES: usize = 16 << 10;
 /// Largest total of all ranks' buffers (bytes) the latency path gathers on one rank.
 pub const DIRECT_STORE_MAX_BYTES: usize = 4 << 20;
 
-fn rx_index(link: Link) -> usize {
+/// Index of a ring link in `[Prev, Next]` arrays; `None` for a partner link (nothing of
+/// this kind travels on one).
+fn rx_index(link: Link) -> Option<usize> {
     match link {
-        Link::Prev => 0,
-        Link::Next => 1,
+        Link::Prev => Some(0),
+        Link::Next => Some(1),
+        Link::Partner(_) => None,
     }
 }
 
@@ -64,16 +67,13 @@ impl Direct {
 
     /// The (step, origin position) of the next frame expected on `link`, if any.
     pub(super) fn expected(&self, link: Link) -> Option<(u32, usize)> {
-        let i = rx_index(link);
+        let i = rx_index(link)?;
         let step = self.expect[i];
         if step >= self.hops[i] {
             return None;
         }
         let (n, s) = (self.world, step as usize);
-        let origin = match link {
-            Link::Prev => (self.pos + 2 * n - 1 - s) % n,
-            Link::Next => (self.pos + 1 + s) % n,
-        };
+        let origin = if i == 0 { (self.pos + 2 * n - 1 - s) % n } else { (self.pos + 1 + s) % n };
         Some((step, origin))
     }
 
@@ -85,8 +85,7 @@ impl Direct {
     /// Stores the expected frame's payload (the caller checked it is the expected one and
     /// of `bytes` length) and queues its forward.
     pub(super) fn accept(&mut self, link: Link, payload: &[u8]) {
-        let Some((step, origin)) = self.expected(link) else { return };
-        let i = rx_index(link);
+        let (Some((step, origin)), Some(i)) = (self.expected(link), rx_index(link)) else { return };
         self.store[origin * self.bytes..(origin + 1) * self.bytes].copy_from_slice(payload);
         if !self.have[origin] {
             self.have[origin] = true;

@@ -12,9 +12,12 @@
 //! Partners: in round j, index v exchanges with `v ^ (2^(j+1) - 1)`, the mirror of v in its
 //! group of 2^(j+1), rather than the textbook `v ^ 2^j` (any pairing between the two halves
 //! of the group is correct). With the mirror, every partner of a world of 2, 3 or 4 positions
-//! is a ring neighbour, so the rounds run on the ring's own two links; larger worlds would
-//! need connections between non-neighbours, which the ring does not have, and take the
-//! direct path (`core::direct`) instead ([`Doubling::fits`]).
+//! is a ring neighbour, so the rounds run on the ring's own two links. In larger worlds the
+//! partners that are not ring neighbours (fewer than log2(n) + 2 per position) are reached
+//! over partner links ([`partner_positions`], `Link::Partner`), which the driver opens with
+//! the ring. Without partner links
+//! ([`Spec::partner_links`](super::collective::Spec::partner_links) false) larger worlds
+//! take the direct path (`core::direct`) instead ([`Doubling::fits`]).
 
 use std::collections::VecDeque;
 
@@ -53,16 +56,20 @@ enum Take {
 }
 
 /// Rounds, and the link to each partner, of position `pos` in a world of `world`; `None` if
-/// some partner is not a ring neighbour.
-fn plan(world: usize, pos: usize) -> Option<Vec<Step>> {
+/// some partner is not a ring neighbour and `partners` (partner links) is false.
+fn plan(world: usize, pos: usize, partners: bool) -> Option<Vec<Step>> {
     let p2 = 1usize << (usize::BITS - 1 - world.leading_zeros());
     let rem = world - p2;
     let next = (pos + 1) % world;
     let prev = (pos + world - 1) % world;
     // Sending to `q` goes on Next if it follows this position; receiving from `q` comes on
     // Prev if it precedes it (checked first, so that with two positions, where the peer is
-    // both, the sender's Next meets the receiver's Prev).
-    let first_of = |q: usize, order: [(Link, usize); 2]| order.into_iter().find(|&(_, p)| p == q).map(|(l, _)| (l, q));
+    // both, the sender's Next meets the receiver's Prev). Any other peer is reached on its
+    // partner link.
+    let first_of = |q: usize, order: [(Link, usize); 2]| match order.into_iter().find(|&(_, p)| p == q) {
+        Some((l, _)) => Some((l, q)),
+        None => partners.then_some((Link::Partner(q as u32), q)),
+    };
     let send_link = |q: usize| first_of(q, [(Link::Next, next), (Link::Prev, prev)]);
     let recv_link = |q: usize| first_of(q, [(Link::Prev, prev), (Link::Next, next)]);
     // Index of the positions that take part in the exchange rounds, and back.
@@ -92,6 +99,22 @@ fn plan(world: usize, pos: usize) -> Option<Vec<Step>> {
     Some(steps)
 }
 
+/// The positions that position `pos` of a world of `world` exchanges with in recursive
+/// doubling and that are not its ring neighbours, ascending: those it needs a partner link
+/// to. Empty for worlds of up to 4 positions.
+pub fn partner_positions(world: usize, pos: usize) -> Vec<usize> {
+    let mut qs: Vec<usize> = plan(world, pos, true)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|s| [s.send, s.recv])
+        .flatten()
+        .filter_map(|(l, q)| matches!(l, Link::Partner(_)).then_some(q))
+        .collect();
+    qs.sort_unstable();
+    qs.dedup();
+    qs
+}
+
 /// One rank's state in a recursive-doubling all-reduce. The running value is the caller's
 /// buffer itself (the result ends there with no final copy); a frame is sent from a copy the
 /// driver takes when it polls it, so the buffer is copied aside only when a reduction must
@@ -108,8 +131,8 @@ pub(super) struct Doubling {
     /// Values that arrived before their step, step k's at `k * bytes` (sized on first use).
     early: Vec<u8>,
     have: Vec<bool>,
-    /// Per link, index of the next step that receives on it.
-    recv_next: [usize; 2],
+    /// Per link it receives on, index of the next step that receives on it.
+    recv_next: Vec<(Link, usize)>,
     /// Sends whose value had to be copied aside before the buffer changed, step k's at
     /// `k * bytes` (sized on first use), and which steps have one.
     aside: Vec<u8>,
@@ -120,9 +143,11 @@ pub(super) struct Doubling {
 }
 
 impl Doubling {
-    /// True if every partner of every position is a ring neighbour (worlds of 2, 3 and 4).
-    pub(super) fn fits(world: usize) -> bool {
-        world > 1 && (0..world).all(|p| plan(world, p).is_some())
+    /// True if doubling can run in a world of `world`: with partner links (`partners`) in
+    /// any world of 2 or more, without them where every partner is a ring neighbour
+    /// (worlds of 2, 3 and 4).
+    pub(super) fn fits(world: usize, partners: bool) -> bool {
+        world > 1 && (0..world).all(|p| plan(world, p, partners).is_some())
     }
 
     /// Rounds a call takes (the latency it pays, in hops).
@@ -135,9 +160,9 @@ impl Doubling {
     /// value); queues its first send.
     ///
     /// # Panics
-    /// If the world does not [`Doubling::fits`].
-    pub(super) fn start(world: usize, pos: usize, input: &[u8]) -> Doubling {
-        let steps = plan(world, pos).expect("recursive doubling needs ring-neighbour partners");
+    /// If the world does not [`Doubling::fits`] with `partners`.
+    pub(super) fn start(world: usize, pos: usize, partners: bool, input: &[u8]) -> Doubling {
+        let steps = plan(world, pos, partners).expect("recursive doubling needs a link to every partner");
         let n = steps.len();
         let mut d = Doubling {
             bytes: input.len(),
@@ -146,14 +171,21 @@ impl Doubling {
             input: input.to_vec(),
             early: Vec::new(),
             have: vec![false; n],
-            recv_next: [0; 2],
+            recv_next: Vec::new(),
             aside: Vec::new(),
             set_aside: vec![false; n],
             ready: VecDeque::new(),
             finished: false,
             steps,
         };
-        d.recv_next = [Link::Prev, Link::Next].map(|l| d.next_recv_from(l, 0));
+        let mut links: Vec<Link> = d.steps.iter().filter_map(|s| s.recv.map(|(l, _)| l)).collect();
+        links.sort_by_key(|l| match l {
+            Link::Prev => 0,
+            Link::Next => 1,
+            Link::Partner(q) => 2 + *q as usize,
+        });
+        links.dedup();
+        d.recv_next = links.into_iter().map(|l| (l, d.next_recv_from(l, 0))).collect();
         d.enter_step();
         d
     }
@@ -171,7 +203,7 @@ impl Doubling {
 
     /// The (round, sender position) of the next frame expected on `link`, if any.
     pub(super) fn expected(&self, link: Link) -> Option<(u32, usize)> {
-        let s = self.steps.get(self.recv_next[link.index()])?;
+        let s = self.steps.get(self.recv_cursor(link)?)?;
         Some((s.round, s.recv?.1))
     }
 
@@ -180,16 +212,22 @@ impl Doubling {
         self.bytes
     }
 
+    /// Index of the next step that receives on `link`; `None` for a link no step receives
+    /// on.
+    fn recv_cursor(&self, link: Link) -> Option<usize> {
+        self.recv_next.iter().find(|(l, _)| *l == link).map(|&(_, k)| k)
+    }
+
     /// Takes the expected frame's payload (the caller checked it is the expected one and of
     /// `bytes` length): reduced into `buf` (the running value) if its step is the current
     /// one, else kept until it is; then runs every step whose value is in. Once the last
     /// reduction is done `buf` holds the result (divided for `Avg`).
     pub(super) fn accept(&mut self, link: Link, payload: &[u8], ctx: (DataType, ReduceOp, usize), buf: &mut [u8]) {
-        let k = self.recv_next[link.index()];
-        if k >= self.steps.len() {
-            return;
+        let Some(k) = self.recv_cursor(link).filter(|&k| k < self.steps.len()) else { return };
+        let after = self.next_recv_from(link, k + 1);
+        if let Some(c) = self.recv_next.iter_mut().find(|(l, _)| *l == link) {
+            c.1 = after;
         }
-        self.recv_next[link.index()] = self.next_recv_from(link, k + 1);
         if k == self.cur {
             self.apply(payload, ctx, buf);
         } else {
@@ -293,7 +331,7 @@ mod tests {
         mut pick: impl FnMut(usize) -> usize,
     ) -> (Vec<Vec<f32>>, usize) {
         let mut outs: Vec<Vec<u8>> = inputs.iter().map(|v| bytemuck::cast_slice(v).to_vec()).collect();
-        let mut ranks: Vec<Doubling> = (0..world).map(|p| Doubling::start(world, p, &outs[p])).collect();
+        let mut ranks: Vec<Doubling> = (0..world).map(|p| Doubling::start(world, p, true, &outs[p])).collect();
         // In flight: (to position, arriving link, round, from position, payload).
         let mut wire: Vec<(usize, Link, u32, usize, Vec<u8>)> = Vec::new();
         for _ in 0..1000 {
@@ -305,11 +343,12 @@ mod tests {
                 }
                 while let Some((link, round, from, payload)) = r.next_send(&outs[p]) {
                     assert_eq!(from, p);
-                    let to = match link {
-                        Link::Next => (p + 1) % world,
-                        Link::Prev => (p + world - 1) % world,
+                    let (to, at) = match link {
+                        Link::Next => ((p + 1) % world, Link::Prev),
+                        Link::Prev => ((p + world - 1) % world, Link::Next),
+                        Link::Partner(q) => (q as usize, Link::Partner(p as u32)),
                     };
-                    wire.push((to, link.opposite(), round, p, payload.to_vec()));
+                    wire.push((to, at, round, p, payload.to_vec()));
                 }
             }
             if wire.is_empty() {
@@ -336,18 +375,40 @@ mod tests {
     }
 
     #[test]
-    fn worlds_of_two_three_and_four_fit_larger_ones_do_not() {
-        assert!(!Doubling::fits(1));
-        assert!(Doubling::fits(2) && Doubling::fits(3) && Doubling::fits(4));
-        assert!((5..40).all(|w| !Doubling::fits(w)));
+    fn worlds_of_two_three_and_four_fit_larger_ones_need_partner_links() {
+        assert!(!Doubling::fits(1, false) && !Doubling::fits(1, true));
+        assert!((2..=4).all(|w| Doubling::fits(w, false) && partner_positions(w, 0).is_empty()));
+        assert!((5..40).all(|w| !Doubling::fits(w, false) && Doubling::fits(w, true)));
         assert_eq!([2, 3, 4, 5, 8].map(Doubling::rounds), [1, 3, 2, 4, 3]);
+    }
+
+    #[test]
+    fn partner_links_are_symmetric_few_and_never_to_a_neighbour() {
+        for world in 2..=130 {
+            let mut links = 0;
+            for p in 0..world {
+                let qs = partner_positions(world, p);
+                let rounds = Doubling::rounds(world) as usize;
+                assert!(qs.len() <= rounds, "world {world} position {p}: {qs:?}");
+                for &q in &qs {
+                    assert!(q < world && q != p && q != (p + 1) % world && q != (p + world - 1) % world);
+                    assert!(partner_positions(world, q).contains(&p), "world {world}: {p} -> {q} one-sided");
+                }
+                links += qs.len();
+            }
+            // At n = 8 each position has one partner link (its round-2 partner); the
+            // mirror pairing keeps the rest on the ring.
+            if world == 8 {
+                assert_eq!(links, 8);
+            }
+        }
     }
 
     #[test]
     fn every_position_ends_with_the_same_bits_in_any_delivery_order() {
         let mut set_aside = 0;
-        for world in 2..=4 {
-            for seed in 0..50u64 {
+        for world in (2..=12).chain([16, 21]) {
+            for seed in 0..20u64 {
                 // Values whose sum depends on the order of addition.
                 let inputs: Vec<Vec<f32>> = (0..world)
                     .map(|p| {

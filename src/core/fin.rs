@@ -34,10 +34,13 @@ pub fn tokens_needed(coll: CollKind, buf_bytes: usize) -> bool {
     !(matches!(coll, CollKind::AllReduce | CollKind::Barrier) && buf_bytes <= RESULT_RETAIN_BYTES_MAX)
 }
 
-fn rx_index(link: Link) -> usize {
+/// Index of a ring link in `[Prev, Next]` arrays; `None` for a partner link (nothing of
+/// this kind travels on one).
+fn rx_index(link: Link) -> Option<usize> {
     match link {
-        Link::Prev => 0,
-        Link::Next => 1,
+        Link::Prev => Some(0),
+        Link::Next => Some(1),
+        Link::Partner(_) => None,
     }
 }
 
@@ -75,16 +78,13 @@ impl Fins {
 
     /// The (origin position, hop) expected next on `link`, if any.
     pub(super) fn expected(&self, link: Link) -> Option<(u32, u32)> {
-        let i = rx_index(link);
+        let i = rx_index(link)?;
         let hop = self.expect[i];
         if hop >= self.hops[i] {
             return None;
         }
         let (n, h) = (self.world, hop as usize);
-        let origin = match link {
-            Link::Prev => (self.pos + 2 * n - 1 - h) % n,
-            Link::Next => (self.pos + 1 + h) % n,
-        };
+        let origin = if i == 0 { (self.pos + 2 * n - 1 - h) % n } else { (self.pos + 1 + h) % n };
         Some((origin as u32, hop))
     }
 
@@ -94,7 +94,7 @@ impl Fins {
         if want != Some((origin, hop)) {
             return Err(FinMismatch { want, got: (origin, hop) });
         }
-        let i = rx_index(link);
+        let Some(i) = rx_index(link) else { return Err(FinMismatch { want, got: (origin, hop) }) };
         self.expect[i] += 1;
         if hop + 1 < self.hops[i] {
             let fwd = (link.opposite(), origin, hop + 1);
@@ -159,6 +159,7 @@ mod tests {
                 let (to, rx) = match link {
                     Link::Next => ((from + 1) % world, Link::Prev),
                     Link::Prev => ((from + world - 1) % world, Link::Next),
+                    Link::Partner(_) => panic!("a FIN sent on a partner link"),
                 };
                 fins[to].accept(rx, o, h).unwrap_or_else(|e| panic!("world {world}: {e:?}"));
                 assert!(!heard[to][o as usize], "duplicate FIN");

@@ -3,7 +3,8 @@
 //! * [`Direct`]: every input travels both ways round the ring, ceil((n-1)/2) hops, n-1
 //!   frames in and out per rank.
 //! * [`Doubling`]: recursive doubling, log2(n) rounds (+2 when n is not a power of two), one
-//!   frame in and out per round; its partners must be ring neighbours (n <= 4).
+//!   frame in and out per round; its partners are ring neighbours for n <= 4, and reached
+//!   over partner links in larger worlds (without them larger worlds run `Direct`).
 //!
 //! Both are exact: every rank computes the same bits (see each module).
 
@@ -24,23 +25,24 @@ impl Latency {
     /// Starts the algorithm `algorithm` names for a world of `world` (`Auto` and `Doubling`
     /// where its partners are not all ring neighbours fall back as documented on
     /// [`Latency::pick`]).
-    pub(super) fn start(algorithm: Algorithm, world: usize, pos: usize, input: &[u8]) -> Latency {
-        if Latency::pick(algorithm, world) == Algorithm::Doubling {
-            Latency::Doubling(Doubling::start(world, pos, input))
+    pub(super) fn start(algorithm: Algorithm, world: usize, pos: usize, partners: bool, input: &[u8]) -> Latency {
+        if Latency::pick(algorithm, world, partners) == Algorithm::Doubling {
+            Latency::Doubling(Doubling::start(world, pos, partners, input))
         } else {
             Latency::Direct(Direct::start(world, pos, input))
         }
     }
 
-    /// The latency algorithm a call with `algorithm` runs in a world of `world`: `Direct`
-    /// when asked for; recursive doubling when asked for and its partners are ring
-    /// neighbours; otherwise (`Auto`, or doubling that does not fit) the one with fewer
-    /// hops, doubling on a tie (it moves fewer frames: 2 per rank instead of 3 at n = 4).
-    pub(super) fn pick(algorithm: Algorithm, world: usize) -> Algorithm {
+    /// The latency algorithm a call with `algorithm` runs in a world of `world`, with or
+    /// without partner links (`partners`): `Direct` when asked for; recursive doubling when
+    /// asked for and it fits (its partners are ring neighbours, or there are partner links);
+    /// otherwise (`Auto`, or doubling that does not fit) the one with fewer hops, doubling
+    /// on a tie (it moves fewer frames: 2 per rank instead of 3 at n = 4).
+    pub(super) fn pick(algorithm: Algorithm, world: usize, partners: bool) -> Algorithm {
         let direct_hops = (world as u32).saturating_sub(1).div_ceil(2);
         match algorithm {
             Algorithm::Direct => Algorithm::Direct,
-            _ if Doubling::fits(world)
+            _ if Doubling::fits(world, partners)
                 && (algorithm == Algorithm::Doubling || Doubling::rounds(world) <= direct_hops) =>
             {
                 Algorithm::Doubling
@@ -51,8 +53,8 @@ impl Latency {
 
     /// Largest all-reduce (bytes per rank) `Algorithm::Auto` sends on the latency path in a
     /// world of `world`: the limit of the algorithm it would pick.
-    pub(super) fn auto_max_bytes(world: usize) -> usize {
-        match Latency::pick(Algorithm::Auto, world) {
+    pub(super) fn auto_max_bytes(world: usize, partners: bool) -> usize {
+        match Latency::pick(Algorithm::Auto, world, partners) {
             Algorithm::Doubling => DOUBLING_MAX_BYTES,
             _ => DIRECT_MAX_BYTES,
         }
@@ -144,13 +146,17 @@ mod tests {
 
     #[test]
     fn auto_picks_doubling_where_it_fits_and_takes_no_more_hops() {
-        let pick = |w| Latency::pick(Algorithm::Auto, w);
-        assert_eq!(
-            [2, 3, 4, 5, 8].map(pick),
-            [Algorithm::Doubling, Algorithm::Direct, Algorithm::Doubling, Algorithm::Direct, Algorithm::Direct]
-        );
-        assert_eq!(Latency::pick(Algorithm::Doubling, 3), Algorithm::Doubling);
-        assert_eq!(Latency::pick(Algorithm::Doubling, 8), Algorithm::Direct);
-        assert_eq!(Latency::pick(Algorithm::Direct, 4), Algorithm::Direct);
+        use Algorithm::{Direct as Dir, Doubling as Dbl};
+        let pick = |w| Latency::pick(Algorithm::Auto, w, false);
+        assert_eq!([2, 3, 4, 5, 8].map(pick), [Dbl, Dir, Dbl, Dir, Dir]);
+        assert_eq!(Latency::pick(Dbl, 3, false), Dbl);
+        assert_eq!(Latency::pick(Dbl, 8, false), Dir);
+        assert_eq!(Latency::pick(Dir, 4, false), Dir);
+        // With partner links: doubling wherever its rounds are no more than direct's hops
+        // (n = 5: 4 rounds against 2 hops; n = 8: 3 against 4; n = 64: 6 against 32).
+        let pick = |w| Latency::pick(Algorithm::Auto, w, true);
+        assert_eq!([2, 3, 4, 5, 7, 8, 9, 10, 16, 64].map(pick), [Dbl, Dir, Dbl, Dir, Dir, Dbl, Dir, Dbl, Dbl, Dbl]);
+        assert_eq!(Latency::pick(Dbl, 5, true), Dbl);
+        assert_eq!(Latency::pick(Dir, 64, true), Dir);
     }
 }

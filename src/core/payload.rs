@@ -85,22 +85,23 @@ impl Codecs {
     /// Records the measured rate of the outgoing link `link` in wire bytes per second
     /// (the driver measures it while the link is the bottleneck).
     pub fn observe_link(&mut self, link: Link, bytes_per_sec: f64) {
-        self.auto.observe_link(link_index(link), bytes_per_sec);
+        if let Some(l) = link_index(link) {
+            self.auto.observe_link(l, bytes_per_sec);
+        }
     }
 
     /// Records the bytes the outgoing links `[prev, next]` have accepted so far (counters
     /// of each link's life, `None` where there is no link), read before each call: see
     /// [`AutoPolicy::observe_link_bytes`].
     pub fn observe_link_bytes(&mut self, [prev, next]: [Option<u64>; 2]) {
-        let mut by_index = [None; 2];
-        by_index[link_index(Link::Prev)] = prev;
-        by_index[link_index(Link::Next)] = next;
-        self.auto.observe_link_bytes(by_index);
+        self.auto.observe_link_bytes([prev, next]);
     }
 
     /// Records whether the outgoing link `link` leads to a peer on the same host.
     pub fn set_local(&mut self, link: Link, local: bool) {
-        self.auto.set_local(link_index(link), local);
+        if let Some(l) = link_index(link) {
+            self.auto.set_local(l, local);
+        }
     }
 
     /// `auto`'s measurements.
@@ -129,7 +130,7 @@ impl Codecs {
             CodecChoice::Auto { lossy } => {
                 self.auto.observe_segment(raw.len());
                 // A link neither known to be slow nor local is fast: raw, nothing to measure.
-                let l = link_index(link);
+                let l = link_index(link)?;
                 if !self.auto.knows(l) {
                     return None;
                 }
@@ -138,7 +139,7 @@ impl Codecs {
                 if self.auto.link_rate(l).is_some() && self.auto.probe_due() {
                     self.probe(lossy, dtype, raw);
                 }
-                self.auto.choose(link_index(link), plan.lossy, plan.links)
+                self.auto.choose(l, plan.lossy, plan.links)
             }
         };
         if codec == Codec::Raw {
@@ -357,10 +358,13 @@ impl CallCodec {
     }
 }
 
-fn link_index(link: Link) -> usize {
+/// Index of a ring link in `auto`'s per-link arrays; `None` for a partner link (it carries
+/// only the latency path's small raw frames: nothing to measure or encode).
+fn link_index(link: Link) -> Option<usize> {
     match link {
-        Link::Prev => 0,
-        Link::Next => 1,
+        Link::Prev => Some(0),
+        Link::Next => Some(1),
+        Link::Partner(_) => None,
     }
 }
 

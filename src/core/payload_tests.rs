@@ -111,7 +111,8 @@ fn spec(coll: CollKind, codec: CodecChoice, world: usize, pos: usize) -> Spec {
         algorithm: Algorithm::Ring,
         progress_timeout: Duration::from_secs(1),
         fin: world == 5 && coll == CollKind::AllReduce,
-        payload_crc: [true, true],
+        payload_crc: [true, true, true],
+        partner_links: false,
     }
 }
 
@@ -190,6 +191,7 @@ fn run_ring_with(
                 let (to, link) = match t.link {
                     Link::Next => (next_pos(p, world), Link::Prev),
                     Link::Prev => (prev_pos(p, world), Link::Next),
+                    Link::Partner(q) => (q as usize, Link::Partner(p as u32)),
                 };
                 ranks[to].handle_frame(now, link, &h, &body, &mut bufs[to]).expect("accepted");
                 sent.push((p, h, body));

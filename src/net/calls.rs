@@ -136,7 +136,8 @@ impl EventLoop {
             algorithm: self.algorithm,
             progress_timeout: self.progress_timeout,
             fin: self.results.tokens_needed(s),
-            payload_crc: [0, 1].map(|i| self.links[i].as_ref().is_none_or(|l| l.payload_crc)),
+            payload_crc: [0, 1, 2].map(|i| self.links.get(i).and_then(Option::as_ref).is_none_or(|l| l.payload_crc)),
+            partner_links: false,
         }
     }
 

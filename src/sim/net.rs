@@ -117,6 +117,8 @@ pub(super) fn idx(link: Link) -> usize {
     match link {
         Link::Prev => 0,
         Link::Next => 1,
+        // The simulator runs without partner links (`Spec::partner_links` false).
+        Link::Partner(_) => unreachable!("the simulator has no partner links"),
     }
 }
 
@@ -134,6 +136,7 @@ pub(super) fn peer_of(pos: usize, link: Link, world: usize) -> (usize, Link) {
     match link {
         Link::Next => ((pos + 1) % world, Link::Prev),
         Link::Prev => ((pos + world - 1) % world, Link::Next),
+        Link::Partner(q) => (q as usize, Link::Partner(pos as u32)),
     }
 }
 

@@ -286,7 +286,8 @@ impl RankSim {
             progress_timeout: ctx.progress_timeout,
             // As `EventLoop::spec_for`: small all-reduces and barriers go without tokens.
             fin: ctx.fin && crate::core::fin::tokens_needed(call.coll, call.len_elems * call.dtype.size()),
-            payload_crc: [true, true],
+            payload_crc: [true, true, true],
+            partner_links: false,
         }
     }
 

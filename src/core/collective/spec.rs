@@ -8,29 +8,38 @@ use crate::codec::{Codec, CodecChoice, CodecError, PooledBytes};
 use crate::core::{DataType, ReduceOp};
 use crate::wire::{CollKind, FrameKind, Header, Phase, HEADER_LEN};
 
-/// One of the two links of a ring position.
+/// A connection of a ring position: one of its two ring links, or a partner link to a
+/// non-neighbour that recursive doubling exchanges with (worlds of 5 and more,
+/// `core::doubling::partner_positions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Link {
     /// The connection to the previous position in the ring.
     Prev,
     /// The connection to the next position in the ring.
     Next,
+    /// The partner link to the position this names (not a ring neighbour). The same link
+    /// is `Partner(the other end's position)` at each end.
+    Partner(u32),
 }
 
 impl Link {
-    /// 0 for `Prev`, 1 for `Next`: the index of per-link arrays such as [`Spec::payload_crc`].
+    /// 0 for `Prev`, 1 for `Next`, 2 for every partner link: the index of per-link arrays
+    /// such as [`Spec::payload_crc`].
     pub fn index(self) -> usize {
         match self {
             Link::Prev => 0,
             Link::Next => 1,
+            Link::Partner(_) => 2,
         }
     }
 
-    /// The other link.
+    /// The other ring link; a partner link is its own opposite (frames to and from a
+    /// partner travel on the one link).
     pub fn opposite(self) -> Link {
         match self {
             Link::Prev => Link::Next,
             Link::Next => Link::Prev,
+            Link::Partner(q) => Link::Partner(q),
         }
     }
 }
@@ -126,11 +135,17 @@ pub struct Spec {
     /// Completion tokens (`core::fin`): finish only once every member holds the result,
     /// which exact retry after a failure relies on. Costs `world / 2` tiny hops per call.
     pub fin: bool,
-    /// Per outgoing link (indexed by [`Link::index`]): whether the CRC32C in a frame's
-    /// header covers its payload too, or the header alone (`Config::checksum`: links within
-    /// one host leave payloads out by default). The receiving end of the link applies the
-    /// same rule, so both must be given the same value for it.
-    pub payload_crc: [bool; 2],
+    /// Per outgoing link (indexed by [`Link::index`]; index 2 for every partner link):
+    /// whether the CRC32C in a frame's header covers its payload too, or the header alone
+    /// (`Config::checksum`: links within one host leave payloads out by default). The
+    /// receiving end of the link applies the same rule, so both must be given the same value
+    /// for it.
+    pub payload_crc: [bool; 3],
+    /// The driver has a partner link to every non-neighbour that recursive doubling pairs
+    /// this position with (`core::doubling::partner_positions`), so doubling runs in worlds
+    /// of any size; without them it runs only where every partner is a ring neighbour (2 to
+    /// 4 positions). Every member of a view must be given the same value.
+    pub partner_links: bool,
 }
 
 impl Spec {
