@@ -146,6 +146,16 @@ fn a_rank_killed_in_each_phase_world_4_and_on_the_latency_path() {
     }
 }
 
+/// At 8 ranks recursive doubling runs over partner links too: a rank killed in the middle
+/// of it, or once it holds the result, breaks partner links as well as ring links, and the
+/// survivors finish every call exactly.
+#[test]
+fn a_rank_killed_on_the_latency_path_world_8() {
+    for phase in ["doubling", "result"] {
+        survive(8, 1024, &[(5, &format!("seq=8,phase={phase},action=exit"))]);
+    }
+}
+
 /// Rank 1 closes its ring links (and lives on) once it waits for the second round of
 /// recursive doubling: the value it just queued for rank 2 never leaves, so rank 1 and rank
 /// 2 lack the result while ranks 3 and 0 (partners in that round) hold it or already

@@ -33,6 +33,44 @@ fn all_reduce_sums_exactly_for_small_worlds() {
     }
 }
 
+/// Worlds of 5 and more run recursive doubling over partner links (connections to the
+/// non-neighbours it pairs ranks with): forced, and by `Auto` at 8 ranks. Every rank ends
+/// with the same bits, and they are the exact sum (integers, exact in f32) or, for values
+/// whose sum depends on the order, the same on every rank.
+#[test]
+fn doubling_over_partner_links_is_exact_in_larger_worlds() {
+    use ringcc::core::collective::Algorithm;
+    for (world, algorithm) in [(5, Algorithm::Doubling), (6, Algorithm::Doubling), (8, Algorithm::Auto)] {
+        let results = common::thread_ring(
+            world,
+            move |c| c.algorithm = algorithm,
+            move |comm| {
+                let r = comm.rank();
+                let mut out = Vec::new();
+                for len in [1usize, 7, 1000, 4099] {
+                    let mut ints: Vec<f32> = (0..len).map(|i| ((i * 7 + r * 13) % 1000) as f32).collect();
+                    let report = comm.all_reduce(&mut ints, ReduceOp::Sum).expect("all_reduce");
+                    assert_eq!(report.members, (0..world).collect::<Vec<_>>());
+                    let mut mixed: Vec<f32> = (0..len)
+                        .map(|i| ((i * 31 + r * 17) as f32).sin() * 10f32.powi((i + r) as i32 % 9 - 4))
+                        .collect();
+                    comm.all_reduce(&mut mixed, ReduceOp::Avg).expect("all_reduce");
+                    out.push((ints, mixed));
+                }
+                out
+            },
+        );
+        for (k, len) in [1usize, 7, 1000, 4099].into_iter().enumerate() {
+            let want: Vec<f32> = (0..len).map(|i| (0..world).map(|r| ((i * 7 + r * 13) % 1000) as f32).sum()).collect();
+            for (rank, got) in results.iter().enumerate() {
+                assert_eq!(got[k].0, want, "world {world} len {len} rank {rank}");
+                let same = got[k].1.iter().zip(&results[0][k].1).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "world {world} len {len}: rank {rank}'s average differs from rank 0's");
+            }
+        }
+    }
+}
+
 #[test]
 fn communicator_is_send_and_sync_and_reports_its_view() {
     fn check<T: Send + Sync>() {}

@@ -47,7 +47,8 @@ impl Pending {
     }
 }
 
-/// Waits for the previous position's connection on the ring listener.
+/// Waits for the expected connections on the ring listener: the previous position's, and
+/// those of the partners that open a partner link to this rank.
 ///
 /// Anything else (a stranger, another job, a garbled, slow or silent client) is closed and
 /// logged, rate-limited. Each pending connection gets [`HANDSHAKE_TIMEOUT`] for its hello, and
@@ -61,19 +62,26 @@ pub(super) struct Acceptor<'a> {
     job: u64,
     epoch: u64,
     rank: u32,
-    prev: u32,
-    /// The previous position's connection and hello, once found.
-    found: Option<(TcpStream, [u8; HELLO_LEN])>,
+    /// The (rank, role) of every connection still expected.
+    expect: Vec<(u32, Role)>,
+    /// Expected connections found and not yet taken: rank, role, connection, hello.
+    found: Vec<(u32, Role, TcpStream, [u8; HELLO_LEN])>,
     /// A newer epoch a neighbour of this job already connects in: this view is superseded.
     newer: Option<u64>,
 }
 
 impl<'a> Acceptor<'a> {
-    /// Starts accepting for `rank` in `view`, whose previous position is `prev`.
+    /// Starts accepting for `rank` in `view` the connections `expect` names: each
+    /// member's, with the role its hello must carry.
     ///
     /// # Errors
     /// The OS error if the listener cannot be made non-blocking.
-    pub(super) fn new(listener: &'a TcpListener, view: &View, rank: Rank, prev: &Member) -> std::io::Result<Self> {
+    pub(super) fn new(
+        listener: &'a TcpListener,
+        view: &View,
+        rank: Rank,
+        expect: &[(&Member, Role)],
+    ) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
         Ok(Acceptor {
             listener,
@@ -82,8 +90,8 @@ impl<'a> Acceptor<'a> {
             job: view.job,
             epoch: view.epoch,
             rank: rank as u32,
-            prev: prev.rank as u32,
-            found: None,
+            expect: expect.iter().map(|(m, role)| (m.rank as u32, *role)).collect(),
+            found: Vec::new(),
             newer: None,
         })
     }
@@ -94,9 +102,11 @@ impl<'a> Acceptor<'a> {
         self.newer
     }
 
-    /// The previous position's connection (blocking again, tuned) and its hello, if found.
-    pub(super) fn take(&mut self) -> Option<(TcpStream, [u8; HELLO_LEN])> {
-        self.found.take()
+    /// The connection of `from` with `role` (blocking again, tuned) and its hello, if found.
+    pub(super) fn take(&mut self, from: &Member, role: Role) -> Option<(TcpStream, [u8; HELLO_LEN])> {
+        let i = self.found.iter().position(|(r, ro, ..)| (*r, *ro) == (from.rank as u32, role))?;
+        let (.., stream, hello) = self.found.swap_remove(i);
+        Some((stream, hello))
     }
 
     /// Accepts what the listener holds and reads what arrived of each pending hello, without
@@ -106,7 +116,7 @@ impl<'a> Acceptor<'a> {
     /// The OS error if accepting fails for another reason than an empty queue, or the found
     /// connection cannot be made blocking again.
     pub(super) fn step(&mut self, now: Instant) -> std::io::Result<bool> {
-        if self.found.is_some() {
+        if self.expect.is_empty() {
             return Ok(false);
         }
         let mut moved = self.accept_all()?;
@@ -125,8 +135,11 @@ impl<'a> Acceptor<'a> {
                         Ok(h) if self.expected(&h) => {
                             p.stream.set_nonblocking(false)?;
                             tune(&p.stream)?;
-                            self.found = Some((p.stream, p.hello));
-                            return Ok(true);
+                            self.expect.retain(|&e| e != (h.rank, h.role));
+                            self.found.push((h.rank, h.role, p.stream, p.hello));
+                            if self.expect.is_empty() {
+                                return Ok(true);
+                            }
                         }
                         Ok(h) if h.job == self.job && h.epoch > self.epoch => {
                             self.newer = self.newer.max(Some(h.epoch));
@@ -173,17 +186,14 @@ impl<'a> Acceptor<'a> {
     }
 
     fn expected(&self, h: &Hello) -> bool {
-        h.role == Role::RingPrev
-            && h.job == self.job
-            && h.epoch == self.epoch
-            && h.rank == self.prev
-            && h.target == self.rank
+        self.expect.contains(&(h.rank, h.role)) && h.job == self.job && h.epoch == self.epoch && h.target == self.rank
     }
 
     fn refuse(&mut self, from: SocketAddr, why: &dyn std::fmt::Debug) {
         self.rejected += 1;
         if self.rejected <= 8 || self.rejected.is_power_of_two() {
-            tracing::warn!(%from, rejected = self.rejected, "refused a ring connection that is not from rank {}: {why:?}", self.prev);
+            let expected: Vec<u32> = self.expect.iter().map(|e| e.0).collect();
+            tracing::warn!(%from, rejected = self.rejected, "refused a ring connection that is not from rank(s) {expected:?}: {why:?}");
         }
     }
 }

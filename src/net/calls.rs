@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use super::{link_of, recovery, Active, EventLoop};
-use crate::core::collective::{Collective, ProtocolError, Spec, Status};
+use super::{recovery, Active, EventLoop};
+use crate::core::collective::{Collective, Link, ProtocolError, Spec, Status};
 use crate::core::payload::Codecs;
 use crate::core::ReduceOp;
 use crate::net::link::{OutFrame, OutPayload};
@@ -136,8 +136,12 @@ impl EventLoop {
             algorithm: self.algorithm,
             progress_timeout: self.progress_timeout,
             fin: self.results.tokens_needed(s),
-            payload_crc: [0, 1, 2].map(|i| self.links.get(i).and_then(Option::as_ref).is_none_or(|l| l.payload_crc)),
-            partner_links: false,
+            // Partner links always cover payloads (their frames are small; both ends
+            // apply the same rule, `adopt_ring`).
+            payload_crc: [0, 1, 2].map(|i| i == 2 || self.links[i].as_ref().is_none_or(|l| l.payload_crc)),
+            // Every ring of 5 or more positions is built with its partner links
+            // (`establish`), on every member alike.
+            partner_links: true,
         }
     }
 
@@ -145,12 +149,14 @@ impl EventLoop {
     /// and whether they stay on this host (codec `auto` weighs compression against them).
     pub(super) fn codecs_for_next(&mut self) -> Option<Box<Codecs>> {
         let mut codecs = self.codecs.take();
-        for (i, l) in self.links.iter_mut().enumerate() {
+        // The ring links only: partner links carry the latency path's small raw frames.
+        for (i, link) in [(0, Link::Prev), (1, Link::Next)] {
+            let l = &mut self.links[i];
             if let Some(c) = codecs.as_mut() {
-                c.set_local(link_of(i), l.as_ref().is_some_and(|l| l.rate.same_host()));
+                c.set_local(link, l.as_ref().is_some_and(|l| l.rate.same_host()));
             }
             if let (Some(c), Some(rate)) = (codecs.as_mut(), l.as_mut().and_then(|l| l.rate.take_sample())) {
-                c.observe_link(link_of(i), rate);
+                c.observe_link(link, rate);
             }
         }
         if let Some(c) = codecs.as_mut() {
@@ -204,7 +210,7 @@ impl EventLoop {
                     Ok(err) => err,
                     Err(pe) => {
                         if let ProtocolError::Stalled { link, .. } = &pe {
-                            if let Some(peer) = self.links[link.index()].as_ref().map(|l| l.peer) {
+                            if let Some(peer) = self.peer_on(*link) {
                                 self.suspect(peer, true, &pe.to_string());
                             }
                         }
@@ -222,12 +228,13 @@ impl EventLoop {
         true
     }
 
-    /// Tells both neighbours this rank abandons collective `spec.seq`, so they fail fast
-    /// instead of waiting for the progress timeout.
+    /// Tells both neighbours (and the partners) this rank abandons collective `spec.seq`, so
+    /// they fail fast instead of waiting for the progress timeout.
     pub(super) fn send_abort(&mut self, spec: &Spec, reason: &str) {
-        for (i, l) in self.links.iter_mut().enumerate() {
+        let links: Vec<Link> = (0..self.links.len()).map(|i| self.link_of(i)).collect();
+        for (l, link) in self.links.iter_mut().zip(links) {
             if let Some(l) = l.as_mut().filter(|l| !l.closed) {
-                let (header, payload) = spec.abort_frame(link_of(i), reason);
+                let (header, payload) = spec.abort_frame(link, reason);
                 l.out.push_back(OutFrame { header, payload: OutPayload::Owned(payload) });
             }
         }

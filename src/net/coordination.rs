@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use mio::Interest;
 
-use super::{EventLoop, Terminal, NEXT, PREV};
+use super::{token_of, EventLoop, Terminal};
 use crate::limits::REBUILD_TIMEOUT;
 use crate::net::coord_link::CoordEvent;
 use crate::net::establish::Ring;
@@ -112,19 +112,30 @@ impl EventLoop {
     /// Replaces the links with those of `ring` and adopts its view.
     pub(super) fn adopt_ring(&mut self, ring: Ring) -> std::io::Result<()> {
         self.drop_links();
-        for (i, (side, token)) in [(ring.prev, PREV), (ring.next, NEXT)].into_iter().enumerate() {
-            if let Some((stream, member)) = side {
-                stream.set_nonblocking(true)?;
-                let mut s = mio::net::TcpStream::from_std(stream);
-                self.poll.registry().register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
-                self.links[i] = Some(Conn::new(
-                    s,
-                    member.rank,
-                    member.addr,
-                    self.segment_bytes.max(crate::limits::ABORT_REASON_MAX),
-                    self.checksum,
-                ));
+        let partners = ring.partners.into_iter().map(|(pos, stream, member)| (Some(pos), Some((stream, member))));
+        let sides = [(None, ring.prev), (None, ring.next)].into_iter().chain(partners);
+        for (i, (partner, side)) in sides.enumerate() {
+            if i >= self.links.len() {
+                self.links.push(None);
             }
+            if let Some(pos) = partner {
+                self.partner_pos.push(pos);
+            }
+            let Some((stream, member)) = side else { continue };
+            stream.set_nonblocking(true)?;
+            let mut s = mio::net::TcpStream::from_std(stream);
+            self.poll.registry().register(&mut s, token_of(i), Interest::READABLE | Interest::WRITABLE)?;
+            let mut conn = Conn::new(
+                s,
+                member.rank,
+                member.addr,
+                self.segment_bytes.max(crate::limits::ABORT_REASON_MAX),
+                self.checksum,
+            );
+            // Partner links carry only the latency path's small frames: their CRC always
+            // covers the payload, at both ends (`Spec::payload_crc`).
+            conn.payload_crc |= partner.is_some();
+            self.links[i] = Some(conn);
         }
         self.epoch = ring.view.epoch;
         self.members = ring.view.members.iter().map(|m| m.rank).collect();

@@ -13,7 +13,8 @@ use crate::limits::{CONNECT_ATTEMPT_MIN, CONNECT_RETRY_DELAY_MAX, CONNECT_RETRY_
 use crate::wire::hello::{Hello, Role, HELLO_LEN};
 use crate::{Error, Rank};
 
-/// An established ring: this rank's position and its two links (none when alone).
+/// An established ring: this rank's position, its two links (none when alone) and its
+/// partner links (recursive doubling's non-neighbour partners, worlds of 5 or more).
 #[derive(Debug)]
 pub(crate) struct Ring {
     pub(crate) view: View,
@@ -22,6 +23,9 @@ pub(crate) struct Ring {
     pub(crate) counts: [Option<(u64, u64)>; 2],
     pub(crate) prev: Option<(TcpStream, Member)>,
     pub(crate) next: Option<(TcpStream, Member)>,
+    /// One link per position of `core::doubling::partner_positions`, in that order: the
+    /// partner's position, the connection and the member.
+    pub(crate) partners: Vec<(usize, TcpStream, Member)>,
 }
 
 /// Applies the socket options every ring connection gets: no Nagle delay, large buffers,
@@ -98,23 +102,26 @@ fn connect_next(addr: SocketAddr, deadline: Instant, acceptor: &mut Acceptor<'_>
     }
 }
 
-/// Waits, reading pending hellos side by side, until the previous position has connected.
-fn accept_prev(
+/// Waits, reading pending hellos side by side, until `from` has connected with `role`
+/// (the previous position, or a partner that opens a partner link).
+fn accept_from(
     acceptor: &mut Acceptor<'_>,
-    prev: &Member,
+    from: &Member,
+    role: Role,
     deadline: Instant,
 ) -> Result<(TcpStream, [u8; HELLO_LEN]), Error> {
-    let fail = io("accept", prev);
+    let fail = io("accept", from);
     loop {
         let moved = acceptor.step(Instant::now()).map_err(&fail)?;
-        if let Some(found) = acceptor.take() {
+        if let Some(found) = acceptor.take(from, role) {
             return Ok(found);
         }
         if let Some(epoch) = acceptor.superseded() {
             return Err(fail(std::io::Error::other(format!("superseded by the view of epoch {epoch}"))));
         }
         if Instant::now() >= deadline {
-            return Err(fail(std::io::Error::new(std::io::ErrorKind::TimedOut, "previous rank never connected")));
+            let what = if role == Role::RingPrev { "previous rank" } else { "partner rank" };
+            return Err(fail(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} never connected"))));
         }
         if !moved {
             std::thread::sleep(Duration::from_millis(1));
@@ -141,7 +148,8 @@ pub(crate) fn establish_ring(
     RingBuilder::new(view, rank, incarnation, counts)?.attempt(listener, timeout, secret)
 }
 
-/// The link to the next position, as far as its handshake got.
+/// A link this rank opens (to the next position, or to a partner of a higher position), as
+/// far as its handshake got.
 #[derive(Debug)]
 enum NextSide {
     Idle,
@@ -157,7 +165,8 @@ enum NextSide {
     },
 }
 
-/// The link from the previous position, as far as its handshake got.
+/// A link this rank accepts (from the previous position, or from a partner of a lower
+/// position), as far as its handshake got.
 #[derive(Debug)]
 enum PrevSide {
     Idle,
@@ -178,11 +187,16 @@ enum PrevSide {
 /// an attempt that failed elsewhere, so a neighbour that completed its end of a link is not
 /// left holding a link this end dropped; a link whose peer hung up starts over.
 ///
-/// Order matters to avoid a circular wait: (a) connect to the next position and send our
-/// hello (the kernel's backlog accepts it); (b) accept the previous position, read its hello
-/// and answer with ours and our MAC; (c) read the next position's answer, check its MAC and
-/// send ours; (d) read the previous position's MAC. Each step waits only on steps the
-/// neighbours take before their own blocking step.
+/// Besides the two ring links, a world of 5 or more has partner links (recursive doubling's
+/// partners that are not ring neighbours, `core::doubling::partner_positions`); the lower
+/// position of each pair opens it, like the previous position opens a ring link.
+///
+/// Order matters to avoid a circular wait: (a) connect to the next position and to the
+/// partners this rank opens, and send our hellos (the kernel's backlog accepts them); (b)
+/// accept the previous position and the partners that open a link to this rank, read their
+/// hellos and answer with ours and our MAC; (c) read the answers to the links we opened,
+/// check their MACs and send ours; (d) read the MACs of the links we accepted. Each step
+/// waits only on steps the peers take before their own blocking step.
 #[derive(Debug)]
 pub(crate) struct RingBuilder {
     view: View,
@@ -192,6 +206,10 @@ pub(crate) struct RingBuilder {
     counts: (u64, u64),
     next: NextSide,
     prev: PrevSide,
+    /// Partner links this rank opens (to higher positions): position and state.
+    opens: Vec<(usize, NextSide)>,
+    /// Partner links this rank accepts (from lower positions): position and state.
+    accepts: Vec<(usize, PrevSide)>,
 }
 
 /// A handshake read that ran out of time (the peer may still answer in a later attempt).
@@ -208,7 +226,20 @@ impl RingBuilder {
         let pos = view.members.iter().position(|m| m.rank == rank).ok_or_else(|| Error::Rendezvous {
             reason: format!("rank {rank} is not in the view of epoch {}", view.epoch),
         })?;
-        Ok(RingBuilder { view, rank, pos, incarnation, counts, next: NextSide::Idle, prev: PrevSide::Idle })
+        let partners = crate::core::doubling::partner_positions(view.members.len(), pos);
+        let opens = partners.iter().filter(|&&q| q > pos).map(|&q| (q, NextSide::Idle)).collect();
+        let accepts = partners.iter().filter(|&&q| q < pos).map(|&q| (q, PrevSide::Idle)).collect();
+        Ok(RingBuilder {
+            view,
+            rank,
+            pos,
+            incarnation,
+            counts,
+            next: NextSide::Idle,
+            prev: PrevSide::Idle,
+            opens,
+            accepts,
+        })
     }
 
     /// Epoch of the view being built.
@@ -230,97 +261,212 @@ impl RingBuilder {
         }
     }
 
-    /// Takes the handshakes as far as they go within `timeout`: the ring once both links
-    /// are authenticated; otherwise what stopped it, and the builder keeps its progress for
-    /// the next attempt.
+    /// Takes the handshakes as far as they go within `timeout`: the ring once every link is
+    /// authenticated; otherwise what stopped it, and the builder keeps its progress for the
+    /// next attempt.
     ///
     /// # Errors
     /// As [`establish_ring`].
     pub(crate) fn attempt(&mut self, listener: &TcpListener, timeout: Duration, secret: &[u8]) -> Result<Ring, Error> {
         let w = self.view.members.len();
         if w == 1 {
-            return Ok(Ring { view: self.view.clone(), pos: self.pos, counts: [None, None], prev: None, next: None });
+            let (view, pos) = (self.view.clone(), self.pos);
+            return Ok(Ring { view, pos, counts: [None, None], prev: None, next: None, partners: Vec::new() });
         }
         self.advance(listener, Instant::now() + timeout, secret)?;
-        let next_m = self.view.members[(self.pos + 1) % w].clone();
-        let prev_m = self.view.members[(self.pos + w - 1) % w].clone();
-        match (std::mem::replace(&mut self.next, NextSide::Idle), std::mem::replace(&mut self.prev, PrevSide::Idle)) {
-            (NextSide::Done { stream: n, counts: nc }, PrevSide::Done { stream: p, counts: pc }) => Ok(Ring {
-                view: self.view.clone(),
-                pos: self.pos,
-                counts: [pc, Some(nc)],
-                prev: Some((p, prev_m)),
-                next: Some((n, next_m)),
-            }),
-            (next, prev) => {
-                (self.next, self.prev) = (next, prev);
-                Err(Error::Rendezvous { reason: "ring handshake incomplete".into() })
+        let done = matches!(self.next, NextSide::Done { .. })
+            && matches!(self.prev, PrevSide::Done { .. })
+            && self.opens.iter().all(|(_, s)| matches!(s, NextSide::Done { .. }))
+            && self.accepts.iter().all(|(_, s)| matches!(s, PrevSide::Done { .. }));
+        if !done {
+            return Err(Error::Rendezvous { reason: "ring handshake incomplete".into() });
+        }
+        let next = std::mem::replace(&mut self.next, NextSide::Idle);
+        let prev = std::mem::replace(&mut self.prev, PrevSide::Idle);
+        let (NextSide::Done { stream: n, counts: nc }, PrevSide::Done { stream: p, counts: pc }) = (next, prev) else {
+            return Err(Error::Rendezvous { reason: "ring handshake incomplete".into() });
+        };
+        let member = |q: usize| self.view.members[q % w].clone();
+        let mut partners = Vec::new();
+        for (q, side) in std::mem::take(&mut self.opens) {
+            if let NextSide::Done { stream, .. } = side {
+                partners.push((q, stream, member(q)));
             }
         }
+        for (q, side) in std::mem::take(&mut self.accepts) {
+            if let PrevSide::Done { stream, .. } = side {
+                partners.push((q, stream, member(q)));
+            }
+        }
+        partners.sort_by_key(|(q, ..)| *q);
+        Ok(Ring {
+            view: self.view.clone(),
+            pos: self.pos,
+            counts: [pc, Some(nc)],
+            prev: Some((p, member(self.pos + w - 1))),
+            next: Some((n, member(self.pos + 1))),
+            partners,
+        })
     }
 
-    /// Steps (a) to (d), each only if its link is not past it yet.
+    /// Steps (a) to (d), each only for the links not past it yet.
     fn advance(&mut self, listener: &TcpListener, deadline: Instant, secret: &[u8]) -> Result<(), Error> {
         let w = self.view.members.len();
-        let next = self.view.members[(self.pos + 1) % w].clone();
-        let prev = self.view.members[(self.pos + w - 1) % w].clone();
+        let members = self.view.members.clone();
+        let next = members[(self.pos + 1) % w].clone();
+        let prev = members[(self.pos + w - 1) % w].clone();
+        let mut expect = Vec::new();
+        if matches!(self.prev, PrevSide::Idle) {
+            expect.push((&prev, Role::RingPrev));
+        }
+        for (q, _) in self.accepts.iter().filter(|(_, s)| matches!(s, PrevSide::Idle)) {
+            expect.push((&members[*q], Role::PartnerOpen));
+        }
         // (a), draining this rank's own listener meanwhile (strangers queued there must not
         // stall the neighbour connecting to it)
-        let mut acceptor = Acceptor::new(listener, &self.view, self.rank, &prev).map_err(io("accept", &prev))?;
-        if matches!(self.next, NextSide::Idle) {
-            let mut stream = connect_next(next.addr, deadline, &mut acceptor).map_err(io("connect", &next))?;
-            tune(&stream).map_err(io("configure", &next))?;
-            let hello_i =
-                handshake::send_hello(&mut stream, &self.hello(Role::RingPrev, next.rank)).map_err(auth(&next))?;
-            self.next = NextSide::Sent { stream, hello_i };
-        }
+        let mut acceptor = Acceptor::new(listener, &self.view, self.rank, &expect).map_err(io("accept", &prev))?;
+        let mut side = std::mem::replace(&mut self.next, NextSide::Idle);
+        let r = self.open(&mut side, &next, Role::RingPrev, deadline, &mut acceptor);
+        self.next = side;
+        r?;
+        let mut opens = std::mem::take(&mut self.opens);
+        let r = opens
+            .iter_mut()
+            .try_for_each(|(q, side)| self.open(side, &members[*q], Role::PartnerOpen, deadline, &mut acceptor));
+        self.opens = opens;
+        r?;
         // (b)
-        if matches!(self.prev, PrevSide::Idle) {
-            let (mut stream, hello_i) = accept_prev(&mut acceptor, &prev, deadline)?;
-            let hello_r = handshake::answer(&mut stream, secret, &hello_i, &self.hello(Role::RingNext, prev.rank))
-                .map_err(auth(&prev))?;
-            self.prev = PrevSide::Answered { stream, hello_i, hello_r };
-        }
+        let mut side = std::mem::replace(&mut self.prev, PrevSide::Idle);
+        let r = self.answer(&mut side, (&prev, Role::RingPrev, Role::RingNext), &mut acceptor, deadline, secret);
+        self.prev = side;
+        r?;
+        let mut accepts = std::mem::take(&mut self.accepts);
+        let r = accepts.iter_mut().try_for_each(|(q, side)| {
+            let roles = (&members[*q], Role::PartnerOpen, Role::PartnerAnswer);
+            self.answer(side, roles, &mut acceptor, deadline, secret)
+        });
+        self.accepts = accepts;
+        r?;
         // (c)
-        if let NextSide::Sent { mut stream, hello_i } = std::mem::replace(&mut self.next, NextSide::Idle) {
-            bound(&stream, deadline).map_err(io("configure", &next))?;
-            let (job, epoch, me, them) = (self.view.job, self.view.epoch, self.rank as u32, next.rank as u32);
-            let r = handshake::finish_initiator(&mut stream, secret, &hello_i, |h| {
-                if h.role == Role::RingNext && h.job == job && h.epoch == epoch && h.rank == them && h.target == me {
-                    Ok(())
-                } else {
-                    Err(format!("expected rank {them} of job {job:#x} epoch {epoch}, got {h:?}"))
-                }
-            });
-            match r {
-                Ok(h) => self.next = NextSide::Done { stream, counts: (h.completed, h.next_seq) },
-                Err(e) => {
-                    // Out of time: the answer may come in a later attempt. Otherwise the peer
-                    // hung up or failed, and the link starts over (Idle).
-                    if timed_out(&e) {
-                        self.next = NextSide::Sent { stream, hello_i };
-                    }
-                    return Err(auth(&next)(e));
-                }
-            }
+        finish_open(
+            &mut self.next,
+            (&next, Role::RingNext),
+            (self.view.job, self.view.epoch, self.rank),
+            deadline,
+            secret,
+        )?;
+        for (q, side) in &mut self.opens {
+            let id = (self.view.job, self.view.epoch, self.rank);
+            finish_open(side, (&members[*q], Role::PartnerAnswer), id, deadline, secret)?;
         }
         // (d)
-        if let PrevSide::Answered { mut stream, hello_i, hello_r } = std::mem::replace(&mut self.prev, PrevSide::Idle) {
-            bound(&stream, deadline).map_err(io("configure", &prev))?;
-            match handshake::finish_responder(&mut stream, secret, &hello_i, &hello_r) {
-                Ok(()) => {
-                    let counts = Hello::decode(&hello_i).map(|h| (h.completed, h.next_seq)).ok();
-                    self.prev = PrevSide::Done { stream, counts };
-                }
-                Err(e) => {
-                    if timed_out(&e) {
-                        self.prev = PrevSide::Answered { stream, hello_i, hello_r };
-                    }
-                    return Err(auth(&prev)(e));
-                }
-            }
+        finish_accept(&mut self.prev, &prev, deadline, secret)?;
+        for (q, side) in &mut self.accepts {
+            finish_accept(side, &members[*q], deadline, secret)?;
         }
         Ok(())
+    }
+
+    /// (a) for one link this rank opens: connect and send our hello with `role`.
+    fn open(
+        &self,
+        side: &mut NextSide,
+        to: &Member,
+        role: Role,
+        deadline: Instant,
+        acceptor: &mut Acceptor<'_>,
+    ) -> Result<(), Error> {
+        if matches!(side, NextSide::Idle) {
+            let mut stream = connect_next(to.addr, deadline, acceptor).map_err(io("connect", to))?;
+            tune(&stream).map_err(io("configure", to))?;
+            let hello_i = handshake::send_hello(&mut stream, &self.hello(role, to.rank)).map_err(auth(to))?;
+            *side = NextSide::Sent { stream, hello_i };
+        }
+        Ok(())
+    }
+
+    /// (b) for one link this rank accepts: the connection of `from` whose hello has
+    /// `role`, answered with our hello (`answer_role`) and our MAC.
+    fn answer(
+        &self,
+        side: &mut PrevSide,
+        (from, role, answer_role): (&Member, Role, Role),
+        acceptor: &mut Acceptor<'_>,
+        deadline: Instant,
+        secret: &[u8],
+    ) -> Result<(), Error> {
+        if matches!(side, PrevSide::Idle) {
+            let (mut stream, hello_i) = accept_from(acceptor, from, role, deadline)?;
+            let hello_r = handshake::answer(&mut stream, secret, &hello_i, &self.hello(answer_role, from.rank))
+                .map_err(auth(from))?;
+            *side = PrevSide::Answered { stream, hello_i, hello_r };
+        }
+        Ok(())
+    }
+}
+
+/// (c) for one link this rank opened: read the answer (whose hello must have `role`, come
+/// from `to` and name this job, epoch and rank: `id`), check its MAC and send ours.
+fn finish_open(
+    side: &mut NextSide,
+    (to, role): (&Member, Role),
+    (job, epoch, rank): (u64, u64, Rank),
+    deadline: Instant,
+    secret: &[u8],
+) -> Result<(), Error> {
+    let NextSide::Sent { mut stream, hello_i } = std::mem::replace(side, NextSide::Idle) else {
+        return Ok(());
+    };
+    let restore = |side: &mut NextSide, stream, hello_i| *side = NextSide::Sent { stream, hello_i };
+    if let Err(e) = bound(&stream, deadline) {
+        restore(side, stream, hello_i);
+        return Err(io("configure", to)(e));
+    }
+    let (me, them) = (rank as u32, to.rank as u32);
+    let r = handshake::finish_initiator(&mut stream, secret, &hello_i, |h| {
+        if h.role == role && h.job == job && h.epoch == epoch && h.rank == them && h.target == me {
+            Ok(())
+        } else {
+            Err(format!("expected {role:?} from rank {them} of job {job:#x} epoch {epoch}, got {h:?}"))
+        }
+    });
+    match r {
+        Ok(h) => {
+            *side = NextSide::Done { stream, counts: (h.completed, h.next_seq) };
+            Ok(())
+        }
+        Err(e) => {
+            // Out of time: the answer may come in a later attempt. Otherwise the peer hung
+            // up or failed, and the link starts over (Idle).
+            if timed_out(&e) {
+                restore(side, stream, hello_i);
+            }
+            Err(auth(to)(e))
+        }
+    }
+}
+
+/// (d) for one link this rank accepted: read the opener's MAC.
+fn finish_accept(side: &mut PrevSide, from: &Member, deadline: Instant, secret: &[u8]) -> Result<(), Error> {
+    let PrevSide::Answered { mut stream, hello_i, hello_r } = std::mem::replace(side, PrevSide::Idle) else {
+        return Ok(());
+    };
+    if let Err(e) = bound(&stream, deadline) {
+        *side = PrevSide::Answered { stream, hello_i, hello_r };
+        return Err(io("configure", from)(e));
+    }
+    match handshake::finish_responder(&mut stream, secret, &hello_i, &hello_r) {
+        Ok(()) => {
+            let counts = Hello::decode(&hello_i).map(|h| (h.completed, h.next_seq)).ok();
+            *side = PrevSide::Done { stream, counts };
+            Ok(())
+        }
+        Err(e) => {
+            if timed_out(&e) {
+                *side = PrevSide::Answered { stream, hello_i, hello_r };
+            }
+            Err(auth(from)(e))
+        }
     }
 }
 

@@ -45,10 +45,23 @@ mod joining;
 #[path = "retain.rs"]
 mod retain;
 
-const PREV: Token = Token(0);
-const NEXT: Token = Token(1);
+// Link slot i (0 prev, 1 next, 2.. partner links) polls as `token_of(i)`.
 const WAKER: Token = Token(2);
 const COORD: Token = Token(3);
+
+/// The poll token of link slot `i`.
+fn token_of(i: usize) -> Token {
+    Token(if i < 2 { i } else { i + 2 })
+}
+
+/// The link slot a poll token stands for (`None` for the waker and the coordinator).
+fn slot_of_token(t: Token) -> Option<usize> {
+    match t.0 {
+        0 | 1 => Some(t.0),
+        2 | 3 => None,
+        n => Some(n - 2),
+    }
+}
 
 /// Most frames read from one link before the loop turns to writing and the other link,
 /// so one busy link cannot starve the rest.
@@ -117,7 +130,8 @@ impl Driver {
         let mut ev = EventLoop {
             poll,
             rx,
-            links: [None, None],
+            links: vec![None, None],
+            partner_pos: Vec::new(),
             coord,
             listener,
             secret: config.secret.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
@@ -242,8 +256,12 @@ enum Route {
 struct EventLoop {
     poll: Poll,
     rx: Receiver<Command>,
-    /// `[prev, next]`.
-    links: [Option<Conn>; 2],
+    /// `[prev, next, partner links...]`: slots 0 and 1 are the ring links, slot `2 + k`
+    /// the partner link to position `partner_pos[k]` (recursive doubling's non-neighbour
+    /// partners, `core::doubling::partner_positions`).
+    links: Vec<Option<Conn>>,
+    /// The position at the other end of each partner link, in slot order.
+    partner_pos: Vec<usize>,
     coord: Option<CoordLink>,
     /// Where new neighbours connect after a view change.
     listener: std::net::TcpListener,
@@ -338,15 +356,30 @@ impl Terminal {
     }
 }
 
-fn link_of(i: usize) -> Link {
-    if i == 0 {
-        Link::Prev
-    } else {
-        Link::Next
-    }
-}
-
 impl EventLoop {
+    /// The collective's name for link slot `i`.
+    fn link_of(&self, i: usize) -> Link {
+        match i {
+            0 => Link::Prev,
+            1 => Link::Next,
+            _ => Link::Partner(self.partner_pos.get(i - 2).map_or(u32::MAX, |&q| q as u32)),
+        }
+    }
+
+    /// The slot of the collective's `link`, if this rank has that link.
+    fn slot(&self, link: Link) -> Option<usize> {
+        match link {
+            Link::Prev => Some(0),
+            Link::Next => Some(1),
+            Link::Partner(q) => self.partner_pos.iter().position(|&p| p as u32 == q).map(|k| 2 + k),
+        }
+    }
+
+    /// The peer rank at the other end of `link`, if this rank has that link.
+    fn peer_on(&self, link: Link) -> Option<Rank> {
+        self.slot(link).and_then(|i| self.links.get(i)?.as_ref()).map(|l| l.peer)
+    }
+
     /// One turn of the loop: poll for readiness (sleeping at most `sleep_max`, and not at
     /// all while spinning), then make all the progress possible. Whichever thread drives the
     /// loop (`handoff`) calls it with the loop's `Turn`. Returns false once the loop has
@@ -391,7 +424,7 @@ impl EventLoop {
                 WAKER => closing |= self.take_commands(),
                 COORD => self.read_coordinator(now),
                 t => {
-                    if let Some(l) = self.links[t.0].as_mut() {
+                    if let Some(l) = slot_of_token(t).and_then(|i| self.links.get_mut(i)?.as_mut()) {
                         l.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
                         l.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                     }
@@ -442,7 +475,7 @@ impl EventLoop {
             if self.active.is_none() {
                 progressed |= self.start_next(now);
             }
-            for i in 0..2 {
+            for i in 0..self.links.len() {
                 progressed |= self.pump_read(i, now);
             }
             progressed |= self.flush_all();
@@ -461,8 +494,9 @@ impl EventLoop {
 
     /// Marks link `i` dead, fails the active collective and everything after it.
     fn fail_link(&mut self, i: usize, reason: String, peer: Rank) {
-        let needed = self.active.as_ref().is_some_and(|a| a.coll.expects_on(link_of(i)));
-        if let Some(l) = self.links[i].as_mut() {
+        let link = self.link_of(i);
+        let needed = self.active.as_ref().is_some_and(|a| a.coll.expects_on(link));
+        if let Some(l) = self.links.get_mut(i).and_then(Option::as_mut) {
             if l.closed {
                 return;
             }
@@ -554,7 +588,7 @@ impl EventLoop {
     fn expecting(&self) -> Option<[Waiting; 2]> {
         let a = self.active.as_ref()?;
         let at = |i: usize| match self.links[i].as_ref().filter(|l| !l.closed) {
-            Some(l) => l.waiting(a.coll.expects_on(link_of(i))),
+            Some(l) => l.waiting(a.coll.expects_on(self.link_of(i))),
             None => Waiting::default(),
         };
         Some([at(0), at(1)])

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{link_of, EventLoop, Route, FRAMES_PER_TURN};
+use super::{EventLoop, Route, FRAMES_PER_TURN};
 use crate::core::collective::Link;
 use crate::limits::ENCODED_FRAMES_QUEUED_MAX;
 use crate::net::link::{OutFrame, OutPayload, ReadStep, Rx, Target};
@@ -12,7 +12,7 @@ use crate::wire::Header;
 impl EventLoop {
     /// Frames parked for the active collective can now be read.
     pub(super) fn unpark(&mut self) {
-        for i in 0..2 {
+        for i in 0..self.links.len() {
             self.unpark_link(i);
         }
     }
@@ -57,11 +57,17 @@ impl EventLoop {
         let limit = if a.coll.encodes() { ENCODED_FRAMES_QUEUED_MAX } else { usize::MAX };
         let mut queued = false;
         loop {
-            let links = &self.links;
-            let room = |link: Link| links[link.index()].as_ref().is_none_or(|l| l.closed || l.out.len() < limit);
+            let (links, partner_pos) = (&self.links, &self.partner_pos);
+            let slot = |link: Link| match link {
+                Link::Prev => Some(0),
+                Link::Next => Some(1),
+                Link::Partner(q) => partner_pos.iter().position(|&p| p as u32 == q).map(|k| 2 + k),
+            };
+            let conn = |link: Link| slot(link).and_then(|i| links.get(i)?.as_ref());
+            let room = |link: Link| conn(link).is_none_or(|l| l.closed || l.out.len() < limit);
             let Some(t) = a.coll.poll_transmit_where(a.job.buf.bytes(), room) else { break };
             queued = true;
-            match self.links[t.link.index()].as_mut() {
+            match slot(t.link).and_then(|i| self.links.get_mut(i)?.as_mut()) {
                 Some(l) if !l.closed => {
                     let payload = match t.owned {
                         Some(bytes) => OutPayload::Pooled(bytes),
@@ -114,13 +120,14 @@ impl EventLoop {
                 // into place if it belongs there).
                 (Some(_), std::cmp::Ordering::Equal) if lane => Route::Active(Target::Scratch),
                 (Some(a), std::cmp::Ordering::Equal) => {
-                    Route::Active(a.coll.recv_target(link_of(i), &header).map_or(Target::Scratch, Target::Job))
+                    Route::Active(a.coll.recv_target(self.link_of(i), &header).map_or(Target::Scratch, Target::Job))
                 }
             }
         };
+        let link = self.link_of(i);
         if let (Route::Active(Target::Job(_)), Some(a)) = (&route, self.active.as_mut()) {
             // The payload overwrites the buffer: the input there is saved first (exact retry).
-            a.coll.before_in_place(link_of(i), &header, a.job.buf.bytes());
+            a.coll.before_in_place(link, &header, a.job.buf.bytes());
         }
         let Some(l) = self.links[i].as_mut() else { return };
         l.rx = match route {
@@ -249,6 +256,7 @@ impl EventLoop {
     }
 
     fn complete_frame_here(&mut self, i: usize, now: Instant, from_ahead: bool) {
+        let link = self.link_of(i);
         let Some(l) = self.links[i].as_mut() else { return };
         let Rx::Payload { header, crc, target, .. } = std::mem::replace(&mut l.rx, Rx::Header { filled: 0 }) else {
             return;
@@ -288,7 +296,6 @@ impl EventLoop {
             }
             return;
         };
-        let link = link_of(i);
         let _ = match target {
             Target::Scratch | Target::Ahead => {
                 let payload = if from_ahead { l.ahead_payload(len) } else { l.payload(len) };
@@ -314,7 +321,7 @@ impl EventLoop {
 
     pub(super) fn flush_all(&mut self) -> bool {
         let mut progressed = false;
-        for i in 0..2 {
+        for i in 0..self.links.len() {
             let job = self.active.as_ref().map(|a| a.job.buf.bytes());
             let Some(l) = self.links[i].as_mut() else { continue };
             if l.closed {

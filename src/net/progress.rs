@@ -30,7 +30,7 @@ impl EventLoop {
         };
         let call = self.active.as_ref().map(|a| {
             let (phase, step, waits_for) = match a.coll.waiting_on() {
-                Some((link, phase, step)) => (phase, step, self.links[link.index()].as_ref().map(|l| l.peer)),
+                Some((link, phase, step)) => (phase, step, self.peer_on(link)),
                 None => (SENDING, 0, None),
             };
             CallProgress {

@@ -63,7 +63,7 @@ impl EventLoop {
                 Status::Failed(pe) => pe.to_string(),
                 _ => String::new(),
             };
-            if let Some(peer) = self.links[link.index()].as_ref().map(|l| l.peer) {
+            if let Some(peer) = self.peer_on(link) {
                 tracing::warn!(rank = self.rank, peer, links = %self.link_states(), "stalled: {reason}");
                 self.suspect(peer, true, &reason);
             }
@@ -80,7 +80,11 @@ impl EventLoop {
             let waiting = l.stream.peek(&mut [0u8; 1]).map_or_else(|e| e.kind().to_string(), |n| n.to_string());
             out.push_str(&format!(
                 "[{} peer {}: rx {:?}, readable {}, writable {}, closed {}, unread {waiting}, out {} frames, in {} B, sent {} B] ",
-                if i == 0 { "prev" } else { "next" },
+                match i {
+                    0 => "prev",
+                    1 => "next",
+                    _ => "partner",
+                },
                 l.peer,
                 l.rx,
                 l.readable,
@@ -331,6 +335,7 @@ impl EventLoop {
             let _ = self.poll.registry().deregister(&mut l.stream);
             let _ = l.stream.shutdown(std::net::Shutdown::Both);
         }
-        self.links = [None, None];
+        self.links = vec![None, None];
+        self.partner_pos.clear();
     }
 }

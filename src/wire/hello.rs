@@ -24,6 +24,11 @@ pub enum Role {
     Rank = 3,
     /// The sender is the coordinator answering a rank.
     Coordinator = 4,
+    /// The sender opens a partner link to the receiver (recursive doubling's non-neighbour
+    /// partner; the lower ring position opens it).
+    PartnerOpen = 5,
+    /// The sender answers a `PartnerOpen`.
+    PartnerAnswer = 6,
 }
 
 /// A decoded hello.
@@ -84,6 +89,8 @@ impl Hello {
             2 => Role::RingNext,
             3 => Role::Rank,
             4 => Role::Coordinator,
+            5 => Role::PartnerOpen,
+            6 => Role::PartnerAnswer,
             v => return Err(WireError::UnknownId { field: "role", value: v.into() }),
         };
         if b[6..8] != [0, 0] {
