@@ -5,10 +5,14 @@
 //! the simulated time with the alpha-beta formula for a ring, 2(n-1)(alpha + S/(nB)), and
 //! with the same model for the algorithm actually run (`model`): the bidirectional ring
 //! moves half the buffer each way, 2(n-1)(alpha + S/(2nB)), unless both directions share
-//! one NIC (`--shared-egress`).
+//! one NIC (`--shared-egress`). The latency path's algorithms (small buffers) have their own
+//! models: recursive doubling (`rd`) takes log2(n) rounds of one whole-buffer exchange, plus
+//! a fold-in and a hand-back round when n is not a power of two, r(alpha + S/B); `direct`
+//! sends every input ceil((n-1)/2) hops each way, ceil((n-1)/2) alpha + floor(n/2) S/B.
 //!
 //! ```text
 //! cargo run --release --bin ringsim -- --worlds 8,64,512 --sizes 1M,16M --segments 512K,whole
+//! cargo run --release --bin ringsim -- --algos rd,direct --sizes 4K,64K --segments whole
 //! ```
 
 use std::time::{Duration, Instant};
@@ -32,7 +36,8 @@ struct Args {
     /// Segment sizes in bytes, or `whole` for one segment per chunk.
     #[arg(long, value_delimiter = ',', default_value = "512K,whole")]
     segments: Vec<String>,
-    /// Algorithms: ring, bidir.
+    /// Algorithms: ring, bidir, rd, direct (the last two for buffers of at most one
+    /// segment).
     #[arg(long, value_delimiter = ',', default_value = "ring,bidir")]
     algos: Vec<String>,
     /// One-way link latency alpha in microseconds.
@@ -162,7 +167,15 @@ fn row(
     let alpha = link.latency.as_secs_f64();
     let formula = 2.0 * (n - 1.0) * (alpha + s / (n * b));
     let ways = if algorithm == Algorithm::Bidir && !link.shared_egress && world > 2 { 2.0 } else { 1.0 };
-    let model = 2.0 * (n - 1.0) * (alpha + s / (ways * n * b));
+    let model = match algorithm {
+        Algorithm::Doubling => {
+            let p2 = 1usize << (usize::BITS - 1 - world.leading_zeros());
+            let rounds = p2.trailing_zeros() as f64 + if world > p2 { 2.0 } else { 0.0 };
+            rounds * (alpha + s / b)
+        }
+        Algorithm::Direct => (world - 1).div_ceil(2) as f64 * alpha + (world / 2) as f64 * s / b,
+        _ => 2.0 * (n - 1.0) * (alpha + s / (ways * n * b)),
+    };
     let ratio = |x: f64| if x > 0.0 { sim / x } else { 0.0 };
     let busbw = if sim > 0.0 { s / sim * 2.0 * (n - 1.0) / n / 1e9 } else { 0.0 };
     println!(

@@ -142,10 +142,12 @@ impl Collective {
         let mirror = |p: usize| (w - p) % w;
         let mut parts = Vec::new();
         let bytes = spec.len_elems * spec.dtype.size();
+        // Direct gathers every rank's input on each rank; doubling keeps a few copies of one.
+        let stores_all = Latency::pick(spec.algorithm, w, spec.partner_links) == Algorithm::Direct;
         let direct_fits = matches!(spec.coll, CollKind::AllReduce | CollKind::Barrier)
             && w > 1
             && bytes <= spec.segment_bytes
-            && bytes.saturating_mul(w) <= DIRECT_STORE_MAX_BYTES;
+            && (!stores_all || bytes.saturating_mul(w) <= DIRECT_STORE_MAX_BYTES);
         let direct = direct_fits
             && (matches!(spec.algorithm, Algorithm::Direct | Algorithm::Doubling)
                 || (spec.algorithm == Algorithm::Auto && bytes <= Latency::auto_max_bytes(w, spec.partner_links)));
