@@ -7,9 +7,9 @@
 //! replays it; `RINGCC_SIM_FAULT_SEEDS=<count>` runs more seeds than the default 200.
 //!
 //! Recursive doubling at N=8 runs over partner links (the simulator opens them as the
-//! driver does): its own seeds (`doubling_seed` in the case) add partitions and delays of a
-//! victim's partner link to the crashes, kills and pauses, and the `partner` tests pin
-//! down what a kill and a cut do to the ranks at the other end of one.
+//! driver does): its seeds (`doubling_case`, from `DOUBLING_SEED_BASE` on) add partitions
+//! and delays of a victim's partner link to the crashes, kills and pauses, and the
+//! `partner` tests pin down what a kill and a cut do to the ranks at the other end of one.
 
 use std::time::Duration;
 
