@@ -18,6 +18,10 @@
 //! ```
 //!
 //! `RINGCC_SIM_EXTRA_SEEDS=20000 cargo test --release --test sim_collectives more_seeds` searches deeper.
+//!
+//! The simulator gives every rank its partner links (as the driver does), so doubling and
+//! `Auto` run recursive doubling over them in worlds above 4; the `doubling_over_partner_links`
+//! tests cover every world from 5 to 12, and 16.
 
 use std::time::Duration;
 
@@ -225,6 +229,138 @@ fn more_seeds_are_exact() {
     let extra = std::env::var("RINGCC_SIM_EXTRA_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(240);
     let base = sweep_len();
     sweep(base..base + extra);
+}
+
+/// Worlds where some of recursive doubling's partners are not ring neighbours, so it runs
+/// over partner links.
+const PARTNER_WORLDS: [usize; 9] = [5, 6, 7, 8, 9, 10, 11, 12, 16];
+
+/// Rounds of recursive doubling in `world`: log2 of the largest power of two in it, plus
+/// one round in and one out for the positions folded in.
+fn doubling_rounds(world: usize) -> u32 {
+    let p2 = 1usize << world.ilog2();
+    world.ilog2() + if world > p2 { 2 } else { 0 }
+}
+
+/// Frames of one recursive-doubling call: one per exchanging position per round, one per
+/// folded position in and one back.
+fn doubling_frames(world: usize) -> u64 {
+    let p2 = 1usize << world.ilog2();
+    (p2 * world.ilog2() as usize + 2 * (world - p2)) as u64
+}
+
+/// Frames of one call that `algorithm` sends on the latency path with partner links:
+/// doubling where it is asked for or (`Auto`) takes no more rounds than direct's hops,
+/// direct's one frame per ordered pair otherwise.
+fn latency_frames(algorithm: Algorithm, world: usize) -> u64 {
+    let direct_hops = (world as u32 - 1).div_ceil(2);
+    if algorithm == Algorithm::Doubling || doubling_rounds(world) <= direct_hops {
+        doubling_frames(world)
+    } else {
+        (world * (world - 1)) as u64
+    }
+}
+
+/// Small all-reduces and a barrier, back to back, with `algorithm` on `world` ranks over
+/// partner links: exact, bit-identical, no send hazards, and exactly the frames of the
+/// algorithm that should have run (so a run that fell back to the ring links shows).
+fn partner_case(world: usize, algorithm: Algorithm, seed: u64) -> Result<(), String> {
+    let mut rng = SimRng::new(seed ^ 0x9a27);
+    let mut config = SimConfig::new(world, seed);
+    config.algorithm = algorithm;
+    config.start_skew_max = Duration::from_micros(rng.below(500));
+    config.link = LinkModel {
+        latency: Duration::from_micros(1 + rng.below(50)),
+        bytes_per_sec: [100_000_000, 1_250_000_000, 0][rng.index(3)],
+        jitter: Duration::from_micros(rng.below(3) * 20),
+        shared_egress: rng.percent(50),
+    };
+    let mut calls: Vec<Call> = (0..3)
+        .map(|_| {
+            let len = [1, 7, 97, 1009, 2 * world + 1][rng.index(5)];
+            Call::all_reduce(OPS[rng.index(OPS.len())], DTYPES[rng.index(DTYPES.len())], len)
+        })
+        .collect();
+    calls.push(Call::barrier());
+    let batch: Vec<(Call, Vec<Vec<u8>>)> =
+        calls.iter().enumerate().map(|(k, c)| (*c, oracle::inputs(c, world, seed + k as u64))).collect();
+    let mut sim = Sim::new(config);
+    let outcomes = sim.run_batch(batch.clone()).map_err(|e| e.to_string())?;
+    for ((call, inputs), o) in batch.iter().zip(&outcomes) {
+        if !o.all_done() {
+            return Err(format!("{call:?}: not done everywhere: {:?}", o.statuses));
+        }
+        if o.outputs != oracle::expected(call, world, inputs) {
+            return Err(format!("{call:?}: differs from the reference (ring {:?})", sim.ring()));
+        }
+        let want = latency_frames(algorithm, world);
+        if o.frames != want {
+            return Err(format!("{call:?}: {} frames, the latency path sends {want}", o.frames));
+        }
+    }
+    let hazards = sim.send_hazards();
+    if !hazards.is_empty() {
+        return Err(format!("send hazards: {hazards:?}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn doubling_over_partner_links_is_exact_on_five_to_sixteen_ranks() {
+    let mut failures = Vec::new();
+    for (w, world) in PARTNER_WORLDS.into_iter().enumerate() {
+        for (a, algorithm) in [Algorithm::Doubling, Algorithm::Auto].into_iter().enumerate() {
+            for k in 0..4 {
+                let seed = 1000 + (w * 8 + a * 4 + k) as u64;
+                if let Err(e) = partner_case(world, algorithm, seed) {
+                    failures.push(format!("world {world}, {algorithm:?}, seed {seed}: {e}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// On an idle network without jitter, every round of doubling is at most one hop: partners
+/// send to each other at once, over their own link (where the world is not a power of two,
+/// the exchanges of positions nobody folds into overlap the fold-in round, so a call may
+/// take fewer hops than rounds).
+#[test]
+fn doubling_over_partner_links_takes_at_most_one_hop_per_round() {
+    for world in [8, 12, 16] {
+        let mut config = SimConfig::new(world, 5);
+        config.algorithm = Algorithm::Doubling;
+        config.start_skew_max = Duration::ZERO;
+        config.link = LinkModel {
+            latency: Duration::from_micros(10),
+            bytes_per_sec: 1_000_000_000,
+            jitter: Duration::ZERO,
+            shared_egress: false,
+        };
+        let call = Call::all_reduce(ReduceOp::Sum, DataType::F32, 232);
+        let inputs = oracle::inputs(&call, world, 3);
+        let o = Sim::new(config.clone()).run(call, inputs.clone()).expect("no hang");
+        assert!(o.all_done(), "{:?}", o.statuses);
+        assert_eq!(o.outputs, oracle::expected(&call, world, &inputs));
+        // 928 + 72 bytes at 1 GB/s: 1 us on the wire, then 10 us of latency.
+        let hop = Duration::from_micros(11);
+        let rounds = doubling_rounds(world);
+        if world.is_power_of_two() {
+            assert_eq!(o.virtual_elapsed, hop * rounds, "world {world}");
+        } else {
+            let hops = o.virtual_elapsed.as_nanos() / hop.as_nanos();
+            assert_eq!(o.virtual_elapsed, hop * hops as u32, "world {world}: whole hops");
+            assert!((rounds - 1..=rounds).contains(&(hops as u32)), "world {world}: {hops} hops, {rounds} rounds");
+        }
+        // Without partner links the same request runs direct over the ring links: more
+        // hops, a frame per ordered pair.
+        config.partner_links = false;
+        let d = Sim::new(config).run(call, inputs.clone()).expect("no hang");
+        assert!(d.all_done(), "{:?}", d.statuses);
+        assert_eq!(d.outputs, o.outputs);
+        assert_eq!(d.frames, (world * (world - 1)) as u64);
+        assert!(d.virtual_elapsed > o.virtual_elapsed, "world {world}: {:?}", d.virtual_elapsed);
+    }
 }
 
 #[test]

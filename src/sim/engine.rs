@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::net::{idx, link_of, Arrival, Event, EventKind, Net, Window};
+use super::net::{Arrival, Event, EventKind, Net, Window};
 use super::rank::{Ctx, Job, JobBuf, RankSim};
 use super::{AlignedBytes, BufferMode, Call, Fault, HangError, RankStatus, SimConfig, SimOutcome, SimRng};
 use crate::core::schedule::chunk_range;
@@ -54,9 +54,10 @@ impl Sim {
         if config.shuffle_ring {
             rng.shuffle(&mut ring);
         }
-        let ranks = ring.iter().enumerate().map(|(pos, &rank)| RankSim::new(pos, rank)).collect();
+        let net = Net::new(config.world, config.link, rng, config.partner_links);
+        let ranks = ring.iter().enumerate().map(|(pos, &rank)| RankSim::new(pos, rank, net.links(pos))).collect();
         Sim {
-            net: Net::new(config.world, config.link, rng),
+            net,
             settled: vec![true; config.world],
             config,
             ring,
@@ -210,7 +211,7 @@ impl Sim {
                 if self.ranks[from].crashed == Some(true) || self.ranks[to].crashed.is_some() {
                     return;
                 }
-                self.ranks[to].arrive(idx(link), item);
+                self.ranks[to].arrive(link, item);
                 to
             }
             EventKind::Submit { pos, call } => {
@@ -263,8 +264,9 @@ impl Sim {
         }
         self.ranks[pos].crash(silent);
         if !silent && self.config.world > 1 {
-            for i in 0..2 {
-                self.net.send(pos, link_of(i), Arrival::Eof, 0);
+            // The kernel closes every connection of the process, partner links included.
+            for &link in self.ranks[pos].links() {
+                self.net.send(pos, link, Arrival::Eof, 0);
             }
         }
     }
@@ -302,6 +304,7 @@ impl Sim {
             link_bytes_per_sec: c.link.bytes_per_sec,
             progress_timeout: c.progress_timeout,
             fin: c.fin,
+            partner_links: c.partner_links,
             in_place_percent: c.in_place_percent,
             check_hazards: c.check_send_hazards && c.buffers == BufferMode::PerRank,
             skew_max: c.start_skew_max,

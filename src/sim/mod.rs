@@ -7,7 +7,7 @@
 //! parks a link whose head frame belongs to a collective that has not started here, drops
 //! frames of finished collectives, feeds the rest through `handle_frame` or (for all-gather
 //! and broadcast payloads, by a seeded coin) straight into the buffer and
-//! `handle_frame_in_place`, sends `Abort` frames to both neighbours when a call fails, and
+//! `handle_frame_in_place`, sends `Abort` frames on every open link when a call fails, and
 //! keeps a finished call's buffer until every frame it sent has left.
 //!
 //! Time is virtual: one base [`Instant`](std::time::Instant) is taken when the simulator is
@@ -18,12 +18,16 @@
 //!
 //! # Network model
 //!
-//! Position `p`'s `Next` link is one TCP connection to position `p + 1`'s `Prev` link. Each
-//! direction of each connection is a FIFO channel with latency `alpha`, bandwidth `B` and
-//! serialization: a frame of `b` bytes (72-byte header included) sent at `t` leaves at
-//! `max(t, channel free)` and arrives `b / B + alpha` (+ seeded jitter) later, never before
-//! the frame ahead of it. With [`LinkModel::shared_egress`], a rank's two outgoing channels
-//! share one serializer (one NIC into a switch) instead of being independent links.
+//! Position `p`'s `Next` link is one TCP connection to position `p + 1`'s `Prev` link. With
+//! [`SimConfig::partner_links`] (the default, as the real driver), `p` also has one
+//! connection to each position in `core::doubling::partner_positions(world, p)`, its
+//! `Link::Partner(q)` (`Link::Partner(p)` at `q`); only recursive doubling's frames use
+//! them. Each direction of each connection is a FIFO channel with latency `alpha`,
+//! bandwidth `B` and serialization: a frame of `b` bytes (72-byte header included) sent at
+//! `t` leaves at `max(t, channel free)` and arrives `b / B + alpha` (+ seeded jitter) later,
+//! never before the frame ahead of it. With [`LinkModel::shared_egress`], all of a rank's
+//! outgoing channels share one serializer (one NIC into a switch) instead of being
+//! independent links.
 //!
 //! A transmit's payload is copied when the core hands it out (as a kernel copies on
 //! `write`); the real driver instead writes it from the buffer later. [`SimConfig::check_send_hazards`]
@@ -83,8 +87,9 @@ pub struct LinkModel {
     pub bytes_per_sec: u64,
     /// Extra delay per frame, uniform in `0..=jitter`, drawn from the seed (FIFO order kept).
     pub jitter: Duration,
-    /// If true, a rank's `Prev` and `Next` channels share one serializer (one NIC into a
-    /// switch); if false, each is an independent full-duplex link (a physical ring).
+    /// If true, all of a rank's outgoing channels (`Prev`, `Next` and partner links) share
+    /// one serializer (one NIC into a switch); if false, each is an independent full-duplex
+    /// link (a physical ring, plus a cable to each partner).
     pub shared_egress: bool,
 }
 
@@ -156,6 +161,13 @@ pub struct SimConfig {
     /// Completion tokens on every call that needs them, as `Config::exact_retry` (small
     /// all-reduces and barriers go without: `core::fin::tokens_needed`). Default true.
     pub fin: bool,
+    /// Each rank also has a partner link to every non-neighbour that recursive doubling
+    /// pairs it with (`core::doubling::partner_positions`, as the real driver opens them),
+    /// and its calls know it (`Spec::partner_links`): doubling then runs in any world, and
+    /// `Algorithm::Auto` picks it for small all-reduces where it takes no more hops than
+    /// direct. False: ring links only, and doubling only where its partners are ring
+    /// neighbours (worlds of up to 4). Default true.
+    pub partner_links: bool,
 }
 
 impl SimConfig {
@@ -178,6 +190,7 @@ impl SimConfig {
             batch_deadline: Duration::from_secs(3600),
             max_events: 100_000_000,
             fin: true,
+            partner_links: true,
         }
     }
 }
@@ -264,8 +277,8 @@ pub enum RankStatus {
 }
 
 /// A fault injected at a virtual time (offsets from the simulator's creation, as
-/// [`Sim::now`] returns). Faults between ranks that are not ring neighbours do nothing:
-/// they share no link.
+/// [`Sim::now`] returns). Faults between ranks that share no link (neither ring
+/// neighbours nor, with [`SimConfig::partner_links`], partners) do nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fault {
@@ -278,7 +291,8 @@ pub enum Fault {
         at: Duration,
     },
     /// `rank`'s process is killed at `at`: it processes nothing more; frames it already
-    /// sent still arrive, then both neighbours see end of stream.
+    /// sent still arrive, then every peer it has a link to (ring neighbours, and partners
+    /// with [`SimConfig::partner_links`]) sees end of stream.
     Kill {
         /// The rank.
         rank: Rank,

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{AlignedBytes, LinkModel, SimRng};
 use crate::core::collective::Link;
+use crate::core::doubling::partner_positions;
 use crate::wire::HEADER_LEN;
 
 /// A frame on the wire: the encoded header and a copy of the payload.
@@ -77,7 +78,7 @@ pub(super) struct Window {
     pub(super) extra: Option<Duration>,
 }
 
-/// One direction of one connection.
+/// One direction of one connection (a ring link or a partner link).
 #[derive(Debug, Default)]
 struct Channel {
     /// When the serializer is free again (unless the rank's egress is shared).
@@ -105,30 +106,15 @@ pub(super) struct Net {
     order: u64,
     model: LinkModel,
     world: usize,
-    /// Indexed by `sender position * 2 + link index`.
-    channels: Vec<Channel>,
+    /// By position, the positions it has partner links to (ascending; empty without
+    /// partner links).
+    partners: Vec<Vec<usize>>,
+    /// By sender position, by link slot ([`Net::slot`]): the outgoing direction of each of
+    /// its connections.
+    channels: Vec<Vec<Channel>>,
     /// Per sender position, when its shared serializer is free.
     egress_free: Vec<Duration>,
     pub(super) traffic: BTreeMap<u64, Traffic>,
-}
-
-/// Index of a link in per-link arrays: `Prev` 0, `Next` 1 (as the real driver).
-pub(super) fn idx(link: Link) -> usize {
-    match link {
-        Link::Prev => 0,
-        Link::Next => 1,
-        // The simulator runs without partner links (`Spec::partner_links` false).
-        Link::Partner(_) => unreachable!("the simulator has no partner links"),
-    }
-}
-
-/// The link of an index.
-pub(super) fn link_of(i: usize) -> Link {
-    if i == 0 {
-        Link::Prev
-    } else {
-        Link::Next
-    }
 }
 
 /// The position at the other end of `pos`'s `link`, and the link it arrives on there.
@@ -141,7 +127,14 @@ pub(super) fn peer_of(pos: usize, link: Link, world: usize) -> (usize, Link) {
 }
 
 impl Net {
-    pub(super) fn new(world: usize, model: LinkModel, rng: SimRng) -> Net {
+    /// A network of `world` positions joined in a ring, and with `partner_links` also by
+    /// a partner link between each pair that recursive doubling pairs and that are not
+    /// ring neighbours (`core::doubling::partner_positions`: fewer than log2(world) + 2
+    /// per position, none for worlds of up to 4).
+    pub(super) fn new(world: usize, model: LinkModel, rng: SimRng, partner_links: bool) -> Net {
+        let partners: Vec<Vec<usize>> =
+            (0..world).map(|p| if partner_links { partner_positions(world, p) } else { Vec::new() }).collect();
+        let channels = partners.iter().map(|qs| (0..2 + qs.len()).map(|_| Channel::default()).collect()).collect();
         Net {
             base: Instant::now(),
             now: Duration::ZERO,
@@ -150,9 +143,33 @@ impl Net {
             order: 0,
             model,
             world,
-            channels: (0..world * 2).map(|_| Channel::default()).collect(),
+            partners,
+            channels,
             egress_free: vec![Duration::ZERO; world],
             traffic: BTreeMap::new(),
+        }
+    }
+
+    /// The links of position `pos` in slot order, as the real driver keeps them: 0 `Prev`,
+    /// 1 `Next`, then its partner links in `partner_positions` order.
+    pub(super) fn links(&self, pos: usize) -> Vec<Link> {
+        let partners = self.partners[pos].iter().map(|&q| Link::Partner(q as u32));
+        [Link::Prev, Link::Next].into_iter().chain(partners).collect()
+    }
+
+    /// Slot of `link` among position `pos`'s links ([`Net::links`]).
+    ///
+    /// # Panics
+    /// If `link` is a partner link `pos` does not have (a simulator or core bug: the core
+    /// sends on partner links only with `Spec::partner_links`, to `partner_positions`).
+    pub(super) fn slot(&self, pos: usize, link: Link) -> usize {
+        match link {
+            Link::Prev => 0,
+            Link::Next => 1,
+            Link::Partner(q) => match self.partners[pos].binary_search(&(q as usize)) {
+                Ok(k) => 2 + k,
+                Err(_) => panic!("position {pos} has no partner link to position {q}"),
+            },
         }
     }
 
@@ -184,11 +201,15 @@ impl Net {
         self.queue.peek().map(|Reverse(e)| e.at)
     }
 
-    /// Adds a partition or delay window to the channels from position `from` to `to`.
+    /// Adds a partition or delay window to the channels from position `from` to `to`: the
+    /// ring links between them and the partner link, whichever exist.
     pub(super) fn add_window(&mut self, from: usize, to: usize, window: Window) {
-        for link in [Link::Prev, Link::Next] {
-            if self.world > 1 && peer_of(from, link, self.world).0 == to {
-                self.channels[from * 2 + idx(link)].windows.push(window);
+        if self.world < 2 {
+            return;
+        }
+        for (slot, link) in self.links(from).into_iter().enumerate() {
+            if peer_of(from, link, self.world).0 == to {
+                self.channels[from][slot].windows.push(window);
             }
         }
     }
@@ -209,27 +230,28 @@ impl Net {
             Arrival::Eof => 0,
         };
         let ser = self.serialization(bytes);
-        let c = from * 2 + idx(link);
-        let free = if self.model.shared_egress { self.egress_free[from] } else { self.channels[c].free_at };
+        let slot = self.slot(from, link);
+        let free = if self.model.shared_egress { self.egress_free[from] } else { self.channels[from][slot].free_at };
         let depart = self.now.max(free);
         let sent = depart + ser;
         if self.model.shared_egress {
             self.egress_free[from] = sent;
         } else {
-            self.channels[c].free_at = sent;
+            self.channels[from][slot].free_at = sent;
         }
         let jitter =
             if self.model.jitter.is_zero() { Duration::ZERO } else { self.rng.duration_up_to(self.model.jitter) };
         let mut arrive = sent + self.model.latency + jitter;
-        for w in &self.channels[c].windows {
+        let channel = &mut self.channels[from][slot];
+        for w in &channel.windows {
             match w.extra {
                 Some(extra) if (w.start..w.end).contains(&depart) => arrive += extra,
                 None if (w.start..w.end).contains(&arrive) => arrive = w.end + self.model.latency,
                 _ => {}
             }
         }
-        let arrive = arrive.max(self.channels[c].last_arrival);
-        self.channels[c].last_arrival = arrive;
+        let arrive = arrive.max(channel.last_arrival);
+        channel.last_arrival = arrive;
         if let Arrival::Frame(_) = item {
             let t = self.traffic.entry(seq).or_default();
             t.frames += 1;
@@ -260,7 +282,7 @@ mod tests {
 
     #[test]
     fn frames_serialize_then_travel_and_stay_in_order() {
-        let mut net = Net::new(3, model(), SimRng::new(1));
+        let mut net = Net::new(3, model(), SimRng::new(1), false);
         // 928 + 72 bytes at 1 GB/s = 1 us on the wire.
         assert_eq!(net.send(0, Link::Next, frame(928), 0), Duration::ZERO);
         assert_eq!(net.send(0, Link::Next, frame(928), 0), Duration::from_micros(1));
@@ -282,14 +304,14 @@ mod tests {
 
     #[test]
     fn shared_egress_serializes_both_links() {
-        let mut net = Net::new(3, LinkModel { shared_egress: true, ..model() }, SimRng::new(1));
+        let mut net = Net::new(3, LinkModel { shared_egress: true, ..model() }, SimRng::new(1), false);
         net.send(0, Link::Next, frame(928), 0);
         assert_eq!(net.send(0, Link::Prev, frame(928), 0), Duration::from_micros(1));
     }
 
     #[test]
     fn partition_holds_frames_until_it_heals_and_delay_adds() {
-        let mut net = Net::new(2, model(), SimRng::new(1));
+        let mut net = Net::new(2, model(), SimRng::new(1), false);
         let hold = Window { start: Duration::ZERO, end: Duration::from_millis(5), extra: None };
         net.add_window(0, 1, hold);
         net.send(0, Link::Next, frame(0), 0);
@@ -303,5 +325,40 @@ mod tests {
         let t0 = net.now;
         net.send(1, Link::Prev, frame(0), 0);
         assert!(net.pop().unwrap().at >= t0 + Duration::from_millis(1));
+    }
+
+    #[test]
+    fn partner_links_reach_the_partner_share_the_egress_and_take_windows() {
+        let mut net = Net::new(8, LinkModel { shared_egress: true, ..model() }, SimRng::new(1), true);
+        let q = partner_positions(8, 0)[0];
+        assert!(q != 1 && q != 7, "a partner is never a ring neighbour");
+        assert_eq!(net.links(0).len(), 2 + partner_positions(8, 0).len());
+        assert_eq!(net.links(0)[2], Link::Partner(q as u32));
+        assert_eq!(net.slot(0, Link::Partner(q as u32)), 2);
+        // One NIC: the partner frame waits for the ring frame ahead of it.
+        net.send(0, Link::Next, frame(928), 0);
+        assert_eq!(net.send(0, Link::Partner(q as u32), frame(928), 0), Duration::from_micros(1));
+        let mut arrivals = Vec::new();
+        while let Some(e) = net.pop() {
+            if let EventKind::Deliver { to, link, from, .. } = e.kind {
+                arrivals.push((e.at, to, link, from));
+            }
+        }
+        assert_eq!(
+            arrivals,
+            vec![(Duration::from_micros(11), 1, Link::Prev, 0), (Duration::from_micros(12), q, Link::Partner(0), 0),]
+        );
+        // A partition from q to 0 holds q's partner frames and leaves its ring links alone.
+        let hold = Window { start: net.now, end: net.now + Duration::from_millis(5), extra: None };
+        net.add_window(q, 0, hold);
+        net.send(q, Link::Next, frame(0), 0);
+        net.send(q, Link::Partner(0), frame(0), 0);
+        let first = net.pop().unwrap();
+        assert!(matches!(first.kind, EventKind::Deliver { to, .. } if to == (q + 1) % 8));
+        let second = net.pop().unwrap();
+        assert!(matches!(second.kind, EventKind::Deliver { to: 0, link: Link::Partner(p), .. } if p as usize == q));
+        assert_eq!(second.at, hold.end + Duration::from_micros(10));
+        // Without partner links a position has its two ring links only.
+        assert_eq!(Net::new(8, model(), SimRng::new(1), false).links(0), vec![Link::Prev, Link::Next]);
     }
 }

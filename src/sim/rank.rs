@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::Duration;
 
-use super::net::{idx, link_of, peer_of, Arrival, EventKind, Net, SimFrame};
+use super::net::{peer_of, Arrival, EventKind, Net, SimFrame};
 use super::{AlignedBytes, Call, RankStatus, SimError};
 use crate::codec::CodecChoice;
 use crate::core::collective::{Algorithm, Collective, Link, Spec, Status};
@@ -40,6 +40,8 @@ pub(super) struct Ctx<'a> {
     /// Completion tokens (`Spec::fin`) on every call that needs them
     /// (`core::fin::tokens_needed`).
     pub(super) fin: bool,
+    /// Every rank has its partner links (`Spec::partner_links`).
+    pub(super) partner_links: bool,
     pub(super) in_place_percent: u64,
     pub(super) check_hazards: bool,
     pub(super) skew_max: Duration,
@@ -86,8 +88,8 @@ struct Active {
     seq: u64,
     started: Duration,
     error: Option<SimError>,
-    /// Per link, in departure order.
-    sends: [VecDeque<PendingSend>; 2],
+    /// Per link slot, in departure order.
+    sends: Vec<VecDeque<PendingSend>>,
     last_depart: Duration,
 }
 
@@ -98,9 +100,12 @@ pub(super) struct RankSim {
     pub(super) rank: Rank,
     pub(super) jobs: VecDeque<Job>,
     active: Option<Active>,
-    /// Arrived and not yet read, per link (`Prev`, `Next`).
-    pub(super) inbox: [VecDeque<Arrival>; 2],
-    closed: [bool; 2],
+    /// This position's links by slot, as the real driver keeps them: `Prev`, `Next`, then
+    /// its partner links (`Net::links`). The arrays below are indexed by slot.
+    links: Vec<Link>,
+    /// Arrived and not yet read.
+    pub(super) inbox: Vec<VecDeque<Arrival>>,
+    closed: Vec<bool>,
     broken: Option<(Rank, String)>,
     next_seq: u64,
     /// `Some(silent)` once crashed or killed.
@@ -125,14 +130,16 @@ fn job_bytes<'b>(buf: &'b mut JobBuf, shared: &'b mut AlignedBytes, call: &Call)
 }
 
 impl RankSim {
-    pub(super) fn new(pos: usize, rank: Rank) -> RankSim {
+    /// The rank `rank` at ring position `pos`, with its `links` in slot order.
+    pub(super) fn new(pos: usize, rank: Rank, links: Vec<Link>) -> RankSim {
         RankSim {
             pos,
             rank,
             jobs: VecDeque::new(),
             active: None,
-            inbox: [VecDeque::new(), VecDeque::new()],
-            closed: [false; 2],
+            inbox: links.iter().map(|_| VecDeque::new()).collect(),
+            closed: vec![false; links.len()],
+            links,
             broken: None,
             next_seq: 0,
             crashed: None,
@@ -152,11 +159,17 @@ impl RankSim {
         self.crashed = Some(silent);
         self.active = None;
         self.jobs.clear();
-        self.inbox = [VecDeque::new(), VecDeque::new()];
+        self.inbox.iter_mut().for_each(VecDeque::clear);
     }
 
-    /// Queues an arrival on link `i`, counting frames that will be parked.
-    pub(super) fn arrive(&mut self, i: usize, item: Arrival) {
+    /// This position's links in slot order.
+    pub(super) fn links(&self) -> &[Link] {
+        &self.links
+    }
+
+    /// Queues an arrival on `link`, counting frames that will be parked.
+    pub(super) fn arrive(&mut self, link: Link, item: Arrival) {
+        let i = slot_of(&self.links, link);
         if let Arrival::Frame(f) = &item {
             if let Ok((h, _)) = Header::decode(&f.header) {
                 let started = self.active.as_ref().map_or(self.next_seq.checked_sub(1), |a| Some(a.seq));
@@ -172,14 +185,13 @@ impl RankSim {
     pub(super) fn describe(&self) -> String {
         match &self.active {
             Some(a) => format!(
-                "rank {} pos {}: seq {} {:?} waiting on {:?}, inbox {}+{}",
+                "rank {} pos {}: seq {} {:?} waiting on {:?}, inbox {}",
                 self.rank,
                 self.pos,
                 a.seq,
                 a.coll.status(),
                 a.coll.waiting_on(),
-                self.inbox[0].len(),
-                self.inbox[1].len()
+                self.inbox.iter().map(|q| q.len().to_string()).collect::<Vec<_>>().join("+")
             ),
             None => format!("rank {} pos {}: idle, {} calls queued", self.rank, self.pos, self.jobs.len()),
         }
@@ -196,7 +208,7 @@ impl RankSim {
                 if self.active.is_none() {
                     progressed |= self.start_next(net, ctx, shared);
                 }
-                for i in 0..2 {
+                for i in 0..self.links.len() {
                     progressed |= self.pump(i, net, ctx, shared);
                 }
                 progressed |= self.check_active(net, ctx, shared);
@@ -237,7 +249,7 @@ impl RankSim {
         let coll = Collective::start_with(spec, net.instant(), job_bytes(&mut job.buf, shared, call), self.lend(ctx));
         let error =
             self.broken.as_ref().map(|(peer, reason)| SimError::LinkFailed { peer: *peer, reason: reason.clone() });
-        let sends = [VecDeque::new(), VecDeque::new()];
+        let sends = self.links.iter().map(|_| VecDeque::new()).collect();
         self.active = Some(Active { job, coll, seq, started: net.now, error, sends, last_depart: net.now });
         self.drain(net, ctx, shared);
         true
@@ -287,7 +299,7 @@ impl RankSim {
             // As `EventLoop::spec_for`: small all-reduces and barriers go without tokens.
             fin: ctx.fin && crate::core::fin::tokens_needed(call.coll, call.len_elems * call.dtype.size()),
             payload_crc: [true, true, true],
-            partner_links: false,
+            partner_links: ctx.partner_links,
         }
     }
 
@@ -296,7 +308,7 @@ impl RankSim {
         let Some(a) = self.active.as_mut() else { return };
         let buf = job_bytes(&mut a.job.buf, shared, &ctx.calls[a.job.call]);
         while let Some(t) = a.coll.poll_transmit(buf) {
-            let i = idx(t.link);
+            let i = slot_of(&self.links, t.link);
             if ctx.world == 1 || self.closed[i] {
                 continue;
             }
@@ -375,8 +387,8 @@ impl RankSim {
         ctx: &Ctx,
         shared: &mut AlignedBytes,
     ) -> Result<(), String> {
+        let link = self.links[i];
         let Some(a) = self.active.as_mut() else { return Ok(()) };
-        let link = link_of(i);
         let now = net.instant();
         let target = a.coll.recv_target(link, header);
         let in_place = target.filter(|_| net.rng.percent(ctx.in_place_percent));
@@ -415,17 +427,18 @@ impl RankSim {
         }
         self.closed[i] = true;
         self.inbox[i].clear();
-        let peer = ctx.ring[peer_of(self.pos, link_of(i), ctx.world).0];
+        let peer = ctx.ring[peer_of(self.pos, self.links[i], ctx.world).0];
         self.broken.get_or_insert((peer, reason.clone()));
         if let Some(a) = self.active.as_mut() {
-            if a.coll.expects_on(link_of(i)) {
+            if a.coll.expects_on(self.links[i]) {
                 a.error.get_or_insert(SimError::LinkFailed { peer, reason });
             }
         }
     }
 
     /// Mirrors `EventLoop::check_active`: returns the call once it is done and all its
-    /// frames have left, or failed (then tells both neighbours with an abort).
+    /// frames have left, or failed (then tells every peer it has an open link to with an
+    /// abort).
     fn check_active(&mut self, net: &mut Net, ctx: &Ctx, shared: &mut AlignedBytes) -> bool {
         let Some(a) = self.active.as_mut() else { return false };
         let result = match a.error.take() {
@@ -477,15 +490,27 @@ impl RankSim {
         true
     }
 
-    /// Mirrors `EventLoop::send_abort`.
+    /// Mirrors `EventLoop::send_abort`: on every open link, partner links included.
     fn send_abort(&mut self, net: &mut Net, ctx: &Ctx, spec: &Spec, reason: &str) {
-        for i in 0..2 {
-            if ctx.world > 1 && !self.closed[i] {
-                let (header, payload) = spec.abort_frame(link_of(i), reason);
+        for (&link, &closed) in self.links.iter().zip(&self.closed) {
+            if ctx.world > 1 && !closed {
+                let (header, payload) = spec.abort_frame(link, reason);
                 let frame = SimFrame { header, payload: AlignedBytes::from_slice(&payload) };
-                net.send(self.pos, link_of(i), Arrival::Frame(frame), spec.seq);
+                net.send(self.pos, link, Arrival::Frame(frame), spec.seq);
             }
         }
+    }
+}
+
+/// Slot of `link` in a position's `links`.
+///
+/// # Panics
+/// If the position has no such link (a simulator or core bug: the net delivers only on
+/// links it built, and the core sends on partner links only to `partner_positions`).
+fn slot_of(links: &[Link], link: Link) -> usize {
+    match links.iter().position(|&l| l == link) {
+        Some(i) => i,
+        None => panic!("no {link:?} among this position's links {links:?}"),
     }
 }
 
@@ -511,7 +536,7 @@ fn crc_check(frame: &SimFrame, crc: u32, payload: &[u8]) -> Result<(), String> {
 /// Checks the frames that left by `now`: their bytes must still be what the core handed
 /// out (the real driver writes them from the buffer when the socket takes them).
 fn check_departed(
-    sends: &mut [VecDeque<PendingSend>; 2],
+    sends: &mut [VecDeque<PendingSend>],
     now: Duration,
     buf: &[u8],
     hazards: &mut Vec<String>,
