@@ -25,10 +25,15 @@ use super::collective::Link;
 use super::reduce;
 use super::{DataType, ReduceOp};
 
-/// Largest all-reduce (bytes per rank) `Algorithm::Auto` sends by recursive doubling
-/// (measured at N=4 on loopback: it beats the ring up to 96 KiB, the ring wins from
-/// 128 KiB; docs/BENCHMARKS.md).
+/// Largest all-reduce (bytes per rank) `Algorithm::Auto` sends by recursive doubling in
+/// worlds of up to 4 (measured at N=4 on loopback: it beats the ring up to 96 KiB, the ring
+/// wins from 128 KiB; docs/BENCHMARKS.md).
 pub const DOUBLING_MAX_BYTES: usize = 64 << 10;
+
+/// The same in worlds of 5 and more, where each rank sends its whole buffer log2(n) times
+/// against the ring's 2(n-1)/n (measured at N=8 on loopback: doubling 0.68x the ring's time
+/// at 16 KiB, level at 32 KiB, 2x at 64 KiB; docs/BENCHMARKS.md).
+pub const DOUBLING_MAX_BYTES_LARGE: usize = 32 << 10;
 
 /// One round of this position: whom it sends to and receives from, on which link.
 #[derive(Debug, Clone, Copy)]

@@ -10,7 +10,7 @@
 
 use super::collective::{Algorithm, Link};
 use super::direct::{Direct, DIRECT_MAX_BYTES};
-use super::doubling::{Doubling, DOUBLING_MAX_BYTES};
+use super::doubling::{Doubling, DOUBLING_MAX_BYTES, DOUBLING_MAX_BYTES_LARGE};
 use super::{DataType, ReduceOp};
 use crate::wire::Phase;
 
@@ -55,7 +55,8 @@ impl Latency {
     /// world of `world`: the limit of the algorithm it would pick.
     pub(super) fn auto_max_bytes(world: usize, partners: bool) -> usize {
         match Latency::pick(Algorithm::Auto, world, partners) {
-            Algorithm::Doubling => DOUBLING_MAX_BYTES,
+            Algorithm::Doubling if world <= 4 => DOUBLING_MAX_BYTES,
+            Algorithm::Doubling => DOUBLING_MAX_BYTES_LARGE,
             _ => DIRECT_MAX_BYTES,
         }
     }
