@@ -301,11 +301,7 @@ impl Collective {
 
     /// The link and schedule position this rank waits on, for status displays.
     pub fn waiting_on(&self) -> Option<(Link, &'static str, u32)> {
-        let direct = self.latency.as_ref().and_then(|d| {
-            [Link::Prev, Link::Next]
-                .into_iter()
-                .find_map(|l| d.expected(l).map(|(step, _)| (l, phase_name(d.phase()), step)))
-        });
+        let direct = self.latency.as_ref().and_then(|d| d.waiting().map(|(l, step)| (l, phase_name(d.phase()), step)));
         let data = direct.or_else(|| {
             self.parts.iter().find_map(|p| p.expect.map(|c| (p.send_link.opposite(), phase_name(c.phase), c.step)))
         });

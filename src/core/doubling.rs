@@ -217,6 +217,13 @@ impl Doubling {
         self.bytes
     }
 
+    /// The link and round of the first value this rank still waits for, if any.
+    pub(super) fn waiting(&self) -> Option<(Link, u32)> {
+        (self.cur..self.steps.len())
+            .filter(|&k| !self.have[k])
+            .find_map(|k| self.steps[k].recv.map(|(l, _)| (l, self.steps[k].round)))
+    }
+
     /// Index of the next step that receives on `link`; `None` for a link no step receives
     /// on.
     fn recv_cursor(&self, link: Link) -> Option<usize> {

@@ -77,6 +77,18 @@ impl Latency {
         }
     }
 
+    /// The link and step of a frame this rank waits for now, if any: for doubling the
+    /// first round whose value has not arrived (it may be on a partner link), for the
+    /// direct path the first ring link with a frame still to come.
+    pub(super) fn waiting(&self) -> Option<(Link, u32)> {
+        match self {
+            Latency::Direct(d) => {
+                [Link::Prev, Link::Next].into_iter().find_map(|l| d.expected(l).map(|(step, _)| (l, step)))
+            }
+            Latency::Doubling(d) => d.waiting(),
+        }
+    }
+
     /// Bytes per rank (every frame's payload length).
     pub(super) fn bytes(&self) -> usize {
         match self {
