@@ -197,3 +197,81 @@ impl<'a> Acceptor<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn member(rank: Rank) -> Member {
+        Member { rank, addr: "127.0.0.1:1".parse().expect("addr"), host: "h".into() }
+    }
+
+    fn hello(role: Role, rank: u32, target: u32, epoch: u64) -> [u8; HELLO_LEN] {
+        Hello { role, job: 7, epoch, rank, target, incarnation: 0, nonce: [0; 16], completed: 0, next_seq: 0 }.encode()
+    }
+
+    /// Only the partner link this rank expects is taken: a partner hello from another rank,
+    /// with another role, for another epoch or meant for another rank is refused (its
+    /// connection closed), and a ring hello is not mistaken for a partner's.
+    #[test]
+    fn only_the_expected_partner_hello_is_taken() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let at = listener.local_addr().expect("addr");
+        let view = View {
+            job: 7,
+            epoch: 3,
+            world_size: 8,
+            members: (0..8).map(member).collect(),
+            start_seq: None,
+            joined: Vec::new(),
+        };
+        // Rank 5 accepts a partner link from rank 2 (positions 2 and 5 of eight pair up).
+        let partner = member(2);
+        let mut acceptor = Acceptor::new(&listener, &view, 5, &[(&partner, Role::PartnerOpen)]).expect("acceptor");
+        let wrong = [
+            hello(Role::PartnerOpen, 3, 5, 3),   // a rank that is not the partner
+            hello(Role::RingPrev, 2, 5, 3),      // the partner, but as a ring neighbour
+            hello(Role::PartnerAnswer, 2, 5, 3), // an answer where an opening belongs
+            hello(Role::PartnerOpen, 2, 5, 2),   // an older epoch
+            hello(Role::PartnerOpen, 2, 4, 3),   // meant for another rank
+        ];
+        let mut strangers: Vec<TcpStream> = wrong
+            .iter()
+            .map(|h| {
+                let mut s = TcpStream::connect(at).expect("connect");
+                s.write_all(h).expect("hello");
+                s
+            })
+            .collect();
+        // Every stranger is refused (its connection closed, never kept) ...
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while acceptor.rejected < wrong.len() {
+            acceptor.step(Instant::now()).expect("step");
+            assert!(Instant::now() < deadline, "only {} of {} strangers refused", acceptor.rejected, wrong.len());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(acceptor.take(&partner, Role::PartnerOpen).is_none(), "a stranger was taken for the partner");
+        for s in &mut strangers {
+            s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let mut b = [0u8; 1];
+            assert!(matches!(std::io::Read::read(s, &mut b), Ok(0) | Err(_)), "a stranger's connection stayed open");
+        }
+        // ... and the partner's own connection is taken, once.
+        let mut genuine = TcpStream::connect(at).expect("connect");
+        genuine.write_all(&hello(Role::PartnerOpen, 2, 5, 3)).expect("hello");
+        let found = loop {
+            acceptor.step(Instant::now()).expect("step");
+            if let Some(found) = acceptor.take(&partner, Role::PartnerOpen) {
+                break found;
+            }
+            assert!(Instant::now() < deadline, "the partner's connection was never taken");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(Hello::decode(&found.1).expect("hello").rank, 2);
+        assert!(acceptor.take(&partner, Role::PartnerOpen).is_none(), "taken once");
+    }
+}
