@@ -4,7 +4,7 @@
 //! comparison read it. Row fields match the printed columns: `size`, `count`, `type`,
 //! `redop`, `root`, `time` (us), `algbw`, `busbw` (GB/s), `wrong` (null without a check),
 //! `p50`, `p99` (us), `ratio` (compression ratio). `stats` holds rank 0's [`crate::Stats`] over the whole run: its links
-//! (bytes, GB/s, waits in seconds), its collectives' phase times (seconds, summed), every
+//! (bytes, of which through same-host lanes, GB/s, waits in seconds), its collectives' phase times (seconds, summed), every
 //! rank's idle and waiting in the run, and the straggler (null if none).
 
 use std::fmt::Write as _;
@@ -188,7 +188,7 @@ pub fn stats_json(s: &Stats) -> String {
         format!(
             "{{\"side\": {}, \"peer\": {}, \"bytes_sent\": {}, \"bytes_received\": {}, \"frames_received\": {}, \
              \"send_gbps\": {}, \"recv_gbps\": {}, \"recv_wait\": {}, \"recv_transfer\": {}, \"send_blocked\": {}, \
-             \"active\": {}}}",
+             \"active\": {}, \"lane_bytes_sent\": {}, \"lane_bytes_received\": {}}}",
             quote(l.side.name()),
             l.peer,
             l.bytes_sent,
@@ -199,7 +199,9 @@ pub fn stats_json(s: &Stats) -> String {
             secs(l.recv_wait),
             secs(l.recv_transfer),
             secs(l.send_blocked),
-            secs(l.active)
+            secs(l.active),
+            l.lane_bytes_sent,
+            l.lane_bytes_received
         )
     });
     let collectives = array(&s.collectives, |c| {
@@ -402,7 +404,7 @@ mod tests {
                 recv_transfer: ms(125),
                 send_blocked: ms(0),
                 active: ms(1000),
-                lane_bytes_sent: 0,
+                lane_bytes_sent: 1_500_000,
                 lane_bytes_received: 0,
             }],
             collectives: vec![CollectiveStats {
@@ -444,6 +446,7 @@ mod tests {
             "{j}"
         );
         assert!(j.contains("\"reduce_scatter\": 0.5, \"all_gather\": 0.25"), "{j}");
+        assert!(j.contains("\"active\": 1, \"lane_bytes_sent\": 1500000, \"lane_bytes_received\": 0}"), "{j}");
         assert!(j.contains("\"idle_fraction\": 0.125, \"peers\": [0, null]"), "{j}");
         assert!(j.contains("\"straggler\": {\"rank\": 1, \"cause\": {\"link_from\": 1, \"link_to\": 0}"), "{j}");
         assert!(j.contains("\"evidence\": \"slow \\\"link\\\"\"}}"), "{j}");
