@@ -356,6 +356,16 @@ impl Terminal {
     }
 }
 
+/// The slot of `link` among `[prev, next, partner links...]`, the partner links leading to
+/// `partner_pos` in order; `None` for a partner this rank has no link to.
+fn slot_in(partner_pos: &[usize], link: Link) -> Option<usize> {
+    match link {
+        Link::Prev => Some(0),
+        Link::Next => Some(1),
+        Link::Partner(q) => partner_pos.iter().position(|&p| p as u32 == q).map(|k| 2 + k),
+    }
+}
+
 impl EventLoop {
     /// The collective's name for link slot `i`.
     fn link_of(&self, i: usize) -> Link {
@@ -368,11 +378,7 @@ impl EventLoop {
 
     /// The slot of the collective's `link`, if this rank has that link.
     fn slot(&self, link: Link) -> Option<usize> {
-        match link {
-            Link::Prev => Some(0),
-            Link::Next => Some(1),
-            Link::Partner(q) => self.partner_pos.iter().position(|&p| p as u32 == q).map(|k| 2 + k),
-        }
+        slot_in(&self.partner_pos, link)
     }
 
     /// The peer rank at the other end of `link`, if this rank has that link.

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{EventLoop, Route, FRAMES_PER_TURN};
+use super::{slot_in, EventLoop, Route, FRAMES_PER_TURN};
 use crate::core::collective::Link;
 use crate::limits::ENCODED_FRAMES_QUEUED_MAX;
 use crate::net::link::{OutFrame, OutPayload, ReadStep, Rx, Target};
@@ -58,11 +58,7 @@ impl EventLoop {
         let mut queued = false;
         loop {
             let (links, partner_pos) = (&self.links, &self.partner_pos);
-            let slot = |link: Link| match link {
-                Link::Prev => Some(0),
-                Link::Next => Some(1),
-                Link::Partner(q) => partner_pos.iter().position(|&p| p as u32 == q).map(|k| 2 + k),
-            };
+            let slot = |link: Link| slot_in(partner_pos, link);
             let conn = |link: Link| slot(link).and_then(|i| links.get(i)?.as_ref());
             let room = |link: Link| conn(link).is_none_or(|l| l.closed || l.out.len() < limit);
             let Some(t) = a.coll.poll_transmit_where(a.job.buf.bytes(), room) else { break };
