@@ -356,6 +356,15 @@ impl Terminal {
     }
 }
 
+/// What the link in slot `i` is, for log lines.
+fn link_kind(i: usize) -> &'static str {
+    if i < 2 {
+        "ring link"
+    } else {
+        "partner link"
+    }
+}
+
 /// The slot of `link` among `[prev, next, partner links...]`, the partner links leading to
 /// `partner_pos` in order; `None` for a partner this rank has no link to.
 fn slot_in(partner_pos: &[usize], link: Link) -> Option<usize> {
@@ -513,9 +522,9 @@ impl EventLoop {
             // A neighbour that sent all this call needs from it may leave before the call
             // completes here: only a link still read from is a failure.
             if needed {
-                tracing::warn!(peer, addr = %l.addr, %reason, "ring link failed");
+                tracing::warn!(peer, addr = %l.addr, %reason, "{} failed", link_kind(i));
             } else {
-                tracing::debug!(peer, addr = %l.addr, %reason, "ring link closed after its last frame");
+                tracing::debug!(peer, addr = %l.addr, %reason, "{} closed after its last frame", link_kind(i));
             }
         }
         if needed {
