@@ -57,6 +57,15 @@
 //! failed rank in the same slot with the next incarnation (`RINGCC_INCARNATION`); the
 //! restarted process rejoins through the coordinator this process already hosts.
 
+/// Prints one `ringrun: ...` line to stderr in a single `write` (below `PIPE_BUF`, so it
+/// stays whole): ranks without `--tag-output` share that stderr, and `eprintln!` writes each
+/// formatted piece separately, so a rank's log line could land in the middle of ours.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::launch::write_stderr(&format!("ringrun: {}\n", format_args!($($arg)*)))
+    };
+}
+
 mod args;
 mod bind;
 mod hosts;
@@ -114,7 +123,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
     }
     let program = plan.launch.program.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let status = status::StatusService::start(server.status_handle(), program);
-    let on_timeout = || eprint!("{}", status.table());
+    let on_timeout = || write_stderr(&status.table());
     let code = supervise::run_job(&plan, job_id, coordinator.to_string(), &on_timeout);
     // A rank killed between creating a same-host lane and its peer mapping it leaves the
     // file behind (`net::lane`); the job is over, so all of its lane files can go.
@@ -124,8 +133,15 @@ pub fn run(args: Vec<OsString>) -> i32 {
     code
 }
 
+/// Writes `text` to stderr with one `write_all` on the locked handle (see `say!`).
+pub(crate) fn write_stderr(text: &str) {
+    use std::io::Write;
+    // Nothing to do if stderr is gone; ringrun's exit status still tells.
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 fn usage_error(message: &str) -> i32 {
-    eprintln!("ringrun: {message}");
+    say!("{message}");
     USAGE_EXIT_CODE
 }
 

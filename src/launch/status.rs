@@ -107,7 +107,7 @@ impl StatusService {
         let listener = match listen(&dir, &path) {
             Ok(l) => Some(l),
             Err(e) => {
-                eprintln!("ringrun: `ringrun status` disabled for this job ({e}); SIGUSR1 still prints the status");
+                say!("`ringrun status` disabled for this job ({e}); SIGUSR1 still prints the status");
                 None
             }
         };
@@ -119,7 +119,7 @@ impl StatusService {
             let text = || table(&handle, &program, started);
             while !flag.load(Ordering::SeqCst) {
                 if sys::take_status_request() {
-                    eprint!("{}", text());
+                    super::write_stderr(&text());
                 }
                 while let Some(stream) = listener.as_ref().and_then(|l| l.accept().ok()).map(|(s, _)| s) {
                     answer(stream, &text());
@@ -130,7 +130,7 @@ impl StatusService {
         let thread = match std::thread::Builder::new().name("ringrun-status".into()).spawn(serve) {
             Ok(t) => Some(t),
             Err(e) => {
-                eprintln!("ringrun: status disabled for this job: cannot start its thread: {e}");
+                say!("status disabled for this job: cannot start its thread: {e}");
                 None
             }
         };

@@ -88,7 +88,7 @@ impl Supervisor<'_> {
     fn start_all(&mut self) -> Option<StopReason> {
         for rank in 0..self.plan.world_size() {
             if let Err(e) = self.start(rank) {
-                eprintln!("ringrun: cannot start rank {rank}: {e}");
+                say!("cannot start rank {rank}: {e}");
                 return Some(StopReason::SpawnFailed { rank });
             }
             if let Some(signal) = sys::take_signal() {
@@ -178,7 +178,7 @@ impl Supervisor<'_> {
     /// Records an exit in the table and asks the policy; None for a stale report.
     fn record(&mut self, exit: Exited) -> Option<Decision> {
         let outcome = exit.outcome.unwrap_or_else(|e| {
-            eprintln!("ringrun: cannot wait for rank {}: {e}", exit.rank);
+            say!("cannot wait for rank {}: {e}", exit.rank);
             Outcome::Code(1)
         });
         if !self.table.set_ended(exit.rank, exit.incarnation, outcome) {
@@ -187,15 +187,11 @@ impl Supervisor<'_> {
         let decision = self.policy.on_rank_ended(&self.table, exit.rank);
         if matches!(decision, Decision::Restart(_)) {
             let label = self.table.slot(exit.rank).map_or_else(|| format!("rank {}", exit.rank), |s| s.label());
-            eprintln!("ringrun: {label} {}", outcome.describe());
+            say!("{label} {}", outcome.describe());
         }
         if decision == Decision::Continue && !outcome.is_success() {
             let left = self.table.running_count();
-            eprintln!(
-                "ringrun: rank {} {}; the job goes on with {left} rank(s) (--elastic)",
-                exit.rank,
-                outcome.describe()
-            );
+            say!("rank {} {}; the job goes on with {left} rank(s) (--elastic)", exit.rank, outcome.describe());
         }
         Some(decision)
     }
@@ -205,11 +201,11 @@ impl Supervisor<'_> {
     fn restart(&mut self, rank: Rank) -> Option<StopReason> {
         self.table.restart(rank);
         let (n, max) = (self.table.slot(rank).map_or(0, |s| s.restarts), self.plan.max_restarts);
-        eprintln!("ringrun: restarting rank {rank} (restart {n} of {max}); it rejoins the running ring");
+        say!("restarting rank {rank} (restart {n} of {max}); it rejoins the running ring");
         match self.start(rank) {
             Ok(()) => None,
             Err(e) => {
-                eprintln!("ringrun: cannot restart rank {rank}: {e}");
+                say!("cannot restart rank {rank}: {e}");
                 Some(StopReason::SpawnFailed { rank })
             }
         }
@@ -218,14 +214,14 @@ impl Supervisor<'_> {
     /// Says why the job stops, signals every rank's group, waits the grace period, kills
     /// what is left, and returns ringrun's exit status.
     fn stop(&mut self, reason: StopReason) -> i32 {
-        eprintln!("ringrun: {}", self.describe(&reason));
+        say!("{}", self.describe(&reason));
         let first = reason.first_signal();
         self.signal_groups(first);
         let interrupted = self.wait_running(GRACE);
         let left = self.table.running_count();
         if left > 0 {
             let why = if interrupted { "another signal arrived".to_string() } else { format!("{GRACE:?} after") };
-            eprintln!("ringrun: {left} rank(s) still running ({why} {}); sending SIGKILL", sys::signal_name(first));
+            say!("{left} rank(s) still running ({why} {}); sending SIGKILL", sys::signal_name(first));
             self.signal_groups(libc::SIGKILL);
             self.wait_running(KILL_WAIT);
         }
@@ -257,7 +253,7 @@ impl Supervisor<'_> {
     fn signal_groups(&self, signal: i32) {
         for pgid in self.table.groups() {
             if let Err(e) = sys::signal_group(pgid, signal) {
-                eprintln!("ringrun: cannot signal process group {pgid}: {e}");
+                say!("cannot signal process group {pgid}: {e}");
             }
         }
     }
