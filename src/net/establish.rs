@@ -8,8 +8,9 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use super::accept::Acceptor;
 use super::handshake::{self, HandshakeError};
+use super::sockbuf;
 use crate::coord::{Member, View};
-use crate::limits::{CONNECT_ATTEMPT_MIN, CONNECT_RETRY_DELAY_MAX, CONNECT_RETRY_DELAY_MIN, SOCKET_BUFFER_BYTES};
+use crate::limits::{CONNECT_ATTEMPT_MIN, CONNECT_RETRY_DELAY_MAX, CONNECT_RETRY_DELAY_MIN};
 use crate::wire::hello::{Hello, Role, HELLO_LEN};
 use crate::{Error, Rank};
 
@@ -28,13 +29,13 @@ pub(crate) struct Ring {
     pub(crate) partners: Vec<(usize, TcpStream, Member)>,
 }
 
-/// Applies the socket options every ring connection gets: no Nagle delay, large buffers,
-/// keepalive (a dead host is noticed even without traffic).
+/// Applies the socket options every ring connection gets: no Nagle delay, large buffers
+/// where the system allows them (`net::sockbuf`), keepalive (a dead host is noticed even without traffic).
 pub(crate) fn tune(stream: &TcpStream) -> std::io::Result<()> {
     let s = SockRef::from(stream);
     s.set_nodelay(true)?;
-    s.set_send_buffer_size(SOCKET_BUFFER_BYTES)?;
-    s.set_recv_buffer_size(SOCKET_BUFFER_BYTES)?;
+    sockbuf::size_send(SockRef::from(stream))?;
+    sockbuf::size_recv(SockRef::from(stream))?;
     s.set_keepalive(true)?;
     Ok(())
 }
@@ -47,7 +48,7 @@ pub(crate) fn tune(stream: &TcpStream) -> std::io::Result<()> {
 pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
-    s.set_recv_buffer_size(SOCKET_BUFFER_BYTES)?;
+    sockbuf::size_recv(SockRef::from(&s))?;
     s.bind(&addr.into())?;
     s.listen(128)?;
     Ok(s.into())
@@ -63,7 +64,7 @@ fn connect_next(addr: SocketAddr, deadline: Instant, acceptor: &mut Acceptor<'_>
     let mut attempt = CONNECT_ATTEMPT_MIN;
     loop {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        s.set_recv_buffer_size(SOCKET_BUFFER_BYTES)?;
+        sockbuf::size_recv(SockRef::from(&s))?;
         s.set_nonblocking(true)?;
         let mut failed = match s.connect(&addr.into()) {
             Ok(()) => None,

@@ -17,6 +17,7 @@ mod link;
 mod rate;
 mod read_ahead;
 mod shm;
+mod sockbuf;
 
 use std::any::Any;
 use std::time::Instant;
