@@ -39,7 +39,9 @@ fn all_reduce_sums_exactly_for_small_worlds() {
 /// whose sum depends on the order, the same on every rank.
 #[test]
 fn doubling_over_partner_links_is_exact_in_larger_worlds() {
+    use ringcc::comm::Side;
     use ringcc::core::collective::Algorithm;
+    use ringcc::core::doubling::partner_positions;
     for (world, algorithm) in [(5, Algorithm::Doubling), (6, Algorithm::Doubling), (8, Algorithm::Auto)] {
         let results = common::thread_ring(
             world,
@@ -56,6 +58,16 @@ fn doubling_over_partner_links_is_exact_in_larger_worlds() {
                         .collect();
                     comm.all_reduce(&mut mixed, ReduceOp::Avg).expect("all_reduce");
                     out.push((ints, mixed));
+                }
+                // Every link is in the statistics, partner links after the ring's, and
+                // the partner links carried the doubling rounds' frames both ways.
+                let stats = comm.local_stats();
+                let sides: Vec<(Side, usize)> = stats.links.iter().map(|l| (l.side, l.peer)).collect();
+                let mut want = vec![(Side::Prev, (r + world - 1) % world), (Side::Next, (r + 1) % world)];
+                want.extend(partner_positions(world, r).into_iter().map(|q| (Side::Partner, q)));
+                assert_eq!(sides, want, "world {world} rank {r}");
+                for l in stats.links.iter().filter(|l| l.side == Side::Partner) {
+                    assert!(l.bytes_sent > 0 && l.bytes_received > 0 && l.frames_received > 0, "{l:?}");
                 }
                 out
             },

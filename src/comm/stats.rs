@@ -16,21 +16,25 @@ use super::Report;
 use crate::wire::CollKind;
 use crate::{Epoch, Rank};
 
-/// Which neighbour a link leads to.
+/// Which peer a link leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The previous rank in ring order.
     Prev,
     /// The next rank in ring order.
     Next,
+    /// A partner of recursive doubling that is not a ring neighbour (worlds of 5 or more;
+    /// `docs/ARCHITECTURE.md`, "The ring"). Only small all-reduces use these links.
+    Partner,
 }
 
 impl Side {
-    /// `prev` or `next`.
+    /// `prev`, `next` or `partner`.
     pub fn name(self) -> &'static str {
         match self {
             Side::Prev => "prev",
             Side::Next => "next",
+            Side::Partner => "partner",
         }
     }
 }
@@ -121,7 +125,8 @@ pub struct Stats {
     pub rank: Rank,
     /// Epoch of the view when the snapshot was taken.
     pub epoch: Epoch,
-    /// The ring links, previous first; empty for a single rank.
+    /// The ring links, previous first, then the partner links in the order of their
+    /// positions; empty for a single rank.
     pub links: Vec<LinkStats>,
     /// Per collective kind with at least one completed call.
     pub collectives: Vec<CollectiveStats>,

@@ -602,17 +602,27 @@ impl EventLoop {
     /// collectives (idle time then is nobody's wait).
     fn expecting(&self) -> Option<[Waiting; 2]> {
         let a = self.active.as_ref()?;
-        let at = |i: usize| match self.links[i].as_ref().filter(|l| !l.closed) {
-            Some(l) => l.waiting(a.coll.expects_on(self.link_of(i))),
-            None => Waiting::default(),
-        };
-        Some([at(0), at(1)])
+        Some([self.waiting_on(a, 0), self.waiting_on(a, 1)])
     }
 
-    /// Accounts `idle` loop time during a collective to what the links were waiting for.
+    /// What the active call waits for on link slot `i` (nothing on a closed link).
+    fn waiting_on(&self, a: &Active, i: usize) -> Waiting {
+        match self.links.get(i).and_then(Option::as_ref).filter(|l| !l.closed) {
+            Some(l) => l.waiting(a.coll.expects_on(self.link_of(i))),
+            None => Waiting::default(),
+        }
+    }
+
+    /// Accounts `idle` loop time during a collective to what the links were waiting for:
+    /// the ring links by `expecting` (their state before the poll), the partner links,
+    /// which only latency-path calls use, by their state now.
     fn note_idle(&mut self, expecting: Option<[Waiting; 2]>, idle: Duration) {
         let Some(expecting) = expecting else { return };
-        for (l, waiting) in self.links.iter_mut().zip(expecting) {
+        let partners: Vec<Waiting> = match self.active.as_ref() {
+            Some(a) if self.links.len() > 2 => (2..self.links.len()).map(|i| self.waiting_on(a, i)).collect(),
+            _ => Vec::new(),
+        };
+        for (l, waiting) in self.links.iter_mut().zip(expecting.into_iter().chain(partners)) {
             if let Some(l) = l.as_mut() {
                 l.note_idle(idle, waiting);
             }
@@ -620,9 +630,16 @@ impl EventLoop {
         self.recorder.note_idle(idle, expecting.iter().any(|w| w.rest));
     }
 
+    /// The ring links' statistics, `[prev, next]` (what the straggler windows compare).
     fn link_stats(&self) -> [Option<LinkStats>; 2] {
         let side = [Side::Prev, Side::Next];
         [0, 1].map(|i| self.links[i].as_ref().map(|l| l.stats(side[i])))
+    }
+
+    /// Every link's statistics: the ring links, then the partner links.
+    fn all_link_stats(&self) -> Vec<LinkStats> {
+        let partners = self.links.iter().skip(2).flatten().map(|l| l.stats(Side::Partner));
+        self.link_stats().into_iter().flatten().chain(partners).collect()
     }
 
     /// Counts a completed collective and publishes the statistics for `Communicator::stats`.
@@ -631,7 +648,7 @@ impl EventLoop {
             l.counters.active += ran;
         }
         self.recorder.collective_done(coll, buf_bytes, report, ran);
-        let links = self.link_stats().into_iter().flatten().collect();
+        let links = self.all_link_stats();
         self.shared.set_stats(self.recorder.stats(self.rank, self.epoch, links));
     }
 
