@@ -8,12 +8,14 @@
 //! Autotuning instead grows each buffer up to `net.ipv4.tcp_wmem` / `tcp_rmem`'s maximum
 //! (4 and 6 MiB by default). So a buffer is sized here only where its limit is at least the
 //! request, and left to autotuning (logged once) where it is not.
+//!
+//! The unsent part of the send buffer is bounded separately ([`limit_unsent`]).
 
 use std::sync::OnceLock;
 
 use socket2::SockRef;
 
-use crate::limits::SOCKET_BUFFER_BYTES;
+use crate::limits::{SOCKET_BUFFER_BYTES, SOCKET_NOTSENT_LOWAT_BYTES};
 
 /// Sets the send buffer, if the system's limit lets the whole request through.
 pub(crate) fn size_send(s: SockRef<'_>) -> std::io::Result<()> {
@@ -30,6 +32,30 @@ pub(crate) fn size_recv(s: SockRef<'_>) -> std::io::Result<()> {
         s.set_recv_buffer_size(SOCKET_BUFFER_BYTES)?;
     }
     Ok(())
+}
+
+/// Bounds the bytes queued in the socket but not yet sent to
+/// [`SOCKET_NOTSENT_LOWAT_BYTES`] (`TCP_NOTSENT_LOWAT`): writes past it report `WouldBlock`
+/// and the socket reports itself writable again once the backlog is under it.
+pub(crate) fn limit_unsent(stream: &std::net::TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value: libc::c_int = SOCKET_NOTSENT_LOWAT_BYTES as libc::c_int;
+    // SAFETY: `stream` owns an open socket for the duration of the call, and the option
+    // value points to a live `c_int` whose exact size is passed (socket2 0.5 has no setter).
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Which buffers ringcc sizes itself.
@@ -82,6 +108,28 @@ mod tests {
     fn a_limit_that_fits_the_request_lets_ringcc_size_it() {
         assert!(sized_here(Some(&format!("{SOCKET_BUFFER_BYTES}\n"))));
         assert!(sized_here(Some("67108864")));
+    }
+
+    #[test]
+    fn the_unsent_backlog_is_bounded_on_a_real_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let stream = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        limit_unsent(&stream).expect("setsockopt");
+        use std::os::fd::AsRawFd;
+        let mut got: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an open socket, and `got`/`len` are live and sized for the option.
+        let r = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&mut got as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        assert_eq!(got as u32, SOCKET_NOTSENT_LOWAT_BYTES);
     }
 
     #[test]
