@@ -618,12 +618,13 @@ impl EventLoop {
     /// which only latency-path calls use, by their state now.
     fn note_idle(&mut self, expecting: Option<[Waiting; 2]>, idle: Duration) {
         let Some(expecting) = expecting else { return };
-        let partners: Vec<Waiting> = match self.active.as_ref() {
-            Some(a) if self.links.len() > 2 => (2..self.links.len()).map(|i| self.waiting_on(a, i)).collect(),
-            _ => Vec::new(),
-        };
-        for (l, waiting) in self.links.iter_mut().zip(expecting.into_iter().chain(partners)) {
-            if let Some(l) = l.as_mut() {
+        for i in 0..self.links.len() {
+            let waiting = match (expecting.get(i), self.active.as_ref()) {
+                (Some(w), _) => *w,
+                (None, Some(a)) => self.waiting_on(a, i),
+                (None, None) => Waiting::default(),
+            };
+            if let Some(l) = self.links[i].as_mut() {
                 l.note_idle(idle, waiting);
             }
         }
