@@ -168,21 +168,28 @@ fn check_outcome(call: &Call, inputs: &[Vec<u8>], o: &SimOutcome, victim: usize,
     Ok(failures)
 }
 
-#[test]
-fn survivors_return_a_typed_error_or_exact_data_after_a_fault() {
+/// Runs every seed of `seeds`: the failures (each with its case, `describe(seed)`, and how
+/// to replay it) and the number of survivor failures counted by the seeds that passed.
+fn run_seeds(seeds: std::ops::Range<u64>, describe: impl Fn(u64) -> String) -> (Vec<String>, usize) {
     let mut errors = Vec::new();
     let mut survivor_failures = 0;
-    let default = WORLDS.len() as u64 * SEEDS_PER_WORLD;
-    let seeds = std::env::var("RINGCC_SIM_FAULT_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    for seed in 0..seeds {
+    for seed in seeds {
         match run_seed(seed) {
             Ok(n) => survivor_failures += n,
             Err(e) => errors.push(format!(
-                "seed {seed}: {e}\n  case: {:?}\n  replay: RINGCC_SIM_SEED={seed} cargo test --release --test sim_faults replay_fault_seed -- --ignored --nocapture",
-                case(seed)
+                "seed {seed}: {e}\n  case: {}\n  replay: RINGCC_SIM_SEED={seed} cargo test --release --test sim_faults replay_fault_seed -- --ignored --nocapture",
+                describe(seed)
             )),
         }
     }
+    (errors, survivor_failures)
+}
+
+#[test]
+fn survivors_return_a_typed_error_or_exact_data_after_a_fault() {
+    let default = WORLDS.len() as u64 * SEEDS_PER_WORLD;
+    let seeds = std::env::var("RINGCC_SIM_FAULT_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (errors, survivor_failures) = run_seeds(0..seeds, |seed| format!("{:?}", case(seed)));
     assert!(errors.is_empty(), "{} of {seeds} seeds failed:\n{}", errors.len(), errors.join("\n"));
     // Most faults strike mid-call, and the second call always runs with the fault in place.
     assert!(survivor_failures > seeds as usize, "only {survivor_failures} survivor failures: the faults missed");
@@ -190,18 +197,8 @@ fn survivors_return_a_typed_error_or_exact_data_after_a_fault() {
 
 #[test]
 fn survivors_of_a_fault_mid_doubling_over_partner_links_return_a_typed_error_or_exact_data() {
-    let mut errors = Vec::new();
-    let mut survivor_failures = 0;
     let seeds = DOUBLING_SEED_BASE..DOUBLING_SEED_BASE + DOUBLING_SEEDS;
-    for seed in seeds.clone() {
-        match run_seed(seed) {
-            Ok(n) => survivor_failures += n,
-            Err(e) => errors.push(format!(
-                "seed {seed}: {e}\n  case: {:?}\n  replay: RINGCC_SIM_SEED={seed} cargo test --release --test sim_faults replay_fault_seed -- --ignored --nocapture",
-                doubling_case(seed)
-            )),
-        }
-    }
+    let (errors, survivor_failures) = run_seeds(seeds, |seed| format!("{:?}", doubling_case(seed)));
     assert!(errors.is_empty(), "{} of {DOUBLING_SEEDS} seeds failed:\n{}", errors.len(), errors.join("\n"));
     assert!(
         survivor_failures > DOUBLING_SEEDS as usize,
