@@ -31,7 +31,9 @@
 //!   them): one slow collective is not a straggler. A rank that enters collectives late
 //!   (slower compute between them) is named too: the others wait for it inside the call.
 //! * **Slow link**: otherwise, a directed link is slow if its receiver waited mid-frame on it
-//!   for a fraction of the window at least [`MARGIN`] above the median over all links. If
+//!   for a fraction of the window at least [`MARGIN`] above the median over the links on the
+//!   same side (`prev` or `next` of their receivers: a one-way ring moves data on one side
+//!   only, so a ring that just runs at the network's pace names nobody). If
 //!   the slow links share one rank (a rank whose own network path is slow slows both its
 //!   links), that rank is named, else the sender of the worst link; if, in two thirds of
 //!   the recent collectives, the rank waiting most mid-frame was a receiver of a slow link.
@@ -270,27 +272,36 @@ pub(crate) fn judge(ranks: &[(Rank, RankWindow)]) -> Judgement {
     judge_links(ranks)
 }
 
-/// A directed link `from -> to` and the fraction of `to`'s window spent waiting mid-frame on it.
-type LinkWait = (Rank, Rank, f64);
+/// A directed link `from -> to`, the fraction of `to`'s window spent waiting mid-frame on
+/// it, and the median of that fraction over the links on the same side (`[prev, next]` of
+/// their receivers).
+type LinkWait = (Rank, Rank, f64, f64);
 
-/// Every directed link some member receives on, with its mid-frame wait fraction.
+/// Every directed link some member receives on, with its mid-frame wait fraction and the
+/// median over its side. A link is compared with the links of its own side only: a one-way
+/// ring moves its data on the links into each rank's `prev` side and nothing but tokens the
+/// other way, so a median over both sides would make every data link of a ring that simply
+/// runs at the network's pace look slow.
 fn link_waits(ranks: &[(Rank, RankWindow)]) -> Vec<LinkWait> {
     let mut out = Vec::new();
-    for (to, w) in ranks {
-        for i in 0..2 {
-            if let Some(from) = w.peers[i] {
-                out.push((from, *to, fraction(w.recv_transfer[i], w.active)));
+    for side in 0..2 {
+        let mut links = Vec::new();
+        for (to, w) in ranks {
+            if let Some(from) = w.peers[side] {
+                links.push((from, *to, fraction(w.recv_transfer[side], w.active)));
             }
         }
+        let med = median(links.iter().map(|l| l.2).collect());
+        out.extend(links.into_iter().map(|(from, to, x)| (from, to, x, med)));
     }
     out
 }
 
 /// The rank every link in `links` starts or ends at, if there is exactly one such.
 fn shared_end(links: &[LinkWait]) -> Option<Rank> {
-    let (from, to, _) = *links.first()?;
+    let (from, to, ..) = *links.first()?;
     let common: Vec<Rank> =
-        [from, to].into_iter().filter(|&r| links.iter().all(|&(f, t, _)| f == r || t == r)).collect();
+        [from, to].into_iter().filter(|&r| links.iter().all(|&(f, t, ..)| f == r || t == r)).collect();
     match common.as_slice() {
         [r] => Some(*r),
         _ => None,
@@ -300,10 +311,9 @@ fn shared_end(links: &[LinkWait]) -> Option<Rank> {
 /// The slow-link half of [`judge`].
 fn judge_links(ranks: &[(Rank, RankWindow)]) -> Judgement {
     let links = link_waits(ranks);
-    let med = median(links.iter().map(|l| l.2).collect());
-    let mut slow: Vec<LinkWait> = links.iter().copied().filter(|l| l.2 >= MARGIN && l.2 - med >= MARGIN).collect();
+    let mut slow: Vec<LinkWait> = links.iter().copied().filter(|l| l.2 >= MARGIN && l.2 - l.3 >= MARGIN).collect();
     slow.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
-    let Some(&(from, to, _)) = slow.first() else { return Judgement::Nobody };
+    let Some(&(from, to, _, med)) = slow.first() else { return Judgement::Nobody };
     // Consistency: in most recent collectives, the rank waiting most mid-frame received on
     // a slow link.
     let receivers: Vec<Rank> = slow.iter().map(|l| l.1).collect();
@@ -321,9 +331,9 @@ fn judge_links(ranks: &[(Rank, RankWindow)]) -> Judgement {
     }
     let rank = shared_end(&slow).unwrap_or(from);
     let listed: Vec<String> =
-        slow.iter().map(|(f, t, x)| format!("rank {t} waited {} for frames from rank {f}", percent(*x))).collect();
+        slow.iter().map(|(f, t, x, _)| format!("rank {t} waited {} for frames from rank {f}", percent(*x))).collect();
     let evidence = format!(
-        "{} already under way (bytes trickling in; other links: {} median), and a receiver of a slow link \
+        "{} already under way (bytes trickling in; other links on that side: {} median), and a receiver of a slow link \
          waited most mid-frame in {wins} of the last {of} collectives: the link{} of rank {rank} {} slow",
         listed.join(", "),
         percent(med),
@@ -506,6 +516,15 @@ mod tests {
         let ranks = ring(&[0.99; 4], &[[0.7, 0.72], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]);
         let Judgement::Named(s) = judge(&ranks) else { panic!("{:?}", judge(&ranks)) };
         assert_eq!((s.rank, s.cause), (0, StragglerCause::Link { from: 1, to: 0 }));
+        // A one-way ring running at the network's pace: every data link (into each rank's
+        // prev side) trickles alike, the other side carries only tokens. Nobody is slow.
+        let ranks = ring(&[0.85; 4], &[[0.83, 0.0], [0.84, 0.0], [0.83, 0.01], [0.84, 0.0]]);
+        assert_eq!(judge(&ranks), Judgement::Nobody);
+        // The same ring with one data link four times slower than the rest: its sender.
+        let ranks = ring(&[0.95; 4], &[[0.2, 0.0], [0.2, 0.0], [0.2, 0.01], [0.9, 0.0]]);
+        let Judgement::Named(s) = judge(&ranks) else { panic!("{:?}", judge(&ranks)) };
+        assert_eq!((s.rank, s.cause), (2, StragglerCause::Link { from: 2, to: 3 }));
+        assert!(s.evidence.contains("other links on that side: 20% median"), "{}", s.evidence);
         // A slow rank is named as a rank even if some frame waits happen.
         let ranks = ring(&[0.7, 0.7, 0.05, 0.7], &[[0.0, 0.0], [0.0, 0.4], [0.0, 0.0], [0.0, 0.0]]);
         let Judgement::Named(s) = judge(&ranks) else { panic!("{:?}", judge(&ranks)) };
