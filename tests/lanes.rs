@@ -158,3 +158,45 @@ fn reduce_scatter_all_gather_and_broadcast_are_exact_through_lanes() {
         }
     }
 }
+
+/// The latency path's all-reduces (recursive doubling, one frame per round) send payloads of
+/// 32 KiB and more through lanes, smaller ones over TCP, and are exact on every rank through
+/// many calls in a row (the lane's slots wrap around and come back by credit).
+#[test]
+fn small_all_reduces_use_lanes_from_32_kib_and_stay_exact() {
+    const CALLS: usize = 40;
+    for world in [2, 4] {
+        let results = common::thread_ring(
+            world,
+            |_| {},
+            move |comm| {
+                let r = comm.rank();
+                let mut moved = Vec::new();
+                for bytes in [8usize << 10, 16 << 10, 32 << 10, 64 << 10] {
+                    let n = bytes / 4;
+                    let before = lane_total(&comm);
+                    let mut ok = true;
+                    for call in 0..CALLS {
+                        let mut buf: Vec<f32> = (0..n).map(|i| value(r + call, i)).collect();
+                        comm.all_reduce(&mut buf, ReduceOp::Sum).expect("all_reduce");
+                        let want = |i: usize| (0..world).map(|q| value(q + call, i)).sum::<f32>();
+                        ok &= (0..n).all(|i| buf[i].to_bits() == want(i).to_bits());
+                    }
+                    moved.push((bytes, ok, lane_total(&comm) - before));
+                }
+                moved
+            },
+        );
+        for (r, moved) in results.into_iter().enumerate() {
+            for (bytes, ok, lane) in moved {
+                assert!(ok, "world {world} rank {r}: {bytes}-byte all-reduce not exact");
+                if bytes >= 32 << 10 {
+                    // Every call sends and receives at least one full frame through a lane.
+                    assert!(lane >= (2 * CALLS * bytes) as u64, "world {world} rank {r} {bytes} B: {lane} lane bytes");
+                } else {
+                    assert_eq!(lane, 0, "world {world} rank {r}: {bytes}-byte frames stay on TCP");
+                }
+            }
+        }
+    }
+}

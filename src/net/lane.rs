@@ -6,8 +6,8 @@
 //! in a [`crate::wire::FrameKind::LaneOffer`] frame. The peer checks it (name of this job
 //! and link, regular file, its own user, mode 0600, exact size), maps it, unlinks it and
 //! answers with a [`crate::wire::FrameKind::LaneReply`]. From the acceptance on, a raw
-//! data frame of at least [`LANE_PAYLOAD_BYTES_ANY_CALL`] bytes (in large calls, of at
-//! least [`LANE_PAYLOAD_BYTES_MIN`]) goes through lane slot
+//! data frame of at least [`LANE_PAYLOAD_BYTES_ANY_CALL`] bytes (in large calls and in the
+//! latency path's small ones, of at least [`LANE_PAYLOAD_BYTES_MIN`]) goes through lane slot
 //! `k mod slots` (k counts lane frames on the connection) when that slot is free: the
 //! payload is copied there once, and only the header, with [`FLAG_LANE`] set, goes over
 //! TCP, in order with every other frame. The receiver hands the slot to the collective as
@@ -53,8 +53,7 @@ const CONSUMED: usize = 128;
 const WAITING: usize = 192;
 
 /// Smallest payload in bytes sent through a lane: below it the payload is a small part of
-/// the frame's cost (the header's syscalls dominate), and small frames are the latency
-/// path's, which should not depend on the lane being free.
+/// the frame's cost (the header's syscalls dominate).
 pub(crate) const LANE_PAYLOAD_BYTES_MIN: usize = 32 << 10;
 
 /// Payloads from this size on go through a lane in a call of any size; smaller ones only in
@@ -64,6 +63,16 @@ pub(crate) const LANE_PAYLOAD_BYTES_MIN: usize = 32 << 10;
 /// latency is not hidden. Measured at N=4 (2 cores): all-reduces of 1 and 2 MiB (frames of
 /// 128 and 256 KiB) ran 1.3x slower through lanes, 4 MiB (512 KiB frames) 1.25x faster.
 const LANE_PAYLOAD_BYTES_ANY_CALL: usize = 512 << 10;
+
+/// Calls (bytes of the caller's buffer) up to this size also send payloads from
+/// [`LANE_PAYLOAD_BYTES_MIN`] on through lanes: the latency path's calls (recursive doubling
+/// up to [`crate::core::doubling::DOUBLING_MAX_BYTES`]), whose rounds are one frame each,
+/// which the receiver needs whole before it can reduce, so TCP gives it no early start.
+/// Through the socket such a frame costs two kernel copies, and from 64 KiB on (frame header
+/// included) two loopback segments and an immediate ACK. Measured at N=4 (2 cores, 4
+/// alternating launches, `ringbench -c 0`, medians): 64 KiB 265 -> 173 us, 32 KiB 137 ->
+/// 122 us; below 32 KiB no gain beyond the noise.
+const LANE_CALL_BYTES_ONE_FRAME: usize = crate::core::doubling::DOUBLING_MAX_BYTES;
 
 /// Calls (bytes of the caller's buffer) from which payloads of any size from
 /// [`LANE_PAYLOAD_BYTES_MIN`] on go through lanes: their ring steps carry many segments, so
@@ -318,7 +327,8 @@ impl Lanes {
     pub(super) fn try_send(&mut self, payload: &[u8], call_bytes: usize) -> Put {
         let Tx::Active(lane) = &mut self.tx else { return Put::Unfit };
         let worth = payload.len() >= LANE_PAYLOAD_BYTES_ANY_CALL
-            || (payload.len() >= LANE_PAYLOAD_BYTES_MIN && call_bytes >= LANE_CALL_BYTES_MIN);
+            || (payload.len() >= LANE_PAYLOAD_BYTES_MIN
+                && (call_bytes >= LANE_CALL_BYTES_MIN || call_bytes <= LANE_CALL_BYTES_ONE_FRAME));
         if !worth {
             return Put::Unfit;
         }
