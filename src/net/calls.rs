@@ -171,6 +171,14 @@ impl EventLoop {
             return false;
         }
         let Some(a) = self.active.as_mut() else { return false };
+        if a.error.is_none() && *a.coll.status() == Status::Done {
+            // The frames the call's last turn queued (completion tokens forwarded to a
+            // neighbour, which waits for them) go to the sockets before the caller wakes:
+            // a woken caller may take this core for its next call, and the neighbour would
+            // wait a scheduler tick for the forward.
+            self.flush_all();
+        }
+        let Some(a) = self.active.as_mut() else { return false };
         let failed = a.error.is_some() || matches!(a.coll.status(), Status::Failed(_));
         if !failed {
             let flushing = self.links.iter().flatten().any(|l| l.holds_job_bytes());
