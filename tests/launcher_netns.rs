@@ -328,6 +328,8 @@ impl RingNet {
             .args(args)
             .env("NETNS_TOPOLOGY", "ring")
             .env("NETNS_PREFIX", &self.prefix)
+            // Reno is the one congestion control every kernel lets a namespace choose.
+            .env("NETNS_TCP_CC", "reno")
             .output()
             .expect("run scripts/netns")
     }
@@ -364,10 +366,25 @@ fn scripts_netns_ring_cables_neighbours_and_forwards_the_rest() {
     }
     let _ = ip(&["netns", "del", &probe]);
     let net = RingNet { prefix: format!("rt{:05}x", std::process::id() % 100_000) };
+    // A congestion control a namespace may not take: `up` fails and leaves nothing behind.
+    let bad = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/netns"))
+        .args(["up", "2", "1gbit"])
+        .env("NETNS_PREFIX", &net.prefix)
+        .env("NETNS_TCP_CC", "nosuchcc")
+        .output()
+        .expect("run scripts/netns");
+    assert!(!bad.status.success(), "netns up with NETNS_TCP_CC=nosuchcc succeeded");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not allowed"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let listed = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&net.prefix), "namespaces left after a failed up");
     let up = net.script(&["up", "4", "1gbit"]);
     assert!(up.status.success(), "netns up: {}", String::from_utf8_lossy(&up.stderr));
     // Neighbours over their own cable, the rank across the ring through a neighbour, always
     // from the rank's own address.
+    for rank in 0..4 {
+        let cc = net.exec(rank, &["sysctl", "-n", "net.ipv4.tcp_congestion_control"]);
+        assert_eq!(cc.trim(), "reno", "NETNS_TCP_CC in rank {rank}'s namespace");
+    }
     let route = |rank: usize, to: &str| net.exec(rank, &["ip", "route", "get", to]);
     assert!(route(0, "10.77.0.2").contains("10.77.0.2 dev next src 10.77.0.1"), "{}", route(0, "10.77.0.2"));
     assert!(route(0, "10.77.0.4").contains("10.77.0.4 dev prev src 10.77.0.1"), "{}", route(0, "10.77.0.4"));
