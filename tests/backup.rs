@@ -48,7 +48,9 @@ fn run(world: usize, len_elems: usize, algorithm: Algorithm, op: ReduceOp) -> us
     let mut colls: Vec<Collective> = (0..world)
         .map(|p| {
             let mut c = Collective::start(spec(world, p, len_elems, algorithm, op), now, &mut bufs[p]);
-            c.attach_backup(Vec::new(), len_elems * 4);
+            let handed_back = c.attach_backup(Vec::new(), len_elems * 4);
+            let latency = matches!(algorithm, Algorithm::Direct | Algorithm::Doubling);
+            assert_eq!(handed_back.is_some(), latency, "{algorithm:?}: only the latency path hands the buffer back");
             c
         })
         .collect();
@@ -109,4 +111,34 @@ fn the_input_is_restorable_at_every_point_of_every_ring() {
             }
         }
     }
+}
+
+/// The backup buffer outlives calls: the latency path hands it back untouched, and a ring
+/// call reuses a longer one whole instead of shrinking or reallocating it. (The event loop
+/// used to drop it at every small call, so a training step's next large all-reduce
+/// allocated and zeroed its backup again, and the freed buffer raised peak memory.)
+#[test]
+fn the_backup_buffer_is_handed_back_or_reused_never_reallocated() {
+    let now = Instant::now();
+    // Small enough for the latency path (one segment of the spec's 256 bytes).
+    let mut tiny = vec![0u8; 50 * 4];
+    let mut small = Collective::start(spec(4, 1, 50, Algorithm::Doubling, ReduceOp::Sum), now, &mut tiny);
+    let spare: Vec<u8> = Vec::with_capacity(1 << 20);
+    let back = small.attach_backup(spare, tiny.len()).expect("the latency path hands the buffer back");
+    assert_eq!((back.len(), back.capacity()), (0, 1 << 20));
+    assert!(small.take_backup().is_none());
+
+    let mut buf = vec![0u8; 1000 * 4];
+
+    let long = vec![7u8; 1 << 20];
+    let addr = long.as_ptr();
+    let mut ring = Collective::start(spec(4, 1, 1000, Algorithm::Ring, ReduceOp::Sum), now, &mut buf);
+    assert!(ring.attach_backup(long, buf.len()).is_none(), "a ring call keeps the backup");
+    let kept = ring.take_backup().expect("backup attached");
+    assert_eq!((kept.as_ptr(), kept.len()), (addr, 1 << 20), "reused whole, not reallocated or shrunk");
+
+    // A buffer too short grows to the call's length.
+    let mut ring = Collective::start(spec(4, 1, 1000, Algorithm::Ring, ReduceOp::Sum), now, &mut buf);
+    assert!(ring.attach_backup(vec![1u8; 16], buf.len()).is_none());
+    assert_eq!(ring.take_backup().map(|b| b.len()), Some(buf.len()));
 }

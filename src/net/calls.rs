@@ -63,7 +63,9 @@ impl EventLoop {
         let codecs = self.codecs_for_next();
         let mut coll = Collective::start_with(spec, now, job.buf.bytes_mut(), codecs);
         if backed_up {
-            coll.attach_backup(std::mem::take(&mut self.backup), job.buf.bytes().len());
+            if let Some(unused) = coll.attach_backup(std::mem::take(&mut self.backup), job.buf.bytes().len()) {
+                self.backup = unused;
+            }
         }
         let error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq, epoch: self.epoch });
         self.active = Some(Active {

@@ -306,7 +306,9 @@ impl EventLoop {
         a.coll = Collective::start_with(spec, now, a.job.buf.bytes_mut(), codecs);
         if let Some(b) = backup {
             let len = a.job.buf.bytes().len();
-            a.coll.attach_backup(b, len);
+            if let Some(unused) = a.coll.attach_backup(b, len) {
+                self.backup = unused;
+            }
         }
         a.error = self.broken.as_ref().map(|(peer, ..)| Error::PeerClosed { peer: *peer, seq: a.seq, epoch });
         a.epoch = epoch;

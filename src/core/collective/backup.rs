@@ -11,7 +11,8 @@ use crate::wire::Header;
 /// (when the bytes are in cache anyway), so that a redo can restore the input.
 #[derive(Debug)]
 pub(super) struct Backup {
-    /// Same length as the buffer; only saved segments hold meaningful bytes.
+    /// At least as long as the buffer (a longer one from an earlier, larger call is kept
+    /// whole); only saved segments hold meaningful bytes.
     pub(super) bytes: Vec<u8>,
     /// Per part and per block: segments saved so far. Segments of a chunk are written in
     /// order, and a chunk written in reduce-scatter is not saved again in all-gather.
@@ -22,14 +23,27 @@ impl Collective {
     /// Gives the collective a buffer (its capacity is reused) in which to save the input
     /// bytes it overwrites, just before it overwrites them, so that
     /// [`Collective::restore_input`] can put the input back for a redo. Call it right after
-    /// `start`. The latency path keeps every input anyway and needs none.
-    pub fn attach_backup(&mut self, mut bytes: Vec<u8>, buf_len: usize) {
+    /// `start`. The latency path keeps every input anyway and needs none: it hands `bytes`
+    /// back, so that the caller keeps the buffer for its next large call instead of
+    /// allocating and zeroing it again (training loops interleave small and large calls).
+    #[must_use = "a buffer handed back is the caller's to keep for the next call"]
+    pub fn attach_backup(&mut self, mut bytes: Vec<u8>, buf_len: usize) -> Option<Vec<u8>> {
         if self.latency.is_some() || self.parts.is_empty() {
-            return;
+            return Some(bytes);
         }
-        bytes.resize(buf_len, 0);
+        if bytes.len() < buf_len {
+            if bytes.capacity() < buf_len {
+                // A fresh zeroed allocation: its pages are touched only where segments are
+                // saved, and the old contents need no copy.
+                drop(std::mem::take(&mut bytes));
+                bytes = vec![0; buf_len];
+            } else {
+                bytes.resize(buf_len, 0);
+            }
+        }
         let saved = self.parts.iter().map(|_| vec![0; self.spec.world]).collect();
         self.backup = Some(Backup { bytes, saved });
+        None
     }
 
     /// Takes back the buffer given to [`Collective::attach_backup`].
