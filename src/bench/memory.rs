@@ -30,7 +30,12 @@ pub fn footer_line(peak_bytes: Option<u64>, size_bytes: u64) -> String {
     };
     let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
     let ratio = if size_bytes > 0 {
-        format!(" = {:.2}x the largest size ({:.0} MiB)", peak as f64 / size_bytes as f64, mib(size_bytes))
+        let size = if size_bytes >= 1 << 20 {
+            format!("{:.0} MiB", mib(size_bytes))
+        } else {
+            format!("{:.0} KiB", size_bytes as f64 / 1024.0)
+        };
+        format!(" = {:.2}x the largest size ({size})", peak as f64 / size_bytes as f64)
     } else {
         String::new()
     };
@@ -63,6 +68,11 @@ mod tests {
             "# Peak RSS per rank    : 563.0 MiB (VmHWM, max over ranks) = 2.20x the largest size (256 MiB)"
         );
         assert_eq!(footer_line(Some(3 << 19), 0), "# Peak RSS per rank    : 1.5 MiB (VmHWM, max over ranks)");
+        // A small largest size is named in KiB, not rounded to "0 MiB".
+        assert_eq!(
+            footer_line(Some(16 << 20), 64 << 10),
+            "# Peak RSS per rank    : 16.0 MiB (VmHWM, max over ranks) = 256.00x the largest size (64 KiB)"
+        );
         assert!(footer_line(None, 1).contains("unknown"));
     }
 }
