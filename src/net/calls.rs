@@ -172,8 +172,7 @@ impl EventLoop {
         if self.awaiting.is_some() {
             return false;
         }
-        let Some(a) = self.active.as_mut() else { return false };
-        if a.error.is_none() && *a.coll.status() == Status::Done {
+        if self.active.as_ref().is_some_and(|a| a.error.is_none() && *a.coll.status() == Status::Done) {
             // The frames the call's last turn queued (completion tokens forwarded to a
             // neighbour, which waits for them) go to the sockets before the caller wakes:
             // a woken caller may take this core for its next call, and the neighbour would

@@ -30,7 +30,8 @@ pub(crate) struct Ring {
 }
 
 /// Applies the socket options every ring connection gets: no Nagle delay, large buffers
-/// where the system allows them with a short unsent backlog (`net::sockbuf`), keepalive (a dead host is noticed even without traffic).
+/// where the system allows them with a short unsent backlog (`net::sockbuf`), keepalive (a
+/// dead host is noticed even without traffic).
 pub(crate) fn tune(stream: &TcpStream) -> std::io::Result<()> {
     let s = SockRef::from(stream);
     s.set_nodelay(true)?;
