@@ -440,7 +440,9 @@ impl EventLoop {
                 COORD => self.read_coordinator(now),
                 t => {
                     if let Some(l) = slot_of_token(t).and_then(|i| self.links.get_mut(i)?.as_mut()) {
-                        l.readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            l.read_ready(ev.is_read_closed() || ev.is_error());
+                        }
                         l.writable |= ev.is_writable() || ev.is_write_closed() || ev.is_error();
                     }
                 }

@@ -253,6 +253,12 @@ impl Link {
         }
     }
 
+    /// The poller reported the socket readable (`closed`: its end of stream or an error).
+    pub(super) fn read_ready(&mut self, closed: bool) {
+        self.readable = true;
+        self.ahead.ready(closed);
+    }
+
     fn read_into(&mut self, dst: &mut [u8]) -> std::io::Result<ReadStep> {
         if dst.is_empty() {
             self.last_read = 0;
