@@ -5,15 +5,41 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ringcc::coord::{Server, ServerOptions};
 
 const HEARTBEAT_SECS: &str = "2";
 
-fn coordinator(world: usize, min_world: usize) -> Server {
+/// A job id of its own for one run (same-host lane files are named after the job) and, when
+/// dropped, the removal of the lane files its ranks left in `/dev/shm`: a rank killed between
+/// creating a lane and its peer mapping it leaves one behind. `ringrun` removes them the same
+/// way at exit; these ranks run without it, and the tests run side by side, so each run
+/// removes only its own job's.
+struct Job(u64);
+
+impl Job {
+    fn fresh() -> Job {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Job(0x11 << 56 | u64::from(std::process::id()) << 16 | NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let prefix = format!("ringcc-lane-{:016x}-", self.0);
+        for e in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn coordinator(world: usize, min_world: usize, job: &Job) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut options = ServerOptions::new(world, 11, Duration::from_secs(20));
+    let mut options = ServerOptions::new(world, job.0, Duration::from_secs(20));
     options.heartbeat_timeout = Duration::from_secs(2);
     options.min_world = min_world;
     Server::start(listener, options).unwrap()
@@ -87,7 +113,8 @@ fn run(world: usize, len: usize, faults: &[(usize, &str)], victims: Vec<usize>) 
 /// Like `run`, with every rank on `RINGCC_ALGO=algo`.
 fn run_algo(world: usize, len: usize, faults: &[(usize, &str)], victims: Vec<usize>, algo: &str) -> String {
     let iterations = 24;
-    let server = coordinator(world, 2);
+    let job = Job::fresh();
+    let server = coordinator(world, 2, &job);
     let addr = server.local_addr().to_string();
     let mut ranks: Vec<Child> = (0..world)
         .map(|r| {
@@ -202,7 +229,8 @@ fn a_frozen_rank_and_closed_links_world_4() {
 
 /// A kill at a random moment (not at a planned point), and a real `kill -STOP`.
 fn signal_one_and_survive(world: usize, victim: usize, signal: &str) {
-    let server = coordinator(world, 2);
+    let job = Job::fresh();
+    let server = coordinator(world, 2, &job);
     let addr = server.local_addr().to_string();
     let iterations = 2000;
     let mut ranks: Vec<Option<Child>> =
