@@ -48,11 +48,9 @@ impl ReadAhead {
         self.closing |= closed;
     }
 
-    /// One `recv` of `dst` from the kernel, noting whether it drained the socket.
-    fn recv(&mut self, stream: &mut impl Read, dst: &mut [u8]) -> std::io::Result<usize> {
-        let n = stream.read(dst)?;
-        self.drained = n > 0 && n < dst.len() && !self.closing;
-        Ok(n)
+    /// Notes what a `recv` of `asked` bytes that returned `n` says about the socket.
+    fn received(&mut self, n: usize, asked: usize) {
+        self.drained = n > 0 && n < asked && !self.closing;
     }
 
     /// Fills the start of `dst` (not empty): from buffered bytes without a system call if
@@ -67,15 +65,14 @@ impl ReadAhead {
             return Err(std::io::ErrorKind::WouldBlock.into());
         }
         if self.start == self.end && dst.len() > SMALL_READ_BYTES {
-            let n = self.recv(stream, dst)?;
+            let n = stream.read(dst)?;
+            self.received(n, dst.len());
             return Ok((n, n));
         }
         let mut received = 0;
         if self.start == self.end {
-            let mut buf = std::mem::take(&mut self.buf);
-            let r = self.recv(stream, &mut buf);
-            self.buf = buf;
-            received = r?;
+            received = stream.read(&mut self.buf)?;
+            self.received(received, self.buf.len());
             (self.start, self.end) = (0, received);
         }
         let n = dst.len().min(self.end - self.start);
