@@ -159,11 +159,17 @@ fn reduce_scatter_all_gather_and_broadcast_are_exact_through_lanes() {
     }
 }
 
-/// The latency path's all-reduces (recursive doubling, one frame per round) send payloads of
-/// 32 KiB and more through lanes, smaller ones over TCP, and are exact on every rank through
-/// many calls in a row (the lane's slots wrap around and come back by credit).
+/// TCP bytes this rank has sent so far: everything but the lanes' payloads (headers,
+/// control frames, payloads that went on the stream).
+fn tcp_sent(comm: &Communicator) -> u64 {
+    comm.local_stats().links.iter().map(|l| l.bytes_sent - l.lane_bytes_sent).sum()
+}
+
+/// The latency path's all-reduces (recursive doubling, one frame per round) send their frames
+/// whole through lanes, header included, so their payloads stay off the TCP stream; and are
+/// exact on every rank through many calls in a row (the lane's slots wrap around).
 #[test]
-fn small_all_reduces_use_lanes_from_32_kib_and_stay_exact() {
+fn small_all_reduces_go_whole_through_lanes_and_stay_exact() {
     const CALLS: usize = 40;
     for world in [2, 4] {
         let results = common::thread_ring(
@@ -172,9 +178,13 @@ fn small_all_reduces_use_lanes_from_32_kib_and_stay_exact() {
             move |comm| {
                 let r = comm.rank();
                 let mut moved = Vec::new();
-                for bytes in [8usize << 10, 16 << 10, 32 << 10, 64 << 10] {
+                // The first calls may run before the lanes' offers are answered.
+                for _ in 0..5 {
+                    comm.all_reduce(&mut [0f32; 16], ReduceOp::Sum).expect("warm-up all_reduce");
+                }
+                for bytes in [4usize << 10, 16 << 10, 32 << 10, 64 << 10] {
                     let n = bytes / 4;
-                    let before = lane_total(&comm);
+                    let (lane_before, tcp_before) = (lane_total(&comm), tcp_sent(&comm));
                     let mut ok = true;
                     for call in 0..CALLS {
                         let mut buf: Vec<f32> = (0..n).map(|i| value(r + call, i)).collect();
@@ -182,21 +192,55 @@ fn small_all_reduces_use_lanes_from_32_kib_and_stay_exact() {
                         let want = |i: usize| (0..world).map(|q| value(q + call, i)).sum::<f32>();
                         ok &= (0..n).all(|i| buf[i].to_bits() == want(i).to_bits());
                     }
-                    moved.push((bytes, ok, lane_total(&comm) - before));
+                    moved.push((bytes, ok, lane_total(&comm) - lane_before, tcp_sent(&comm) - tcp_before));
                 }
                 moved
             },
         );
         for (r, moved) in results.into_iter().enumerate() {
-            for (bytes, ok, lane) in moved {
+            for (bytes, ok, lane, tcp) in moved {
                 assert!(ok, "world {world} rank {r}: {bytes}-byte all-reduce not exact");
-                if bytes >= 32 << 10 {
-                    // Every call sends and receives at least one full frame through a lane.
-                    assert!(lane >= (2 * CALLS * bytes) as u64, "world {world} rank {r} {bytes} B: {lane} lane bytes");
-                } else {
-                    assert_eq!(lane, 0, "world {world} rank {r}: {bytes}-byte frames stay on TCP");
-                }
+                // Every call sends and receives at least one full frame through a lane.
+                assert!(lane >= (2 * CALLS * bytes) as u64, "world {world} rank {r} {bytes} B: {lane} lane bytes");
+                // On the stream at most bells (header-only frames), not payloads.
+                assert!(tcp < (CALLS * bytes / 4) as u64, "world {world} rank {r} {bytes} B: {tcp} bytes over TCP");
             }
         }
+    }
+}
+
+/// A receiver whose loop sleeps in the poller is woken for a whole lane frame by a bell over
+/// TCP: rank 0 sleeps before each call, long enough for the others to stop spinning and
+/// block, and their calls then end within a few milliseconds of its frames. Without the bell
+/// they would sleep on until the loop's next deadline (the coordinator heartbeat, 500 ms).
+#[test]
+fn a_sleeping_receiver_is_rung_for_whole_lane_frames() {
+    const CALLS: usize = 12;
+    const NAP: Duration = Duration::from_millis(20);
+    let results = common::thread_ring(
+        4,
+        |_| {},
+        move |comm| {
+            let r = comm.rank();
+            let mut buf: Vec<f32> = vec![0.0; 1024];
+            comm.all_reduce(&mut buf, ReduceOp::Sum).expect("warm-up all_reduce");
+            let (mut slow, mut ok) = (0, true);
+            for call in 0..CALLS {
+                if r == 0 {
+                    std::thread::sleep(NAP);
+                }
+                let mut buf: Vec<f32> = (0..1024).map(|i| value(r + call, i)).collect();
+                let t = Instant::now();
+                comm.all_reduce(&mut buf, ReduceOp::Sum).expect("all_reduce");
+                slow += usize::from(t.elapsed() > NAP + Duration::from_millis(130));
+                ok &= (0..1024).all(|i| buf[i].to_bits() == (0..4).map(|q| value(q + call, i)).sum::<f32>().to_bits());
+            }
+            (slow, ok, lane_total(&comm))
+        },
+    );
+    for (r, (slow, ok, lane)) in results.into_iter().enumerate() {
+        assert!(ok, "rank {r}: not exact");
+        assert!(lane >= (2 * CALLS * 4096) as u64, "rank {r}: {lane} lane bytes");
+        assert!(slow <= 3, "rank {r}: {slow} of {CALLS} calls waited past the nap: the bell did not wake it");
     }
 }

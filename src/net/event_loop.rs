@@ -425,8 +425,18 @@ impl EventLoop {
         if spinning {
             timeout = Some(Duration::ZERO);
         }
+        // A loop that may block tells its lanes' senders first, then looks once more
+        // (`net::lane`: whole frames put in meanwhile come with a bell).
+        let may_block = timeout != Some(Duration::ZERO);
+        if may_block && self.lanes_asleep(true) {
+            timeout = Some(Duration::ZERO);
+        }
         let expecting = self.expecting();
-        if let Err(e) = self.poll.poll(&mut t.events, timeout) {
+        let polled = self.poll.poll(&mut t.events, timeout);
+        if may_block {
+            self.lanes_asleep(false);
+        }
+        if let Err(e) = polled {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 self.fail_everything(&format!("poll: {e}"));
                 t.ended = true;

@@ -53,6 +53,7 @@ impl EventLoop {
     /// compression of one segment overlaps the writing of the previous ones. Returns true
     /// if it queued anything.
     pub(super) fn drain_transmits(&mut self) -> bool {
+        let bell = self.lane_header(crate::wire::FrameKind::LaneBell);
         let Some(a) = self.active.as_mut() else { return false };
         let limit = if a.coll.encodes() { ENCODED_FRAMES_QUEUED_MAX } else { usize::MAX };
         let mut queued = false;
@@ -65,11 +66,20 @@ impl EventLoop {
             queued = true;
             match slot(t.link).and_then(|i| self.links.get_mut(i)?.as_mut()) {
                 Some(l) if !l.closed => {
-                    let payload = match t.owned {
-                        Some(bytes) => OutPayload::Pooled(bytes),
-                        None => OutPayload::Job(t.payload),
-                    };
-                    l.out.push_back(OutFrame { header: t.header, payload });
+                    let buf = a.job.buf.bytes();
+                    let bytes = t.owned.as_deref().or_else(|| buf.get(t.payload.clone())).unwrap_or_default();
+                    // A latency-path frame goes whole through a same-host lane if it can.
+                    match l.send_whole(&t.header, bytes, buf.len()) {
+                        Some(true) => l.push_control(bell, Vec::new()),
+                        Some(false) => {}
+                        None => {
+                            let payload = match t.owned {
+                                Some(bytes) => OutPayload::Pooled(bytes),
+                                None => OutPayload::Job(t.payload),
+                            };
+                            l.out.push_back(OutFrame { header: t.header, payload });
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -150,7 +160,19 @@ impl EventLoop {
         let mut progressed = false;
         for _ in 0..FRAMES_PER_TURN * 4 {
             let Some(l) = self.links[i].as_mut() else { return progressed };
-            if l.closed || !l.readable {
+            if l.closed {
+                return progressed;
+            }
+            if matches!(l.rx, Rx::Header { .. }) {
+                // Between frames: whole lane frames that come before the next TCP frame.
+                if let Some(f) = l.held.take() {
+                    l.rx = Rx::Header { filled: f };
+                }
+                progressed |= self.pump_whole(i, now);
+            }
+            let Some(l) = self.links[i].as_mut() else { return progressed };
+            let header_in = matches!(l.rx, Rx::Header { filled: crate::wire::HEADER_LEN });
+            if l.closed || (!l.readable && !header_in) {
                 return progressed;
             }
             let step = match &mut l.rx {
@@ -161,6 +183,14 @@ impl EventLoop {
                     l.rx = Rx::Header { filled: f };
                     match r {
                         Ok(ReadStep::Progress) if f == crate::wire::HEADER_LEN => {
+                            // Whole lane frames stamped before this one were put into the
+                            // lane before it was written: they are visible now, and go first.
+                            progressed |= self.pump_whole(i, now);
+                            let Some(l) = self.links[i].as_mut() else { return progressed };
+                            if l.closed || !matches!(l.rx, Rx::Header { .. }) {
+                                return progressed;
+                            }
+                            l.start_stream_frame();
                             match Header::decode_flagged(&l.header_bytes) {
                                 Ok((h, crc, flags)) => {
                                     if flags & crate::net::lane::FLAG_LANE != 0 {

@@ -17,6 +17,14 @@
 //! sender raises the control page's `WAITING` word, and the receiver, once it has consumed
 //! half the lane, answers with a [`crate::wire::FrameKind::LaneCredit`] over TCP.
 //!
+//! Whole frames: a raw data frame of a latency-path call ([`WHOLE_CALL_BYTES_MAX`]) goes
+//! into the lane header and all when a slot is free and nothing waits on the stream before
+//! it. Its header goes into the slot's record in the control page with a stamp, the frames
+//! the sender has written to TCP so far, which places it among them: the receiver takes it
+//! right after TCP frame `stamp - 1`, before frame `stamp` (`EventLoop::pump_whole`). A
+//! receiver that may block in its poller says so in the `SLEEPING` word, and a sender that
+//! puts a whole frame in meanwhile wakes it with a [`crate::wire::FrameKind::LaneBell`].
+//!
 //! Control page (little-endian): magic `RGCCLANE` at 0, slots (u32) at 8, slot bytes (u32)
 //! at 12; at [`WRITTEN`] the count of payloads the sender has written (it stores it with
 //! release after the copy); at [`CONSUMED`] the count of slots the receiver is done with
@@ -30,7 +38,11 @@ use std::sync::atomic::Ordering;
 
 use super::shm::Mapping;
 use crate::limits::{LANE_BYTES_MAX, LANE_SLOTS};
+use crate::wire::HEADER_LEN;
 use crate::Rank;
+
+// Every slot's record fits the control page.
+const _: () = assert!(FRAMES + LANE_SLOTS * FRAME_RECORD <= CONTROL_BYTES);
 
 pub(crate) use crate::wire::header::FLAG_LANE;
 
@@ -51,6 +63,23 @@ const CONSUMED: usize = 128;
 
 /// Offset of the sender's "waiting for a slot" word (1 while it waits for a credit).
 const WAITING: usize = 192;
+
+/// Offset of the receiver's "asleep" word: 1 while its event loop may block in the poller,
+/// so a whole frame put into the lane needs a [`crate::wire::FrameKind::LaneBell`] over TCP.
+const SLEEPING: usize = 256;
+
+/// Offset of the per-slot records: for slot `s`, at `FRAMES + s * FRAME_RECORD`, a word
+/// saying what the slot holds (0: a payload whose header goes over TCP; [`WHOLE`] plus a
+/// stamp: a whole frame), then the frame's header.
+const FRAMES: usize = 320;
+
+/// Bytes of one slot record: the word and a frame header.
+const FRAME_RECORD: usize = 8 + HEADER_LEN;
+
+/// Bit of a slot record's word marking a whole frame (header in the record). The other
+/// bits are the stamp: how many frames the sender had written to the TCP stream before
+/// it, which places it among them.
+const WHOLE: u64 = 1 << 63;
 
 /// Smallest payload in bytes sent through a lane: below it the payload is a small part of
 /// the frame's cost (the header's syscalls dominate).
@@ -78,6 +107,14 @@ const LANE_CALL_BYTES_ONE_FRAME: usize = crate::core::doubling::DOUBLING_MAX_BYT
 /// [`LANE_PAYLOAD_BYTES_MIN`] on go through lanes: their ring steps carry many segments, so
 /// the pipeline hides the per-frame latency and only the bytes copied count.
 const LANE_CALL_BYTES_MIN: usize = 16 << 20;
+
+/// Calls (bytes of the caller's buffer) up to this size send their raw data frames through
+/// the lane whole, header included, when a slot is free and nothing waits on the stream
+/// before them: the latency path's calls, whose time on a host with more ranks than cores
+/// is mostly the kernel's TCP path (a `writev` and a `recv` per frame, and the loopback
+/// delivery). A receiver that spins finds the frame without a system call; one that may
+/// sleep in the poller gets a bell over TCP.
+const WHOLE_CALL_BYTES_MAX: usize = crate::core::doubling::DOUBLING_MAX_BYTES;
 
 /// Longest lane file name an offer may carry, in bytes.
 const NAME_BYTES_MAX: usize = 128;
@@ -177,11 +214,45 @@ impl TxLane {
                 return Put::Full;
             }
         }
-        let at = CONTROL_BYTES + (self.sent % self.slots) as usize * self.slot_bytes;
-        self.map.bytes_mut(at, payload.len()).copy_from_slice(payload);
-        self.sent += 1;
-        self.map.counter(WRITTEN).store(self.sent, Ordering::Release);
+        self.publish(payload, None);
         Put::Copied
+    }
+
+    /// Puts a whole frame, its encoded `header` (lane flag set) and `payload`, into the
+    /// next slot if it is free, stamped with `stamp`, the frames written to the TCP stream
+    /// before it. Returns `None` if the frame does not fit or the lane is full (the caller
+    /// then queues it on the stream as usual), else whether the receiver's loop may be
+    /// asleep: then it must be woken with a [`crate::wire::FrameKind::LaneBell`].
+    pub(super) fn try_put_frame(&mut self, header: &[u8; HEADER_LEN], payload: &[u8], stamp: u64) -> Option<bool> {
+        if payload.len() > self.slot_bytes || stamp >= WHOLE || !self.has_room(Ordering::Acquire) {
+            return None;
+        }
+        self.publish(payload, Some((header, stamp)));
+        // Dekker with `RxLane::sleep`: this side stores WRITTEN then reads SLEEPING, the
+        // receiver stores SLEEPING then reads WRITTEN, all SeqCst: either it sees the frame
+        // before it sleeps, or this side sees it asleep and rings.
+        Some(
+            self.map.counter(SLEEPING).load(Ordering::SeqCst) != 0
+                && self.map.counter(SLEEPING).swap(0, Ordering::SeqCst) != 0,
+        )
+    }
+
+    /// Copies `payload` into the next slot, fills in the slot's record (a whole frame's
+    /// header and stamp, or none) and publishes it.
+    fn publish(&mut self, payload: &[u8], whole: Option<(&[u8; HEADER_LEN], u64)>) {
+        let slot = (self.sent % self.slots) as usize;
+        let at = CONTROL_BYTES + slot * self.slot_bytes;
+        self.map.bytes_mut(at, payload.len()).copy_from_slice(payload);
+        let record = self.map.bytes_mut(FRAMES + slot * FRAME_RECORD, FRAME_RECORD);
+        match whole {
+            Some((header, stamp)) => {
+                record[..8].copy_from_slice(&(WHOLE | stamp).to_le_bytes());
+                record[8..].copy_from_slice(header);
+            }
+            None => record[..8].copy_from_slice(&0u64.to_le_bytes()),
+        }
+        self.sent += 1;
+        self.map.counter(WRITTEN).store(self.sent, Ordering::SeqCst);
     }
 }
 
@@ -258,6 +329,44 @@ impl RxLane {
         Ok(self.map.bytes(at, len))
     }
 
+    /// The next lane frame if it is a whole frame (header in the lane) that comes before
+    /// the TCP stream's frame number `tcp_in` (counting from 0). Loads the sender's counter
+    /// sequentially consistent (see [`RxLane::sleep`]).
+    pub(super) fn next_whole(&self, tcp_in: u64) -> Whole {
+        if self.map.counter(WRITTEN).load(Ordering::SeqCst) <= self.next {
+            return Whole::None;
+        }
+        let slot = (self.next % self.slots) as usize;
+        let record = self.map.bytes(FRAMES + slot * FRAME_RECORD, FRAME_RECORD);
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&record[..8]);
+        let word = u64::from_le_bytes(word);
+        if word & WHOLE == 0 {
+            // Its header comes over TCP.
+            return Whole::None;
+        }
+        let stamp = word & !WHOLE;
+        match stamp.cmp(&tcp_in) {
+            std::cmp::Ordering::Greater => Whole::Later,
+            std::cmp::Ordering::Less => Whole::Misplaced(format!(
+                "whole lane frame #{} stamped after TCP frame {stamp}, but TCP frame {tcp_in} was already read",
+                self.next
+            )),
+            std::cmp::Ordering::Equal => {
+                let mut header = [0u8; HEADER_LEN];
+                header.copy_from_slice(&record[8..]);
+                Whole::Ready(header)
+            }
+        }
+    }
+
+    /// Says whether this side's loop may block in the poller (`asleep`): while it is, a
+    /// sender that puts a whole frame into the lane rings the bell over TCP. Call
+    /// [`RxLane::next_whole`] after saying so, before blocking (see `try_put_frame`).
+    pub(super) fn sleep(&self, asleep: bool) {
+        self.map.counter(SLEEPING).store(u64::from(asleep), Ordering::SeqCst);
+    }
+
     /// The current lane frame is used up: its slot goes back to the sender. Returns true
     /// if the sender waits for a credit and now has half the lane free (send one then).
     pub(super) fn release(&mut self) -> bool {
@@ -279,6 +388,19 @@ pub(crate) fn remove_leftovers(job: u64) -> usize {
         .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
         .filter(|e| std::fs::remove_file(e.path()).is_ok())
         .count()
+}
+
+/// What the next lane frame is, to a receiver looking for whole frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Whole {
+    /// Nothing published, or a payload whose header comes over TCP.
+    None,
+    /// A whole frame, which comes after a TCP frame not yet read.
+    Later,
+    /// A whole frame that comes now: its header.
+    Ready([u8; HEADER_LEN]),
+    /// A whole frame stamped before TCP frames already read: a protocol violation.
+    Misplaced(String),
 }
 
 /// What [`TxLane::try_put`] did with a payload.
@@ -339,6 +461,32 @@ impl Lanes {
         put
     }
 
+    /// Puts a whole raw data frame (encoded `header`, `payload`) of a call on `call_bytes`
+    /// bytes into the lane, header and all, if it is a latency-path call's
+    /// ([`WHOLE_CALL_BYTES_MAX`]) and a slot is free; `stamp` counts the frames written to
+    /// the TCP stream before it, and `payload_crc` says whether the CRC covers the payload.
+    /// Returns `None` if the frame must go on the stream as usual, else whether the
+    /// receiver may be asleep (send it a bell).
+    pub(super) fn try_send_whole(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        payload: &[u8],
+        call_bytes: usize,
+        payload_crc: bool,
+        stamp: u64,
+    ) -> Option<bool> {
+        let Tx::Active(lane) = &mut self.tx else { return None };
+        let raw_data = header[5] == crate::wire::FrameKind::Data as u8 && header[6] == crate::codec::Codec::Raw as u8;
+        if call_bytes > WHOLE_CALL_BYTES_MAX || !raw_data {
+            return None;
+        }
+        let mut flagged = *header;
+        crate::wire::header::set_flags(&mut flagged, FLAG_LANE, if payload_crc { payload.len() } else { 0 });
+        let bell = lane.try_put_frame(&flagged, payload, stamp)?;
+        self.bytes_sent += payload.len() as u64;
+        Some(bell)
+    }
+
     /// The current lane frame (`len` bytes) is used up. Returns true if the peer waits
     /// for a credit.
     pub(super) fn release_frame(&mut self, len: usize) -> bool {
@@ -390,6 +538,52 @@ mod tests {
             assert!(!rx.release(), "nobody waits");
         }
         assert!(rx.payload(SLOT + 1).is_err());
+    }
+
+    /// Whole frames carry their header and stamp in the slot's record and come out in
+    /// order with the TCP stream's frames: before TCP frame number `stamp`, never after it.
+    /// Payload-only slots (header over TCP) are not taken for whole frames. A sender rings
+    /// only a receiver that said it may sleep, once, and a full lane refuses a whole frame
+    /// without asking for a credit (it goes on the stream instead).
+    #[test]
+    fn whole_frames_come_in_stamp_order_and_ring_only_a_sleeper() {
+        let mut tx = TxLane::create(0x2abc, 1, 2, SLOT).unwrap();
+        let mut rx = RxLane::accept(&tx.offer(), 0x2abc, 1, 2, SLOT).unwrap();
+        let header = |k: u8| [k; HEADER_LEN];
+        assert_eq!(rx.next_whole(0), Whole::None, "nothing written yet");
+        assert_eq!(tx.try_put_frame(&header(1), &[1; 100], 0), Some(false), "awake: no bell");
+        assert_eq!(rx.next_whole(0), Whole::Ready(header(1)));
+        assert_eq!(rx.payload(100).unwrap(), &[1; 100][..]);
+        assert!(!rx.release());
+        // Stamped after two TCP frames: it waits for them, and is misplaced after a third.
+        assert_eq!(tx.try_put_frame(&header(2), &[2; 10], 2), Some(false));
+        assert_eq!(rx.next_whole(1), Whole::Later);
+        assert!(matches!(rx.next_whole(3), Whole::Misplaced(_)));
+        assert_eq!(rx.next_whole(2), Whole::Ready(header(2)));
+        assert!(!rx.release());
+        // A payload whose header goes over TCP is not a whole frame, whatever its slot held.
+        assert_eq!(tx.try_put(&[3; 10]), Put::Copied);
+        assert_eq!(rx.next_whole(2), Whole::None);
+        assert_eq!(rx.payload(10).unwrap(), &[3; 10][..]);
+        assert!(!rx.release());
+        // A receiver about to sleep gets one bell for what arrives meanwhile.
+        rx.sleep(true);
+        assert_eq!(tx.try_put_frame(&header(4), &[4; 10], 3), Some(true));
+        assert_eq!(tx.try_put_frame(&header(5), &[5; 10], 3), Some(false), "one bell per sleep");
+        rx.sleep(false);
+        for k in [4, 5] {
+            assert_eq!(rx.next_whole(3), Whole::Ready(header(k)));
+            assert!(!rx.release());
+        }
+        // Too big, a stamp out of range, or a full lane: the frame stays on the stream.
+        assert_eq!(tx.try_put_frame(&header(6), &vec![0; SLOT + 1], 3), None);
+        assert_eq!(tx.try_put_frame(&header(6), &[0; 10], WHOLE), None);
+        for k in 0..slots_for(SLOT) {
+            assert_eq!(tx.try_put_frame(&header(6), &[k as u8; 10], 3), Some(false));
+        }
+        assert_eq!(tx.try_put_frame(&header(7), &[0; 10], 3), None);
+        assert_eq!(tx.map.counter(WAITING).load(Ordering::SeqCst), 0, "no credit asked for");
+        assert_eq!(rx.next_whole(3), Whole::Ready(header(6)));
     }
 
     /// Offers naming another job or link, a wrong size, a file that is not 0600 or a

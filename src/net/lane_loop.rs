@@ -9,13 +9,13 @@ use super::EventLoop;
 use crate::codec::Codec;
 use crate::core::{DataType, ReduceOp};
 use crate::limits::ABORT_REASON_MAX;
-use crate::net::lane::{RxLane, Tx, TxLane};
+use crate::net::lane::{RxLane, Tx, TxLane, Whole, FLAG_LANE};
 use crate::net::link::Rx;
 use crate::wire::{CollKind, FrameKind, Header, Phase};
 
 /// Whether a frame of this kind is a lane frame of the connection, not of a collective.
 pub(super) fn is_lane_control(kind: FrameKind) -> bool {
-    matches!(kind, FrameKind::LaneOffer | FrameKind::LaneReply | FrameKind::LaneCredit)
+    matches!(kind, FrameKind::LaneOffer | FrameKind::LaneReply | FrameKind::LaneCredit | FrameKind::LaneBell)
 }
 
 impl EventLoop {
@@ -89,6 +89,9 @@ impl EventLoop {
             // Nothing to do here: the flush that follows every frame finds the free slots.
             FrameKind::LaneCredit if matches!(l.lanes.tx, Tx::Active(_)) => {}
             FrameKind::LaneCredit => self.fail_link(i, "lane credit without a lane".into(), peer),
+            // The whole frames it rang for were routed before it (`pump_whole`).
+            FrameKind::LaneBell if l.lanes.rx.is_some() => {}
+            FrameKind::LaneBell => self.fail_link(i, "lane bell without an accepted lane".into(), peer),
             _ => {}
         }
     }
@@ -131,6 +134,69 @@ impl EventLoop {
             Rx::Parked { read, .. } => *read = true,
             Rx::Header { .. } => {}
         }
+    }
+
+    /// Routes the whole lane frames (header in the lane, `net::lane`) that come before the
+    /// next TCP frame of link `i`, while the link is between frames. A frame that parks
+    /// stops it; the header bytes of the TCP frame already read wait in `Link::held`.
+    /// Returns true if it routed any.
+    pub(super) fn pump_whole(&mut self, i: usize, now: Instant) -> bool {
+        let mut any = false;
+        for _ in 0..crate::limits::LANE_SLOTS {
+            let Some(l) = self.links[i].as_mut() else { return any };
+            let Rx::Header { filled } = l.rx else { return any };
+            let Some(rx) = l.lanes.rx.as_ref().filter(|_| !l.closed) else { return any };
+            let bytes = match rx.next_whole(l.tcp_frames_in) {
+                Whole::None | Whole::Later => return any,
+                Whole::Ready(bytes) => bytes,
+                Whole::Misplaced(why) => {
+                    let peer = l.peer;
+                    self.fail_link(i, why, peer);
+                    return true;
+                }
+            };
+            any = true;
+            let (header, crc) = match Header::decode_flagged(&bytes) {
+                Ok((h, crc, flags)) if flags & FLAG_LANE != 0 => (h, crc),
+                bad => {
+                    let why = match bad {
+                        Ok(_) => "whole lane frame without the lane flag".to_string(),
+                        Err(e) => format!("bad header: {e}"),
+                    };
+                    let peer = l.peer;
+                    self.fail_link(i, why, peer);
+                    return true;
+                }
+            };
+            l.rx_crc = crate::wire::header::FrameCrc::start(&bytes);
+            l.counters.frames_in += 1;
+            l.rx = Rx::Header { filled: 0 };
+            self.route_lane_header(i, header, crc, now);
+            let Some(l) = self.links[i].as_mut() else { return any };
+            if matches!(l.rx, Rx::Header { .. }) {
+                l.rx = Rx::Header { filled };
+            } else {
+                l.held = Some(filled);
+                return any;
+            }
+        }
+        any
+    }
+
+    /// Before the loop may block in the poller (`asleep`) or after it (not): tells the
+    /// senders of this rank's lanes, so they ring a bell for a whole frame put into a lane
+    /// while it sleeps. Returns true if a whole frame can be routed now (then do not block).
+    pub(super) fn lanes_asleep(&self, asleep: bool) -> bool {
+        let mut ready = false;
+        for l in self.links.iter().flatten().filter(|l| !l.closed) {
+            if let Some(rx) = l.lanes.rx.as_ref() {
+                rx.sleep(asleep);
+                ready |= asleep
+                    && matches!(l.rx, Rx::Header { .. })
+                    && matches!(rx.next_whole(l.tcp_frames_in), Whole::Ready(_) | Whole::Misplaced(_));
+            }
+        }
+        ready
     }
 
     /// The header of a connection-level lane frame from this rank (its payload is filled

@@ -111,6 +111,15 @@ pub(super) struct Link {
     pub(super) rate: RateMeter,
     /// Same-host lanes of this connection (`net::lane`).
     pub(super) lanes: super::lane::Lanes,
+    /// Frames written whole to the TCP stream: the stamp of a whole frame put into the
+    /// lane now (which places it among them on the receiving side).
+    tcp_frames_out: u64,
+    /// Frame headers read from the TCP stream and routed: whole lane frames stamped with
+    /// this count come before the next one.
+    pub(super) tcp_frames_in: u64,
+    /// Header bytes of the next TCP frame already read when a whole lane frame before it
+    /// parked: restored once that frame has gone (`EventLoop::pump_whole`).
+    pub(super) held: Option<usize>,
 }
 
 /// What a link waited for while the event loop was idle (see [`Link::waiting`]).
@@ -170,6 +179,9 @@ impl Link {
             counters: Counters::default(),
             rate: RateMeter::new(local.map(|a| a.ip()), addr.ip()),
             lanes: super::lane::Lanes::default(),
+            tcp_frames_out: 0,
+            tcp_frames_in: 0,
+            held: None,
         }
     }
 
@@ -291,12 +303,27 @@ impl Link {
             let n = self.last_read;
             self.header_bytes[*filled..*filled + n].copy_from_slice(&tmp[..n]);
             *filled += n;
-            if *filled == HEADER_LEN {
-                self.rx_crc = FrameCrc::start(&self.header_bytes);
-                self.counters.frames_in += 1;
-            }
         }
         Ok(step)
+    }
+
+    /// The header read from the stream is about to be routed: its CRC starts, and it
+    /// counts as received.
+    pub(super) fn start_stream_frame(&mut self) {
+        self.rx_crc = FrameCrc::start(&self.header_bytes);
+        self.counters.frames_in += 1;
+        self.tcp_frames_in += 1;
+    }
+
+    /// Puts a whole frame into the lane instead of queueing it, if the lane takes it
+    /// (`Lanes::try_send_whole`) and nothing waits on the stream before it (its stamp then
+    /// is exactly the frames written so far). Returns `None` if it must be queued, else
+    /// whether the receiver needs a bell.
+    pub(super) fn send_whole(&mut self, header: &[u8; HEADER_LEN], payload: &[u8], call_bytes: usize) -> Option<bool> {
+        if !self.out.is_empty() {
+            return None;
+        }
+        self.lanes.try_send_whole(header, payload, call_bytes, self.payload_crc, self.tcp_frames_out)
     }
 
     /// Reads more payload into scratch (`job` is `None`) or into `job[range]`, and extends
@@ -386,6 +413,7 @@ impl Link {
                 }
                 self.out_written -= len;
                 self.out.pop_front();
+                self.tcp_frames_out += 1;
                 done += 1;
             }
         }

@@ -81,6 +81,10 @@ wire_enum!(
         /// Connection-level: the receiver of a lane has freed half its slots while the
         /// sender waited for one (`net::lane`). No payload.
         LaneCredit = 6,
+        /// Connection-level: the sender put whole frames into its lane (`net::lane`) while
+        /// the receiver's loop said it might be asleep; they come before this frame. No
+        /// payload.
+        LaneBell = 7,
     }
 );
 

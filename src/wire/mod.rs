@@ -13,7 +13,7 @@ pub use header::{CollKind, FrameKind, Header, Phase, HEADER_LEN};
 
 /// Version of the wire protocol spoken by this build. Peers with another version are
 /// refused at the handshake, naming both versions.
-pub const PROTOCOL_VERSION: u8 = 6;
+pub const PROTOCOL_VERSION: u8 = 7;
 
 /// Magic bytes at the start of every frame header.
 pub const FRAME_MAGIC: [u8; 4] = *b"RGCC";
