@@ -34,6 +34,7 @@ mod send;
 mod spec;
 
 use backup::Backup;
+pub use send::Outlet;
 pub use spec::{Algorithm, Link, ProtocolError, Spec, Status, Transmit};
 
 /// Smallest all-reduce (bytes) for which `Algorithm::Auto` picks the bidirectional ring.

@@ -50,41 +50,31 @@ impl EventLoop {
 
     /// Moves the active collective's transmits into the links' write queues. A call that
     /// encodes is paced: segments are encoded only while their link's queue is short, so
-    /// compression of one segment overlaps the writing of the previous ones. Returns true
-    /// if it queued anything.
+    /// compression of one segment overlaps the writing of the previous ones. A frame that
+    /// can go whole through a same-host lane goes there at once (a latency-path frame
+    /// straight from the caller's buffer, as the collective makes it). Returns true if it
+    /// sent or queued anything.
     pub(super) fn drain_transmits(&mut self) -> bool {
         let bell = self.lane_header(crate::wire::FrameKind::LaneBell);
         let Some(a) = self.active.as_mut() else { return false };
         let limit = if a.coll.encodes() { ENCODED_FRAMES_QUEUED_MAX } else { usize::MAX };
+        let buf = a.job.buf.bytes();
+        let mut out =
+            Outlet { links: &mut self.links, partner_pos: &self.partner_pos, limit, buf_len: buf.len(), bell, sent: 0 };
         let mut queued = false;
-        loop {
-            let (links, partner_pos) = (&self.links, &self.partner_pos);
-            let slot = |link: Link| slot_in(partner_pos, link);
-            let conn = |link: Link| slot(link).and_then(|i| links.get(i)?.as_ref());
-            let room = |link: Link| conn(link).is_none_or(|l| l.closed || l.out.len() < limit);
-            let Some(t) = a.coll.poll_transmit_where(a.job.buf.bytes(), room) else { break };
+        while let Some(t) = a.coll.poll_transmit_into(buf, &mut out) {
             queued = true;
-            match slot(t.link).and_then(|i| self.links.get_mut(i)?.as_mut()) {
-                Some(l) if !l.closed => {
-                    let buf = a.job.buf.bytes();
-                    let bytes = t.owned.as_deref().or_else(|| buf.get(t.payload.clone())).unwrap_or_default();
-                    // A latency-path frame goes whole through a same-host lane if it can.
-                    match l.send_whole(&t.header, bytes, buf.len()) {
-                        Some(true) => l.push_control(bell, Vec::new()),
-                        Some(false) => {}
-                        None => {
-                            let payload = match t.owned {
-                                Some(bytes) => OutPayload::Pooled(bytes),
-                                None => OutPayload::Job(t.payload),
-                            };
-                            l.out.push_back(OutFrame { header: t.header, payload });
-                        }
-                    }
-                }
-                _ => {}
+            let bytes = t.owned.as_deref().or_else(|| buf.get(t.payload.clone())).unwrap_or_default();
+            if !out.send_whole(t.link, &t.header, bytes) {
+                let Some(l) = out.link(t.link) else { continue };
+                let payload = match t.owned {
+                    Some(bytes) => OutPayload::Pooled(bytes),
+                    None => OutPayload::Job(t.payload),
+                };
+                l.out.push_back(OutFrame { header: t.header, payload });
             }
         }
-        queued
+        queued || out.sent > 0
     }
 
     pub(super) fn key(&self) -> (u64, u64) {
@@ -363,5 +353,55 @@ impl EventLoop {
             }
         }
         progressed
+    }
+}
+
+/// The links as [`crate::core::collective::Outlet`] of the active collective.
+struct Outlet<'a> {
+    links: &'a mut [Option<crate::net::link::Link>],
+    partner_pos: &'a [usize],
+    /// Frames a link's queue may hold before the collective stops making them for it.
+    limit: usize,
+    /// Bytes of the call's buffer.
+    buf_len: usize,
+    /// Header of a lane bell from this rank.
+    bell: Header,
+    /// Frames sent whole through lanes.
+    sent: usize,
+}
+
+impl Outlet<'_> {
+    /// The open connection of `link`.
+    fn link(&mut self, link: Link) -> Option<&mut crate::net::link::Link> {
+        let i = slot_in(self.partner_pos, link)?;
+        self.links.get_mut(i)?.as_mut().filter(|l| !l.closed)
+    }
+
+    /// Sends a frame whole through `link`'s lane if it can go there (`Link::send_whole`),
+    /// with a bell if the receiver may be asleep. Returns false if it must be queued.
+    fn send_whole(&mut self, link: Link, header: &[u8; crate::wire::HEADER_LEN], payload: &[u8]) -> bool {
+        let (buf_len, bell) = (self.buf_len, self.bell);
+        let Some(l) = self.link(link) else { return false };
+        match l.send_whole(header, payload, buf_len) {
+            Some(ring) => {
+                if ring {
+                    l.push_control(bell, Vec::new());
+                }
+                self.sent += 1;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl crate::core::collective::Outlet for Outlet<'_> {
+    fn may_send(&self, link: Link) -> bool {
+        let conn = slot_in(self.partner_pos, link).and_then(|i| self.links.get(i)?.as_ref());
+        conn.is_none_or(|l| l.closed || l.out.len() < self.limit)
+    }
+
+    fn send_now(&mut self, link: Link, header: &[u8; crate::wire::HEADER_LEN], payload: &[u8]) -> bool {
+        self.send_whole(link, header, payload)
     }
 }

@@ -19,12 +19,32 @@ impl Collective {
     /// Like [`Collective::poll_transmit`], but only a frame for a link `may_send` accepts:
     /// the driver paces encoding by refusing links whose write queue is already deep.
     pub fn poll_transmit_where(&mut self, buf: &[u8], may_send: impl Fn(Link) -> bool) -> Option<Transmit> {
+        struct Paced<F>(F);
+        impl<F: Fn(Link) -> bool> Outlet for Paced<F> {
+            fn may_send(&self, link: Link) -> bool {
+                (self.0)(link)
+            }
+            fn send_now(&mut self, _: Link, _: &[u8; HEADER_LEN], _: &[u8]) -> bool {
+                false
+            }
+        }
+        self.poll_transmit_into(buf, &mut Paced(may_send))
+    }
+
+    /// Like [`Collective::poll_transmit_where`] with [`Outlet::may_send`], and each
+    /// latency-path frame offered to [`Outlet::send_now`] as it is made: the frames the
+    /// outlet takes there are not returned (nor copied: the outlet copied them).
+    pub fn poll_transmit_into(&mut self, buf: &[u8], out: &mut impl Outlet) -> Option<Transmit> {
         if matches!(self.status, Status::Failed(_)) {
             return None;
         }
         // Latency-path frames and FINs are small and never encoded: nothing to pace. A FIN
         // goes only after every data frame, so pacing cannot put one ahead of data.
-        let data = if self.latency.is_some() { self.poll_latency(buf) } else { self.poll_parts(buf, &may_send) };
+        let data = if self.latency.is_some() {
+            self.poll_latency(buf, out)
+        } else {
+            self.poll_parts(buf, &|link| out.may_send(link))
+        };
         data.or_else(|| self.poll_fin())
     }
 
@@ -92,23 +112,41 @@ impl Collective {
         Some(t)
     }
 
-    pub(super) fn poll_latency(&mut self, buf: &[u8]) -> Option<Transmit> {
-        let d = self.latency.as_mut()?;
-        let phase = d.phase();
-        let (link, step, chunk, bytes) = d.next_send(buf)?;
-        let s = &self.spec;
-        // Every payload leaves from a copy taken now (below), never by reference to the
-        // caller's buffer: the latency path changes that buffer as soon as the next value
-        // arrives, possibly before this frame has been written (the simulator's hazard
-        // check found it).
-        let header = s.encode_header(link, FrameKind::Data, phase, (step, chunk as u32, 0), bytes);
-        self.bytes_sent += (HEADER_LEN + bytes.len()) as u64;
-        let owned = match &self.codecs {
-            Some(c) => c.keep(bytes),
-            None => PooledBytes::from(bytes.to_vec()),
-        };
-        let t = Transmit { link, header, payload: 0..0, owned: Some(owned) };
-        self.update_status_no_time();
-        Some(t)
+    pub(super) fn poll_latency(&mut self, buf: &[u8], out: &mut impl Outlet) -> Option<Transmit> {
+        loop {
+            let d = self.latency.as_mut()?;
+            let phase = d.phase();
+            let (link, step, chunk, bytes) = d.next_send(buf)?;
+            let s = &self.spec;
+            // Every payload leaves from a copy taken now (the outlet's, or below), never by
+            // reference to the caller's buffer: the latency path changes that buffer as
+            // soon as the next value arrives, possibly before this frame has been written
+            // (the simulator's hazard check found it).
+            let header = s.encode_header(link, FrameKind::Data, phase, (step, chunk as u32, 0), bytes);
+            self.bytes_sent += (HEADER_LEN + bytes.len()) as u64;
+            if out.send_now(link, &header, bytes) {
+                self.update_status_no_time();
+                continue;
+            }
+            let owned = match &self.codecs {
+                Some(c) => c.keep(bytes),
+                None => PooledBytes::from(bytes.to_vec()),
+            };
+            let t = Transmit { link, header, payload: 0..0, owned: Some(owned) };
+            self.update_status_no_time();
+            return Some(t);
+        }
     }
+}
+
+/// Where a driver sends what a collective makes (see [`Collective::poll_transmit_into`]).
+pub trait Outlet {
+    /// Whether a ring frame for `link` may be made now: a driver paces encoding by refusing
+    /// links whose write queue is already deep.
+    fn may_send(&self, link: Link) -> bool;
+
+    /// Offered each latency-path frame as it is made: returns true if the outlet has sent
+    /// `header` and `payload` (copied them out) already, so the collective keeps no copy
+    /// and does not return the frame.
+    fn send_now(&mut self, link: Link, header: &[u8; HEADER_LEN], payload: &[u8]) -> bool;
 }
