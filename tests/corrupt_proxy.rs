@@ -279,7 +279,10 @@ fn round(
     algorithm: Algorithm,
     plan: Option<Plan>,
 ) -> (Vec<Vec<Result<bool, String>>>, Flip, String) {
-    round_with(checksum, algorithm, plan, true)
+    // Lanes off: with them, ranks on one host move most frames whole through shared memory,
+    // which the proxy cannot touch, and how many still cross the socket depends on timing;
+    // the hop under attack here is TCP. (The lane tests below turn them on.)
+    round_with(checksum, algorithm, plan, false)
 }
 
 /// [`round`] with same-host lanes (`Config::lanes`) on or off in every rank.

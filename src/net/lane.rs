@@ -17,7 +17,7 @@
 //! sender raises the control page's `WAITING` word, and the receiver, once it has consumed
 //! half the lane, answers with a [`crate::wire::FrameKind::LaneCredit`] over TCP.
 //!
-//! Whole frames: a raw data frame of a latency-path call ([`WHOLE_CALL_BYTES_MAX`]) goes
+//! Whole frames: a raw data frame of a call under 16 MiB ([`WHOLE_CALL_BYTES_MAX`]) goes
 //! into the lane header and all when a slot is free and nothing waits on the stream before
 //! it. Its header goes into the slot's record in the control page with a stamp, the frames
 //! the sender has written to TCP so far, which places it among them: the receiver takes it
@@ -108,13 +108,18 @@ const LANE_CALL_BYTES_ONE_FRAME: usize = crate::core::doubling::DOUBLING_MAX_BYT
 /// the pipeline hides the per-frame latency and only the bytes copied count.
 const LANE_CALL_BYTES_MIN: usize = 16 << 20;
 
-/// Calls (bytes of the caller's buffer) up to this size send their raw data frames through
+/// Calls (bytes of the caller's buffer) below this size send their raw data frames through
 /// the lane whole, header included, when a slot is free and nothing waits on the stream
-/// before them: the latency path's calls, whose time on a host with more ranks than cores
-/// is mostly the kernel's TCP path (a `writev` and a `recv` per frame, and the loopback
-/// delivery). A receiver that spins finds the frame without a system call; one that may
-/// sleep in the poller gets a bell over TCP.
-const WHOLE_CALL_BYTES_MAX: usize = crate::core::doubling::DOUBLING_MAX_BYTES;
+/// before them: every call that does not send its payloads through the lane with the header
+/// on TCP ([`LANE_CALL_BYTES_MIN`]). On a host with more ranks than cores such a call's
+/// time is mostly the kernel's TCP path (a `writev` and a `recv` per frame, and the loopback
+/// delivery); a receiver that spins finds a whole frame without a system call, one that may
+/// sleep in the poller gets a bell over TCP. Measured at N=4 (2 cores, alternating launches,
+/// `ringbench -c 1`): the latency path's 4 KiB 51-60 -> 20 us and 64 KiB 133-143 -> 98 us;
+/// ring calls of 128 KiB 218-264 -> 103-167 us, 256 KiB 478-571 -> 346-463, 1 MiB
+/// 1202-1507 -> 868-1443, 2 MiB 2572-2965 -> 1549-2069; 4-8 MiB level, and from 16 MiB on
+/// (payloads through the lane, headers on TCP) no difference either way.
+const WHOLE_CALL_BYTES_MAX: usize = LANE_CALL_BYTES_MIN - 1;
 
 /// Longest lane file name an offer may carry, in bytes.
 const NAME_BYTES_MAX: usize = 128;
@@ -462,7 +467,7 @@ impl Lanes {
     }
 
     /// Puts a whole raw data frame (encoded `header`, `payload`) of a call on `call_bytes`
-    /// bytes into the lane, header and all, if it is a latency-path call's
+    /// bytes into the lane, header and all, if the call is small enough
     /// ([`WHOLE_CALL_BYTES_MAX`]) and a slot is free; `stamp` counts the frames written to
     /// the TCP stream before it, and `payload_crc` says whether the CRC covers the payload.
     /// Returns `None` if the frame must go on the stream as usual, else whether the
