@@ -395,6 +395,12 @@ pub(crate) fn remove_leftovers(job: u64) -> usize {
         .count()
 }
 
+/// Whether an encoded header is a raw (uncompressed) data frame's: the only frames lanes
+/// carry.
+pub(super) fn is_raw_data(header: &[u8; HEADER_LEN]) -> bool {
+    header[5] == crate::wire::FrameKind::Data as u8 && header[6] == crate::codec::Codec::Raw as u8
+}
+
 /// What the next lane frame is, to a receiver looking for whole frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Whole {
@@ -481,8 +487,7 @@ impl Lanes {
         stamp: u64,
     ) -> Option<bool> {
         let Tx::Active(lane) = &mut self.tx else { return None };
-        let raw_data = header[5] == crate::wire::FrameKind::Data as u8 && header[6] == crate::codec::Codec::Raw as u8;
-        if call_bytes > WHOLE_CALL_BYTES_MAX || !raw_data {
+        if call_bytes > WHOLE_CALL_BYTES_MAX || !is_raw_data(header) {
             return None;
         }
         let mut flagged = *header;

@@ -494,9 +494,7 @@ impl Link {
                 OutPayload::Pooled(p) => p,
                 OutPayload::Owned(_) | OutPayload::Lane => continue,
             };
-            let raw_data =
-                f.header[5] == crate::wire::FrameKind::Data as u8 && f.header[6] == crate::codec::Codec::Raw as u8;
-            if !raw_data {
+            if !super::lane::is_raw_data(&f.header) {
                 continue;
             }
             let len = payload.len();
